@@ -1,0 +1,53 @@
+"""The `worldtune` command line: one sub-module per sub-command.
+
+Each sub-command module defines `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported lazily so `worldtune --help` stays fast.
+"""
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help). Commands whose module is absent are not offered.
+COMMANDS = {
+    "demo": ("worldtune.cli.demo", "short fine-tune + eval on a built-in dataset (no network)"),
+    "train": ("worldtune.cli.train", "fine-tune with a published recipe"),
+    "eval": ("worldtune.cli.eval", "COCO box AP of a checkpoint or of a detections file"),
+    "predict": ("worldtune.cli.predict", "detect any vocabulary in images"),
+    "export": ("worldtune.cli.export", "export to ONNX with the vocabulary folded in"),
+    "models": ("worldtune.cli.models", "list model variants with parameters and GFLOPs"),
+    "zoo": ("worldtune.cli.zoo", "list the published checkpoints and the local cache"),
+    "show-data": ("worldtune.cli.show_data", "write a grid of augmented training samples"),
+}
+
+
+def available_commands() -> dict:
+    return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0])}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worldtune",
+        description="Fine-tune, evaluate and ship YOLO-World-v2 open-vocabulary detectors.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in available_commands().items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
