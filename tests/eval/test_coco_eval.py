@@ -1,0 +1,178 @@
+"""COCO metrics: known answers, backend equivalence, and pycocotools' own numbers."""
+import contextlib
+import copy
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from worldtune.eval.coco_eval import BACKENDS, SUMMARY_KEYS, coco_evaluate, format_metrics, metrics_to_json
+
+
+def random_gt(num_images=50, seed=0):
+    """GT over `num_images` images with non-contiguous category ids; category 90 never has GT."""
+    rng = np.random.default_rng(seed)
+    cats = [{"id": cid, "name": name} for cid, name in [(1, "person"), (3, "car"), (17, "cat"), (90, "toothbrush")]]
+    images, anns = [], []
+    for img_id in range(1, num_images + 1):
+        w, h = int(rng.integers(200, 640)), int(rng.integers(200, 640))
+        images.append({"id": img_id * 7, "width": w, "height": h, "file_name": f"{img_id}.jpg"})
+        for _ in range(int(rng.integers(0, 8))):
+            bw, bh = rng.uniform(4, w / 2), rng.uniform(4, h / 2)
+            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            anns.append({"id": len(anns) + 1, "image_id": img_id * 7, "category_id": int(rng.choice([1, 3, 17])),
+                         "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": int(rng.random() < 0.05)})
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def random_detections(gt, seed=1):
+    """Jittered copies of GT boxes plus random boxes; some images get >100 detections, some
+    detections use a category (90) absent from the GT."""
+    rng = np.random.default_rng(seed)
+    dets = []
+    for a in gt["annotations"]:
+        if rng.random() < 0.8:
+            x, y, w, h = a["bbox"]
+            j = rng.normal(0, 0.08, 4) * [w, h, w, h]
+            dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                         "bbox": [x + j[0], y + j[1], max(w + j[2], 1.0), max(h + j[3], 1.0)],
+                         "score": float(rng.uniform(0.3, 1.0))})
+    for i, img in enumerate(gt["images"]):
+        n = 150 if i % 10 == 0 else int(rng.integers(0, 20))
+        for _ in range(n):
+            bw, bh = rng.uniform(2, img["width"] / 2), rng.uniform(2, img["height"] / 2)
+            dets.append({"image_id": img["id"], "category_id": int(rng.choice([1, 3, 17, 90])),
+                         "bbox": [rng.uniform(0, img["width"] - bw), rng.uniform(0, img["height"] - bh), bw, bh],
+                         "score": float(rng.uniform(0.0, 0.9))})
+    return dets
+
+
+def pycocotools_stats(gt, dets):
+    """The reference numbers, computed the usual way (loadRes + evaluate + summarize)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(copy.deepcopy(dets))
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def single_box_gt():
+    return {"images": [{"id": 1, "width": 400, "height": 400}],
+            "categories": [{"id": 5, "name": "box"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [100, 100, 100, 100],
+                             "area": 10000, "iscrowd": 0}]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perfect_detections_give_ap_one(backend):
+    gt = random_gt(20)
+    gt["annotations"] = [a for a in gt["annotations"] if not a["iscrowd"]]
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in gt["annotations"]]
+    m = coco_evaluate(gt, dets, backend=backend)
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert m[key] == pytest.approx(1.0)
+    assert m["per_class"]["toothbrush"] is None  # no GT for that class
+    assert m["per_class"]["person"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dx, expected_ap", [(10, 0.7), (30, 0.1), (0, 1.0), (40, 0.0)])
+def test_shifted_box_ap_counts_iou_thresholds(backend, dx, expected_ap):
+    # IoU of a 100x100 box shifted by dx = (100-dx)/(100+dx); AP = share of thresholds .50:.05:.95 it passes.
+    iou = (100 - dx) / (100 + dx)
+    assert expected_ap == pytest.approx(sum(iou >= t for t in np.linspace(0.5, 0.95, 10)) / 10)
+    dets = [{"image_id": 1, "category_id": 5, "bbox": [100 + dx, 100, 100, 100], "score": 0.5}]
+    m = coco_evaluate(single_box_gt(), dets, backend=backend)
+    assert m["AP"] == pytest.approx(expected_ap)
+    assert m["AP50"] == pytest.approx(1.0 if iou >= 0.5 else 0.0)
+
+
+def test_shifted_boxes_match_pycocotools_and_backends_agree():
+    gt = random_gt(50)
+    dets = random_detections(gt)
+    per_image = np.bincount([d["image_id"] for d in dets])
+    assert per_image.max() > 100  # maxDets truncation is exercised
+    assert any(d["category_id"] == 90 for d in dets)  # class absent from the GT
+    ref = pycocotools_stats(gt, dets)
+    results = {b: coco_evaluate(gt, dets, backend=b) for b in BACKENDS}
+    for backend, m in results.items():
+        ours = [m[k] if m[k] is not None else -1 for k in SUMMARY_KEYS]
+        np.testing.assert_allclose(ours, ref[:12], rtol=0, atol=1e-12, err_msg=backend)
+    assert 0.05 < results["faster"]["AP"] < 0.95  # a non-trivial score
+    for name, ap in results["pycocotools"]["per_class"].items():
+        other = results["faster"]["per_class"][name]
+        assert (ap is None) == (other is None)
+        if ap is not None:
+            assert ap == pytest.approx(other, abs=1e-12)
+
+
+def test_per_class_table_matches_single_class_evaluation():
+    gt = random_gt(30, seed=3)
+    dets = random_detections(gt, seed=4)
+    m = coco_evaluate(gt, dets)
+    assert list(m["per_class"]) == ["person", "car", "cat", "toothbrush"]  # category-id order
+    for cat in gt["categories"][:3]:
+        sub_gt = dict(gt, categories=[cat],
+                      annotations=[a for a in gt["annotations"] if a["category_id"] == cat["id"]])
+        sub_dets = [d for d in dets if d["category_id"] == cat["id"]]
+        assert m["per_class"][cat["name"]] == pytest.approx(pycocotools_stats(sub_gt, sub_dets)[0], abs=1e-12)
+    assert m["per_class"]["toothbrush"] is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_detections_give_zero(backend):
+    m = coco_evaluate(single_box_gt(), [], backend=backend)
+    assert m["AP"] == 0.0 and m["AR100"] == 0.0 and m["num_detections"] == 0
+    assert m["per_class"] == {"box": 0.0}
+
+
+def test_inputs_are_not_modified_and_files_work(tmp_path):
+    gt = random_gt(5)
+    dets = random_detections(gt)
+    gt_copy, dets_copy = copy.deepcopy(gt), copy.deepcopy(dets)
+    from_dicts = coco_evaluate(gt, dets)
+    assert gt == gt_copy and dets == dets_copy
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    from_files = coco_evaluate(tmp_path / "gt.json", tmp_path / "dets.json")
+    assert from_files["AP"] == pytest.approx(from_dicts["AP"])
+    text = json.dumps(metrics_to_json(dict(from_files, x=math.nan)))
+    assert "NaN" not in text
+    assert "toothbrush" in format_metrics(from_files)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"image_id": 999, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown image_id 999"),
+    ({"image_id": 1, "category_id": 6, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown category_id 6"),
+    ({"image_id": 1, "category_id": 5, "bbox": [0, 0, -1, 1], "score": 1.0}, "'bbox'"),
+    ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1], "score": 1.0}, "'bbox'"),
+    ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1], "score": float("nan")}, "'score'"),
+    ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1]}, "missing field"),
+])
+def test_bad_detections_are_refused_with_a_message(bad, message):
+    good = {"image_id": 1, "category_id": 5, "bbox": [100, 100, 100, 100], "score": 0.9}
+    with pytest.raises(ValueError, match=r"detections\[1\].*" + message.replace("[", r"\[")):
+        coco_evaluate(single_box_gt(), [good, bad])
+
+
+def test_bad_files_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        coco_evaluate(tmp_path / "missing.json", [])
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        coco_evaluate(tmp_path / "broken.json", [])
+    (tmp_path / "noimages.json").write_text(json.dumps({"annotations": [], "categories": []}))
+    with pytest.raises(ValueError, match="noimages.json.*'images'"):
+        coco_evaluate(tmp_path / "noimages.json", [])
+    with pytest.raises(ValueError, match="backend"):
+        coco_evaluate(single_box_gt(), [], backend="nope")
