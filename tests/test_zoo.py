@@ -1,0 +1,141 @@
+"""Model zoo: name resolution, the hub cache, SHA-256 verification, offline messages. No network."""
+import hashlib
+import pytest
+
+from worldtune import zoo
+from worldtune.cli import main
+
+REPO_FOLDER = "models--" + zoo.HF_REPO.replace("/", "--")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return cache
+
+
+def put_in_cache(cache, filename, payload: bytes, commit="0123456789abcdef0123456789abcdef01234567"):
+    """Lay a file out the way huggingface_hub's cache stores it (refs/main -> snapshots/<commit>/)."""
+    repo = cache / REPO_FOLDER
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    target = repo / "snapshots" / commit / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(payload)
+    return target
+
+
+def fake_entry(payload: bytes, name_stem="fake_model_ep1"):
+    """A zoo row whose fine-tuned file name carries the real hash prefix of `payload`."""
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    filename = f"{name_stem}-{prefix}.pth"
+    return zoo.ZooEntry("fake_recipe", "s", "fake-coco", filename, zoo.PRETRAINED["v2-s-pretrain"],
+                        1.0, 2.0, 3.0, 4.0)
+
+
+def no_download(*args):
+    raise AssertionError("download must not be called")
+
+
+def test_table_covers_every_published_row():
+    recipes = {e.recipe for e in zoo.ZOO}
+    for size in "smlx":
+        assert f"yolo_world_v2_{size}_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco" in recipes
+    assert "yolo_world_v2_l_vlpan_bn_sgd_1e-3_40e_8gpus_finetune_coco" in recipes
+    for e in zoo.ZOO:
+        assert e.pretrained in zoo.PRETRAINED.values()
+        if e.finetuned:
+            assert zoo.expected_sha256_prefix(e.finetuned) is not None and e.ap is not None
+    suffixes = {zoo.expected_sha256_prefix(e.finetuned) for e in zoo.ZOO if e.finetuned}
+    assert suffixes == {"492dc329", "69c27ac7", "81c701ee", "76bc0cbd", "e1288152"}
+
+
+def test_names_and_aliases_resolve_to_the_same_file():
+    table = zoo.names()
+    large = "yolo_world_v2_l_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco_ep80-81c701ee.pth"
+    assert table["v2-l-coco"] == table[large] == large
+    assert table["yolo_world_v2_l_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco"] == large
+    assert table["v2-l-pretrain"] == "yolo_world_v2_l_obj365v1_goldg_cc3mlite_pretrain-ca93cd1f.pth"
+    assert table["v2-l-sgd-coco"].endswith("-e1288152.pth")
+
+
+def test_existing_path_is_returned_as_is(tmp_path):
+    f = tmp_path / "mine-deadbeef.pth"  # suffix that does not match: local paths are not checked
+    f.write_bytes(b"x")
+    assert zoo.resolve_weights(f, download=no_download) == f
+    assert zoo.resolve_weights(str(f), download=no_download) == f
+
+
+def test_cache_hit_is_used_without_download(hub_cache, monkeypatch):
+    payload = b"cached weights"
+    entry = fake_entry(payload)
+    monkeypatch.setattr(zoo, "ZOO", zoo.ZOO + (entry,))
+    target = put_in_cache(hub_cache, entry.finetuned, payload)
+    assert zoo.resolve_weights("fake-coco", download=no_download) == target
+    assert zoo.resolve_weights(entry.finetuned, download=no_download) == target
+    assert zoo.cached_path(entry.finetuned) == target
+
+
+def test_download_then_hash_verification(hub_cache, monkeypatch):
+    payload = b"downloaded weights"
+    entry = fake_entry(payload)
+    monkeypatch.setattr(zoo, "ZOO", zoo.ZOO + (entry,))
+    calls = []
+
+    def fake_download(repo_id, filename, cache):
+        calls.append((repo_id, filename))
+        return str(put_in_cache(cache, filename, payload))
+
+    path = zoo.resolve_weights("fake-coco", download=fake_download)
+    assert path.read_bytes() == payload and calls == [(zoo.HF_REPO, entry.finetuned)]
+
+
+def test_tampered_file_is_refused_unless_overridden(hub_cache, monkeypatch):
+    entry = fake_entry(b"the real weights")
+    monkeypatch.setattr(zoo, "ZOO", zoo.ZOO + (entry,))
+    put_in_cache(hub_cache, entry.finetuned, b"tampered weights")
+    with pytest.raises(zoo.WeightsHashError, match="promises " + zoo.expected_sha256_prefix(entry.finetuned)):
+        zoo.resolve_weights("fake-coco", download=no_download)
+    with pytest.warns(UserWarning, match="allow_hash_mismatch"):
+        path = zoo.resolve_weights("fake-coco", allow_hash_mismatch=True, download=no_download)
+    assert path.read_bytes() == b"tampered weights"
+
+
+def test_offline_message_names_file_and_cache(hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(zoo.WeightsNotAvailableError) as info:
+        zoo.resolve_weights("v2-s-coco", download=no_download)
+    text = str(info.value)
+    assert "ep80-492dc329.pth" in text and str(hub_cache) in text and "local path" in text
+
+
+def test_network_error_becomes_a_clear_message(hub_cache):
+    def failing_download(repo_id, filename, cache):
+        raise ConnectionError("Name or service not known")
+
+    with pytest.raises(zoo.WeightsNotAvailableError, match=r"(?s)pretrain-c6237d5b\.pth.*ConnectionError"):
+        zoo.resolve_weights("v2-m-pretrain", download=failing_download)
+
+
+def test_unknown_and_unreleased_names():
+    with pytest.raises(zoo.WeightsNotAvailableError, match="not a zoo name.*v2-l-coco"):
+        zoo.resolve_weights("v2-q-coco", download=no_download)
+    with pytest.raises(zoo.WeightsNotAvailableError, match="no fine-tuned file released"):
+        zoo.resolve_weights("v2-l-efficient-neck-coco", download=no_download)
+
+
+def test_zoo_cli_marks_cached_files(hub_cache, capsys):
+    put_in_cache(hub_cache, zoo.PRETRAINED["v2-s-pretrain"], b"not checked by the listing")
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    assert "v2-l-sgd-coco" in out and "53.9" in out and "not released" in out
+    cached_lines = [line for line in out.splitlines() if "[cached]" in line]
+    assert len(cached_lines) == 1 and "v2-s-pretrain" in cached_lines[0]
+
+
+def test_zoo_cli_get_reports_offline_cleanly(hub_cache, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["zoo", "--get", "v2-x-coco"]) == 1
+    assert "ep80-76bc0cbd.pth" in capsys.readouterr().err
