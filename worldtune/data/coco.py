@@ -1,0 +1,207 @@
+"""COCO instances JSON + image folder, validated eagerly, as plain per-image records.
+
+Category ids may be non-contiguous: they are sorted and mapped to labels 0..K-1
+(`cat_ids[label]` maps back). Crowd and degenerate (w<1, h<1 or area<=0)
+instances stay in the record with `ignore=True`: training drops them, evaluation
+reads the JSON itself. Every problem that can be found without decoding images is
+found at construction, with the file and annotation id in the message, so nothing
+fails later inside a DataLoader worker with a bare traceback.
+"""
+import json
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from worldtune.data.texts import load_class_texts
+
+
+class DataError(ValueError):
+    """Bad annotation file, class-text file or image; the message names the file and the item."""
+
+
+def _load_json(path: Path):
+    if not path.is_file():
+        raise DataError(f"annotation file {path} does not exist")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON ({e})") from None
+
+
+def _require(obj: dict, keys: tuple, what: str, ann_file: Path):
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"{ann_file}: {what} lacks field(s) {missing}: {str(obj)[:200]}")
+
+
+def polygons_from_segmentation(segm, height: int, width: int) -> list:
+    """COCO segmentation -> list of float32 [P, 2] polygon parts (x, y) in pixels.
+
+    Polygon parts with an odd number of values or fewer than 3 points are dropped
+    (the official rule). RLE (compressed or not) is decoded with pycocotools and
+    traced with cv2.findContours (outer contours, parts with >= 3 points).
+    """
+    if isinstance(segm, list):
+        return [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in segm
+                if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+    if isinstance(segm, dict) and "counts" in segm:
+        rle = segm
+        if isinstance(segm["counts"], list):
+            rle = mask_utils.frPyObjects(segm, height, width)
+        mask = mask_utils.decode(rle)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        return [c.reshape(-1, 2).astype(np.float32) for c in contours if len(c) >= 3]
+    return []
+
+
+class CocoDetection:
+    """A COCO-format detection set.
+
+    Args:
+        ann_file: COCO instances JSON (`images`, `categories`, optional `annotations`).
+        image_dir: folder that `file_name` entries are relative to.
+        class_texts: path to a JSON list of synonym lists (one per category, in category-id
+            order), an in-memory list of lists, or None for `[[name]]` from the categories.
+        on_bad_data: "error" raises `DataError` on the first problem; "skip" drops bad
+            annotations / images, counts them and warns once.
+        min_size: images whose shorter side is below this are left out (official: 32).
+
+    Attributes:
+        num_classes, class_names (first synonyms), class_texts (synonym lists),
+        cat_ids (label -> COCO category id), cat_id_to_label, image_ids (index -> image id),
+        skipped (dict reason -> count), num_without_polygons (trainable instances lacking a
+        usable segmentation).
+    """
+
+    def __init__(self, ann_file, image_dir, class_texts=None, on_bad_data: str = "error", min_size: int = 32):
+        if on_bad_data not in ("error", "skip"):
+            raise ValueError(f"on_bad_data must be 'error' or 'skip', got {on_bad_data!r}")
+        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        self.on_bad_data = on_bad_data
+        self.skipped: dict = {}
+        data = _load_json(self.ann_file)
+        if not isinstance(data, dict) or "images" not in data or "categories" not in data:
+            raise DataError(f"{self.ann_file}: not a COCO instances file (needs 'images' and 'categories' lists)")
+
+        cats = data["categories"]
+        for c in cats:
+            _require(c, ("id", "name"), "category", self.ann_file)
+        self.cat_ids = sorted(int(c["id"]) for c in cats)
+        if len(set(self.cat_ids)) != len(self.cat_ids):
+            raise DataError(f"{self.ann_file}: duplicate category ids in {self.cat_ids}")
+        self.cat_id_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
+        names_by_id = {int(c["id"]): str(c["name"]) for c in cats}
+        self.category_names = [names_by_id[cid] for cid in self.cat_ids]
+        self.class_texts = load_class_texts(class_texts, self.category_names)
+        self.class_names = [t[0] for t in self.class_texts]
+
+        images = {}
+        for img in data["images"]:
+            _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
+            images[int(img["id"])] = img
+        anns_by_image = {i: [] for i in images}
+        for ann in data.get("annotations", []):
+            _require(ann, ("id", "image_id", "category_id", "bbox"), "annotation", self.ann_file)
+            problem = self._check_annotation(ann, images)
+            if problem:
+                self._bad("bad annotation", f"{self.ann_file}: annotation id {ann['id']}: {problem}")
+                continue
+            anns_by_image[int(ann["image_id"])].append(ann)
+
+        self.image_ids, self._images, self._anns = [], [], []
+        for image_id, img in images.items():
+            if min(int(img["width"]), int(img["height"])) < min_size:
+                continue
+            path = self.image_dir / img["file_name"]
+            if not os.path.isfile(path):
+                self._bad("missing image", f"{self.ann_file}: image id {image_id}: file {path} does not exist")
+                continue
+            self.image_ids.append(image_id)
+            self._images.append(img)
+            self._anns.append(anns_by_image[image_id])
+        if not self.image_ids:
+            raise DataError(f"{self.ann_file}: dataset is empty (no usable image with min side >= {min_size}"
+                            f" in {self.image_dir}; skipped: {self.skipped})")
+        self.num_without_polygons = sum(
+            1 for anns in self._anns for a in anns
+            if not a.get("iscrowd", 0) and not self._has_segmentation(a))
+        if self.skipped:
+            warnings.warn(f"{self.ann_file}: skipped {self.skipped} (on_bad_data='skip')", stacklevel=2)
+
+    # -- validation -------------------------------------------------------------------
+    def _check_annotation(self, ann: dict, images: dict) -> str:
+        if int(ann["image_id"]) not in images:
+            return f"unknown image_id {ann['image_id']}"
+        if int(ann["category_id"]) not in self.cat_id_to_label:
+            return f"unknown category_id {ann['category_id']} (known: {self.cat_ids})"
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            return f"bbox must be 4 numbers [x, y, w, h], got {box}"
+        x, y, w, h = box
+        if w < 0 or h < 0:
+            return f"bbox {box} has negative size"
+        img = images[int(ann["image_id"])]
+        if x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0:
+            return f"bbox {box} lies outside the {img['width']}x{img['height']} image {img['file_name']}"
+        return ""
+
+    def _bad(self, reason: str, message: str):
+        if self.on_bad_data == "error":
+            raise DataError(message + " (pass on_bad_data='skip' to drop it)")
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    @staticmethod
+    def _has_segmentation(ann: dict) -> bool:
+        segm = ann.get("segmentation")
+        if isinstance(segm, dict):
+            return "counts" in segm
+        return isinstance(segm, list) and any(isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6 for p in segm)
+
+    # -- access -----------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self._images[index]["file_name"]
+
+    def load_image(self, index: int) -> np.ndarray:
+        """uint8 [H, W, 3] BGR (grayscale files are expanded). Raises DataError naming the file."""
+        path = self.image_path(index)
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
+        return img
+
+    def get_record(self, index: int) -> dict:
+        """Raw annotations of one image (no pixels).
+
+        Returns:
+            dict(image_id, file_name (full path), height, width, ann_ids int64 [N],
+            bboxes float32 [N, 4] xyxy from the annotation `bbox`, labels int64 [N] in 0..K-1,
+            ignore bool [N] (crowd or degenerate), polygons: list of N lists of float32 [P, 2]
+            parts (empty list for crowd instances or when the segmentation is unusable)).
+        """
+        img, anns = self._images[index], self._anns[index]
+        h, w = int(img["height"]), int(img["width"])
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        ignore = np.array([bool(a.get("iscrowd", 0)) or a["bbox"][2] < 1 or a["bbox"][3] < 1
+                           or a.get("area", a["bbox"][2] * a["bbox"][3]) <= 0 for a in anns], dtype=bool)
+        polygons = [[] if a.get("iscrowd", 0) else polygons_from_segmentation(a.get("segmentation"), h, w)
+                    for a in anns]
+        return {
+            "image_id": self.image_ids[index], "file_name": str(self.image_path(index)), "height": h, "width": w,
+            "ann_ids": np.array([a["id"] for a in anns], dtype=np.int64),
+            "bboxes": boxes, "labels": np.array([self.cat_id_to_label[int(a["category_id"])] for a in anns],
+                                                dtype=np.int64),
+            "ignore": ignore, "polygons": polygons,
+        }

@@ -1,0 +1,47 @@
+"""Batching: BGR HxWx3 numpy samples -> RGB uint8 [B, 3, H, W] tensors (official `yolow_collate` layout)."""
+import numpy as np
+import torch
+
+
+def _images_to_tensor(images: list) -> torch.Tensor:
+    # BGR -> RGB here, once, so every transform before it keeps cv2's channel order.
+    return torch.from_numpy(np.stack([np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)) for img in images]))
+
+
+def collate_train(samples: list) -> dict:
+    """Training batch.
+
+    Returns:
+        dict(images uint8 Tensor[B, 3, H, W] RGB,
+             bboxes_labels float32 Tensor[N, 6] rows [image index, label, x1, y1, x2, y2] where
+             label indexes that image's entry of `texts`,
+             texts list of B lists of strings (num_texts each, '' = padding),
+             image_ids list of B ints).
+        Polygons are dropped (official RemoveDataElement).
+    """
+    rows = []
+    for i, s in enumerate(samples):
+        n = len(s["labels"])
+        rows.append(np.concatenate([np.full((n, 1), i, np.float32), s["labels"].reshape(n, 1).astype(np.float32),
+                                    s["bboxes"].reshape(n, 4).astype(np.float32)], 1))
+    return {"images": _images_to_tensor([s["img"] for s in samples]),
+            "bboxes_labels": torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, 6), np.float32)),
+            "texts": [list(s["texts"]) for s in samples],
+            "image_ids": [s["image_id"] for s in samples]}
+
+
+def collate_eval(samples: list) -> dict:
+    """Evaluation batch.
+
+    Returns:
+        dict(images uint8 Tensor[B, 3, S, S] RGB, image_ids list[int], ori_shapes list of (h, w),
+             scale_factors float32 Tensor[B, 2] (sx, sy), pad_params int64 Tensor[B, 4]
+             [top, bottom, left, right], texts list of B lists of class names).
+        Map a letterboxed box back with (box - [left, top, left, top]) / [sx, sy, sx, sy].
+    """
+    return {"images": _images_to_tensor([s["img"] for s in samples]),
+            "image_ids": [s["image_id"] for s in samples],
+            "ori_shapes": [tuple(s["ori_shape"]) for s in samples],
+            "scale_factors": torch.tensor([s["scale_factor"] for s in samples], dtype=torch.float32),
+            "pad_params": torch.tensor([s["pad_param"] for s in samples], dtype=torch.int64),
+            "texts": [list(s["texts"]) for s in samples]}

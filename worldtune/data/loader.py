@@ -1,0 +1,68 @@
+"""DataLoaders: sharded like DistributedSampler, reproducible for any worker count.
+
+Every augmentation draws from a generator seeded by (seed, epoch, index) inside the
+dataset, and the order comes from DistributedSampler(seed, epoch); so a run resumed at
+epoch e with `loader.set_epoch(e)` sees the same order and the same augmented images
+as the uninterrupted run.
+"""
+import random
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from worldtune.data.collate import collate_eval, collate_train
+
+
+def _worker_init(worker_id: int) -> None:
+    # One cv2 thread per worker: workers already use every core, and cv2's own pool oversubscribes.
+    cv2.setNumThreads(1)
+    # Nothing in worldtune uses global RNGs; seed them anyway so third-party code stays reproducible.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class TrainLoader:
+    """Iterable over training batches (see `collate_train`). Call `set_epoch(epoch)` before each epoch.
+
+    Attributes: dataset, sampler (DistributedSampler), loader (torch DataLoader).
+    """
+
+    def __init__(self, dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int,
+                 drop_last: bool, pin_memory: bool):
+        self.dataset = dataset
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=drop_last)
+        # persistent_workers stays False: workers are re-created each epoch and so see set_epoch().
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+                                 collate_fn=collate_train, pin_memory=pin_memory, drop_last=drop_last,
+                                 worker_init_fn=_worker_init, persistent_workers=False,
+                                 generator=torch.Generator().manual_seed(seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the shuffle order (sampler) and the augmentation seed and stage (dataset)."""
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def build_train_loader(dataset, batch_size: int, workers: int = 0, seed: int = 0, rank: int = 0,
+                       world_size: int = 1, drop_last: bool = False, pin_memory: bool = False) -> TrainLoader:
+    """Loader over a `TrainDataset`; each rank gets its own shard of a shared shuffled order."""
+    return TrainLoader(dataset, batch_size, workers, seed, rank, world_size, drop_last, pin_memory)
+
+
+def build_eval_loader(dataset, batch_size: int = 1, workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Loader over an `EvalDataset` in dataset order (a rank takes every world_size-th image)."""
+    sampler = None
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_eval, worker_init_fn=_worker_init)

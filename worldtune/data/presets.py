@@ -1,0 +1,149 @@
+"""The official training and evaluation pipelines as two torch Datasets.
+
+Training (REFERENCE §5.2/§5.3), for a 0-based `epoch`:
+  stage 1 (epoch < close_mosaic_epoch): load -> Mosaic(4) -> [CopyPaste] -> RandomAffine
+          (border -imgsz/2) -> [MixUp with an independently built second sample]
+  stage 2 (epoch >= close_mosaic_epoch): load -> KeepRatioResize -> LetterBox(114)
+          -> RandomAffine (border 0)
+  then both: Blur/MedianBlur/ToGray/CLAHE (p 0.01 each) -> HSV -> HorizontalFlip(0.5)
+          -> RandomLoadText (shuffled vocabulary of `num_texts`, padded with '').
+The stage is a pure function of the epoch set with `set_epoch`, so a run resumed after
+the switch gets stage 2 (the official exact-epoch hook does not). Every random number
+comes from numpy's Generator seeded with (seed, epoch, index): the same sample is
+produced whatever the worker count, the order or a resume.
+"""
+import warnings
+
+import numpy as np
+import torch
+
+from worldtune.data.coco import CocoDetection, DataError
+from worldtune.data.mix import copy_paste, load_sample, mixup, mosaic
+from worldtune.data.texts import sample_texts
+from worldtune.data.transforms import (hsv_augment, keep_ratio_resize, letterbox, light_albu,
+                                       random_affine, random_hflip, scale_and_shift)
+
+_warned_bad_images = set()
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Augmented training samples. Build it with `build_train_dataset`.
+
+    `__getitem__` returns dict(img uint8 [S, S, 3] BGR, bboxes float32 [N, 4] xyxy,
+    labels int64 [N] indexing `texts`, texts list of `num_texts` str, polygons (list of N
+    lists of [P, 2] parts, or None; for visualisation only), image_id, index).
+    """
+
+    def __init__(self, dataset: CocoDetection, imgsz: int, mask_refine: bool, affine_scale: tuple,
+                 mixup_prob: float, copypaste_prob: float, close_mosaic_epoch: int, num_texts: int, seed: int,
+                 min_area_ratio: float, hsv_gains: tuple, albu_prob: float, flip_prob: float):
+        self.dataset = dataset
+        self.imgsz, self.mask_refine, self.affine_scale = imgsz, mask_refine, tuple(affine_scale)
+        self.mixup_prob, self.copypaste_prob = mixup_prob, copypaste_prob
+        self.close_mosaic_epoch, self.num_texts, self.seed = close_mosaic_epoch, num_texts, seed
+        self.min_area_ratio, self.hsv_gains = min_area_ratio, tuple(hsv_gains)
+        self.albu_prob, self.flip_prob = albu_prob, flip_prob
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (0-based): it seeds the augmentations and decides the stage."""
+        self.epoch = int(epoch)
+
+    @property
+    def stage(self) -> int:
+        return 1 if self.epoch < self.close_mosaic_epoch else 2
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        for _ in range(10):
+            try:
+                return self._build(int(index), rng)
+            except DataError as e:
+                if self.dataset.on_bad_data != "skip":
+                    raise
+                if str(e) not in _warned_bad_images:  # report each bad file once per process
+                    _warned_bad_images.add(str(e))
+                    warnings.warn(f"{e}; replaced by another sample (on_bad_data='skip')")
+                index = int(rng.integers(len(self.dataset)))
+        raise DataError(f"{self.dataset.ann_file}: 10 consecutive unreadable images near index {index}")
+
+    def _mosaic_affine(self, index: int, rng: np.random.Generator) -> dict:
+        extra = rng.integers(0, len(self.dataset), 3)
+        samples = [load_sample(self.dataset, i, self.mask_refine) for i in [index, *extra.tolist()]]
+        sample = mosaic(samples, rng, self.imgsz)
+        if self.mask_refine and self.copypaste_prob > 0:
+            sample = copy_paste(sample, rng, self.copypaste_prob)
+        return random_affine(sample, rng, self.affine_scale, border=-self.imgsz // 2,
+                             min_area_ratio=self.min_area_ratio)
+
+    def _build(self, index: int, rng: np.random.Generator) -> dict:
+        if self.stage == 1:
+            sample = self._mosaic_affine(index, rng)
+            if rng.random() < self.mixup_prob:
+                other = self._mosaic_affine(int(rng.integers(len(self.dataset))), rng)
+                sample = mixup(sample, other, rng)
+        else:
+            sample = load_sample(self.dataset, index, self.mask_refine)
+            img, r0 = keep_ratio_resize(sample["img"], self.imgsz)
+            img, scale, pad = letterbox(img, self.imgsz, allow_scale_up=True)
+            sample = scale_and_shift(sample, (r0 * scale[0], r0 * scale[1]), (pad[2], pad[0]))
+            sample["img"] = img
+            sample = random_affine(sample, rng, self.affine_scale, border=0, min_area_ratio=self.min_area_ratio)
+        sample["img"] = hsv_augment(light_albu(sample["img"], rng, self.albu_prob), rng, self.hsv_gains)
+        sample = random_hflip(sample, rng, self.flip_prob)
+        texts, labels, keep = sample_texts(sample["labels"], self.dataset.class_texts, rng, self.num_texts)
+        polygons = sample["polygons"]
+        return {"img": sample["img"], "bboxes": sample["bboxes"][keep], "labels": labels, "texts": texts,
+                "polygons": None if polygons is None else [p for p, k in zip(polygons, keep) if k],
+                "image_id": sample["image_id"], "index": index}
+
+
+def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: bool = True,
+                        affine_scale=(0.5, 1.5), mixup_prob: float = 0.15, copypaste_prob: float = 0.3,
+                        close_mosaic_epoch: int = 70, num_texts: int = 80, seed: int = 0,
+                        min_area_ratio: float | None = None, hsv_gains=(0.015, 0.7, 0.4),
+                        albu_prob: float = 0.01, flip_prob: float = 0.5) -> TrainDataset:
+    """Training pipeline with the official defaults of the v2-S mask-refine recipe.
+
+    M: affine_scale (0.1, 1.9), mixup 0.1, copypaste 0.1; L/X: (0.1, 1.9), 0.15, 0.3;
+    SGD 40e: mask_refine False, close_mosaic_epoch 10 (copy-paste is off without masks).
+    `min_area_ratio` defaults to 0.01 with mask refinement and 0.1 without.
+    """
+    if mask_refine and dataset.num_without_polygons:
+        warnings.warn(f"{dataset.ann_file}: {dataset.num_without_polygons} instance(s) have no usable "
+                      "segmentation; mask-refine uses their annotation box as a 4-corner polygon "
+                      "(the official pipeline drops them)", stacklevel=2)
+    if min_area_ratio is None:
+        min_area_ratio = 0.01 if mask_refine else 0.1
+    return TrainDataset(dataset, imgsz, mask_refine, affine_scale, mixup_prob, copypaste_prob,
+                        close_mosaic_epoch, num_texts, seed, min_area_ratio, hsv_gains, albu_prob, flip_prob)
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Keep-ratio resize (area when shrinking) + centred letterbox without upscaling, pad 114.
+
+    `__getitem__` returns dict(img uint8 [S, S, 3] BGR, image_id, ori_shape (h, w),
+    scale_factor (sx, sy), pad_param [top, bottom, left, right], texts = first synonyms).
+    A box maps back to the original image as (box - [left, top, left, top]) / [sx, sy, sx, sy].
+    """
+
+    def __init__(self, dataset: CocoDetection, imgsz: int = 640):
+        self.dataset, self.imgsz = dataset, imgsz
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        img = self.dataset.load_image(index)
+        h, w = img.shape[:2]
+        img, r0 = keep_ratio_resize(img, self.imgsz)
+        img, (sx, sy), pad = letterbox(img, self.imgsz, allow_scale_up=False)
+        return {"img": img, "image_id": self.dataset.image_ids[index], "ori_shape": (h, w),
+                "scale_factor": (r0 * sx, r0 * sy), "pad_param": pad, "texts": list(self.dataset.class_names)}
+
+
+def build_eval_dataset(dataset: CocoDetection, imgsz: int = 640) -> EvalDataset:
+    return EvalDataset(dataset, imgsz)

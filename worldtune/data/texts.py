@@ -1,0 +1,84 @@
+"""Class texts: the official JSON list of synonym lists, and per-image text sampling.
+
+Format: `[["person"], ["bicycle", "bike"], ...]`, one entry per class in category-id
+order. Training draws a random synonym per class, evaluation takes the first.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load_class_texts(source, category_names: list) -> list:
+    """Resolve class texts to a list (one per class) of non-empty lists of strings.
+
+    Args:
+        source: None (use `[[name]]` from `category_names`), a path to a JSON file, or a list.
+        category_names: names of the categories in label order (used for None and messages).
+    Raises:
+        ValueError (DataError) naming the file and the mismatch when the entry count differs
+        from the number of categories or an entry is not a list of strings.
+    """
+    from worldtune.data.coco import DataError  # local: coco imports this module
+
+    if source is None:
+        return [[str(n)] for n in category_names]
+    where = "class_texts"
+    if isinstance(source, (str, Path)):
+        where = str(source)
+        if not Path(source).is_file():
+            raise DataError(f"class-text file {where} does not exist")
+        try:
+            source = json.loads(Path(source).read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"class-text file {where}: malformed JSON ({e})") from None
+    if not isinstance(source, list):
+        raise DataError(f"{where}: expected a JSON list of synonym lists, got {type(source).__name__}")
+    texts = []
+    for i, entry in enumerate(source):
+        if isinstance(entry, str):
+            entry = [entry]
+        if not (isinstance(entry, list) and entry and all(isinstance(s, str) for s in entry)):
+            raise DataError(f"{where}: entry {i} must be a non-empty list of strings, got {entry!r}")
+        texts.append(list(entry))
+    if len(texts) != len(category_names):
+        n = max(len(texts), len(category_names))
+        rows = [f"  {i}: category {category_names[i] if i < len(category_names) else '<none>'!r}"
+                f" <-> texts {texts[i] if i < len(texts) else '<none>'}" for i in range(n)
+                if i >= len(texts) or i >= len(category_names)]
+        raise DataError(f"{where} has {len(texts)} entries but the annotation file has {len(category_names)}"
+                        f" categories; unmatched:\n" + "\n".join(rows[:20]))
+    return texts
+
+
+def sample_texts(labels: np.ndarray, class_texts: list, rng: np.random.Generator,
+                 num_texts: int = 80, num_neg: int = 80, pad: bool = True):
+    """Per-image vocabulary (official RandomLoadText with (80, 80) negatives, padding '').
+
+    Positives are the classes present (subsampled to `num_texts` if more), negatives are
+    drawn without replacement from the other classes, the list is shuffled and each label
+    is remapped to its position; instances of classes left out are dropped.
+
+    Args:
+        labels: int64 [N] class indices.
+        class_texts: synonym lists, one per class.
+    Returns:
+        (texts: list of `num_texts` strings (padded with '' when `pad`), new_labels int64 [N'],
+         keep: bool [N] which input instances survive).
+    """
+    num_classes = len(class_texts)
+    positives = np.unique(labels)
+    if len(positives) > num_texts:
+        positives = rng.choice(positives, num_texts, replace=False)
+    others = np.setdiff1d(np.arange(num_classes), positives)
+    n_neg = min(num_texts - len(positives), num_neg, len(others))
+    negatives = rng.choice(others, n_neg, replace=False) if n_neg > 0 else others[:0]
+    chosen = rng.permutation(np.concatenate([positives, negatives]).astype(np.int64))
+    position = np.full(num_classes, -1, dtype=np.int64)
+    position[chosen] = np.arange(len(chosen))
+    new_labels = position[labels] if len(labels) else labels.astype(np.int64)
+    keep = new_labels >= 0
+    texts = [class_texts[c][int(rng.integers(len(class_texts[c])))] for c in chosen]
+    if pad and len(texts) < num_texts:
+        texts += [""] * (num_texts - len(texts))
+    return texts, new_labels[keep], keep

@@ -1,0 +1,187 @@
+"""Single-image transforms. A sample is a plain dict:
+
+    img      uint8 [H, W, 3] BGR (cv2 order, so the HSV look-up tables match the official ones)
+    bboxes   float32 [N, 4] xyxy pixels
+    labels   int64 [N] class indices 0..K-1
+    polygons list of N lists of float32 [P, 2] parts, or None when the recipe has no masks
+
+Every random choice comes from the `rng` argument (a numpy Generator), never from global state.
+"""
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+
+
+def resample_parts(parts: list, num_points: int = 1000) -> np.ndarray:
+    """Close each polygon part and resample it linearly to `num_points` points (vectorised).
+
+    Args:
+        parts: list of P float arrays [L_i, 2].
+    Returns:
+        float32 [P, num_points, 2]; point 0 and point num_points-1 are both the first vertex.
+    """
+    if not parts:
+        return np.zeros((0, num_points, 2), dtype=np.float32)
+    lengths = np.array([len(p) for p in parts])
+    closed = np.concatenate([np.concatenate([p, p[:1]]) for p in parts]).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    t = np.linspace(0.0, 1.0, num_points)[None, :] * lengths[:, None]  # [P, n] in 0..L_i
+    i0 = np.minimum(np.floor(t).astype(np.int64), lengths[:, None] - 1)
+    frac = (t - i0)[..., None].astype(np.float32)
+    g0 = offsets[:, None] + i0
+    return closed[g0] * (1 - frac) + closed[g0 + 1] * frac
+
+
+def _flatten(polygons: list):
+    parts = [p for inst in polygons for p in inst]
+    owner = np.array([i for i, inst in enumerate(polygons) for _ in inst], dtype=np.int64)
+    return parts, owner
+
+
+def random_affine(sample: dict, rng: np.random.Generator, scale_range=(0.5, 1.5), border: int = 0,
+                  translate: float = 0.1, min_area_ratio: float = 0.01, min_size: float = 2.0,
+                  max_aspect: float = 100.0) -> dict:
+    """Scale about the input centre, move the centre to (U(0.5±t)·W_out, U(0.5±t)·H_out), warp.
+
+    Output size = input size + 2·border (mosaic: 1280 + 2·(-320) = 640). With polygons
+    (mask-refine) each part is resampled to 1000 points, warped, and the box is the min/max
+    of the warped points inside the image; without, the 4 box corners are warped. Boxes are
+    kept when w > 2, h > 2, area / (old area·s²) > min_area_ratio and aspect < max_aspect.
+    """
+    img, boxes = sample["img"], sample["bboxes"]
+    h_in, w_in = img.shape[:2]
+    w_out, h_out = w_in + 2 * border, h_in + 2 * border
+    s = rng.uniform(*scale_range)
+    tx = rng.uniform(0.5 - translate, 0.5 + translate) * w_out
+    ty = rng.uniform(0.5 - translate, 0.5 + translate) * h_out
+    # x' = s·(x − W_in/2) + tx: rotation and shear are 0 in every official recipe.
+    matrix = np.array([[s, 0, tx - s * w_in / 2], [0, s, ty - s * h_in / 2]], dtype=np.float64)
+    out = dict(sample)
+    out["img"] = cv2.warpAffine(img, matrix, (w_out, h_out), flags=cv2.INTER_LINEAR,
+                                borderValue=(PAD_VALUE,) * 3)
+    n = len(boxes)
+    polygons = sample.get("polygons")
+    if polygons is not None:
+        parts, owner = _flatten(polygons)
+        pts = resample_parts(parts) * s + matrix[:, 2].astype(np.float32)  # [P, 1000, 2]
+        inside = (pts[..., 0] >= 0) & (pts[..., 0] <= w_out) & (pts[..., 1] >= 0) & (pts[..., 1] <= h_out)
+        lo = np.where(inside[..., None], pts, np.inf).min(1)  # [P, 2]
+        hi = np.where(inside[..., None], pts, -np.inf).max(1)
+        new_lo, new_hi = np.full((n, 2), np.inf), np.full((n, 2), -np.inf)
+        np.minimum.at(new_lo, owner, lo)
+        np.maximum.at(new_hi, owner, hi)
+        new_boxes = np.concatenate([new_lo, new_hi], 1)
+        new_boxes[~np.isfinite(new_boxes).all(1)] = 0  # nothing inside -> zero box, filtered below
+        clipped = np.clip(pts, 0, [w_out, h_out]).astype(np.float32)
+        new_polys = [[] for _ in range(n)]
+        for k, i in enumerate(owner):
+            new_polys[i].append(clipped[k])
+    else:
+        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2) * s + matrix[:, 2]
+        new_boxes = np.concatenate([corners.min(1), corners.max(1)], 1)
+        new_boxes = np.clip(new_boxes, 0, [w_out, h_out, w_out, h_out])
+        new_polys = None
+    w, h = new_boxes[:, 2] - new_boxes[:, 0], new_boxes[:, 3] - new_boxes[:, 1]
+    old_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * s * s
+    aspect = np.maximum(w / (h + 1e-16), h / (w + 1e-16))
+    keep = (w > min_size) & (h > min_size) & (w * h / (old_area + 1e-16) > min_area_ratio) & (aspect < max_aspect)
+    if polygons is not None:  # mask path: clip after the test, just inside the border
+        new_boxes = np.clip(new_boxes, 0, [w_out - 1e-3, h_out - 1e-3, w_out - 1e-3, h_out - 1e-3])
+        new_polys = [p for p, k in zip(new_polys, keep) if k]
+    out["bboxes"] = new_boxes[keep].astype(np.float32)
+    out["labels"] = sample["labels"][keep]
+    out["polygons"] = new_polys
+    return out
+
+
+def keep_ratio_resize(img: np.ndarray, size: int = 640):
+    """Long side to `size`: (int(w·r), int(h·r)), r = size / max(h, w); area when shrinking.
+
+    Returns:
+        (resized uint8 [h', w', 3], r).
+    """
+    h, w = img.shape[:2]
+    r = size / max(h, w)
+    new_w, new_h = int(w * r), int(h * r)
+    if (new_w, new_h) != (w, h):
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    return img, r
+
+
+def letterbox(img: np.ndarray, size: int = 640, allow_scale_up: bool = True):
+    """Fit into size x size keeping the ratio, pad centred with 114 (odd pixel bottom/right).
+
+    Returns:
+        (uint8 [size, size, 3], (scale_x, scale_y), pad [top, bottom, left, right]).
+    """
+    h, w = img.shape[:2]
+    r = min(size / h, size / w)
+    if not allow_scale_up:
+        r = min(r, 1.0)
+    new_h, new_w = int(round(h * r)), int(round(w * r))
+    if (new_h, new_w) != (h, w):
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    pad_h, pad_w = size - new_h, size - new_w
+    top, left = pad_h // 2, pad_w // 2
+    pad = [top, pad_h - top, left, pad_w - left]
+    img = cv2.copyMakeBorder(img, pad[0], pad[1], pad[2], pad[3], cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return img, (new_w / w, new_h / h), pad
+
+
+def scale_and_shift(sample: dict, scale_xy, shift_xy) -> dict:
+    """Apply x' = x·sx + dx, y' = y·sy + dy to boxes and polygons (after a resize/pad of the image)."""
+    factor = np.array(scale_xy, dtype=np.float32)
+    shift = np.array(shift_xy, dtype=np.float32)
+    out = dict(sample)
+    out["bboxes"] = sample["bboxes"] * np.tile(factor, 2) + np.tile(shift, 2)
+    if sample.get("polygons") is not None:
+        out["polygons"] = [[p * factor + shift for p in inst] for inst in sample["polygons"]]
+    return out
+
+
+def hsv_augment(img: np.ndarray, rng: np.random.Generator, gains=(0.015, 0.7, 0.4)) -> np.ndarray:
+    """Random hue/saturation/value gains 1 + U(-1, 1)·gain through cv2 look-up tables (hue mod 180)."""
+    r = rng.uniform(-1, 1, 3) * np.asarray(gains) + 1
+    if not np.any(np.asarray(gains)):
+        return img
+    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    x = np.arange(256, dtype=np.float64)
+    lut_hue = ((x * r[0]) % 180).astype(np.uint8)
+    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def light_albu(img: np.ndarray, rng: np.random.Generator, p: float = 0.01) -> np.ndarray:
+    """Blur, MedianBlur, ToGray, CLAHE, each with probability p (albumentations' default ranges:
+    odd kernel 3..7, CLAHE clip U(1, 4) on the L channel with an 8x8 grid), done with cv2."""
+    draws = rng.random(4)
+    if draws[0] < p:
+        k = int(rng.choice([3, 5, 7]))
+        img = cv2.blur(img, (k, k))
+    if draws[1] < p:
+        img = cv2.medianBlur(img, int(rng.choice([3, 5, 7])))
+    if draws[2] < p:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if draws[3] < p:
+        lab = cv2.cvtColor(img, cv2.COLOR_BGR2LAB)
+        clahe = cv2.createCLAHE(clipLimit=float(rng.uniform(1, 4)), tileGridSize=(8, 8))
+        lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+        img = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    return img
+
+
+def random_hflip(sample: dict, rng: np.random.Generator, p: float = 0.5) -> dict:
+    """Mirror image, boxes and polygons horizontally with probability p."""
+    if rng.random() >= p:
+        return sample
+    out = dict(sample)
+    w = sample["img"].shape[1]
+    out["img"] = np.ascontiguousarray(sample["img"][:, ::-1])
+    b = sample["bboxes"]
+    out["bboxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1).astype(np.float32)
+    if sample.get("polygons") is not None:
+        out["polygons"] = [[np.stack([w - p[:, 0], p[:, 1]], 1) for p in inst] for inst in sample["polygons"]]
+    return out
