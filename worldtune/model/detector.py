@@ -1,0 +1,60 @@
+"""The YOLO-World detector: image backbone + text tower -> text-guided neck -> contrastive head."""
+import torch
+from torch import Tensor, nn
+
+from worldtune.model.backbone import MultiModalBackbone
+from worldtune.model.head import HeadOutputs, YOLOWorldHead
+from worldtune.model.neck import YOLOWorldPAFPN
+
+
+class YOLOWorld(nn.Module):
+    """YOLO-World-v2 with the official module names (`backbone.image_model`, `backbone.text_model`,
+    `neck`, `bbox_head.head_module`), so official state_dicts load with strict=True.
+
+    `forward(images, text_feats)` only computes raw head outputs; losses live in `worldtune.loss`
+    and box decoding/NMS in `worldtune.model.postprocess`.
+    """
+
+    def __init__(self, backbone: MultiModalBackbone, neck: YOLOWorldPAFPN, bbox_head: YOLOWorldHead,
+                 variant: str = ""):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.bbox_head = bbox_head
+        self.variant = variant
+        self.strides = backbone.image_model.strides
+        self.vocabulary: list[str] = []
+        # Cached (K, 512) embeddings of `vocabulary`; not saved with the weights.
+        self.register_buffer("vocab_feats", torch.zeros(0, 512), persistent=False)
+
+    @property
+    def text_model(self) -> nn.Module | None:
+        return self.backbone.text_model
+
+    def encode_text(self, texts: list[list[str]]) -> Tensor:
+        """texts: B lists of K strings -> (B, K, 512) L2-normalised embeddings (frozen tower, no grad)."""
+        if self.text_model is None:
+            raise RuntimeError("this model has no text tower: pass text embeddings or call set_vocabulary first")
+        return self.text_model(texts)
+
+    def set_vocabulary(self, texts: list[str], text_feats: Tensor | None = None) -> None:
+        """Fix the class vocabulary used by `predict`-style calls: label k <-> texts[k]."""
+        if text_feats is None:
+            if self.text_model is None:
+                raise RuntimeError("this model has no text tower: pass text_feats of shape (K, 512)")
+            text_feats = self.text_model.encode_vocabulary(list(texts))
+        if text_feats.shape[0] != len(texts):
+            raise ValueError(f"{len(texts)} texts but {text_feats.shape[0]} embeddings")
+        self.vocabulary = list(texts)
+        self.vocab_feats = text_feats.detach().to(self.vocab_feats.device, self.vocab_feats.dtype)
+
+    def forward(self, images: Tensor, text_feats: Tensor | None = None) -> HeadOutputs:
+        """images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
+        text_feats: (B, K, 512) L2-normalised; defaults to the vocabulary set by `set_vocabulary`."""
+        if text_feats is None:
+            if self.vocab_feats.numel() == 0:
+                raise RuntimeError("no text features given and no vocabulary set (call set_vocabulary)")
+            text_feats = self.vocab_feats.unsqueeze(0).expand(images.shape[0], -1, -1)
+        feats = self.backbone.image_model(images)
+        feats = self.neck(feats, text_feats)
+        return self.bbox_head(feats, text_feats)
