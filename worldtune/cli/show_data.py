@@ -1,0 +1,90 @@
+"""Write a PNG grid of augmented training samples: boxes, polygon outlines (before they are
+dropped) and the text of each box, with the sampled vocabulary listed under each tile."""
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ann", required=True, help="COCO instances JSON")
+    parser.add_argument("--images", required=True, help="image folder the JSON's file_name entries are relative to")
+    parser.add_argument("--class-texts", default=None, help="JSON list of synonym lists (default: category names)")
+    parser.add_argument("--out", default="show_data.png", help="output PNG")
+    parser.add_argument("--num", type=int, default=8, help="number of samples")
+    parser.add_argument("--cols", type=int, default=4, help="tiles per row")
+    parser.add_argument("--epoch", type=int, default=0, help="epoch (stage 2 from --close-mosaic-epoch on)")
+    parser.add_argument("--close-mosaic-epoch", type=int, default=70)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--no-mask-refine", action="store_true", help="SGD recipe: boxes only, no copy-paste")
+    parser.add_argument("--affine-scale", type=float, nargs=2, default=(0.5, 1.5))
+    parser.add_argument("--mixup", type=float, default=0.15)
+    parser.add_argument("--copypaste", type=float, default=0.3)
+    parser.add_argument("--num-texts", type=int, default=80)
+    parser.add_argument("--on-bad-data", choices=("error", "skip"), default="error")
+
+
+def _colour(k: int) -> tuple:
+    hue = (k * 47) % 180
+    hsv = np.uint8([[[hue, 220, 255]]])
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def draw_sample(sample: dict, caption_lines: int = 3) -> np.ndarray:
+    """Tile (uint8 BGR) of one `TrainDataset` sample with boxes, polygons and texts drawn."""
+    img = sample["img"].copy()
+    polygons = sample.get("polygons")
+    for i, (box, label) in enumerate(zip(sample["bboxes"], sample["labels"])):
+        colour = _colour(int(label))
+        if polygons is not None:
+            cv2.polylines(img, [np.round(p).astype(np.int32) for p in polygons[i]], True, colour, 1)
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
+        cv2.putText(img, sample["texts"][int(label)], (x1 + 2, max(y1 + 12, 12)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, colour, 1, cv2.LINE_AA)
+    words = [t for t in sample["texts"] if t]
+    line_len = max(1, img.shape[1] // 7)
+    text = f"{len(words)} texts: " + ", ".join(words)
+    lines = [text[i:i + line_len] for i in range(0, len(text), line_len)][:caption_lines]
+    band = np.full((16 * caption_lines + 4, img.shape[1], 3), 255, dtype=np.uint8)
+    for k, line in enumerate(lines):
+        cv2.putText(band, line, (2, 14 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([img, band], 0)
+
+
+def make_grid(tiles: list, cols: int) -> np.ndarray:
+    """Stack equally sized tiles row-major, padding the last row with white."""
+    h, w = tiles[0].shape[:2]
+    rows = (len(tiles) + cols - 1) // cols
+    grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
+    return grid
+
+
+def run(args: argparse.Namespace) -> int:
+    from worldtune.data.coco import CocoDetection, DataError
+    from worldtune.data.presets import build_train_dataset
+
+    try:
+        dataset = CocoDetection(args.ann, args.images, args.class_texts, on_bad_data=args.on_bad_data)
+    except DataError as e:
+        print(f"error: {e}")
+        return 2
+    train_set = build_train_dataset(dataset, imgsz=args.imgsz, mask_refine=not args.no_mask_refine,
+                                    affine_scale=tuple(args.affine_scale), mixup_prob=args.mixup,
+                                    copypaste_prob=args.copypaste, close_mosaic_epoch=args.close_mosaic_epoch,
+                                    num_texts=args.num_texts, seed=args.seed)
+    train_set.set_epoch(args.epoch)
+    indices = np.random.default_rng(args.seed).permutation(len(train_set))[:args.num]
+    tiles = [draw_sample(train_set[int(i)]) for i in np.resize(indices, args.num)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), make_grid(tiles, min(args.cols, len(tiles)))):
+        print(f"error: could not write {out}")
+        return 1
+    print(f"wrote {out}: {len(tiles)} samples, stage {train_set.stage}, epoch {args.epoch}")
+    return 0
