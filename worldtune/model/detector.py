@@ -24,6 +24,8 @@ class YOLOWorld(nn.Module):
         self.variant = variant
         self.strides = backbone.image_model.strides
         self.vocabulary: list[str] = []
+        # True once `reparameterize` folded the vocabulary into the weights: no text input then.
+        self.reparameterized = False
         # Cached (K, 512) embeddings of `vocabulary`; not saved with the weights.
         self.register_buffer("vocab_feats", torch.zeros(0, 512), persistent=False)
 
@@ -51,7 +53,7 @@ class YOLOWorld(nn.Module):
     def forward(self, images: Tensor, text_feats: Tensor | None = None) -> HeadOutputs:
         """images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
         text_feats: (B, K, 512) L2-normalised; defaults to the vocabulary set by `set_vocabulary`."""
-        if text_feats is None:
+        if text_feats is None and not self.reparameterized:
             if self.vocab_feats.numel() == 0:
                 raise RuntimeError("no text features given and no vocabulary set (call set_vocabulary)")
             text_feats = self.vocab_feats.unsqueeze(0).expand(images.shape[0], -1, -1)

@@ -1,0 +1,34 @@
+"""Folding a vocabulary into the weights gives the official rep layout and the same outputs."""
+import json
+
+import torch
+
+from worldtune.model import build_model
+from worldtune.model.reparameterize import reparameterize
+
+
+def test_rep_keys_equal_official_rep_model(spec_fixtures):
+    model = build_model("s").eval()
+    texts = [f"class {i}" for i in range(80)]
+    rep = reparameterize(model, texts, torch.nn.functional.normalize(torch.randn(80, 512), dim=-1))
+    ref = json.loads((spec_fixtures / "official_keys_s_rep_vlpan.json").read_text())
+    assert [(k, tuple(v.shape)) for k, v in rep.state_dict().items()] == \
+        [(k["name"], tuple(k["shape"])) for k in ref["keys"]]
+
+
+def test_rep_outputs_equal_unfolded_model(spec_fixtures):
+    fixture = torch.load(spec_fixtures / "parity_s.pt", weights_only=True)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in fixture["state_dict"].items()
+             if not k.startswith("backbone.text_model.")}
+    model = build_model("s").eval()
+    model.load_state_dict(state)
+    text_feats = fixture["text_feats"][0]  # the 5 texts of image 0, (5, 512)
+    rep = reparameterize(model, fixture["texts"][0], text_feats)
+    assert rep.backbone.text_model is None and model.bbox_head.head_module.cls_contrasts[0].__class__.__name__ == "BNContrastiveHead"
+    images = fixture["images"]
+    with torch.no_grad():
+        ref = model(images, text_feats.expand(2, -1, -1))
+        out = rep(images)
+    for a, b in zip(ref.cls_logits + ref.box_dist_logits, out.cls_logits + out.box_dist_logits):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+    assert rep.vocabulary == fixture["texts"][0]

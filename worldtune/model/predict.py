@@ -1,0 +1,90 @@
+"""Test-time inference: official pre-processing (keep-ratio resize + centred letterbox, pad 114),
+forward, decoding and post-processing, with boxes returned in original image coordinates."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from worldtune.model.postprocess import PostprocessConfig, decode_outputs, detect_one_image
+
+
+def read_image_rgb(source) -> np.ndarray:
+    """A path, a PIL image or an RGB uint8 array (H, W, 3) or (H, W) -> RGB uint8 (H, W, 3)."""
+    if isinstance(source, (str, Path)):
+        img = cv2.imread(str(source), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"cannot read image {source}: missing file or not a decodable image")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    img = np.asarray(source)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an image of shape (H, W, 3), got {img.shape}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {img.dtype}")
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def letterbox_for_test(img: np.ndarray, imgsz: int = 640) -> tuple[np.ndarray, tuple[float, float], list[int]]:
+    """The official test pipeline: long side to `imgsz`, then a centred letterbox without upscaling.
+
+    Returns:
+        (uint8 (imgsz, imgsz, 3), scale_factor (sx, sy) original -> network, pad [top, bottom, left, right]).
+    """
+    from worldtune.data.transforms import keep_ratio_resize, letterbox
+
+    resized, r0 = keep_ratio_resize(img, imgsz)
+    boxed, (sx, sy), pad = letterbox(resized, imgsz, allow_scale_up=False)
+    return boxed, (r0 * sx, r0 * sy), pad
+
+
+@torch.no_grad()
+def predict_batch(model, images_uint8_rgb: Tensor, scale_factors, pad_params, ori_shapes,
+                  cfg: PostprocessConfig | None = None, text_feats: Tensor | None = None) -> list[dict]:
+    """Detections for a letterboxed batch, in original image pixels.
+
+    Args:
+        images_uint8_rgb: (B, 3, H, W) uint8 RGB.
+        scale_factors, pad_params, ori_shapes: per image, as recorded by `letterbox_for_test`.
+        text_feats: (B, K, 512), or None to use the model's vocabulary (`set_vocabulary`).
+    Returns:
+        B dicts with boxes_xyxy (N, 4), scores (N,), labels (N,) int64 indexing the vocabulary.
+    """
+    cfg = cfg or PostprocessConfig()
+    param = next(model.parameters())
+    images = images_uint8_rgb.to(param.device, non_blocking=True).to(param.dtype) / 255
+    boxes, scores = decode_outputs(model(images, text_feats), model.strides)
+    boxes, scores = boxes.float(), scores.float()
+    return [detect_one_image(boxes[i], scores[i], cfg, tuple(scale_factors[i]), tuple(pad_params[i]),
+                             tuple(ori_shapes[i])) for i in range(images.shape[0])]
+
+
+@torch.no_grad()
+def predict(model, images, imgsz: int = 640, cfg: PostprocessConfig | None = None,
+            batch_size: int = 8) -> list[dict]:
+    """Detect the model's vocabulary in images (paths, PIL images or RGB uint8 arrays).
+
+    Returns one dict per image: boxes_xyxy (N, 4) float in original pixels, scores (N,),
+    labels (N,) int64 and `names` (list of N vocabulary strings).
+    """
+    if not model.vocabulary:
+        raise RuntimeError("set a vocabulary first: model.set_vocabulary(['person', 'bus'])")
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    was_training = model.training
+    model.eval()
+    results = []
+    for start in range(0, len(images), batch_size):
+        chunk = [read_image_rgb(s) for s in images[start:start + batch_size]]
+        boxed = [letterbox_for_test(img, imgsz) for img in chunk]
+        batch = torch.from_numpy(np.stack([b[0] for b in boxed])).permute(0, 3, 1, 2)
+        dets = predict_batch(model, batch, [b[1] for b in boxed], [b[2] for b in boxed],
+                             [img.shape[:2] for img in chunk], cfg)
+        for det in dets:
+            det = {k: v.cpu() for k, v in det.items()}
+            det["names"] = [model.vocabulary[i] for i in det["labels"].tolist()]
+            results.append(det)
+    model.train(was_training)
+    return results
