@@ -45,18 +45,20 @@ def box_ciou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor, eps: float = 1e-7) -> Ten
     """Element-wise complete IoU of two broadcastable box tensors, clamped to [-1, 1].
 
     Follows the YOLOv5/mmyolo formulation so that losses match the official numbers:
-    `eps` is added to both heights (also inside the aspect term), to the union and to the
-    squared enclosing diagonal; the aspect weight alpha carries no gradient.
+    the union is formed from the raw widths and heights plus `eps`; `eps` is added to
+    both heights only inside the aspect-ratio term, and to the squared enclosing
+    diagonal; the aspect weight alpha carries no gradient (it is treated as a constant).
 
     Args:
-        boxes1_xyxy, boxes2_xyxy: Tensor[..., 4].
+        boxes1_xyxy, boxes2_xyxy: Tensor[..., 4], broadcastable against each other.
+        eps: numerical guard (official: 1e-7 in the assigner, 1e-6 in the box loss).
     Returns:
-        Tensor[...] CIoU values.
+        Tensor[...] CIoU values in [-1, 1].
     """
     b1_x1, b1_y1, b1_x2, b1_y2 = boxes1_xyxy.unbind(-1)
     b2_x1, b2_y1, b2_x2, b2_y2 = boxes2_xyxy.unbind(-1)
-    w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps
-    w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps
+    w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1
+    w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1
 
     inter_w = (torch.minimum(b1_x2, b2_x2) - torch.maximum(b1_x1, b2_x1)).clamp(min=0)
     inter_h = (torch.minimum(b1_y2, b2_y2) - torch.maximum(b1_y1, b2_y1)).clamp(min=0)
@@ -69,7 +71,8 @@ def box_ciou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor, eps: float = 1e-7) -> Ten
     enclose_diag2 = enclose_w**2 + enclose_h**2 + eps
     centre_dist2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2) ** 2 + (b2_y1 + b2_y2 - b1_y1 - b1_y2) ** 2) / 4
 
-    aspect = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    # eps on the heights keeps atan(w / h) finite for zero-height boxes.
+    aspect = (4 / math.pi**2) * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
     with torch.no_grad():
         alpha = aspect / (aspect - iou + (1 + eps))
     ciou = iou - (centre_dist2 / enclose_diag2 + alpha * aspect)

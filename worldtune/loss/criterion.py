@@ -1,0 +1,198 @@
+"""YOLO-World training loss: BCE over each image's vocabulary, CIoU and DFL on assigned priors.
+
+Call order inside `YOLOWorldCriterion.__call__`:
+    flatten head maps -> decode boxes -> assign (no grad) -> three losses -> official scale.
+`compute` takes already-flattened predictions, so a caller holding DFL expectations rather
+than raw distribution logits (e.g. the parity fixture) can still get the cls/bbox losses.
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from worldtune.loss.assigner import AssignResult, TaskAlignedAssigner
+from worldtune.ops.boxes import bbox_to_distance, box_ciou, distance_to_bbox
+
+STRIDES = (8, 16, 32)
+
+
+def make_priors(feat_sizes: list[tuple[int, int]], strides=STRIDES, device=None,
+                dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """Anchor centres ((col + 0.5) * s, (row + 0.5) * s), levels concatenated, row-major.
+
+    Returns:
+        priors_xy: Tensor[A, 2] in input pixels; prior_strides: Tensor[A].
+    """
+    points, point_strides = [], []
+    for (h, w), s in zip(feat_sizes, strides):
+        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * s
+        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1))
+        point_strides.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
+    return torch.cat(points), torch.cat(point_strides)
+
+
+def flatten_levels(maps: list[Tensor]) -> Tensor:
+    """List of Tensor[B, C, H, W] -> Tensor[B, sum(H*W), C] in prior order."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
+
+
+def pad_targets(bboxes_labels: Tensor, batch_size: int, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Collated gts [N, 6] (image index, label, x1, y1, x2, y2) -> per-image padded tensors.
+
+    Returns:
+        gt_labels: Tensor[B, M] int64; gt_bboxes_xyxy: Tensor[B, M, 4]; gt_valid: Tensor[B, M] bool.
+    """
+    if bboxes_labels.dim() != 2 or bboxes_labels.shape[1] != 6:
+        raise ValueError(f"bboxes_labels must be Tensor[N, 6] (image index, label, x1, y1, x2, y2), "
+                         f"got shape {tuple(bboxes_labels.shape)}")
+    image_idx = bboxes_labels[:, 0].long()
+    labels = bboxes_labels[:, 1].long()
+    if len(bboxes_labels) and (image_idx.min() < 0 or image_idx.max() >= batch_size):
+        raise ValueError(f"bboxes_labels[:, 0] (image index) must lie in [0, {batch_size}), "
+                         f"got range [{int(image_idx.min())}, {int(image_idx.max())}]")
+    if len(bboxes_labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"bboxes_labels[:, 1] (label) must index the {num_classes} texts of its image, "
+                         f"got range [{int(labels.min())}, {int(labels.max())}]")
+    counts = torch.bincount(image_idx, minlength=batch_size)
+    max_gt = int(counts.max()) if len(bboxes_labels) else 0
+    device = bboxes_labels.device
+    gt_labels = torch.zeros(batch_size, max_gt, dtype=torch.long, device=device)
+    gt_bboxes = torch.zeros(batch_size, max_gt, 4, dtype=bboxes_labels.dtype, device=device)
+    gt_valid = torch.zeros(batch_size, max_gt, dtype=torch.bool, device=device)
+    # Stable sort keeps each image's gts in their collated order, as the official padding does.
+    order = torch.sort(image_idx, stable=True).indices
+    image_idx, rows = image_idx[order], bboxes_labels[order]
+    slot = torch.arange(len(rows), device=device) - (torch.cumsum(counts, 0) - counts)[image_idx]
+    gt_labels[image_idx, slot] = labels[order]
+    gt_bboxes[image_idx, slot] = rows[:, 2:6]
+    gt_valid[image_idx, slot] = True
+    return gt_labels, gt_bboxes, gt_valid
+
+
+def distribution_focal_loss(dist_logits: Tensor, target: Tensor) -> Tensor:
+    """DFL: cross-entropy to the two bins around a continuous target, linearly weighted.
+
+    Args:
+        dist_logits: Tensor[N, R] logits over R bins (bin value = index).
+        target: Tensor[N] in [0, R - 1).
+    Returns:
+        Tensor[N] per-sample loss.
+    """
+    left = target.long()
+    right = left + 1
+    weight_left = right.to(target.dtype) - target
+    weight_right = target - left.to(target.dtype)
+    return (F.cross_entropy(dist_logits, left, reduction="none") * weight_left
+            + F.cross_entropy(dist_logits, right, reduction="none") * weight_right)
+
+
+def official_loss_scale(batch_size: int, world_size: int) -> int:
+    """The official head multiplies every loss by (images on this device x world size).
+
+    This is the YOLOv8 "x batch" convention: DDP averages gradients over devices, so the
+    effective gradient is that of the per-image loss *summed* over the global batch. It is
+    why logged losses are in the hundreds and why the max-norm-10 gradient clip is active on
+    nearly every step. Kept here, in this one place, so the recipe (lr, clip) stays valid.
+    """
+    return batch_size * world_size
+
+
+class YOLOWorldCriterion:
+    """Official YOLO-World-v2 loss: 0.5 * BCE + 7.5 * CIoU + 0.375 * DFL, each / max(sum targets, 1)."""
+
+    def __init__(self, world_size: int = 1, strides=STRIDES, reg_max: int = 16, cls_weight: float = 0.5,
+                 bbox_weight: float = 7.5, dfl_weight: float = 0.375, bbox_iou_eps: float = 1e-6,
+                 assigner: TaskAlignedAssigner | None = None):
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        self.world_size = world_size
+        self.strides = tuple(strides)
+        self.reg_max = reg_max
+        self.cls_weight = cls_weight
+        self.bbox_weight = bbox_weight
+        self.dfl_weight = dfl_weight
+        self.bbox_iou_eps = bbox_iou_eps
+        self.assigner = assigner or TaskAlignedAssigner()
+
+    def __call__(self, cls_logits: list[Tensor], reg_dist_logits: list[Tensor],
+                 bboxes_labels: Tensor) -> dict[str, Tensor]:
+        """Losses for one batch on this device.
+
+        Args:
+            cls_logits: per level Tensor[B, K, H, W] raw class logits over each image's K texts.
+            reg_dist_logits: per level Tensor[B, 4 * reg_max, H, W]; channel = side * reg_max + bin,
+                sides (left, top, right, bottom).
+            bboxes_labels: Tensor[N, 6] (image index, label, x1, y1, x2, y2) in input pixels.
+        Returns:
+            dict with loss_cls, loss_bbox, loss_dfl (scalars, official scale) and loss (their sum).
+        """
+        if len(cls_logits) != len(self.strides) or len(reg_dist_logits) != len(self.strides):
+            raise ValueError(f"expected {len(self.strides)} levels of cls_logits and reg_dist_logits, "
+                             f"got {len(cls_logits)} and {len(reg_dist_logits)}")
+        for level, (c, r) in enumerate(zip(cls_logits, reg_dist_logits)):
+            if r.shape[1] != 4 * self.reg_max or c.shape[2:] != r.shape[2:] or c.shape[0] != r.shape[0]:
+                raise ValueError(f"level {level}: cls_logits {tuple(c.shape)} and reg_dist_logits "
+                                 f"{tuple(r.shape)} do not match (need [B, K, H, W] and [B, {4 * self.reg_max}, H, W])")
+        batch = cls_logits[0].shape[0]
+        priors, prior_strides = make_priors([tuple(c.shape[2:]) for c in cls_logits], self.strides,
+                                            device=cls_logits[0].device, dtype=cls_logits[0].dtype)
+        cls_flat = flatten_levels(cls_logits)  # [B, A, K]
+        dist_logits = flatten_levels(reg_dist_logits).reshape(batch, -1, 4, self.reg_max)
+        bins = torch.arange(self.reg_max, device=dist_logits.device, dtype=dist_logits.dtype)
+        distances = dist_logits.softmax(dim=-1) @ bins  # [B, A, 4] expectation in stride units
+        losses, _ = self.compute(cls_flat, distances, dist_logits, priors, prior_strides, bboxes_labels)
+        return losses
+
+    def compute(self, cls_flat: Tensor, distances: Tensor, dist_logits: Tensor | None, priors: Tensor,
+                prior_strides: Tensor, bboxes_labels: Tensor) -> tuple[dict[str, Tensor], AssignResult]:
+        """Losses from flattened predictions (A priors over all levels).
+
+        Args:
+            cls_flat: Tensor[B, A, K] class logits.
+            distances: Tensor[B, A, 4] predicted ltrb distances in stride units.
+            dist_logits: Tensor[B, A, 4, reg_max] raw bin logits, or None to skip DFL
+                (then loss_dfl is absent from the result).
+            priors: Tensor[A, 2] centres in pixels; prior_strides: Tensor[A].
+            bboxes_labels: Tensor[N, 6] collated gts in input pixels.
+        Returns:
+            (losses, assign): the loss dict of `__call__` and the AssignResult (boxes in pixels).
+        """
+        batch, _, num_classes = cls_flat.shape
+        gt_labels, gt_bboxes, gt_valid = pad_targets(bboxes_labels.to(cls_flat.dtype), batch, num_classes)
+        stride_col = prior_strides.unsqueeze(-1)  # [A, 1]
+        pred_bboxes = distance_to_bbox(priors, distances * stride_col)  # [B, A, 4] pixels
+        assign = self.assigner(cls_flat.detach().sigmoid(), pred_bboxes.detach(), priors,
+                               gt_labels, gt_bboxes, gt_valid)
+        target_scores = assign.scores
+        # Per device, not all-reduced: that is what the official numbers use.
+        scores_sum = target_scores.sum().clamp(min=1)
+
+        loss_cls = F.binary_cross_entropy_with_logits(cls_flat, target_scores, reduction="none").sum()
+        loss_cls = self.cls_weight * loss_cls / scores_sum
+
+        fg = assign.fg_mask
+        if fg.any():
+            weight = target_scores.sum(-1)[fg]  # [P]
+            # Box and DFL terms work in grid (stride) units.
+            pred_grid = (pred_bboxes / stride_col)[fg]
+            target_grid = (assign.bboxes_xyxy / stride_col)[fg]
+            ciou = box_ciou(pred_grid, target_grid, eps=self.bbox_iou_eps)
+            loss_bbox = self.bbox_weight * ((1.0 - ciou) * weight).sum() / scores_sum
+            if dist_logits is not None:
+                priors_grid = (priors / stride_col).unsqueeze(0).expand(batch, -1, -1)[fg]
+                # Targets stop just below the last bin so that the right neighbour bin exists.
+                target_ltrb = bbox_to_distance(priors_grid, target_grid, max_distance=self.reg_max - 1 - 0.01)
+                dfl = distribution_focal_loss(dist_logits[fg].reshape(-1, self.reg_max), target_ltrb.reshape(-1))
+                loss_dfl = self.dfl_weight * (dfl * weight.repeat_interleave(4)).sum() / scores_sum
+        else:
+            # Zero losses that still reach the predictions, so every parameter gets a gradient.
+            loss_bbox = distances.sum() * 0.0
+            loss_dfl = dist_logits.sum() * 0.0 if dist_logits is not None else None
+
+        scale = official_loss_scale(batch, self.world_size)
+        losses = {"loss_cls": loss_cls * scale, "loss_bbox": loss_bbox * scale}
+        if dist_logits is not None:
+            losses["loss_dfl"] = loss_dfl * scale
+        losses["loss"] = sum(losses.values())
+        return losses, assign
