@@ -1,0 +1,119 @@
+"""evaluate_model: label -> category id mapping, scoring, and a real tiny model end to end."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from worldtune.data.coco import CocoDetection
+from worldtune.data.demo_set import build_demo_dataset
+from worldtune.data.loader import build_eval_loader
+from worldtune.data.presets import build_eval_dataset
+from worldtune.eval.evaluate import detections_to_coco, evaluate_model, infer_variant
+
+
+@pytest.fixture(scope="module")
+def demo_val(tmp_path_factory):
+    paths = build_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=1, num_val=5, imgsz=96)
+    dataset = CocoDetection(paths["val_ann"], paths["val_images"])
+    loader = build_eval_loader(build_eval_dataset(dataset, imgsz=64), batch_size=2)
+    return dataset, loader, json.loads(paths["val_ann"].read_text())
+
+
+class FakeDetector(nn.Module):
+    """Stands in for YOLOWorld: records the vocabulary and whether it ran in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.vocabulary, self.modes = [], []
+
+    def set_vocabulary(self, texts):
+        self.vocabulary = list(texts)
+
+
+def gt_predictor(gt, cat_id_to_label, label_shift=0):
+    """A predict_fn returning each image's GT boxes (xyxy, original pixels) with vocabulary labels."""
+    def predict_fn(model, images, scale_factors, pad_params, ori_shapes):
+        model.modes.append(model.training)
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 64, 64)
+        return [{"boxes_xyxy": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes]).reshape(-1, 4),
+                 "scores": torch.linspace(0.9, 0.5, len(boxes)),
+                 "labels": (torch.tensor(labels, dtype=torch.int64) + label_shift) % len(cat_id_to_label)}
+                for boxes, labels in next_images(len(images))]
+
+    order = [img["id"] for img in gt["images"]]
+    per_image = {i: ([], []) for i in order}
+    for a in gt["annotations"]:
+        per_image[a["image_id"]][0].append(a["bbox"])
+        per_image[a["image_id"]][1].append(cat_id_to_label[a["category_id"]])
+    queue = [per_image[i] for i in order]
+
+    def next_images(n):
+        taken = queue[:n]
+        del queue[:n]
+        return taken
+
+    return predict_fn
+
+
+def test_detections_to_coco_maps_labels_and_boxes():
+    dets = [{"boxes_xyxy": torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 5.0, 5.0]]),
+             "scores": torch.tensor([0.9, 0.2]), "labels": torch.tensor([2, 0])},
+            {"boxes_xyxy": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
+    out = detections_to_coco(dets, [7, 8], cat_ids=[1, 17, 47])
+    assert out == [{"image_id": 7, "category_id": 47, "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.9},
+                   {"image_id": 7, "category_id": 1, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.2}]
+    with pytest.raises(ValueError, match="label 3 outside the vocabulary of 3"):
+        detections_to_coco([dict(dets[0], labels=torch.tensor([3, 0]))], [7], cat_ids=[1, 17, 47])
+
+
+def test_evaluate_model_scores_mapped_detections(demo_val, tmp_path):
+    dataset, loader, gt = demo_val
+    model = FakeDetector().train()
+    out = tmp_path / "dets.json"
+    metrics = evaluate_model(model, loader, dataset, predict_fn=gt_predictor(gt, dataset.cat_id_to_label),
+                             out_detections=out)
+    assert model.vocabulary == ["person", "cat", "coffee cup", "rocket", "coin"]
+    assert model.modes and not any(model.modes) and model.training  # eval inside, restored after
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["num_detections"] == len(gt["annotations"])
+    written = json.loads(out.read_text())
+    assert {d["category_id"] for d in written} == {a["category_id"] for a in gt["annotations"]}
+
+
+def test_wrong_label_mapping_scores_zero(demo_val):
+    dataset, loader, gt = demo_val
+    metrics = evaluate_model(FakeDetector(), loader, dataset, backend="pycocotools",
+                             predict_fn=gt_predictor(gt, dataset.cat_id_to_label, label_shift=1))
+    assert metrics["AP"] == 0.0
+
+
+def test_tiny_real_model_end_to_end(demo_val):
+    from worldtune.model import build_model
+
+    dataset, loader, gt = demo_val
+    torch.manual_seed(0)
+    model = build_model("n")
+    with torch.no_grad():  # the prior bias keeps an untrained head below the 0.001 score threshold
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") and "cls_contrasts" in name:
+                param.fill_(0.0)
+    names = dataset.class_names
+    model.set_vocabulary(names, text_feats=nn.functional.normalize(torch.randn(len(names), 512), dim=-1))
+    metrics = evaluate_model(model, loader, dataset)
+    assert 0.0 <= metrics["AP"] <= 1.0 and metrics["num_images"] == len(gt["images"])
+    assert metrics["num_detections"] > 0 and metrics["images_per_second"] > 0
+
+
+@pytest.mark.parametrize("variant", ["s", "m", "l", "x", "l_efficient_neck"])
+def test_infer_variant_from_official_keys(spec_fixtures, variant):
+    data = json.loads((spec_fixtures / f"official_keys_{variant}.json").read_text())
+    entries = next(v for v in data.values() if isinstance(v, list) and v and isinstance(v[0], dict))
+    state = {e["name"]: torch.empty(e["shape"]) for e in entries}
+    assert infer_variant(state) == variant
+
+
+def test_infer_variant_refuses_unknown_layouts():
+    with pytest.raises(ValueError, match="--variant"):
+        infer_variant({"foo": torch.empty(1)})
+    with pytest.raises(ValueError, match="stem width 40"):
+        infer_variant({"backbone.image_model.stem.conv.weight": torch.empty(40, 3, 3, 3)})

@@ -1,0 +1,92 @@
+"""COCO box AP of a detections file, or of a checkpoint run over a COCO-format image set.
+
+  worldtune eval --detections results.json --ann instances_val2017.json [--json metrics.json]
+  worldtune eval --weights v2-l-coco --data-root data/coco [--out-detections dets.json]
+  worldtune eval --weights run/best.pth --ann val.json --images val/ --class-texts texts.json
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("what to score (one of)")
+    src.add_argument("--detections", type=Path, help="COCO results JSON [{image_id, category_id, bbox, score}]")
+    src.add_argument("--weights", help="checkpoint path or zoo name (see `worldtune zoo`)")
+    data = parser.add_argument_group("ground truth and images")
+    data.add_argument("--ann", type=Path, help="COCO instances JSON")
+    data.add_argument("--images", type=Path, help="image folder (with --weights)")
+    data.add_argument("--data-root", type=Path,
+                      help="COCO folder: annotations/instances_val2017.json and val2017/")
+    data.add_argument("--class-texts", type=Path, help="JSON list of synonym lists, one per category")
+    model = parser.add_argument_group("model (with --weights)")
+    model.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
+    model.add_argument("--text-model", default="openai/clip-vit-base-patch32",
+                       help="CLIP text tower: hub id or local folder")
+    model.add_argument("--imgsz", type=int, default=640)
+    model.add_argument("--batch-size", type=int, default=8)
+    model.add_argument("--workers", type=int, default=2)
+    model.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    model.add_argument("--allow-hash-mismatch", action="store_true",
+                       help="accept a zoo file whose SHA-256 disagrees with its name")
+    out = parser.add_argument_group("output")
+    out.add_argument("--backend", choices=BACKENDS, default="faster", help="COCO matching implementation")
+    out.add_argument("--json", type=Path, help="write the metrics here")
+    out.add_argument("--out-detections", type=Path, help="write the model's COCO results JSON here")
+
+
+def _gt_and_images(args) -> tuple:
+    if args.data_root is not None:
+        ann = args.ann or args.data_root / "annotations" / "instances_val2017.json"
+        images = args.images or args.data_root / "val2017"
+        return ann, images
+    return args.ann, args.images
+
+
+def _score_model(args, ann: Path, images: Path) -> dict:
+    import torch
+
+    from worldtune.data.coco import CocoDetection
+    from worldtune.data.loader import build_eval_loader
+    from worldtune.data.presets import build_eval_dataset
+    from worldtune.eval.evaluate import evaluate_model, load_model_for_eval
+
+    if images is None:
+        raise ValueError("--weights needs --images DIR (or --data-root)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = CocoDetection(ann, images, class_texts=args.class_texts)
+    loader = build_eval_loader(build_eval_dataset(dataset, imgsz=args.imgsz), batch_size=args.batch_size,
+                               workers=args.workers)
+    model = load_model_for_eval(args.weights, variant=args.variant, text_model=args.text_model, device=device,
+                                allow_hash_mismatch=args.allow_hash_mismatch)
+    return evaluate_model(model, loader, dataset, ann=ann, backend=args.backend,
+                          out_detections=args.out_detections, progress=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.detections is None) == (args.weights is None):
+        print("worldtune eval: give exactly one of --detections FILE or --weights CKPT", file=sys.stderr)
+        return 2
+    ann, images = _gt_and_images(args)
+    if ann is None:
+        print("worldtune eval: give --ann VAL.json (or --data-root COCO_DIR)", file=sys.stderr)
+        return 2
+    try:
+        if args.detections is not None:
+            metrics = coco_evaluate(ann, args.detections, backend=args.backend)
+        else:
+            metrics = _score_model(args, ann, images)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad files or data, missing weights
+        print(f"worldtune eval: {e}", file=sys.stderr)
+        return 1
+    print(f"COCO box metrics ({metrics['num_images']} images, {metrics['num_detections']} detections, "
+          f"backend {metrics['backend']}), %:")
+    print(format_metrics(metrics))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(metrics_to_json(metrics), indent=2))
+        print(f"metrics written to {args.json}")
+    return 0

@@ -1,0 +1,158 @@
+"""Run a detector over an evaluation loader, collect COCO-results detections and score them.
+
+The model side is reached through one function, `predict_fn(model, images_uint8_rgb (B,3,H,W),
+scale_factors, pad_params, ori_shapes) -> [dict(boxes_xyxy [N,4] in original pixels, scores [N],
+labels [N] int64)]` (default: `worldtune.model.predict.predict_batch`, which undoes the letterbox).
+Labels index the vocabulary = the dataset's class names, so label k maps to `dataset.cat_ids[k]`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from worldtune.eval.coco_eval import coco_evaluate
+
+
+def detections_to_coco(dets: list[dict], image_ids: list[int], cat_ids: list[int]) -> list[dict]:
+    """Per-image model outputs -> COCO results entries.
+
+    Args:
+        dets: B dicts with boxes_xyxy Tensor[N, 4] (original image pixels), scores Tensor[N],
+            labels Tensor[N] int64 (vocabulary index).
+        image_ids: B COCO image ids. cat_ids: vocabulary index -> COCO category id.
+    Returns:
+        list of {image_id, category_id, bbox [x, y, w, h], score}.
+    """
+    out = []
+    for det, image_id in zip(dets, image_ids):
+        boxes = det["boxes_xyxy"].detach().float().cpu()
+        labels = det["labels"].detach().cpu().long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= len(cat_ids)):
+            raise ValueError(f"image {image_id}: label {int(labels.max())} outside the vocabulary of "
+                             f"{len(cat_ids)} classes")
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        for box, score, label in zip(xywh, det["scores"].detach().float().cpu().tolist(), labels.tolist()):
+            out.append({"image_id": int(image_id), "category_id": int(cat_ids[label]),
+                        "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+    return out
+
+
+def _default_predict_fn():
+    from worldtune.model.predict import predict_batch
+    return predict_batch
+
+
+@torch.no_grad()
+def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
+                       predict_fn: Callable | None = None, progress: bool = False) -> list[dict]:
+    """Run `model` over `loader` (eval batches, see `worldtune.data.collate.collate_eval`)."""
+    predict_fn = predict_fn or _default_predict_fn()
+    if list(getattr(model, "vocabulary", [])) != list(texts):
+        model.set_vocabulary(list(texts))
+    was_training = model.training
+    model.eval()
+    results = []
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(loader, desc="eval", unit="batch")
+    try:
+        for batch in batches:
+            if batch["texts"] and list(batch["texts"][0]) != list(texts):
+                raise ValueError(f"the loader's texts {batch['texts'][0][:5]}... differ from the dataset's "
+                                 f"class names {list(texts)[:5]}...; build the loader from the same dataset")
+            dets = predict_fn(model, batch["images"], batch["scale_factors"], batch["pad_params"],
+                              batch["ori_shapes"])
+            results += detections_to_coco(dets, batch["image_ids"], cat_ids)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = None, backend: str = "faster",
+                   predict_fn: Callable | None = None, out_detections: str | Path | None = None,
+                   progress: bool = False) -> dict:
+    """COCO box metrics of `model` on the images of `loader`.
+
+    Args:
+        model: a detector with `set_vocabulary(texts)` (e.g. `worldtune.model.YOLOWorld`).
+        loader: eval loader (`worldtune.data.loader.build_eval_loader`).
+        dataset: the `worldtune.data.coco.CocoDetection` behind the loader (or its EvalDataset
+            wrapper): gives `class_names` (vocabulary), `cat_ids` and `ann_file`.
+        ann: GT annotations; defaults to `dataset.ann_file`.
+        backend: "faster" or "pycocotools". predict_fn: see the module docstring.
+        out_detections: also write the COCO-results JSON there.
+    Returns:
+        the dict of `coco_evaluate` plus `seconds` (inference) and `images_per_second`.
+    """
+    base = dataset if hasattr(dataset, "cat_ids") else getattr(dataset, "dataset", dataset)
+    for attr in ("cat_ids", "class_names"):
+        if not hasattr(base, attr):
+            raise TypeError(f"evaluate_model: dataset must be a CocoDetection (needs .{attr})")
+    ann = ann if ann is not None else base.ann_file
+    start = time.perf_counter()
+    dets = collect_detections(model, loader, list(base.cat_ids), list(base.class_names), predict_fn, progress)
+    seconds = time.perf_counter() - start
+    if out_detections is not None:
+        path = Path(out_detections)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dets))
+    metrics = coco_evaluate(ann, dets, backend=backend)
+    num_images = len(loader.dataset) if hasattr(loader, "dataset") else None
+    metrics["seconds"] = round(seconds, 3)
+    metrics["images_per_second"] = round(num_images / seconds, 2) if num_images and seconds > 0 else None
+    return metrics
+
+
+# Stem width (conv out channels) -> variant; `l` and `l_efficient_neck` share it and differ by
+# the neck's text-attention keys (REFERENCE.md §1.1, official key lists).
+_STEM_TO_VARIANT = {16: "n", 32: "s", 48: "m", 64: "l", 80: "x", 96: "xl"}
+
+
+def infer_variant(state_dict: dict) -> str:
+    """Guess the model variant of an official-layout state_dict from its shapes and keys."""
+    key = "backbone.image_model.stem.conv.weight"
+    if key not in state_dict:
+        raise ValueError(f"cannot infer the model variant: no '{key}' in the checkpoint; pass --variant")
+    width = int(state_dict[key].shape[0])
+    if width not in _STEM_TO_VARIANT:
+        raise ValueError(f"cannot infer the model variant from stem width {width}; pass --variant")
+    variant = _STEM_TO_VARIANT[width]
+    if variant == "l" and not any(".attn_block.guide_fc." in k for k in state_dict):
+        variant = "l_efficient_neck"
+    return variant
+
+
+def load_model_for_eval(weights: str | Path, *, variant: str | None = None,
+                        text_model: str = "openai/clip-vit-base-patch32", device: str = "cpu",
+                        allow_hash_mismatch: bool = False):
+    """Build a YOLO-World and load `weights` (a path or a zoo name) for evaluation.
+
+    The CLIP text tower comes from `text_model` (hub id or local folder); the checkpoint's own
+    text weights, when it carries them, replace it on load.
+    """
+    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
+    from worldtune.model import build_model
+    from worldtune.model.text_encoder import CLIPTextEncoder
+    from worldtune.zoo import resolve_weights
+
+    path = resolve_weights(weights, allow_hash_mismatch=allow_hash_mismatch)
+    state = extract_model_state(load_checkpoint_file(path))
+    variant = variant or infer_variant(state)
+    model = build_model(variant, text_model=CLIPTextEncoder.from_pretrained(text_model))
+    if any(k.startswith("backbone.text_model.") for k in state):
+        load_model_state(model, state, strict=True, path=path)
+    else:
+        # A file without text weights (e.g. text tower stripped to save space): the tower keeps the
+        # pre-trained CLIP, and every other weight must still be present.
+        missing = sorted(k for k in model.state_dict() if k not in state and not k.startswith("backbone.text_model.")
+                         and not k.endswith("num_batches_tracked"))
+        if missing:
+            raise ValueError(f"{path}: {len(missing)} image-side weights missing for variant {variant!r}, "
+                             f"e.g. {missing[:5]}")
+        load_model_state(model, state, strict=False, path=path)
+    return model.to(device).eval()
