@@ -60,3 +60,23 @@ class YOLOWorld(nn.Module):
         feats = self.backbone.image_model(images)
         feats = self.neck(feats, text_feats)
         return self.bbox_head(feats, text_feats)
+
+    @classmethod
+    def from_pretrained(cls, weights, variant: str | None = None, text_model: str | None = "openai/clip-vit-base-patch32",
+                        device="cpu", **kwargs) -> "YOLOWorld":
+        """Load a checkpoint (path, zoo name or alias) or build `weights`="none" with `variant`.
+
+        See `worldtune.model.loading.load_model` for the arguments.
+        """
+        from worldtune.model import VARIANTS
+        from worldtune.model.loading import load_model
+
+        if weights in VARIANTS and variant is None:
+            return load_model(None, variant=weights, text_model=text_model, device=device, **kwargs)
+        return load_model(weights, variant=variant, text_model=text_model, device=device, **kwargs)
+
+    def predict(self, images, imgsz: int = 640, **kwargs) -> list[dict]:
+        """Detect the vocabulary (`set_vocabulary`) in images; see `worldtune.model.predict.predict`."""
+        from worldtune.model.predict import predict
+
+        return predict(self, images, imgsz=imgsz, **kwargs)

@@ -1,0 +1,75 @@
+"""Build a ready-to-use model from a checkpoint (official `.pth`, worldtune checkpoint, zoo name) or a variant."""
+from pathlib import Path
+
+import torch
+
+from worldtune.model import VARIANTS, build_model
+from worldtune.model.detector import YOLOWorld
+
+DEFAULT_TEXT_MODEL = "openai/clip-vit-base-patch32"
+TEXT_PREFIX = "backbone.text_model."
+
+# stem output channels -> variant (the stem width differs for every size)
+_STEM_TO_VARIANT = {16: "n", 32: "s", 48: "m", 64: "l", 80: "x", 96: "xl"}
+
+
+def infer_variant(state_dict: dict) -> str:
+    """Recognise the variant from the weights: stem width gives the size, missing guide_fc the efficient neck."""
+    stem = state_dict.get("backbone.image_model.stem.conv.weight")
+    if stem is None or stem.shape[0] not in _STEM_TO_VARIANT:
+        raise ValueError("cannot recognise the model variant: the weights have no known "
+                         "'backbone.image_model.stem.conv.weight'; pass variant=... explicitly")
+    variant = _STEM_TO_VARIANT[stem.shape[0]]
+    if variant == "l" and "neck.top_down_layers.0.attn_block.guide_fc.weight" not in state_dict:
+        variant = "l_efficient_neck"
+    return variant
+
+
+def load_model(weights: str | Path | None = None, variant: str | None = None,
+               text_model: str | None = DEFAULT_TEXT_MODEL, device: str | torch.device = "cpu",
+               strict: bool = True, allow_hash_mismatch: bool = False) -> YOLOWorld:
+    """A YOLO-World model with weights and a text tower, in eval mode.
+
+    Args:
+        weights: path to an official `.pth` / worldtune checkpoint / safetensors file, a zoo name or
+            alias (see `worldtune zoo`), or None / "none" for random initialisation of `variant`.
+        variant: a key of VARIANTS; inferred from the weights when omitted.
+        text_model: Hugging Face id or local folder of the CLIP text model (its tokenizer is always
+            needed; its weights only when the checkpoint carries none). None: no text tower.
+        strict: refuse weights that do not match the model exactly (listing the differences).
+    """
+    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    if weights is None or str(weights).lower() == "none":
+        if variant is None:
+            raise ValueError("no weights given: name a variant (one of " + ", ".join(VARIANTS) + ")")
+        tower = CLIPTextEncoder.from_pretrained(text_model) if text_model else None
+        return build_model(variant, tower).to(device).eval()
+
+    from worldtune.zoo import resolve_weights
+
+    path = resolve_weights(str(weights), allow_hash_mismatch=allow_hash_mismatch)
+    checkpoint = load_checkpoint_file(path)
+    state = extract_model_state(checkpoint)
+    saved_variant = (checkpoint.get("config") or {}).get("model", {}).get("variant") if isinstance(checkpoint, dict) else None
+    variant = variant or saved_variant or infer_variant(state)
+    has_text = any(k.startswith(TEXT_PREFIX) for k in state)
+    if text_model is None:
+        tower = None
+        state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
+    elif has_text:
+        # The checkpoint carries the text weights: build the tower empty, only the tokenizer is fetched.
+        tower = CLIPTextEncoder.from_config(tokenizer_dir=text_model)
+    else:
+        tower = CLIPTextEncoder.from_pretrained(text_model)
+    model = build_model(variant, tower)
+    if not has_text and tower is not None:
+        # The tower's own pretrained weights stand; the checkpoint covers the image side only.
+        state = {**{TEXT_PREFIX + k: v for k, v in tower.state_dict().items()}, **state}
+    load_model_state(model, state, strict=strict, path=path)
+    vocabulary = checkpoint.get("vocabulary") if isinstance(checkpoint, dict) else None
+    model = model.to(device).eval()
+    if vocabulary and tower is not None:
+        model.set_vocabulary(list(vocabulary))
+    return model
