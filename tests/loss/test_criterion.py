@@ -157,3 +157,21 @@ def test_matches_official_cls_and_bbox_loss(loss_fixture):
     assert int(assign.fg_mask.sum()) == 50
     torch.testing.assert_close(losses["loss_cls"], lf["loss_cls"], rtol=1e-4, atol=0)
     torch.testing.assert_close(losses["loss_bbox"], lf["loss_bbox"], rtol=1e-4, atol=0)
+
+
+def test_end_to_end_train_mode_matches_official_losses(parity_s):
+    """Train-mode forward of the official weights (batch-stat BN) -> all three official losses."""
+    from worldtune.model import build_model
+
+    lf = parity_s["loss"]
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in parity_s["state_dict"].items()
+             if not k.startswith("backbone.text_model.")}  # the loss fixture gives text_feats directly
+    model = build_model("s")
+    model.load_state_dict(state, strict=True)
+    model.train()
+    out = model(parity_s["images"], lf["text_feats"])
+    losses = YOLOWorldCriterion(world_size=1)(out.cls_logits, out.box_dist_logits, lf["bboxes_labels"])
+    for key in ("loss_cls", "loss_bbox", "loss_dfl"):
+        torch.testing.assert_close(losses[key], lf[key], rtol=1e-4, atol=0, msg=key)
+    losses["loss"].backward()
+    assert model.bbox_head.head_module.cls_contrasts[0].logit_scale.grad is not None
