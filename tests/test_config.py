@@ -1,0 +1,124 @@
+"""Config dataclasses, recipes, overrides and the batch rule."""
+import os
+from pathlib import Path
+
+import pytest
+
+from worldtune import config as C
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_official_recipe():
+    cfg = C.Config()
+    t, d = cfg.train, cfg.data
+    assert (t.epochs, t.batch_size, t.optimizer, t.lr, t.weight_decay) == (80, 16, "adamw", 2e-4, 0.05)
+    assert (t.warmup_epochs, t.min_warmup_iters, t.lr_factor, t.close_mosaic_epochs) == (3.0, 1000, 0.01, 10)
+    assert (t.grad_clip, t.ema_momentum, t.val_interval, t.checkpoint_interval) == (10.0, 1e-4, 5, 5)
+    assert (d.imgsz, d.mask_refine, d.min_area_ratio, d.num_texts) == (640, True, 0.01, 80)
+
+
+@pytest.mark.parametrize("alias,variant,weights,affine,mixup,copypaste", [
+    ("v2-s", "s", "v2-s-pretrain", [0.5, 1.5], 0.15, 0.3),
+    ("v2-m", "m", "v2-m-pretrain", [0.1, 1.9], 0.10, 0.1),
+    ("v2-l", "l", "v2-l-pretrain", [0.1, 1.9], 0.15, 0.3),
+    ("v2-x", "x", "v2-x-pretrain", [0.1, 1.9], 0.15, 0.3),
+    ("v2-l-efficient", "l_efficient_neck", "v2-l-pretrain", [0.1, 1.9], 0.15, 0.3),
+])
+def test_adamw_recipes(alias, variant, weights, affine, mixup, copypaste):
+    cfg = C.load_recipe(alias)
+    assert cfg.recipe == C.RECIPE_ALIASES[alias]
+    assert (cfg.model.variant, cfg.model.weights) == (variant, weights)
+    assert cfg.data.affine_scale == affine
+    assert (cfg.data.mixup_prob, cfg.data.copypaste_prob) == (mixup, copypaste)
+    assert (cfg.data.mask_refine, cfg.data.min_area_ratio) == (True, 0.01)
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.epochs) == ("adamw", 2e-4, 0.05, 80)
+
+
+def test_sgd_recipe():
+    cfg = C.load_recipe("yolo_world_v2_l_vlpan_bn_sgd_1e-3_40e_8gpus_finetune_coco")
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay) == ("sgd", 1e-3, 0.937, 5e-4)
+    assert (cfg.train.epochs, cfg.train.close_mosaic_epochs) == (40, 30)
+    assert (cfg.data.mask_refine, cfg.data.min_area_ratio, cfg.data.copypaste_prob) == (False, 0.1, 0.0)
+
+
+def test_recipe_weights_are_zoo_names():
+    from worldtune.zoo import names
+    for alias in C.RECIPE_ALIASES:
+        assert C.load_recipe(alias).model.weights in names()
+
+
+def test_configs_folder_points_at_the_packaged_recipes():
+    for name in C.RECIPE_ALIASES.values():
+        link = REPO / "configs" / f"{name}.yaml"
+        assert link.is_file(), link
+        assert os.path.realpath(link) == os.path.realpath(C.RECIPE_DIR / f"{name}.yaml")
+
+
+def test_set_overrides_parse_by_field_type():
+    cfg = C.Config()
+    C.merge(cfg, C.parse_set(["train.lr=1e-3", "train.epochs=3", "data.affine_scale=[0.5, 1.5]",
+                              "train.amp=off", "model.weights=none", "data.mask_refine=false"]))
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 3 and cfg.data.affine_scale == [0.5, 1.5]
+    assert (cfg.train.amp, cfg.model.weights, cfg.data.mask_refine) == ("off", "none", False)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(C.ConfigError, match=r"unknown config key 'train\.lrr'.*train\.lr,"):
+        C.merge(C.Config(), C.parse_set(["train.lrr=1"]), "--set")
+    with pytest.raises(C.ConfigError, match="unknown config key 'model'"):
+        C.set_value(C.Config(), "model", 3)
+
+
+@pytest.mark.parametrize("item,match", [
+    ("train.epochs=abc", "train.epochs: expected int"),
+    ("train.epochs=1.5", "train.epochs: expected int"),
+    ("data.mask_refine=3", "data.mask_refine: expected true/false"),
+    ("data.affine_scale=[a, 1]", r"data.affine_scale\[0\]: expected float"),
+    ("train.lr", "expected key=value"),
+])
+def test_bad_values_are_refused(item, match):
+    with pytest.raises(C.ConfigError, match=match):
+        C.merge(C.Config(), C.parse_set([item]), "--set")
+
+
+def test_dump_and_load_round_trip(tmp_path):
+    cfg = C.load_recipe("v2-s")
+    C.merge(cfg, {"train": {"lr": 3e-4}, "data.imgsz": 320})
+    C.dump(cfg, tmp_path / "config.yaml")
+    assert C.load(tmp_path / "config.yaml") == cfg
+
+
+def test_bad_yaml_file_names_the_file(tmp_path):
+    bad = tmp_path / "my.yaml"
+    bad.write_text("train:\n  lr: [1, \n")
+    with pytest.raises(C.ConfigError, match="my.yaml: not valid YAML"):
+        C.load_recipe(str(bad))
+    bad.write_text("train:\n  learning_rate: 1\n")
+    with pytest.raises(C.ConfigError, match=r"my.yaml: unknown config key 'train.learning_rate'"):
+        C.load_recipe(str(bad))
+    with pytest.raises(C.ConfigError, match="unknown recipe 'v9-q'"):
+        C.load_recipe("v9-q")
+
+
+@pytest.mark.parametrize("world,batch,factor", [(8, 16, 2.0), (1, 16, 1.0), (2, 16, 1.0), (4, 16, 1.0),
+                                                (3, 16, 0.75), (1, 2, 1.0)])
+def test_batch_rule(world, batch, factor):
+    got, message = C.batch_rule(world, batch)
+    assert got == factor
+    assert f"x{factor:g}" in message and "lr not scaled" in message
+
+
+@pytest.mark.parametrize("item,match", [
+    ("train.optimizer=adam", "train.optimizer='adam': choose one of adamw, sgd"),
+    ("train.amp=off", "train.amp='off'"),
+    ("data.imgsz=100", "multiple of 32"),
+    ("data.affine_scale=[1.5, 0.5]", "affine_scale"),
+    ("train.close_mosaic_epochs=81", "close_mosaic_epochs"),
+])
+def test_validate_refuses_bad_values(item, match):
+    cfg = C.merge(C.Config(), C.parse_set([item]))
+    with pytest.raises(C.ConfigError, match=match):
+        C.validate(cfg)
+    C.validate(C.load_recipe("v2-l-sgd"))

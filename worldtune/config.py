@@ -1,0 +1,289 @@
+"""Run configuration: dataclasses whose defaults are the official COCO fine-tuning recipe.
+
+The defaults reproduce `yolo_world_v2_l_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco`
+(REFERENCE.md §1.2-§1.6). A recipe YAML (worldtune/recipes/) holds only what differs from
+them; the CLI applies `--set section.key=value` last. Order: defaults -> recipe -> user YAML
+-> CLI flags -> --set. The resolved config is written to the run folder as `config.yaml`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+# Short alias -> official config name; the YAML file is RECIPE_DIR / f"{name}.yaml".
+RECIPE_ALIASES = {
+    "v2-s": "yolo_world_v2_s_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco",
+    "v2-m": "yolo_world_v2_m_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco",
+    "v2-l": "yolo_world_v2_l_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco",
+    "v2-x": "yolo_world_v2_x_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco",
+    "v2-l-efficient": "yolo_world_v2_l_efficient_neck_2e-4_80e_8gpus_mask-refine_finetune_coco",
+    "v2-l-sgd": "yolo_world_v2_l_vlpan_bn_sgd_1e-3_40e_8gpus_finetune_coco",
+}
+# The official configs are named after 8 GPUs x 16 images; the weight-decay rule is relative to 64.
+OFFICIAL_TOTAL_BATCH = 8 * 16
+
+
+class ConfigError(ValueError):
+    """A bad key, value or file in a configuration; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "l"                                   # worldtune.model.VARIANTS key
+    text_model: str = "openai/clip-vit-base-patch32"     # hub id or local folder (HF CLIP text tower)
+    # Start weights: zoo name/alias, path to an official .pth or a worldtune checkpoint, or "none".
+    weights: str = "v2-l-pretrain"
+
+
+@dataclass
+class DataConfig:
+    train_ann: str = ""          # COCO instances JSON (set by --data-root or --train-ann)
+    train_images: str = ""
+    val_ann: str = ""
+    val_images: str = ""
+    class_texts: str = ""        # JSON list of synonym lists; "" = category names
+    imgsz: int = 640
+    workers: int = 8
+    val_batch_size: int = 1
+    num_texts: int = 80          # RandomLoadText: texts per training image (padded with '')
+    mask_refine: bool = True
+    affine_scale: list[float] = field(default_factory=lambda: [0.1, 1.9])  # scale ~ U(lo, hi)
+    mixup_prob: float = 0.15
+    copypaste_prob: float = 0.3
+    min_area_ratio: float = 0.01  # 0.1 without mask refinement
+    on_bad_data: str = "error"    # or "skip"
+    min_size: int = 32
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 80
+    batch_size: int = 16           # per GPU (process)
+    optimizer: str = "adamw"       # or "sgd"
+    lr: float = 2e-4
+    weight_decay: float = 0.05     # before the batch-size rule (x2 at 8x16)
+    momentum: float = 0.937        # SGD momentum (Nesterov)
+    warmup_epochs: float = 3.0
+    min_warmup_iters: int = 1000   # warm-up = max(round(warmup_epochs x iters/epoch), this)
+    warmup_bias_lr: float = 0.1
+    warmup_momentum: float = 0.8
+    bias_warmup: str = "group2"    # official: group index 2 starts at warmup_bias_lr; "biases": all biases
+    lr_factor: float = 0.01        # final lr = lr * lr_factor (linear per-epoch decay)
+    close_mosaic_epochs: int = 10  # last N epochs use the stage-2 pipeline
+    grad_clip: float = 10.0        # max L2 norm of all gradients
+    ema_momentum: float = 1e-4
+    ema_gamma: float = 2000.0
+    val_interval: int = 5
+    val_interval_stage2: int = 1
+    # Completed-epoch count from which val_interval_stage2 applies; -1 = epochs - close_mosaic_epochs - 1
+    # (69 for 80e, 9 for the SGD 40e recipe, as REFERENCE.md §1.2 records).
+    dynamic_interval_epoch: int = -1
+    checkpoint_interval: int = 5   # also keep epoch_N.pt every N epochs (0 = only last/best)
+    save_every_steps: int = 0      # also rewrite last.pt every N steps (0 = end of epoch only)
+    amp: str = "bf16"              # bf16, fp16 (with GradScaler) or none; CPU always runs fp32
+    seed: int = 0
+    device: str = "auto"           # auto, cpu, cuda, cuda:1
+    log_interval: int = 50
+
+
+@dataclass
+class Config:
+    recipe: str = "yolo_world_v2_l_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco"
+    out: str = "runs/train"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def valid_keys(cfg: Config | None = None) -> list[str]:
+    """Every settable dotted key, e.g. 'train.lr'."""
+    cfg = cfg or Config()
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(value)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def _coerce(value, hint, key: str):
+    """Check `value` against the type hint of `key`; ints are accepted for floats."""
+    if isinstance(value, RawValue):
+        if hint is str:
+            return str(value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: {str(value)!r} is not valid YAML ({e})") from None
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def set_value(cfg: Config, key: str, value) -> None:
+    """Set a dotted key with type checking; an unknown key lists the valid ones."""
+    parts = key.split(".")
+    target = cfg
+    for p in parts[:-1]:
+        sub = getattr(target, p, None)
+        if not dataclasses.is_dataclass(sub):
+            target = None
+            break
+        target = sub
+    name = parts[-1]
+    if target is None or not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)} \
+            or dataclasses.is_dataclass(getattr(target, name)):
+        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
+    hint = typing.get_type_hints(type(target))[name]
+    setattr(target, name, _coerce(value, hint, key))
+
+
+def merge(cfg: Config, overrides: dict, source: str = "overrides") -> Config:
+    """Apply a nested dict ({'train': {'lr': 1e-3}} or {'train.lr': 1e-3}) onto `cfg` in place."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(overrides).__name__}")
+
+    def walk(d: dict, prefix: str):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                try:
+                    set_value(cfg, key, v)
+                except ConfigError as e:
+                    raise ConfigError(f"{source}: {e}") from None
+    walk(overrides, "")
+    return cfg
+
+
+class RawValue(str):
+    """A `--set` value as typed; parsed as YAML unless the key is a string field."""
+
+
+def parse_set(items: list[str]) -> dict:
+    """['train.lr=1e-3', 'data.affine_scale=[0.5,1.5]'] -> {'train.lr': RawValue('1e-3'), ...}.
+
+    Values are parsed when applied: as YAML for numbers, booleans and lists, verbatim for string
+    fields (so `train.amp=off` or `model.weights=none` stay strings).
+    """
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-3")
+        key, text = item.split("=", 1)
+        out[key.strip()] = RawValue(text.strip())
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return data or {}
+
+
+def recipe_path(name: str) -> Path:
+    """Alias (v2-l), official name, or a path to a YAML file -> the YAML file."""
+    name = RECIPE_ALIASES.get(name, name)
+    path = RECIPE_DIR / f"{name}.yaml"
+    if path.is_file():
+        return path
+    if Path(name).is_file():
+        return Path(name)
+    raise ConfigError(f"unknown recipe {name!r}; choose an alias ({', '.join(RECIPE_ALIASES)}), "
+                      f"an official name ({', '.join(RECIPE_ALIASES.values())}) or a YAML file")
+
+
+def load_recipe(name: str) -> Config:
+    """Defaults + the recipe's overrides."""
+    path = recipe_path(name)
+    cfg = merge(Config(), load_yaml(path), str(path))
+    if path.parent == RECIPE_DIR:
+        cfg.recipe = path.stem
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict, source: str = "config") -> Config:
+    return merge(Config(), d, source)
+
+
+def dump(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load(path: str | Path) -> Config:
+    """A dumped (or hand-written) config file: defaults + its content."""
+    return merge(Config(), load_yaml(path), str(path))
+
+
+def batch_rule(world_size: int, batch_per_gpu: int) -> tuple[float, str]:
+    """The official weight-decay scaling for this total batch (REFERENCE.md §1.4) and a line saying
+    what is applied. The factor comes from `worldtune.engine.optim.weight_decay_scale`, the same
+    function the optimizer uses. The learning rate is never scaled. Returns (factor, message).
+    """
+    from worldtune.engine.optim import weight_decay_scale
+
+    total = world_size * batch_per_gpu
+    factor = weight_decay_scale(batch_per_gpu, world_size)
+    msg = (f"batch rule: total batch {world_size} x {batch_per_gpu} = {total} -> weight decay x{factor:g} "
+           f"(official YOLOv5 rule, base 64; the recipe's 8 x 16 = {OFFICIAL_TOTAL_BATCH} gives x2); lr not scaled")
+    return factor, msg
+
+
+# Keys with a closed set of values; checked by `validate` (the model variant by build_model).
+CHOICES = {"train.optimizer": ("adamw", "sgd"), "train.amp": ("bf16", "fp16", "none"),
+           "train.bias_warmup": ("group2", "biases"), "data.on_bad_data": ("error", "skip")}
+
+
+def validate(cfg: Config) -> Config:
+    """Value checks that types cannot express; raises ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+    t, d = cfg.train, cfg.data
+    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("data.num_texts", d.num_texts)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if d.imgsz < 32 or d.imgsz % 32:
+        raise ConfigError(f"data.imgsz must be a positive multiple of 32, got {d.imgsz}")
+    if len(d.affine_scale) != 2 or not 0 < d.affine_scale[0] <= d.affine_scale[1]:
+        raise ConfigError(f"data.affine_scale must be [low, high] with 0 < low <= high, got {d.affine_scale}")
+    if not 0 <= t.close_mosaic_epochs <= t.epochs:
+        raise ConfigError(f"train.close_mosaic_epochs must lie in [0, train.epochs={t.epochs}], "
+                          f"got {t.close_mosaic_epochs}")
+    return cfg
