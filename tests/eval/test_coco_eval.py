@@ -156,6 +156,8 @@ def test_inputs_are_not_modified_and_files_work(tmp_path):
     ({"image_id": 1, "category_id": 6, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown category_id 6"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, -1, 1], "score": 1.0}, "'bbox'"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1], "score": 1.0}, "'bbox'"),
+    ({"image_id": 1, "category_id": 5, "bbox": ["0", 0, 1, 1], "score": 1.0}, "'bbox'"),
+    ({"image_id": 1.0, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown image_id 1.0"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1], "score": float("nan")}, "'score'"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1]}, "missing field"),
 ])
