@@ -1,0 +1,98 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from worldtune.engine.ema import ExpMomentumEMA, ema_momentum
+
+
+def _one_weight_model(value: float) -> nn.Module:
+    model = nn.Module()
+    model.w = nn.Parameter(torch.tensor([value], dtype=torch.float64))
+    return model
+
+
+def test_effective_momentum_matches_official_table(spec_fixtures):
+    configs = json.loads((spec_fixtures / "optim_schedule.json").read_text())["configs"]
+    for entry in configs.values():
+        ema_ref = entry["ema"]
+        assert (ema_ref["momentum"], ema_ref["gamma"], ema_ref["interval"], ema_ref["update_buffers"]) == (
+            1e-4, 2000, 1, True)
+        for row in ema_ref["table"]:
+            # Read the weight the way the fixture did: average 0 towards 1 at the given step.
+            ema = ExpMomentumEMA(_one_weight_model(0.0))
+            ema.steps = row["step"]
+            ema.update(_one_weight_model(1.0))
+            assert ema.module.w.item() == pytest.approx(row["effective_momentum"], rel=1e-12), row
+            assert ema_momentum(row["step"]) == pytest.approx(row["formula_value"], rel=1e-12)
+
+
+def test_two_steps_by_hand_and_buffers():
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    model[1].running_mean.fill_(0.5)
+    model[1].num_batches_tracked.fill_(3)
+    ema = ExpMomentumEMA(model)
+    with torch.no_grad():
+        model[0].weight.fill_(-7.0)  # the copy happens at the first update, not at construction
+    ema.update(model)
+    assert ema.module[0].weight.item() == -7.0 and ema.module[1].num_batches_tracked.item() == 3
+
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    model[1].running_mean.fill_(1.5)
+    model[1].num_batches_tracked.fill_(10)
+    ema.update(model)
+    m1 = 0.9999 * math.exp(-2 / 2000) + 1e-4
+    assert ema.module[0].weight.item() == pytest.approx(-7.0 + m1 * 8.0, rel=1e-6)
+    assert ema.module[1].running_mean.item() == pytest.approx(0.5 + m1 * 1.0, rel=1e-6)
+    assert ema.module[1].num_batches_tracked.item() == 3  # integer buffers: copied at step 0 only
+
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    ema.update(model)
+    m2 = 0.9999 * math.exp(-3 / 2000) + 1e-4
+    first = -7.0 + m1 * 8.0
+    assert ema.module[0].weight.item() == pytest.approx(first + m2 * (3.0 - first), rel=1e-6)
+    assert ema.steps == 3
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    assert model[0].weight.item() == 3.0  # the model itself is untouched
+
+
+def test_resume_round_trip_and_errors():
+    model = _one_weight_model(1.0)
+    ema = ExpMomentumEMA(model)
+    for value in (1.0, 2.0, 5.0):
+        with torch.no_grad():
+            model.w.fill_(value)
+        ema.update(model)
+    resumed = ExpMomentumEMA(_one_weight_model(0.0))
+    resumed.load_state_dict(ema.state_dict())
+    assert resumed.steps == 3 and resumed.module.w.item() == ema.module.w.item()
+    with torch.no_grad():
+        model.w.fill_(9.0)
+    ema.update(model)
+    resumed.update(model)
+    assert resumed.module.w.item() == ema.module.w.item()
+
+    with pytest.raises(KeyError, match="'module' and 'steps'"):
+        resumed.load_state_dict({"w": torch.zeros(1)})
+    with pytest.raises(KeyError, match="unwrapped"):
+        resumed.update(nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="momentum"):
+        ExpMomentumEMA(model, momentum=0.0)
+
+
+def test_without_buffer_averaging_buffers_are_copied():
+    model = nn.BatchNorm1d(1)
+    ema = ExpMomentumEMA(model, update_buffers=False)
+    ema.update(model)
+    model.running_mean.fill_(4.0)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)
+    assert ema.module.running_mean.item() == 4.0
+    assert ema.module.weight.item() == pytest.approx(1.0 + ema_momentum(1) * 2.0)

@@ -1,0 +1,87 @@
+"""Exponential moving average of the model weights with the official YOLO ramp (ExpMomentumEMA).
+
+After the update that follows global iteration s (s = number of earlier updates):
+
+    s == 0:  ema <- model                          (a plain copy, integer buffers included)
+    s >= 1:  ema <- ema + m(s) * (model - ema),    m(s) = (1 - momentum) * exp(-(s + 1) / gamma) + momentum
+
+`m` is the weight of the *new* value: close to 1 early on (the average follows the model),
+decaying towards `momentum` (1e-4) with time constant `gamma` (2000 updates). With
+`update_buffers` (official), floating buffers such as BN running stats are averaged the same
+way; integer buffers (`num_batches_tracked`) are only copied at s == 0, as upstream.
+The loop calls `ema.update(model)` after every optimizer step and evaluates `ema.module`.
+"""
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def ema_momentum(steps: int, momentum: float = 1e-4, gamma: float = 2000) -> float:
+    """Weight of the new model value at update `steps` (>= 1; step 0 is a copy)."""
+    return (1 - momentum) * math.exp(-(1 + steps) / gamma) + momentum
+
+
+class ExpMomentumEMA:
+    """EMA copy of `model` (a deep copy, no gradients), updated with `update(model)`.
+
+    Args:
+        model: the model being trained (unwrapped from DDP / torch.compile).
+        momentum: floor of the new-value weight (official 1e-4).
+        gamma: ramp time constant in updates (official 2000).
+        interval: average every `interval` updates (official 1); the step counter counts every call.
+        update_buffers: average floating buffers too (official True); otherwise buffers are copied.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float = 1e-4, gamma: float = 2000, interval: int = 1,
+                 update_buffers: bool = True):
+        if not 0 < momentum < 1 or gamma <= 0 or interval < 1:
+            raise ValueError(f"ExpMomentumEMA needs 0 < momentum < 1, gamma > 0 and interval >= 1; got "
+                             f"momentum={momentum}, gamma={gamma}, interval={interval}")
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.momentum = momentum
+        self.gamma = gamma
+        self.interval = interval
+        self.update_buffers = update_buffers
+        self.steps = 0
+
+    def _tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        # state_dict() entries share storage with the module, so in-place updates land in it.
+        if self.update_buffers:
+            return model.state_dict()
+        return {name: p.detach() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the current weights of `model` into the average (call after each optimizer step)."""
+        source = self._tensors(model)
+        average = self._tensors(self.module)
+        if source.keys() != average.keys():
+            missing = sorted(average.keys() - source.keys())[:5]
+            extra = sorted(source.keys() - average.keys())[:5]
+            raise KeyError(f"ExpMomentumEMA.update: the model's keys differ from the EMA copy's "
+                           f"(missing {missing}, unexpected {extra}); pass the unwrapped model")
+        if self.steps == 0:
+            for name, avg in average.items():
+                avg.copy_(source[name])
+        elif self.steps % self.interval == 0:
+            weight = ema_momentum(self.steps, self.momentum, self.gamma)
+            for name, avg in average.items():
+                if avg.is_floating_point():
+                    avg.lerp_(source[name].to(avg.dtype), weight)
+        if not self.update_buffers:
+            for avg_buf, buf in zip(self.module.buffers(), model.buffers()):
+                avg_buf.copy_(buf)
+        self.steps += 1
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: the averaged weights and the update counter."""
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or "module" not in state or "steps" not in state:
+            raise KeyError("ExpMomentumEMA.load_state_dict expects a dict with 'module' and 'steps' "
+                           f"(from ExpMomentumEMA.state_dict), got keys {list(state)[:5] if isinstance(state, dict) else type(state).__name__}")
+        self.module.load_state_dict(state["module"])
+        self.steps = int(state["steps"])
