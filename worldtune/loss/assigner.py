@@ -93,13 +93,14 @@ class TaskAlignedAssigner:
         gaps = torch.stack([px - x1, py - y1, x2 - px, y2 - py], dim=-1)
         inside = (gaps.amin(dim=-1) > self.eps).to(pred_scores.dtype)
 
-        # Top-k per gt over the masked alignment. One-hot counts > 1 cannot happen for valid
-        # gts (distinct indices); padded gts are pointed at prior 0 and counted 0 like upstream.
+        # Top-k per gt over the masked alignment. Counts > 1 cannot happen for valid gts
+        # (distinct indices); padded gts are pointed k times at prior 0 and so count 0, as upstream.
+        # scatter_add instead of a one-hot of shape [B, M, k, A] keeps memory at [B, M, A].
         k = min(self.topk, num_priors)
         topk_idx = torch.topk(alignment * inside, k, dim=-1, largest=True).indices  # [B, M, k]
         topk_idx = torch.where(valid.bool().expand(-1, -1, k), topk_idx, torch.zeros_like(topk_idx))
-        in_topk = F.one_hot(topk_idx, num_priors).sum(dim=-2)
-        in_topk = torch.where(in_topk > 1, torch.zeros_like(in_topk), in_topk).to(pred_scores.dtype)
+        in_topk = torch.zeros_like(alignment).scatter_add_(-1, topk_idx, torch.ones_like(topk_idx, dtype=alignment.dtype))
+        in_topk = torch.where(in_topk > 1, torch.zeros_like(in_topk), in_topk)
         pos_mask = in_topk * inside * valid  # [B, M, A]
 
         # One gt per prior: resolve conflicts by the largest overlap over all gts.
