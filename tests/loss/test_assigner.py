@@ -1,7 +1,8 @@
 import torch
 
 from worldtune.loss.assigner import TaskAlignedAssigner
-from worldtune.loss.criterion import flatten_levels, make_priors, pad_targets
+from worldtune.loss.assigner import pad_targets
+from worldtune.model.postprocess import flatten_levels, make_priors
 from worldtune.ops.boxes import box_ciou, distance_to_bbox
 
 
@@ -79,7 +80,7 @@ def test_padded_gts_are_ignored_and_no_gt_gives_background():
 
 def test_matches_official_assigner_fixture(loss_fixture):
     lf = loss_fixture
-    priors, prior_strides = make_priors([tuple(c.shape[2:]) for c in lf["head_cls"]])
+    priors, prior_strides = make_priors([tuple(c.shape[2:]) for c in lf["head_cls"]], (8, 16, 32))
     cls = flatten_levels(lf["head_cls"])
     dist = flatten_levels(lf["head_reg"])
     pred_boxes = distance_to_bbox(priors, dist * prior_strides[:, None])

@@ -13,6 +13,8 @@ The rule, per image and over all pyramid levels at once (inputs carry no gradien
    taken over *all* gts of the image (padded ones included), as the official code does.
 4. Soft targets: one-hot(label) * alignment / (max alignment of that gt + eps)
    * (max overlap of that gt), the max taken over the gt's positives.
+
+`pad_targets` turns the collated `bboxes_labels` [N, 6] into the padded per-image tensors.
 """
 from dataclasses import dataclass
 
@@ -125,3 +127,36 @@ class TaskAlignedAssigner:
         scores = scores * norm.unsqueeze(-1)
         return AssignResult(labels=labels, bboxes_xyxy=bboxes, scores=scores, fg_mask=fg_mask,
                             gt_index=gt_index)
+
+
+def pad_targets(bboxes_labels: Tensor, batch_size: int, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Collated gts [N, 6] (image index, label, x1, y1, x2, y2) -> per-image padded tensors.
+
+    Returns:
+        gt_labels: Tensor[B, M] int64; gt_bboxes_xyxy: Tensor[B, M, 4]; gt_valid: Tensor[B, M] bool.
+    """
+    if bboxes_labels.dim() != 2 or bboxes_labels.shape[1] != 6:
+        raise ValueError(f"bboxes_labels must be Tensor[N, 6] (image index, label, x1, y1, x2, y2), "
+                         f"got shape {tuple(bboxes_labels.shape)}")
+    image_idx = bboxes_labels[:, 0].long()
+    labels = bboxes_labels[:, 1].long()
+    if len(bboxes_labels) and (image_idx.min() < 0 or image_idx.max() >= batch_size):
+        raise ValueError(f"bboxes_labels[:, 0] (image index) must lie in [0, {batch_size}), "
+                         f"got range [{int(image_idx.min())}, {int(image_idx.max())}]")
+    if len(bboxes_labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"bboxes_labels[:, 1] (label) must index the {num_classes} texts of its image, "
+                         f"got range [{int(labels.min())}, {int(labels.max())}]")
+    counts = torch.bincount(image_idx, minlength=batch_size)
+    max_gt = int(counts.max()) if len(bboxes_labels) else 0
+    device = bboxes_labels.device
+    gt_labels = torch.zeros(batch_size, max_gt, dtype=torch.long, device=device)
+    gt_bboxes = torch.zeros(batch_size, max_gt, 4, dtype=bboxes_labels.dtype, device=device)
+    gt_valid = torch.zeros(batch_size, max_gt, dtype=torch.bool, device=device)
+    # Stable sort keeps each image's gts in their collated order, as the official padding does.
+    order = torch.sort(image_idx, stable=True).indices
+    image_idx, rows = image_idx[order], bboxes_labels[order]
+    slot = torch.arange(len(rows), device=device) - (torch.cumsum(counts, 0) - counts)[image_idx]
+    gt_labels[image_idx, slot] = labels[order]
+    gt_bboxes[image_idx, slot] = rows[:, 2:6]
+    gt_valid[image_idx, slot] = True
+    return gt_labels, gt_bboxes, gt_valid

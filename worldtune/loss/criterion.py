@@ -9,65 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from worldtune.loss.assigner import AssignResult, TaskAlignedAssigner
+from worldtune.loss.assigner import AssignResult, TaskAlignedAssigner, pad_targets
+from worldtune.model.postprocess import flatten_levels, make_priors  # the head's prior layout
 from worldtune.ops.boxes import bbox_to_distance, box_ciou, distance_to_bbox
 
 STRIDES = (8, 16, 32)
-
-
-def make_priors(feat_sizes: list[tuple[int, int]], strides=STRIDES, device=None,
-                dtype=torch.float32) -> tuple[Tensor, Tensor]:
-    """Anchor centres ((col + 0.5) * s, (row + 0.5) * s), levels concatenated, row-major.
-
-    Returns:
-        priors_xy: Tensor[A, 2] in input pixels; prior_strides: Tensor[A].
-    """
-    points, point_strides = [], []
-    for (h, w), s in zip(feat_sizes, strides):
-        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * s
-        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1))
-        point_strides.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
-    return torch.cat(points), torch.cat(point_strides)
-
-
-def flatten_levels(maps: list[Tensor]) -> Tensor:
-    """List of Tensor[B, C, H, W] -> Tensor[B, sum(H*W), C] in prior order."""
-    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
-
-
-def pad_targets(bboxes_labels: Tensor, batch_size: int, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Collated gts [N, 6] (image index, label, x1, y1, x2, y2) -> per-image padded tensors.
-
-    Returns:
-        gt_labels: Tensor[B, M] int64; gt_bboxes_xyxy: Tensor[B, M, 4]; gt_valid: Tensor[B, M] bool.
-    """
-    if bboxes_labels.dim() != 2 or bboxes_labels.shape[1] != 6:
-        raise ValueError(f"bboxes_labels must be Tensor[N, 6] (image index, label, x1, y1, x2, y2), "
-                         f"got shape {tuple(bboxes_labels.shape)}")
-    image_idx = bboxes_labels[:, 0].long()
-    labels = bboxes_labels[:, 1].long()
-    if len(bboxes_labels) and (image_idx.min() < 0 or image_idx.max() >= batch_size):
-        raise ValueError(f"bboxes_labels[:, 0] (image index) must lie in [0, {batch_size}), "
-                         f"got range [{int(image_idx.min())}, {int(image_idx.max())}]")
-    if len(bboxes_labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"bboxes_labels[:, 1] (label) must index the {num_classes} texts of its image, "
-                         f"got range [{int(labels.min())}, {int(labels.max())}]")
-    counts = torch.bincount(image_idx, minlength=batch_size)
-    max_gt = int(counts.max()) if len(bboxes_labels) else 0
-    device = bboxes_labels.device
-    gt_labels = torch.zeros(batch_size, max_gt, dtype=torch.long, device=device)
-    gt_bboxes = torch.zeros(batch_size, max_gt, 4, dtype=bboxes_labels.dtype, device=device)
-    gt_valid = torch.zeros(batch_size, max_gt, dtype=torch.bool, device=device)
-    # Stable sort keeps each image's gts in their collated order, as the official padding does.
-    order = torch.sort(image_idx, stable=True).indices
-    image_idx, rows = image_idx[order], bboxes_labels[order]
-    slot = torch.arange(len(rows), device=device) - (torch.cumsum(counts, 0) - counts)[image_idx]
-    gt_labels[image_idx, slot] = labels[order]
-    gt_bboxes[image_idx, slot] = rows[:, 2:6]
-    gt_valid[image_idx, slot] = True
-    return gt_labels, gt_bboxes, gt_valid
 
 
 def distribution_focal_loss(dist_logits: Tensor, target: Tensor) -> Tensor:
