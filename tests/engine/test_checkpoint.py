@@ -1,0 +1,247 @@
+"""Safe checkpoint I/O: no code execution on load, official/worldtune layouts, mismatch reports, atomic save."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from worldtune.engine.checkpoint import (
+    CheckpointError,
+    CheckpointLoadError,
+    CheckpointMismatchError,
+    UnpickledObject,
+    extract_model_state,
+    load_checkpoint_file,
+    load_model_state,
+    save_checkpoint_atomic,
+)
+
+
+def _weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g)}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+class _Payload:
+    """Unpickling this would run ``func(*args)``: the classic pickle attack."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _attacks(marker):
+    return [
+        _Payload(os.system, f"touch {marker}"),
+        _Payload(subprocess.call, ["touch", str(marker)]),
+        _Payload(eval, f"open({str(marker)!r}, 'w').close()"),
+        _Payload(exec, f"open({str(marker)!r}, 'w').close()"),
+    ]
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+@pytest.mark.parametrize("attack", range(4))
+def test_malicious_payload_is_not_run_and_weights_stay_readable(tmp_path, attack, zip_format):
+    marker = tmp_path / "pwned"
+    weights = _weights()
+    path = tmp_path / "evil.pth"
+    payload = {"state_dict": weights, "meta": {"note": _attacks(marker)[attack]}}
+    torch.save(payload, path, _use_new_zipfile_serialization=zip_format)
+    ckpt = load_checkpoint_file(path)
+    assert not marker.exists()
+    _assert_same(extract_model_state(ckpt), weights)
+    inert = ckpt["meta"]["note"]
+    assert isinstance(inert, UnpickledObject)
+    assert "touch" in str(inert.args) or "open(" in str(inert.args)
+
+
+def test_whole_file_payload_is_refused_clearly(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil_model.pth"
+    torch.save(_Payload(os.system, f"touch {marker}"), path)
+    with pytest.raises(CheckpointLoadError, match="evil_model.pth.*not a checkpoint dict"):
+        load_checkpoint_file(path)
+    raw = tmp_path / "raw.pkl"  # a plain pickle, not a torch file at all
+    raw.write_bytes(pickle.dumps(_Payload(os.system, f"touch {marker}"), protocol=2))
+    with pytest.raises(CheckpointLoadError, match="raw.pkl"):
+        load_checkpoint_file(raw)
+    assert not marker.exists()
+
+
+@pytest.fixture()
+def fake_mmengine(monkeypatch):
+    """A HistoryBuffer class living in ``mmengine.logging.history_buffer`` only while saving."""
+    mods = {name: types.ModuleType(name) for name in
+            ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer")}
+
+    class HistoryBuffer:
+        def __init__(self):
+            self._log_history = np.array([0.5, 0.25])
+            self._count_history = np.array([1, 1])
+            self.max_length = 1000000
+
+    HistoryBuffer.__module__ = "mmengine.logging.history_buffer"
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    mods["mmengine.logging.history_buffer"].HistoryBuffer = HistoryBuffer
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    return HistoryBuffer
+
+
+def _official_checkpoint(history_buffer_cls, ema, raw):
+    return {
+        "meta": {"epoch": 80, "iter": 7360, "seed": np.int64(20261125), "mmengine_version": "0.10.3",
+                 "dataset_meta": {"classes": ("person", "bicycle")}, "lr": np.float64(2e-4),
+                 "mean": np.array([0.0, 0.0, 0.0], dtype=np.float32)},
+        "state_dict": ema,
+        "ema_state_dict": {"steps": torch.tensor(7360), **{"module." + k: v for k, v in raw.items()}},
+        "optimizer": {"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 2e-4, "params": [0]}]},
+        "message_hub": {"log_scalars": {"train/loss": history_buffer_cls()},
+                        "runtime_info": {"epoch": 80, "iter": np.int64(7360)}, "resumed_keys": {}},
+    }
+
+
+def test_fake_mmengine_checkpoint(tmp_path, fake_mmengine, monkeypatch):
+    ema, raw = _weights(0), _weights(1)
+    path = tmp_path / "epoch_80.pth"
+    torch.save(_official_checkpoint(fake_mmengine, ema, raw), path)
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer"):
+        monkeypatch.delitem(sys.modules, name)  # as on a machine without mmengine
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+
+    ckpt = load_checkpoint_file(path)
+    buffer = ckpt["message_hub"]["log_scalars"]["train/loss"]
+    assert isinstance(buffer, UnpickledObject)
+    assert buffer.pickled_name == "mmengine.logging.history_buffer.HistoryBuffer"
+    np.testing.assert_array_equal(buffer.state["_log_history"], [0.5, 0.25])
+    assert ckpt["meta"]["seed"] == 20261125 and ckpt["meta"]["dataset_meta"]["classes"] == ("person", "bicycle")
+    np.testing.assert_array_equal(ckpt["meta"]["mean"], np.zeros(3, dtype=np.float32))
+    _assert_same(extract_model_state(ckpt), ema)  # mmengine: top-level state_dict holds the EMA
+    _assert_same(extract_model_state(ckpt, prefer="model"), raw)  # module. stripped, steps dropped
+
+
+def test_worldtune_and_bare_layouts():
+    model_w, ema_w = _weights(0), _weights(1)
+    _assert_same(extract_model_state({"model": model_w, "ema": ema_w, "epoch": 3}), ema_w)
+    _assert_same(extract_model_state({"model": model_w, "ema": ema_w}, prefer="model"), model_w)
+    _assert_same(extract_model_state({"model": model_w, "ema": None}), model_w)
+    _assert_same(extract_model_state({"model": model_w, "ema": {"state_dict": ema_w, "updates": 9}}), ema_w)
+    _assert_same(extract_model_state({"module." + k: v for k, v in model_w.items()}), model_w)
+    _assert_same(extract_model_state({"state_dict": {"_orig_mod." + k: v for k, v in ema_w.items()}}), ema_w)
+    with pytest.raises(CheckpointError, match="no model weights found.*'epoch'"):
+        extract_model_state({"epoch": 3, "optimizer": {}})
+    with pytest.raises(CheckpointError, match=r"\['model'\].*non-tensor"):
+        extract_model_state({"model": {"conv.weight": "oops"}})
+    with pytest.raises(ValueError, match="prefer"):
+        extract_model_state({"model": model_w}, prefer="best")
+
+
+def test_official_fixture_layout(spec_fixtures):
+    ckpt = load_checkpoint_file(spec_fixtures / "parity_s.pt")
+    state = extract_model_state(ckpt)
+    official = json.loads((spec_fixtures / "official_keys_s.json").read_text())["keys"]
+    assert list(state) == [k["name"] for k in official]
+    assert sum(k.startswith("backbone.text_model.") for k in state) == 197
+
+
+class _Net(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3)
+        self.bn = nn.BatchNorm2d(width)
+        self.text = nn.Sequential(*[nn.Linear(2, 2) for _ in range(8)])  # 16 keys
+
+
+def test_strict_mismatch_report_names_file_and_groups_keys():
+    model = _Net()
+    state = {k: v for k, v in _Net(width=5).state_dict().items() if not k.startswith("text.")}
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_model_state(model, state, path="runs/exp/best.pth")
+    message = str(info.value)
+    assert "runs/exp/best.pth" in message
+    assert "missing keys (16)" in message and "text.* (16 keys)" in message
+    assert "unexpected keys (1)" in message and "extra.weight" in message
+    assert "conv.weight: file (5, 3, 3, 3) vs model (4, 3, 3, 3)" in message
+    assert "shape mismatches (6)" in message
+
+
+def test_non_strict_loads_what_matches():
+    model = _Net()
+    donor = _Net()
+    state = dict(donor.state_dict())
+    state["bn.weight"] = torch.ones(7)  # wrong shape: skipped
+    del state["text.0.weight"]
+    state["model.text_model.embeddings.position_ids"] = torch.arange(77)[None]  # dropped silently
+    report = load_model_state(model, state, strict=False)
+    assert report.missing == ["text.0.weight"] and report.unexpected == []
+    assert [m[0] for m in report.mismatched] == ["bn.weight"]
+    assert torch.equal(model.conv.weight, donor.conv.weight)
+    assert not torch.equal(model.text[0].weight, donor.text[0].weight)
+    assert torch.equal(model.bn.weight, torch.ones(4))  # left at its init
+
+
+def test_strict_load_casts_fp16_and_ignores_position_ids():
+    model, donor = _Net(), _Net()
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in donor.state_dict().items()}
+    state["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    report = load_model_state(model, state)
+    assert report.ok and model.conv.weight.dtype == torch.float32
+    assert torch.allclose(model.conv.weight, donor.conv.weight, atol=1e-2)
+
+
+def test_atomic_save_roundtrip_and_crash_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "last.pth"
+    first = {"model": _weights(0), "epoch": 1}
+    save_checkpoint_atomic(first, path)
+    _assert_same(load_checkpoint_file(path)["model"], first["model"])
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint_atomic({"model": _weights(1), "epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint_file(path)["epoch"] == 1
+    assert os.listdir(path.parent) == ["last.pth"]  # no temp file left behind
+
+
+def test_safetensors_roundtrip_with_strided_views(tmp_path):
+    base = torch.arange(40, dtype=torch.float16)
+    weights = {"a": base.as_strided((4, 3), (7, 1)), "b": torch.randn(2, 2)}
+    path = save_checkpoint_atomic(weights, tmp_path / "w.safetensors")
+    loaded = load_checkpoint_file(path)
+    _assert_same(loaded, {k: v.contiguous() for k, v in weights.items()})
+    _assert_same(extract_model_state(loaded), loaded)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_unreadable_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_checkpoint_file(tmp_path / "nope.pth")
+    truncated = tmp_path / "truncated.pth"
+    save_checkpoint_atomic({"model": _weights()}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(CheckpointLoadError, match="truncated.pth"):
+        load_checkpoint_file(truncated)
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), scripted)
+    with pytest.raises(CheckpointLoadError, match="TorchScript"):
+        load_checkpoint_file(scripted)

@@ -1,0 +1,412 @@
+"""Safe checkpoint I/O: load without executing pickled code, pick the model weights, load with a
+readable mismatch report, save atomically.
+
+Layouts understood by :func:`extract_model_state`:
+
+* official mmengine files: ``state_dict`` (EMA weights), ``ema_state_dict`` (raw weights, keys prefixed
+  ``module.``, plus ``steps``), ``meta``, ``optimizer``, ``message_hub`` (pickled mmengine objects);
+* worldtune files: ``model``, ``ema``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``config``;
+* a bare state_dict (``.pth`` or ``.safetensors``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+import types
+import zipfile
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class CheckpointError(RuntimeError):
+    """Base class of checkpoint problems; messages always name the file."""
+
+
+class CheckpointLoadError(CheckpointError):
+    """The file cannot be read (corrupt, unsupported, or unsafe to read)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The weights do not fit the model (missing / unexpected keys, shape mismatches)."""
+
+
+# ----------------------------------------------------------------------------- restricted unpickling
+class UnpickledObject:
+    """Inert stand-in for a class or function the restricted loader refused to import.
+
+    Nothing from the file is ever called: construction arguments, ``__setstate__`` state and
+    dict/list items are only recorded. ``pickled_name`` is the global the file asked for,
+    e.g. ``mmengine.logging.history_buffer.HistoryBuffer``.
+    """
+
+    pickled_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.kwargs, obj.state, obj.items, obj.elements = args, kwargs, None, {}, []
+        return obj
+
+    def __init__(self, *args, **kwargs):  # arguments were stored by __new__
+        pass
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+    def __setitem__(self, key, value) -> None:
+        self.items[key] = value
+
+    def append(self, value) -> None:
+        self.elements.append(value)
+
+    def extend(self, values) -> None:
+        self.elements.extend(values)
+
+    def __repr__(self) -> str:
+        return f"<UnpickledObject {self.pickled_name}>"
+
+
+_PLACEHOLDERS: dict[str, type] = {}
+
+
+def _placeholder(qualname: str) -> type:
+    if qualname not in _PLACEHOLDERS:
+        _PLACEHOLDERS[qualname] = type(qualname.rsplit(".", 1)[-1], (UnpickledObject,), {"pickled_name": qualname})
+    return _PLACEHOLDERS[qualname]
+
+
+def _safe_reconstructor(cls, base, state):
+    # copyreg._reconstructor (pickle protocol < 2) would call base.__new__/base.__init__ from the file.
+    if isinstance(cls, type) and issubclass(cls, UnpickledObject):
+        return cls(state) if state is not None else cls()
+    raise pickle.UnpicklingError(f"refusing copyreg._reconstructor for {cls!r}")
+
+
+def _safe_rebuild_from_type_v2(func, new_type, args, state):
+    if new_type not in (torch.Tensor, nn.Parameter):
+        raise pickle.UnpicklingError(f"refusing tensor subclass {new_type!r}")
+    return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)
+
+
+def _safe_np_reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing numpy array subclass {subtype!r}")
+    return _NP_RECONSTRUCT(subtype, shape, dtype)
+
+
+# numpy.(_)core.multiarray._reconstruct / .scalar, taken from live objects whatever the numpy version
+_NP_RECONSTRUCT = np.empty(0).__reduce__()[0]
+_NP_SCALAR = np.float64(0).__reduce__()[0]
+_ALLOWED: dict[str, object] = {
+    "collections.OrderedDict": OrderedDict,
+    "collections.Counter": Counter,
+    "collections.defaultdict": lambda *args: {},  # the default factory would be a callable from the file
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.complex": complex,
+    "builtins.bytearray": bytearray,
+    "builtins.slice": slice,
+    "_codecs.encode": __import__("codecs").encode,  # how protocol-2 pickles store bytes
+    "copyreg._reconstructor": _safe_reconstructor,
+    "torch.Size": torch.Size,
+    "torch.Tensor": torch.Tensor,
+    "torch.device": torch.device,
+    "torch.nn.parameter.Parameter": nn.Parameter,
+    "torch._tensor._rebuild_from_type_v2": _safe_rebuild_from_type_v2,
+    "torch.serialization._get_layout": torch.serialization._get_layout,
+    "numpy.ndarray": np.ndarray,
+    "numpy.dtype": np.dtype,
+}
+for _name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+              "_rebuild_parameter_with_state", "_rebuild_device_tensor_from_cpu_tensor",
+              "_rebuild_meta_tensor_no_storage"):
+    if hasattr(torch._utils, _name):
+        _ALLOWED[f"torch._utils.{_name}"] = getattr(torch._utils, _name)
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED[f"{_mod}._reconstruct"] = _safe_np_reconstruct
+    _ALLOWED[f"{_mod}.scalar"] = _NP_SCALAR
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler whose globals come only from ``_ALLOWED`` (or are torch dtypes); all else is inert."""
+
+    def find_class(self, module: str, name: str):
+        qualname = f"{module}.{name}"
+        if qualname in _ALLOWED:
+            return _ALLOWED[qualname]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        return _placeholder(qualname)
+
+
+def _restricted_load(file, **kwargs):
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# torch.load(pickle_module=...) needs an object with .Unpickler and .load
+_RESTRICTED_PICKLE = types.SimpleNamespace(__name__="worldtune_restricted_pickle",
+                                           Unpickler=_RestrictedUnpickler, load=_restricted_load)
+
+
+# ----------------------------------------------------------------------------- loading
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    # safetensors layout: u64 little-endian header length, then a JSON header starting with '{'
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """Read a ``.pth``/``.pt``/``.safetensors`` file onto the CPU without running code from it.
+
+    ``torch.load(weights_only=True)`` is tried first. If it refuses unknown globals (mmengine's
+    ``message_hub``, numpy objects, ...), the file is read again with a restricted unpickler that
+    only rebuilds tensors and plain containers and replaces every other class or function by an
+    inert :class:`UnpickledObject` (never calling it).
+
+    Returns:
+        The checkpoint dict (for safetensors: name -> tensor).
+    Raises:
+        FileNotFoundError, CheckpointLoadError (naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointLoadError(f"cannot read safetensors file {path}: {err}") from err
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(n.endswith("constants.pkl") for n in archive.namelist()):
+                raise CheckpointLoadError(f"{path} is a TorchScript archive, not a checkpoint; refusing to run it")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Unknown globals: fall through to the restricted reader.
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointLoadError(f"cannot read {path} safely: {type(err).__name__}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - truncated / not a torch file
+        raise CheckpointLoadError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointLoadError(
+            f"{path} holds a {getattr(obj, 'pickled_name', type(obj).__name__)} object, not a checkpoint dict "
+            f"or state_dict (whole pickled models are not loaded, because that would run code from the file)"
+        )
+    return dict(obj)
+
+
+# ----------------------------------------------------------------------------- picking the weights
+def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _as_state_dict(obj, where: str) -> dict[str, Tensor]:
+    # worldtune's "ema" entry may be {"state_dict": ..., "updates": n} or the EMA model's state_dict.
+    if isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+        for key in ("state_dict", "module", "model"):
+            if isinstance(obj.get(key), Mapping):
+                return _as_state_dict(obj[key], f"{where}['{key}']")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint entry {where} is a {type(obj).__name__}, not a state_dict")
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint entry {where} has non-tensor values for keys {bad[:5]}")
+    state = _strip_prefix(obj, "module.")  # DistributedDataParallel / mmengine EMA wrapper
+    return _strip_prefix(state, "_orig_mod.")  # torch.compile wrapper
+
+
+def extract_model_state(checkpoint: Mapping, prefer: str = "ema") -> dict[str, Tensor]:
+    """Pick the model weights out of a loaded checkpoint.
+
+    Args:
+        checkpoint: what :func:`load_checkpoint_file` returned.
+        prefer: ``"ema"`` (averaged weights, what the official code evaluates) or ``"model"`` (raw
+            training weights). Falls back to the other when only one is stored.
+    Returns:
+        name -> tensor, with ``module.`` / ``_orig_mod.`` prefixes removed.
+    """
+    if prefer not in ("ema", "model"):
+        raise ValueError(f"prefer must be 'ema' or 'model', got {prefer!r}")
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
+    if checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
+        return _as_state_dict(checkpoint, "<bare state_dict>")
+    if "model" in checkpoint or "ema" in checkpoint:  # worldtune
+        use_ema = checkpoint.get("ema") is not None and (prefer == "ema" or checkpoint.get("model") is None)
+        key = "ema" if use_ema else "model"
+        return _as_state_dict(checkpoint[key], f"['{key}']")
+    if "state_dict" in checkpoint or "ema_state_dict" in checkpoint:  # mmengine: state_dict holds the EMA
+        raw = checkpoint.get("ema_state_dict")
+        if (prefer == "model" and raw is not None) or checkpoint.get("state_dict") is None:
+            raw = {k: v for k, v in raw.items() if k != "steps"}  # EMA update counter, not a weight
+            return _as_state_dict(raw, "['ema_state_dict']")
+        return _as_state_dict(checkpoint["state_dict"], "['state_dict']")
+    raise CheckpointError(
+        f"no model weights found: expected 'state_dict', 'model' or 'ema' among the top-level keys "
+        f"{sorted(map(str, checkpoint))[:10]}"
+    )
+
+
+# ----------------------------------------------------------------------------- loading into a model
+def _is_position_ids(key: str) -> bool:
+    # HF CLIP's embeddings.position_ids: saved by transformers < 4.31, non-persistent since.
+    return key.endswith("position_ids")
+
+
+def _summarise_keys(keys: list[str], universe: list[str], max_lines: int = 12) -> list[str]:
+    """Shorten a long key list: ``prefix.* (n keys)`` for every module whose keys are all listed."""
+    if len(keys) <= max_lines:
+        return list(keys)
+
+    def prefixes(key: str) -> list[str]:
+        parts = key.split(".")
+        return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+    total = Counter(p for k in universe for p in prefixes(k))
+    listed = Counter(p for k in keys for p in prefixes(k))
+    groups: dict[str, int] = {}
+    for key in keys:
+        whole = [p for p in prefixes(key) if listed[p] > 1 and listed[p] == total[p]]
+        name = whole[0] if whole else key  # shallowest module that is entirely listed
+        groups[name] = groups.get(name, 0) + 1
+    if len(groups) > max_lines:  # still long: group by the first two name components
+        groups = {}
+        for key in keys:
+            name = ".".join(key.split(".")[:2])
+            groups[name] = groups.get(name, 0) + 1
+    lines = [f"{name}.* ({n} keys)" if n > 1 else (name if name in keys else f"{name}.* (1 key)")
+             for name, n in groups.items()]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... and {len(lines) - max_lines} more groups"]
+    return lines
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_model_state` found. ``mismatched`` rows: (key, checkpoint shape, model shape)."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    loaded: int = 0
+    model_keys: list[str] = field(default_factory=list, repr=False)
+    checkpoint_keys: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def message(self, path: str | Path | None = None) -> str:
+        source = f"checkpoint {path}" if path is not None else "the state_dict"
+        lines = [f"{source} does not match the model ({self.loaded} tensors fit):"]
+        if self.missing:
+            lines.append(f"  missing keys ({len(self.missing)}), in the model but not in the file:")
+            lines += [f"    {s}" for s in _summarise_keys(self.missing, self.model_keys)]
+        if self.unexpected:
+            lines.append(f"  unexpected keys ({len(self.unexpected)}), in the file but not in the model:")
+            lines += [f"    {s}" for s in _summarise_keys(self.unexpected, self.checkpoint_keys)]
+        if self.mismatched:
+            lines.append(f"  shape mismatches ({len(self.mismatched)}):")
+            lines += [f"    {k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched[:12]]
+            if len(self.mismatched) > 12:
+                lines.append(f"    ... and {len(self.mismatched) - 12} more")
+        return "\n".join(lines)
+
+
+def load_model_state(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True, path: str | Path | None = None
+) -> LoadReport:
+    """Copy ``state_dict`` into ``model`` (values are cast to the model's dtypes).
+
+    A ``position_ids`` key (old transformers) is dropped silently, and a missing one ignored.
+    With ``strict=True`` any missing / unexpected key or shape mismatch raises
+    :class:`CheckpointMismatchError` before anything is copied; with ``strict=False`` the matching
+    tensors are loaded and the rest is reported.
+
+    Returns:
+        LoadReport listing missing, unexpected and shape-mismatched keys.
+    """
+    model_state = model.state_dict()
+    state = {k: v for k, v in state_dict.items() if not (_is_position_ids(k) and k not in model_state)}
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        where = f" in {path}" if path is not None else ""
+        raise CheckpointError(f"state_dict{where} has non-tensor values for keys {bad[:5]}")
+    report = LoadReport(model_keys=list(model_state), checkpoint_keys=list(state))
+    report.missing = [k for k in model_state if k not in state and not _is_position_ids(k)]
+    report.unexpected = [k for k in state if k not in model_state]
+    to_load = {}
+    for key, value in state.items():
+        if key not in model_state:
+            continue
+        if value.shape != model_state[key].shape:
+            report.mismatched.append((key, tuple(value.shape), tuple(model_state[key].shape)))
+        else:
+            to_load[key] = value
+    report.loaded = len(to_load)
+    if strict and not report.ok:
+        raise CheckpointMismatchError(report.message(path))
+    model.load_state_dict(to_load, strict=False)
+    return report
+
+
+# ----------------------------------------------------------------------------- saving
+def _dense(t: Tensor) -> Tensor:
+    t = t.detach().cpu()
+    if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.contiguous().clone()  # safetensors wants owned, dense, unshared memory
+
+
+def save_checkpoint_atomic(obj, path: str | Path) -> Path:
+    """Save ``obj`` to ``path`` so that a crash never leaves a half-written file there.
+
+    Writes to a temporary file in the same folder, fsyncs it, then ``os.replace``s it over ``path``
+    (atomic on POSIX and Windows). ``.safetensors`` paths take a flat name -> tensor dict; anything
+    else goes through ``torch.save``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+
+                f.write(save({k: _dense(v) for k, v in obj.items()}))
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
