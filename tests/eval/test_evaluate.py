@@ -9,7 +9,7 @@ from worldtune.data.coco import CocoDetection
 from worldtune.data.demo_set import build_demo_dataset
 from worldtune.data.loader import build_eval_loader
 from worldtune.data.presets import build_eval_dataset
-from worldtune.eval.evaluate import detections_to_coco, evaluate_model, infer_variant
+from worldtune.eval.evaluate import detections_to_coco, evaluate_model
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +102,3 @@ def test_tiny_real_model_end_to_end(demo_val):
     metrics = evaluate_model(model, loader, dataset)
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["num_images"] == len(gt["images"])
     assert metrics["num_detections"] > 0 and metrics["images_per_second"] > 0
-
-
-@pytest.mark.parametrize("variant", ["s", "m", "l", "x", "l_efficient_neck"])
-def test_infer_variant_from_official_keys(spec_fixtures, variant):
-    data = json.loads((spec_fixtures / f"official_keys_{variant}.json").read_text())
-    entries = next(v for v in data.values() if isinstance(v, list) and v and isinstance(v[0], dict))
-    state = {e["name"]: torch.empty(e["shape"]) for e in entries}
-    assert infer_variant(state) == variant
-
-
-def test_infer_variant_refuses_unknown_layouts():
-    with pytest.raises(ValueError, match="--variant"):
-        infer_variant({"foo": torch.empty(1)})
-    with pytest.raises(ValueError, match="stem width 40"):
-        infer_variant({"backbone.image_model.stem.conv.weight": torch.empty(40, 3, 3, 3)})

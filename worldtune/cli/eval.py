@@ -52,7 +52,8 @@ def _score_model(args, ann: Path, images: Path) -> dict:
     from worldtune.data.coco import CocoDetection
     from worldtune.data.loader import build_eval_loader
     from worldtune.data.presets import build_eval_dataset
-    from worldtune.eval.evaluate import evaluate_model, load_model_for_eval
+    from worldtune.eval.evaluate import evaluate_model
+    from worldtune.model.loading import load_model
 
     if images is None:
         raise ValueError("--weights needs --images DIR (or --data-root)")
@@ -60,8 +61,8 @@ def _score_model(args, ann: Path, images: Path) -> dict:
     dataset = CocoDetection(ann, images, class_texts=args.class_texts)
     loader = build_eval_loader(build_eval_dataset(dataset, imgsz=args.imgsz), batch_size=args.batch_size,
                                workers=args.workers)
-    model = load_model_for_eval(args.weights, variant=args.variant, text_model=args.text_model, device=device,
-                                allow_hash_mismatch=args.allow_hash_mismatch)
+    model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,
+                       allow_hash_mismatch=args.allow_hash_mismatch)
     return evaluate_model(model, loader, dataset, ann=ann, backend=args.backend,
                           out_detections=args.out_detections, progress=True)
 
