@@ -16,3 +16,82 @@ def test_variant_is_recognised_from_weights(variant):
 def test_unrecognisable_weights_are_refused():
     with pytest.raises(ValueError, match="variant"):
         infer_variant({"foo": torch.zeros(1)})
+
+
+@pytest.fixture(scope="module")
+def tiny_text_folder(tmp_path_factory):
+    from tests.helpers.clip_factory import make_clip_text_folder
+
+    # hidden 64 -> 1 head by CLIP's convention, so the tower shape can also be read off the weights
+    return make_clip_text_folder(tmp_path_factory.mktemp("clip"), hidden=64, layers=1, heads=1, projection=512)
+
+
+@pytest.fixture(scope="module")
+def official_layout_checkpoint(tmp_path_factory, tiny_text_folder):
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    torch.manual_seed(0)
+    model = build_model("n", CLIPTextEncoder.from_pretrained(str(tiny_text_folder)))
+    model.train()
+    with torch.no_grad():  # give BN non-trivial running statistics
+        model(torch.rand(2, 3, 64, 64), torch.nn.functional.normalize(torch.randn(2, 3, 512), dim=-1))
+    model.eval()
+    state = model.state_dict()
+    path = tmp_path_factory.mktemp("ckpt") / "official.pth"
+    # mmengine layout: EMA weights in state_dict, raw weights under module. in ema_state_dict
+    torch.save({"meta": {"epoch": 80, "dataset_meta": {"classes": ("a", "b")}}, "state_dict": state,
+                "ema_state_dict": {"module." + k: v for k, v in state.items()}, "optimizer": {"state": {}}}, path)
+    return path, model
+
+
+@pytest.mark.parametrize("tokenizer_only", [False, True])
+def test_official_layout_checkpoint_loads_and_predicts_the_same(official_layout_checkpoint, tiny_text_folder,
+                                                               tokenizer_only):
+    from worldtune.model.loading import load_model
+
+    path, reference = official_layout_checkpoint
+    text_model = str(tiny_text_folder)
+    if tokenizer_only:  # a folder with the tokenizer only: the tower is built from the checkpoint's shapes
+        import shutil
+        text_model = str(path.parent / "tok")
+        shutil.copytree(tiny_text_folder, text_model, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("config.json", "*.safetensors", "*.bin"))
+    model = load_model(path, text_model=text_model)
+    assert model.variant == "n" and not model.training
+    texts = [["cat", "coffee cup", ""]]
+    images = torch.rand(1, 3, 96, 64)
+    with torch.no_grad():
+        expected = reference(images, reference.encode_text(texts))
+        actual = model(images, model.encode_text(texts))
+    for a, b in zip(actual.cls_logits + actual.box_dist_logits, expected.cls_logits + expected.box_dist_logits):
+        torch.testing.assert_close(a, b)
+
+
+def test_mismatched_checkpoint_names_the_differences(official_layout_checkpoint, tiny_text_folder):
+    from worldtune.engine.checkpoint import CheckpointMismatchError
+    from worldtune.model.loading import load_model
+
+    path, _ = official_layout_checkpoint
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_model(path, variant="s", text_model=str(tiny_text_folder))
+    message = str(err.value)
+    assert str(path) in message and "shape" in message
+
+
+def test_predict_returns_boxes_in_original_image_coordinates(official_layout_checkpoint, tiny_text_folder):
+    from skimage import data
+
+    from worldtune.model.loading import load_model
+    from worldtune.model.postprocess import PostprocessConfig
+
+    model = load_model(official_layout_checkpoint[0], text_model=str(tiny_text_folder))
+    model.set_vocabulary(["cat", "person"])
+    image = data.chelsea()  # 300 x 451 RGB
+    # random weights score far below the official 0.001 threshold, so keep every candidate
+    (det,) = model.predict([image], imgsz=128, cfg=PostprocessConfig(score_thr=0.0, max_per_img=50))
+    assert det["boxes_xyxy"].shape[0] == det["scores"].shape[0] == len(det["names"]) > 0
+    assert set(det["names"]) <= {"cat", "person"}
+    assert (det["boxes_xyxy"][:, [0, 2]] <= 451).all() and (det["boxes_xyxy"][:, [1, 3]] <= 300).all()
+    assert (det["boxes_xyxy"] >= 0).all() and (det["scores"][:-1] >= det["scores"][1:]).all()
+    # a box touching the right edge at 128 px maps to the right edge of the 451 px original
+    assert det["boxes_xyxy"][:, 2].max() > 128

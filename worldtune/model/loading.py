@@ -25,6 +25,16 @@ def infer_variant(state_dict: dict) -> str:
     return variant
 
 
+def text_tower_shape(state_dict: dict) -> dict:
+    """CLIP text tower sizes read off checkpoint weights (heads by CLIP's 64-wide convention)."""
+    p = TEXT_PREFIX + "model.text_model."
+    hidden = state_dict[p + "embeddings.token_embedding.weight"].shape[1]
+    layers = len({k.split(".")[6] for k in state_dict if k.startswith(p + "encoder.layers.")})
+    return {"hidden_size": hidden, "num_layers": layers, "num_heads": max(hidden // 64, 1),
+            "intermediate_size": state_dict[p + "encoder.layers.0.mlp.fc1.weight"].shape[0],
+            "projection_dim": state_dict[TEXT_PREFIX + "model.text_projection.weight"].shape[0]}
+
+
 def load_model(weights: str | Path | None = None, variant: str | None = None,
                text_model: str | None = DEFAULT_TEXT_MODEL, device: str | torch.device = "cpu",
                strict: bool = True, allow_hash_mismatch: bool = False) -> YOLOWorld:
@@ -35,7 +45,8 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
             alias (see `worldtune zoo`), or None / "none" for random initialisation of `variant`.
         variant: a key of VARIANTS; inferred from the weights when omitted.
         text_model: Hugging Face id or local folder of the CLIP text model (its tokenizer is always
-            needed; its weights only when the checkpoint carries none). None: no text tower.
+            needed; its weights only when the checkpoint carries none, its config when it is a local
+            folder). None: no text tower.
         strict: refuse weights that do not match the model exactly (listing the differences).
     """
     from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
@@ -58,9 +69,9 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     if text_model is None:
         tower = None
         state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
-    elif has_text:
+    elif has_text and not (Path(text_model) / "config.json").is_file():
         # The checkpoint carries the text weights: build the tower empty, only the tokenizer is fetched.
-        tower = CLIPTextEncoder.from_config(tokenizer_dir=text_model)
+        tower = CLIPTextEncoder.from_config(tokenizer_dir=text_model, **text_tower_shape(state))
     else:
         tower = CLIPTextEncoder.from_pretrained(text_model)
     model = build_model(variant, tower)
