@@ -215,3 +215,42 @@ def test_unreachable_hub_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
     with pytest.raises(TextModelUnavailableError, match="cannot provide it.*ConnectionError"):
         CLIPTextEncoder.from_pretrained("worldtune-test/no-such-clip")
+
+
+def test_from_pretrained_full_clip_checkpoint(tmp_path):
+    """Hub ids such as openai/clip-vit-base-patch32 hold a whole CLIPModel; we take its text half."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from tests.helpers.clip_factory import write_clip_tokenizer
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16)
+    config = CLIPConfig(
+        text_config=dict(small, hidden_act="quick_gelu", eos_token_id=2),
+        vision_config=dict(small, image_size=32, patch_size=16),
+        projection_dim=16,
+    )
+    clip = CLIPModel(config)
+    clip.save_pretrained(str(tmp_path))
+    write_clip_tokenizer(tmp_path)
+    encoder = CLIPTextEncoder.from_pretrained(str(tmp_path))
+    ids, mask = encoder.tokenize(["cat", "a dog on a sofa"])
+    with torch.no_grad():
+        ref = clip.get_text_features(input_ids=ids, attention_mask=mask)
+    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output  # transformers 4.x vs 5.x
+    assert torch.allclose(encoder.embed_tokens(ids, mask), ref, atol=1e-6)
+
+
+def test_folder_with_missing_text_weights_is_an_error(tmp_path, tiny_folder):
+    """A text weight left at random init must not pass silently."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for name in ("config.json", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_folder / name, tmp_path / name)
+    weights = load_file(str(tiny_folder / "model.safetensors"))
+    del weights["text_projection.weight"]
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(TextModelUnavailableError, match="text_projection.weight") as info:
+        CLIPTextEncoder.from_pretrained(str(tmp_path))
+    assert str(tmp_path) in str(info.value) and "hf download" not in str(info.value)

@@ -28,14 +28,40 @@ class TextModelUnavailableError(RuntimeError):
     """The CLIP weights or tokenizer could not be found locally nor downloaded."""
 
 
-def _unavailable(name: str, what: str, reason: str) -> TextModelUnavailableError:
-    return TextModelUnavailableError(
-        f"Could not load the CLIP {what} '{name}': {reason}.\n"
+def _unavailable(name: str, what: str, reason: str, hub: bool = True) -> TextModelUnavailableError:
+    hint = (
         f"worldtune looks in the local Hugging Face cache first, then on the hub. To work offline, download "
         f"it once where there is internet (`hf download {name} --local-dir clip-text`) and pass that local "
         f"folder instead of the hub id (e.g. `--text-model /path/to/clip-text`), or point HF_HOME at a "
         f"cache that already holds it."
+        if hub
+        else "A local folder must hold a Hugging Face CLIP (or CLIP text) model: config.json, the weights "
+        "(model.safetensors or pytorch_model.bin) and the tokenizer files (vocab.json + merges.txt or tokenizer.json)."
     )
+    return TextModelUnavailableError(f"Could not load the CLIP {what} '{name}': {reason}.\n{hint}")
+
+
+def _load_text_model(name: str, **kwargs) -> nn.Module:
+    """``CLIPTextModelWithProjection.from_pretrained`` that fails on missing text weights.
+
+    transformers' own report is silenced (loading from a full CLIP checkpoint lists every unused
+    vision weight); instead, any text weight left at random init is an error.
+    """
+    from transformers import CLIPTextModelWithProjection
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = CLIPTextModelWithProjection.from_pretrained(name, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = sorted(k for k in info.get("missing_keys", []) if not k.endswith("position_ids"))
+    if missing:
+        raise ValueError(f"{len(missing)} text weights are missing from the checkpoint, e.g. {missing[:3]}")
+    if info.get("mismatched_keys"):
+        raise ValueError(f"text weights of the wrong shape: {list(info['mismatched_keys'])[:3]}")
+    return model
 
 
 def _load_hf(loader, name: str, what: str):
@@ -49,11 +75,12 @@ def _load_hf(loader, name: str, what: str):
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise _unavailable(name, what, "the path exists but is not a folder")
+            raise _unavailable(name, what, "the path exists but is not a folder", hub=False)
         try:
             return loader(str(path), local_files_only=True)
         except Exception as err:  # noqa: BLE001 - report the reason with the folder name
-            raise _unavailable(name, what, f"the folder could not be read as a Hugging Face {what} ({err})") from err
+            reason = f"the folder could not be read as a Hugging Face {what} ({type(err).__name__}: {err})"
+            raise _unavailable(name, what, reason, hub=False) from err
     if not _HUB_ID.match(name):
         raise _unavailable(name, what, "no such local folder, and it is not a valid hub id")
     try:
@@ -111,11 +138,7 @@ class CLIPTextEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_CLIP, frozen: bool = True) -> "CLIPTextEncoder":
         """Load weights and tokenizer from a hub id (cache first) or a local Hugging Face folder."""
-        from transformers import CLIPTextModelWithProjection
-
-        model = _load_hf(
-            lambda n, **kw: CLIPTextModelWithProjection.from_pretrained(n, **kw), name_or_path, "text model"
-        )
+        model = _load_hf(_load_text_model, name_or_path, "text model")
         tokenizer = load_clip_tokenizer(name_or_path)
         return cls(model.float(), tokenizer, name=str(name_or_path), frozen=frozen)
 
