@@ -113,6 +113,8 @@ def test_bias_warmup_options():
     starts = {g["param_names"][0]: g["lr"] for g in optimizer.param_groups}
     assert starts == {"stem.weight": 0.0, "stem.bias": 0.1, "bn.weight": 0.0, "bn.bias": 0.1,
                       "text.weight": 0.0, "text.bias": 0.1, "contrast.logit_scale": 0.0}
+    apply_schedule(optimizer, 0, 0, 925, ScheduleConfig(bias_warmup="none"))
+    assert all(g["lr"] == 0.0 for g in optimizer.param_groups)
     with pytest.raises(ValueError, match="bias_warmup"):
         apply_schedule(optimizer, 0, 0, 925, ScheduleConfig(bias_warmup="all"))
 

@@ -20,7 +20,8 @@ Warm-up-bias groups: upstream applies the bias start to the optimizer group at *
 which was "all biases" in YOLOv5's three-group layout but, with one group per parameter,
 is the single parameter `backbone.image_model.stem.bn.bias` (starting at 0.1, i.e. 500x
 the AdamW base lr). `bias_warmup="group2"` (default) reproduces that; `bias_warmup="biases"`
-is the evidently intended behaviour: every group whose parameter name ends in "bias".
+is the evidently intended behaviour: every group whose parameter name ends in "bias";
+`bias_warmup="none"` gives every group the plain 0 start (sensible with AdamW).
 """
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ class ScheduleConfig:
     min_warmup_iters: int = 1000
     warmup_bias_lr: float = 0.1
     warmup_momentum: float = 0.8
-    bias_warmup: str = "group2"  # "group2" (official) or "biases" (corrected)
+    bias_warmup: str = "group2"  # "group2" (official), "biases" (corrected) or "none"
 
 
 def lr_multiplier(epoch: int, max_epochs: int, lr_factor: float = 0.01) -> float:
@@ -60,6 +61,8 @@ def _interp(start: float, end: float, i: int, total: int) -> float:
 def _bias_warmup_groups(optimizer: torch.optim.Optimizer, mode: str) -> set[int]:
     if mode == "group2":
         return {2}
+    if mode == "none":
+        return set()
     if mode == "biases":
         found = set()
         for index, group in enumerate(optimizer.param_groups):
@@ -70,7 +73,7 @@ def _bias_warmup_groups(optimizer: torch.optim.Optimizer, mode: str) -> set[int]
             if all(n.endswith("bias") for n in names):
                 found.add(index)
         return found
-    raise ValueError(f"ScheduleConfig.bias_warmup must be 'group2' or 'biases', got {mode!r}")
+    raise ValueError(f"ScheduleConfig.bias_warmup must be 'group2', 'biases' or 'none', got {mode!r}")
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, epoch: int, global_iter: int, iters_per_epoch: int,
