@@ -19,6 +19,7 @@ from worldtune.engine.checkpoint import (
     extract_model_state,
     load_checkpoint_file,
     load_model_state,
+    load_weights_into,
     save_checkpoint_atomic,
 )
 
@@ -245,3 +246,17 @@ def test_unreadable_files_give_clear_errors(tmp_path):
     torch.jit.save(torch.jit.script(nn.Linear(2, 2)), scripted)
     with pytest.raises(CheckpointLoadError, match="TorchScript"):
         load_checkpoint_file(scripted)
+
+
+def test_load_weights_into_prefers_ema_and_names_file(tmp_path):
+    model, raw, ema = _Net(), _Net(), _Net()
+    path = save_checkpoint_atomic({"model": raw.state_dict(), "ema": ema.state_dict(), "epoch": 4}, tmp_path / "c.pth")
+    assert load_weights_into(model, path).ok
+    assert torch.equal(model.conv.weight, ema.conv.weight)
+    load_weights_into(model, path, prefer="model")
+    assert torch.equal(model.conv.weight, raw.conv.weight)
+    with pytest.raises(CheckpointMismatchError, match="c.pth"):
+        load_weights_into(_Net(width=6), path)
+    bad = save_checkpoint_atomic({"epoch": 4}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="bad.pth.*no model weights"):
+        load_weights_into(model, bad)

@@ -369,6 +369,18 @@ def load_model_state(
     return report
 
 
+def load_weights_into(
+    model: nn.Module, path: str | Path, *, prefer: str = "ema", strict: bool = True
+) -> LoadReport:
+    """``load_checkpoint_file`` + ``extract_model_state`` + ``load_model_state`` in one call."""
+    checkpoint = load_checkpoint_file(path)
+    try:
+        state = extract_model_state(checkpoint, prefer=prefer)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    return load_model_state(model, state, strict=strict, path=path)
+
+
 # ----------------------------------------------------------------------------- saving
 def _dense(t: Tensor) -> Tensor:
     t = t.detach().cpu()

@@ -92,7 +92,8 @@ def _load_hf(loader, name: str, what: str):
     try:
         HfApi().model_info(name, timeout=5)
     except Exception as err:  # noqa: BLE001 - network down or repository missing
-        raise _unavailable(name, what, f"not in the local cache and the hub cannot provide it ({type(err).__name__}: {err})") from err
+        reason = f"not in the local cache and the hub cannot provide it ({type(err).__name__}: {err})"
+        raise _unavailable(name, what, reason) from err
     try:
         return loader(name, local_files_only=False)
     except Exception as err:  # noqa: BLE001
