@@ -61,3 +61,25 @@ def test_decoding_and_detections_match_official(fixture, model_s):
         assert torch.equal(det["labels"], ref["labels"])
         assert_close(det["boxes_xyxy"], ref["bboxes"], f"detection boxes image {i}")
         assert_close(det["scores"], ref["scores"], f"detection scores image {i}")
+
+
+def test_full_official_state_dict_texts_to_detections(fixture):
+    """All 608 official keys (text tower included) load strictly; texts in, official detections out."""
+    from pathlib import Path
+
+    import worldtune
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    tokenizer_dir = Path(worldtune.__file__).parent / "assets" / "clip_tokenizer"
+    model = build_model("s", CLIPTextEncoder.from_config(tokenizer_dir=str(tokenizer_dir))).eval()
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in fixture["state_dict"].items()}
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        text_feats = model.encode_text(fixture["texts"])
+        assert_close(text_feats, fixture["text_feats"], "text features")
+        boxes, scores = decode_outputs(model(fixture["images"], text_feats))
+    for i, ref in enumerate(fixture["detections"]):
+        det = detect_one_image(boxes[i], scores[i], PostprocessConfig(), ori_shape=(320, 320))
+        assert torch.equal(det["labels"], ref["labels"])
+        assert_close(det["boxes_xyxy"], ref["bboxes"], f"detection boxes image {i}")
+        assert_close(det["scores"], ref["scores"], f"detection scores image {i}")
