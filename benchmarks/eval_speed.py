@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from worldtune.eval.coco_eval import SUMMARY_KEYS, accumulate, load_coco_gt, summarize, validate_detections
+from worldtune.eval.coco_eval import SUMMARY_KEYS, accumulate, summarize
+from worldtune.eval.coco_inputs import load_coco_gt, validate_detections
 
 
 def make_data(num_images: int, gt_per_image: float, dets_per_image: int, seed: int = 0):
@@ -65,19 +66,22 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}")
 
-    t = time.perf_counter()
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (wall times grow when the CPUs are shared; "
+          f"CPU seconds of this process do much less)")
+    t, c = time.perf_counter(), time.process_time()
     checked = load_coco_gt(gt)
     clean = validate_detections(dets, checked)
-    prep = time.perf_counter() - t
-    print(f"GT check + detection validation (shared by both backends): {prep:.1f} s")
+    prep, prep_cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"GT check + detection validation (shared by both backends): {prep:.1f} s wall, {prep_cpu:.1f} s CPU")
     results = {}
     for backend in ("faster", "pycocotools"):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         precision, recall = accumulate(checked, clean, backend)
         results[backend] = summarize(precision, recall)
-        core = time.perf_counter() - t
-        print(f"{backend:>12}: evaluate + accumulate + summary {core:7.1f} s   with validation {core + prep:7.1f} s"
-              f"   AP {results[backend]['AP']:.4f}")
+        core, core_cpu = time.perf_counter() - t, time.process_time() - c
+        print(f"{backend:>12}: evaluate + accumulate + summary {core:7.1f} s wall {core_cpu:7.1f} s CPU;"
+              f"  with validation {core + prep:7.1f} s wall {core_cpu + prep_cpu:7.1f} s CPU;"
+              f"  AP {results[backend]['AP']:.4f}")
     diff = max(abs((results["faster"][k] or 0) - (results["pycocotools"][k] or 0)) for k in SUMMARY_KEYS)
     print(f"max |faster - pycocotools| over the 12 summary numbers: {diff:.2e}")
 
