@@ -53,7 +53,9 @@ def polygons_from_segmentation(segm, height: int, width: int) -> list:
         rle = segm
         if isinstance(segm["counts"], list):
             rle = mask_utils.frPyObjects(segm, height, width)
-        mask = mask_utils.decode(rle)
+        with warnings.catch_warnings():  # pycocotools' Cython decode trips a numpy-2 DeprecationWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mask = mask_utils.decode(rle)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         return [c.reshape(-1, 2).astype(np.float32) for c in contours if len(c) >= 3]
     return []

@@ -7,7 +7,6 @@ as the uninterrupted run.
 """
 import random
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -16,8 +15,9 @@ from worldtune.data.collate import collate_eval, collate_train
 
 
 def _worker_init(worker_id: int) -> None:
-    # One cv2 thread per worker: workers already use every core, and cv2's own pool oversubscribes.
-    cv2.setNumThreads(1)
+    # cv2.setNumThreads() is deliberately NOT called here: in a forked worker it can deadlock on
+    # the thread pool copied from the parent (seen with OpenCV 5.0). To limit cv2 threads, call
+    # it in the main process before building the loader.
     # Nothing in worldtune uses global RNGs; seed them anyway so third-party code stays reproducible.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -1,0 +1,99 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from worldtune.data.coco import CocoDetection, DataError
+
+
+def _copy_set(tiny_coco, tmp_path, edit=None):
+    """Copy the tiny set to tmp_path, apply `edit(json_dict)` and return (ann_file, image_dir)."""
+    image_dir = tmp_path / "images"
+    shutil.copytree(tiny_coco["image_dir"], image_dir)
+    data = json.loads(tiny_coco["ann_file"].read_text())
+    if edit:
+        edit(data)
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(data))
+    return ann_file, image_dir
+
+
+def test_category_mapping_and_texts(tiny_coco, tiny_dataset):
+    ds = tiny_dataset
+    assert ds.cat_ids == [1, 3, 4, 9, 17]
+    assert ds.num_classes == 5 and ds.class_names == tiny_coco["category_names"]
+    assert ds.class_texts[0] == ["red", "red thing"]
+    data = json.loads(tiny_coco["ann_file"].read_text())
+    by_image = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    for i, image_id in enumerate(ds.image_ids):
+        rec = ds.get_record(i)
+        anns = by_image.get(image_id, [])
+        assert [ds.cat_ids[label] for label in rec["labels"]] == [a["category_id"] for a in anns]
+        assert rec["ann_ids"].tolist() == [a["id"] for a in anns]
+
+
+def test_crowd_rle_and_multipart(tiny_dataset):
+    ds = tiny_dataset
+    rec0 = ds.get_record(0)
+    assert [len(p) for p in rec0["polygons"]] == [1, 1, 2]  # the third instance has two parts
+    rec1 = ds.get_record(1)
+    rle_parts = rec1["polygons"][1]  # non-crowd RLE -> traced contour close to the box
+    xy = np.concatenate(rle_parts)
+    np.testing.assert_allclose(np.concatenate([xy.min(0), xy.max(0)]), rec1["bboxes"][1], atol=1.5)
+    rec2 = ds.get_record(2)  # grayscale image, one crowd instance
+    assert rec2["ignore"].tolist() == [True] and rec2["polygons"] == [[]]
+    assert ds.load_image(2).shape[2] == 3
+    assert len(ds.get_record(3)["labels"]) == 0  # empty image kept (filter_empty_gt False)
+
+
+def test_derived_texts_and_degenerate_ignored(tiny_coco, tmp_path):
+    def edit(d):
+        d["annotations"][0]["bbox"][2] = 0.5  # w < 1: kept but ignored
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    ds = CocoDetection(ann, img)
+    assert ds.class_texts == [[n] for n in tiny_coco["category_names"]]
+    assert ds.get_record(0)["ignore"].tolist() == [True, False, False]
+
+
+def test_class_text_count_mismatch(tiny_coco, tmp_path):
+    bad = tmp_path / "texts.json"
+    bad.write_text(json.dumps([["a"], ["b"], ["c"], ["d"]]))
+    with pytest.raises(DataError, match=r"(?s)texts.json has 4 entries.*5 categories.*cyan"):
+        CocoDetection(tiny_coco["ann_file"], tiny_coco["image_dir"], bad)
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda d: d["annotations"][1].update(category_id=99), r"annotation id 103: unknown category_id 99"),
+    (lambda d: d["annotations"][0].update(bbox=[500, 500, 10, 10]), r"annotation id 100: bbox .* outside"),
+    (lambda d: d["annotations"][2].update(bbox=[5, 5, -3, 10]), r"annotation id 106: bbox .* negative size"),
+    (lambda d: d["images"][0].update(file_name="nope.jpg"), r"nope.jpg does not exist"),
+    (lambda d: d.update(images=[], annotations=[]), r"dataset is empty"),
+])
+def test_bad_data_messages(tiny_coco, tmp_path, edit, pattern):
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    with pytest.raises(DataError, match=pattern) as info:
+        CocoDetection(ann, img)
+    assert "ann.json" in str(info.value)
+
+
+def test_malformed_json(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(DataError, match="broken.json: malformed JSON"):
+        CocoDetection(bad, tmp_path)
+
+
+def test_skip_policy_counts(tiny_coco, tmp_path):
+    def edit(d):
+        d["annotations"][0]["category_id"] = 99
+        d["annotations"][3]["bbox"] = [1, 1, -2, 4]
+        d["images"][4]["file_name"] = "missing.png"
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    with pytest.warns(UserWarning, match="skipped") as record:
+        ds = CocoDetection(ann, img, on_bad_data="skip")
+    assert len(record) == 1  # reported once
+    assert ds.skipped == {"bad annotation": 2, "missing image": 1}
+    assert len(ds) == 7 and ds.get_record(0)["ann_ids"].tolist() == [103, 106]

@@ -1,0 +1,69 @@
+import shutil
+
+import pytest
+import torch
+
+from worldtune.data.coco import CocoDetection, DataError
+from worldtune.data.loader import build_eval_loader, build_train_loader
+from worldtune.data.presets import build_eval_dataset, build_train_dataset
+
+
+def _epoch_batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def _assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["bboxes_labels"], b["bboxes_labels"])
+        assert a["texts"] == b["texts"] and a["image_ids"] == b["image_ids"]
+
+
+def test_reproducible_across_workers_and_resume(tiny_dataset):
+    train = build_train_dataset(tiny_dataset, imgsz=64, num_texts=8, close_mosaic_epoch=2, seed=1)
+    serial = build_train_loader(train, batch_size=3, workers=0, seed=5)
+    run = [_epoch_batches(serial, e) for e in range(3)]
+    assert run[0][0]["images"].shape == (3, 3, 64, 64) and len(run[0]) == 3
+    assert not torch.equal(run[0][0]["images"], run[1][0]["images"])  # new epoch, new order/augmentation
+    parallel = build_train_loader(train, batch_size=3, workers=2, seed=5)
+    _assert_same(_epoch_batches(parallel, 1), run[1])
+    resumed = build_train_loader(train, batch_size=3, workers=0, seed=5)  # a fresh process resuming at epoch 2
+    _assert_same(_epoch_batches(resumed, 2), run[2])
+    assert train.stage == 2
+
+
+def test_ranks_split_the_epoch(tiny_dataset):
+    train = build_train_dataset(tiny_dataset, imgsz=64, num_texts=8)
+    ids = []
+    for rank in range(2):
+        loader = build_train_loader(train, batch_size=2, workers=0, seed=0, rank=rank, world_size=2)
+        loader.set_epoch(0)
+        ids.append([i for batch in loader for i in batch["image_ids"]])
+    assert len(ids[0]) == len(ids[1]) == 4 and sorted(ids[0] + ids[1]) == sorted(tiny_dataset.image_ids)
+
+
+def test_eval_loader(tiny_dataset):
+    batches = list(build_eval_loader(build_eval_dataset(tiny_dataset, imgsz=64), batch_size=4))
+    assert [b["images"].shape[0] for b in batches] == [4, 4]
+    assert [i for b in batches for i in b["image_ids"]] == tiny_dataset.image_ids
+    assert batches[0]["texts"][0] == tiny_dataset.class_names
+
+
+def test_corrupt_image_in_worker(tiny_coco, tmp_path):
+    shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
+    (tmp_path / "images" / "img_005.png").write_bytes(b"not a png")
+    strict = CocoDetection(tiny_coco["ann_file"], tmp_path / "images")
+    loader = build_train_loader(build_train_dataset(strict, imgsz=64, num_texts=8), 8, workers=2, seed=0)
+    loader.set_epoch(0)
+    with pytest.raises(DataError, match="img_005.png"):
+        list(loader)
+    lenient = CocoDetection(tiny_coco["ann_file"], tmp_path / "images", on_bad_data="skip")
+    train = build_train_dataset(lenient, imgsz=64, num_texts=8, mixup_prob=0.0)
+    with pytest.warns(UserWarning, match="img_005.png"):
+        sample = train[5]
+    assert sample["image_id"] != tiny_dataset_id(lenient, "img_005.png")
+
+
+def tiny_dataset_id(ds, name):
+    return next(i for k, i in enumerate(ds.image_ids) if ds.image_path(k).name == name)

@@ -1,0 +1,91 @@
+import numpy as np
+
+from worldtune.data.mix import copy_paste, load_sample, mixup, mosaic
+
+COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255)]
+
+
+def _solid(colour, h, w, with_polys=True):
+    box = np.array([[0, 0, w, h]], np.float32)
+    poly = [[np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)]] if with_polys else None
+    return {"img": np.full((h, w, 3), colour, np.uint8), "bboxes": box, "labels": np.array([0]),
+            "polygons": poly, "image_id": 0}
+
+
+def test_mosaic_places_four_images_around_the_centre():
+    samples = [_solid(c, 48, 64) for c in COLOURS]
+    rng = np.random.default_rng(3)
+    out = mosaic(samples, rng, img_scale=64)
+    xc, yc = (int(v * 64) for v in np.random.default_rng(3).uniform(0.5, 1.5, 2))
+    assert out["img"].shape == (128, 128, 3)
+    quadrant_pixels = [(yc - 1, xc - 1), (yc - 1, xc), (yc, xc - 1), (yc, xc)]
+    for (y, x), colour in zip(quadrant_pixels, COLOURS):
+        assert tuple(out["img"][y, x]) == colour
+    assert len(out["bboxes"]) == 4 and (out["bboxes"] >= 0).all() and (out["bboxes"] <= 128).all()
+    for box, colour in zip(out["bboxes"].astype(int), COLOURS):  # each clipped box is exactly its image
+        region = out["img"][box[1]:box[3], box[0]:box[2]]
+        assert region.size and (region == colour).all()
+    np.testing.assert_allclose(out["polygons"][3][0][0], out["bboxes"][3][:2])  # bottom-right starts at centre
+
+
+def test_mosaic_resizes_keeping_ratio():
+    out = mosaic([_solid(c, 20, 40, with_polys=False) for c in COLOURS], np.random.default_rng(0), img_scale=64)
+    box = out["bboxes"][3]  # bottom-right image: 40x20 -> 64x32, cropped only by the canvas
+    assert out["polygons"] is None
+    np.testing.assert_allclose(box[2:] - box[:2], np.minimum([64, 32], 128 - box[:2]))
+
+
+def _canvas_with_objects(n, width=200):
+    img = np.full((100, width, 3), 40, np.uint8)
+    boxes, polys = [], []
+    for i in range(n):  # small squares on the left half, so every mirror lands on free space
+        x, y = 4 + 18 * (i % 5), 4 + 30 * (i // 5)
+        img[y:y + 10, x:x + 10] = COLOURS[i % 4]
+        boxes.append([x, y, x + 10, y + 10])
+        polys.append([np.array([[x, y], [x + 10, y], [x + 10, y + 10], [x, y + 10]], np.float32)])
+    return {"img": img, "bboxes": np.array(boxes, np.float32), "labels": np.arange(n) % 4, "polygons": polys}
+
+
+def test_copy_paste_fraction_semantics():
+    for fraction, expected in [(0.25, 2), (0.35, 4), (0.05, 0)]:  # round(2.5)=2, round(3.5)=4 (half to even)
+        out = copy_paste(_canvas_with_objects(10), np.random.default_rng(0), fraction)
+        assert len(out["bboxes"]) == 10 + expected
+    out = copy_paste(_canvas_with_objects(10), np.random.default_rng(0), 1.0)
+    for box, label in zip(out["bboxes"][10:].astype(int), out["labels"][10:]):
+        assert box[0] >= 100 and (out["img"][box[1]:box[3], box[0]:box[2]] == COLOURS[label]).all()
+    assert len(out["polygons"]) == 20
+
+
+def test_copy_paste_skips_objects_whose_mirror_overlaps():
+    sample = _canvas_with_objects(2)
+    sample["bboxes"][1] = [95, 40, 105, 50]  # straddles the middle: its mirror covers itself
+    out = copy_paste(sample, np.random.default_rng(0), 1.0)
+    assert len(out["bboxes"]) == 3 and np.allclose(out["bboxes"][2], [186, 4, 196, 14])
+    assert copy_paste(dict(sample, polygons=None), np.random.default_rng(0), 1.0) is not None
+
+
+def test_mixup_blends_and_concatenates():
+    a, b = _solid(COLOURS[0], 8, 8), _solid(COLOURS[1], 8, 8)
+    out = mixup(a, b, np.random.default_rng(5))
+    r = np.random.default_rng(5).beta(32, 32)
+    np.testing.assert_array_equal(out["img"][0, 0], (np.array(COLOURS[0]) * r + np.array(COLOURS[1]) * (1 - r)).astype(np.uint8))
+    assert len(out["bboxes"]) == 2 and len(out["polygons"]) == 2
+
+
+def test_load_sample_falls_back_to_box_polygon(tiny_coco, tmp_path):
+    import json
+    import shutil
+
+    from worldtune.data.coco import CocoDetection
+
+    data = json.loads(tiny_coco["ann_file"].read_text())
+    del data["annotations"][0]["segmentation"]
+    data["annotations"][1]["segmentation"] = [[1, 2, 3]]  # invalid part only
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps(data))
+    shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
+    ds = CocoDetection(ann, tmp_path / "images")
+    assert ds.num_without_polygons == 2
+    s = load_sample(ds, 0, mask_refine=True)
+    assert len(s["polygons"]) == 3 and len(s["polygons"][0][0]) == 4
+    np.testing.assert_allclose(s["bboxes"][0], [8, 10, 60, 50])

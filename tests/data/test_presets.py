@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+from worldtune.data.presets import build_eval_dataset, build_train_dataset
+
+IMGSZ = 128
+
+
+def _train_set(ds, **kw):
+    args = dict(imgsz=IMGSZ, num_texts=8, hsv_gains=(0, 0, 0), albu_prob=0.0, mixup_prob=0.0, seed=0)
+    args.update(kw)
+    return build_train_dataset(ds, **args)
+
+
+def _colour_fraction(img, box, colour, strict):
+    x1, y1, x2, y2 = np.round(box).astype(int)
+    region = img[y1:y2, x1:x2].astype(int)
+    if strict:  # nearly the pure colour
+        hit = np.abs(region - np.array(colour)).max(-1) < 60
+    else:       # blended with another image: the colour's saturated channels stay bright
+        hit = (region[..., np.array(colour) == 255] >= 80).all(-1)
+    return hit.mean()
+
+
+@pytest.mark.parametrize("mixup_prob", [0.0, 1.0])
+def test_box_text_matches_colour_under_it(tiny_coco, tiny_dataset, mixup_prob):
+    """Mosaic, copy-paste, affine, flip, mixup and text shuffling keep each label on its object."""
+    train = _train_set(tiny_dataset, mixup_prob=mixup_prob)
+    checked = 0
+    for index in range(len(train)):
+        s = train[index]
+        assert s["img"].shape == (IMGSZ, IMGSZ, 3) and len(s["texts"]) == 8
+        for box, label in zip(s["bboxes"], s["labels"]):
+            if min(box[2] - box[0], box[3] - box[1]) < 6:
+                continue
+            colour = tiny_coco["palette_bgr"][s["texts"][label].split()[0]]
+            assert _colour_fraction(s["img"], box, colour, strict=mixup_prob == 0) > 0.25, (index, box, s["texts"][label])
+            checked += 1
+    assert checked >= 20
+
+
+def test_boxes_inside_and_tight_to_polygons(tiny_dataset):
+    train = _train_set(tiny_dataset, mixup_prob=0.5, hsv_gains=(0.015, 0.7, 0.4), albu_prob=0.5)
+    for epoch in (0, 1, 70):
+        train.set_epoch(epoch)
+        for index in range(len(train)):
+            s = train[index]
+            b = s["bboxes"]
+            assert (b >= 0).all() and (b < IMGSZ).all() and (b[:, 2:] > b[:, :2]).all()
+            assert len(s["polygons"]) == len(b) == len(s["labels"])
+            for box, parts in zip(b, s["polygons"]):
+                pts = np.concatenate(parts)
+                if pts.min() > 0 and pts.max() < IMGSZ:  # fully visible: the box is the polygon's extent
+                    np.testing.assert_allclose(box, np.concatenate([pts.min(0), pts.max(0)]), atol=1e-3)
+
+
+def test_stage_two_from_switch_epoch_and_after_resume(tiny_dataset):
+    train = _train_set(tiny_dataset, close_mosaic_epoch=3, affine_scale=(0.9, 1.1))
+    own = [int((~tiny_dataset.get_record(i)["ignore"]).sum()) for i in range(len(tiny_dataset))]
+
+    def more_boxes_than_own_image():
+        return sum(len(train[i]["labels"]) > own[i] for i in range(len(train)))
+
+    train.set_epoch(2)
+    assert train.stage == 1 and more_boxes_than_own_image() > 0  # mosaic brings other images' objects
+    for epoch in (3, 9):  # the switch epoch, and a run resumed later
+        train.set_epoch(epoch)
+        assert train.stage == 2 and more_boxes_than_own_image() == 0
+        s = train[0]
+        assert s["img"].shape == (IMGSZ, IMGSZ, 3)
+
+
+def test_same_seed_same_sample_and_no_mask_refine(tiny_dataset):
+    a = build_train_dataset(tiny_dataset, imgsz=64, seed=3, num_texts=8)
+    b = build_train_dataset(tiny_dataset, imgsz=64, seed=3, num_texts=8)
+    c = build_train_dataset(tiny_dataset, imgsz=64, seed=4, num_texts=8)
+    sa, sb, sc = a[5], b[5], c[5]
+    np.testing.assert_array_equal(sa["img"], sb["img"])
+    np.testing.assert_array_equal(sa["bboxes"], sb["bboxes"])
+    assert sa["texts"] == sb["texts"] and not np.array_equal(sa["img"], sc["img"])
+    sgd = build_train_dataset(tiny_dataset, imgsz=64, mask_refine=False, num_texts=8)
+    assert sgd.min_area_ratio == 0.1 and sgd[5]["polygons"] is None
+
+
+def test_missing_polygons_warn_once_with_count(tiny_coco, tmp_path):
+    import json
+    import shutil
+    import warnings
+
+    from worldtune.data.coco import CocoDetection
+
+    data = json.loads(tiny_coco["ann_file"].read_text())
+    for a in data["annotations"][:3]:
+        a.pop("segmentation")
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
+    ds = CocoDetection(tmp_path / "a.json", tmp_path / "images")
+    with pytest.warns(UserWarning, match="3 instance"):
+        train = build_train_dataset(ds, imgsz=64, num_texts=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no further warning per sample
+        assert len(train[0]["labels"]) > 0
+
+
+def test_eval_dataset_letterbox_maps_back(tiny_coco, tiny_dataset):
+    ev = build_eval_dataset(tiny_dataset, imgsz=IMGSZ)
+    s = ev[0]  # 160x120 -> 128x96, padded 16 top and bottom
+    assert s["ori_shape"] == (120, 160) and s["pad_param"] == [16, 16, 0, 0]
+    assert s["scale_factor"] == pytest.approx((0.8, 0.8)) and s["texts"] == tiny_dataset.class_names
+    assert (s["img"][:16] == 114).all() and (s["img"][-16:] == 114).all()
+    box = tiny_dataset.get_record(0)["bboxes"][0]  # red rectangle 8,10 .. 60,50
+    sx, sy = s["scale_factor"]
+    top, _, left, _ = s["pad_param"]
+    mapped = box * [sx, sy, sx, sy] + [left, top, left, top]
+    assert _colour_fraction(s["img"], mapped + [2, 2, -2, -2], tiny_coco["palette_bgr"]["red"], True) > 0.95
+    np.testing.assert_allclose((mapped - [left, top, left, top]) / [sx, sy, sx, sy], box, atol=1e-4)
+    small = ev[2]  # 112x112 -> enlarged to 128x128: no padding
+    assert small["pad_param"] == [0, 0, 0, 0] and small["scale_factor"] == pytest.approx((128 / 112,) * 2)

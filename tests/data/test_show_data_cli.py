@@ -1,0 +1,19 @@
+import cv2
+
+from worldtune.cli import main
+
+
+def test_show_data_writes_grid(tiny_coco, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    rc = main(["show-data", "--ann", str(tiny_coco["ann_file"]), "--images", str(tiny_coco["image_dir"]),
+               "--out", str(out), "--num", "3", "--cols", "2", "--imgsz", "64", "--num-texts", "8"])
+    assert rc == 0 and "3 samples" in capsys.readouterr().out
+    grid = cv2.imread(str(out))
+    assert grid.shape[0] > 2 * 64 and grid.shape[1] == 2 * 64
+
+
+def test_show_data_reports_bad_file(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text("{")
+    rc = main(["show-data", "--ann", str(bad), "--images", str(tmp_path), "--out", str(tmp_path / "g.png")])
+    assert rc == 2 and "x.json: malformed JSON" in capsys.readouterr().out

@@ -1,0 +1,47 @@
+import json
+
+import numpy as np
+import pytest
+
+from worldtune.data.coco import DataError
+from worldtune.data.texts import load_class_texts, sample_texts
+
+
+def test_sample_texts_keeps_label_text_correspondence():
+    class_texts = [[f"class{i}", f"syn{i}"] for i in range(10)]
+    labels = np.array([3, 7, 3, 1])
+    rng = np.random.default_rng(0)
+    texts, new_labels, keep = sample_texts(labels, class_texts, rng, num_texts=6)
+    assert len(texts) == 6 and keep.all()
+    for old, new in zip(labels, new_labels):
+        assert texts[new] in class_texts[old]
+    assert len(set(texts)) == 6  # positives + negatives, no duplicates, no padding needed
+
+
+def test_sample_texts_pads_and_subsamples():
+    class_texts = [[f"c{i}"] for i in range(3)]
+    texts, labels, keep = sample_texts(np.array([2, 0]), class_texts, np.random.default_rng(1), num_texts=8)
+    assert texts[3:] == [""] * 5 and sorted(texts[:3]) == ["c0", "c1", "c2"]
+    many = [[f"c{i}"] for i in range(20)]
+    labels = np.arange(20)
+    texts, new_labels, keep = sample_texts(labels, many, np.random.default_rng(2), num_texts=5)
+    assert len(texts) == 5 and keep.sum() == 5  # only 5 positive classes can be named
+    assert [texts[n] for n in new_labels] == [f"c{i}" for i in labels[keep]]
+
+
+def test_coco_asset_has_80_names():
+    from importlib.resources import files
+
+    texts = json.loads(files("worldtune").joinpath("assets/coco_class_texts.json").read_text())
+    assert len(texts) == 80 and texts[0] == ["person"] and texts[-1] == ["toothbrush"]
+    assert all(len(t) == 1 for t in texts)
+
+
+def test_load_class_texts_validation(tmp_path):
+    assert load_class_texts(None, ["a", "b"]) == [["a"], ["b"]]
+    with pytest.raises(DataError, match="entry 1 must be a non-empty list"):
+        load_class_texts([["a"], []], ["a", "b"])
+    bad = tmp_path / "t.json"
+    bad.write_text("[[")
+    with pytest.raises(DataError, match="t.json: malformed JSON"):
+        load_class_texts(bad, ["a"])

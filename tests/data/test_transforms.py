@@ -1,0 +1,105 @@
+import cv2
+import numpy as np
+import pytest
+
+from worldtune.data.transforms import (hsv_augment, keep_ratio_resize, letterbox, light_albu, random_affine,
+                                       random_hflip, resample_parts)
+
+
+def test_resample_parts_matches_interp():
+    rng = np.random.default_rng(0)
+    parts = [rng.uniform(0, 50, (n, 2)).astype(np.float32) for n in (3, 7, 20)]
+    out = resample_parts(parts, 1000)
+    assert out.shape == (3, 1000, 2)
+    for p, r in zip(parts, out):
+        closed = np.concatenate([p, p[:1]])
+        x = np.linspace(0, len(p), 1000)
+        ref = np.stack([np.interp(x, np.arange(len(closed)), closed[:, k]) for k in range(2)], 1)
+        np.testing.assert_allclose(r, ref, atol=1e-3)
+
+
+def _ellipse_sample(centre=(40, 100), axes=(30, 40), size=200):
+    img = np.full((size, size, 3), 40, np.uint8)
+    poly = cv2.ellipse2Poly(centre, axes, 0, 0, 360, 2).astype(np.float32)
+    cv2.fillPoly(img, [poly.astype(np.int32)], (0, 0, 255))
+    box = np.concatenate([poly.min(0), poly.max(0)])[None].astype(np.float32)
+    return {"img": img, "bboxes": box, "labels": np.array([0]), "polygons": [[poly]]}
+
+
+def test_mask_refine_box_is_tight_when_object_is_cut():
+    # scale 1, no translation jitter, border -50: x' = x - 50, so the ellipse (x 10..70) is cut at x = 50
+    # where its half height is 40*sqrt(1 - (10/30)^2) = 37.7, tighter than the corner box (40).
+    sample = _ellipse_sample()
+    kw = dict(scale_range=(1, 1), border=-50, translate=0.0)
+    refined = random_affine(sample, np.random.default_rng(0), **kw)
+    corners = random_affine(dict(sample, polygons=None), np.random.default_rng(0), **kw)
+    (x1, y1, x2, y2), = refined["bboxes"]
+    assert x1 == pytest.approx(0, abs=0.3) and x2 == pytest.approx(20, abs=0.2)
+    assert y1 == pytest.approx(50 - 37.7, abs=0.3) and y2 == pytest.approx(50 + 37.7, abs=0.3)
+    np.testing.assert_allclose(corners["bboxes"][0], [0, 10, 20, 90], atol=1e-3)
+    # the refined box also matches the red pixels of the warped image
+    ys, xs = np.nonzero(refined["img"][..., 2] > 128)
+    assert abs(ys.min() - y1) <= 1.5 and abs(ys.max() + 1 - y2) <= 1.5
+    # every kept polygon point is inside the output image
+    pts = np.concatenate(refined["polygons"][0])
+    assert pts.min() >= 0 and pts[:, 0].max() <= 100 and pts[:, 1].max() <= 100
+
+
+def test_affine_filters_small_and_outside_boxes():
+    sample = _ellipse_sample(centre=(15, 15), axes=(10, 10))  # lands completely outside after x' = x - 50
+    out = random_affine(sample, np.random.default_rng(0), scale_range=(1, 1), border=-50, translate=0.0)
+    assert len(out["bboxes"]) == 0 and out["polygons"] == [] and out["img"].shape == (100, 100, 3)
+    # corner path: min_area_ratio filter; x' = -10..50 keeps 50/60 = 0.83 of the area
+    box = np.array([[40, 80, 100, 100]], np.float32)
+    s = {"img": np.zeros((200, 200, 3), np.uint8), "bboxes": box, "labels": np.array([1]), "polygons": None}
+    keep = random_affine(s, np.random.default_rng(0), (1, 1), border=-50, translate=0.0, min_area_ratio=0.8)
+    drop = random_affine(s, np.random.default_rng(0), (1, 1), border=-50, translate=0.0, min_area_ratio=0.9)
+    assert len(keep["bboxes"]) == 1 and len(drop["bboxes"]) == 0
+
+
+def test_affine_random_boxes_stay_inside():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        sample = _ellipse_sample(centre=tuple(int(v) for v in rng.integers(0, 200, 2)), axes=(25, 15))
+        out = random_affine(sample, rng, scale_range=(0.5, 1.5), border=-50)
+        b = out["bboxes"]
+        assert (b >= 0).all() and (b[:, [0, 2]] < 100).all() and (b[:, [1, 3]] < 100).all()
+
+
+def test_keep_ratio_resize_and_letterbox_rounding():
+    img = np.random.default_rng(0).integers(0, 255, (95, 200, 3), dtype=np.uint8)
+    resized, r = keep_ratio_resize(img, 64)
+    assert r == 64 / 200 and resized.shape == (30, 64, 3)  # int(95 * 0.32) = 30
+    np.testing.assert_array_equal(resized, cv2.resize(img, (64, 30), interpolation=cv2.INTER_AREA))
+    boxed, scale, pad = letterbox(resized, 64, allow_scale_up=False)
+    assert boxed.shape == (64, 64, 3) and scale == (1.0, 1.0) and pad == [17, 17, 0, 0]
+    assert (boxed[:17] == 114).all() and (boxed[-17:] == 114).all()
+    odd, _, pad = letterbox(np.zeros((31, 64, 3), np.uint8), 64)
+    assert pad == [16, 17, 0, 0]  # odd pixel goes to the bottom
+    small, scale, pad = letterbox(np.zeros((10, 20, 3), np.uint8), 64, allow_scale_up=False)
+    assert scale == (1.0, 1.0) and pad == [27, 27, 22, 22]
+    _, scale, _ = letterbox(np.zeros((10, 20, 3), np.uint8), 64, allow_scale_up=True)
+    assert scale == (3.2, 3.2)
+
+
+def test_hsv_identity_and_range():
+    img = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    assert hsv_augment(img, np.random.default_rng(0), (0, 0, 0)) is img
+    out = hsv_augment(img, np.random.default_rng(0))
+    assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
+
+
+def test_light_albu_probabilities():
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    assert light_albu(img, np.random.default_rng(0), p=0.0) is img
+    out = light_albu(img, np.random.default_rng(0), p=1.0)  # all four applied: the last is CLAHE
+    assert out.shape == img.shape and not np.array_equal(out, img)
+
+
+def test_hflip_twice_is_identity():
+    sample = _ellipse_sample()
+    flipped = random_hflip(sample, np.random.default_rng(0), p=1.0)
+    np.testing.assert_allclose(flipped["bboxes"][0, [0, 2]], 200 - sample["bboxes"][0, [2, 0]])
+    back = random_hflip(flipped, np.random.default_rng(0), p=1.0)
+    np.testing.assert_array_equal(back["img"], sample["img"])
+    np.testing.assert_allclose(back["polygons"][0][0], sample["polygons"][0][0])
