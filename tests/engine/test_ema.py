@@ -96,3 +96,19 @@ def test_without_buffer_averaging_buffers_are_copied():
     ema.update(model)
     assert ema.module.running_mean.item() == 4.0
     assert ema.module.weight.item() == pytest.approx(1.0 + ema_momentum(1) * 2.0)
+
+
+def test_frozen_parameters_are_copied_once_and_not_averaged():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    ema = ExpMomentumEMA(model)
+    ema.update(model)  # step 0 copies everything, frozen weights included
+    frozen_copy = ema.module[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # never happens in training; shows the frozen tensor is skipped
+        model[1].weight.add_(1.0)
+    before = ema.module[1].weight.clone()
+    ema.update(model)
+    assert torch.equal(ema.module[0].weight, frozen_copy)
+    expected = before + ema_momentum(1) * (model[1].weight - before)
+    torch.testing.assert_close(ema.module[1].weight, expected)

@@ -45,6 +45,9 @@ class ExpMomentumEMA:
         self.interval = interval
         self.update_buffers = update_buffers
         self.steps = 0
+        # Frozen parameters (the CLIP text tower: 63M values) equal their copy after step 0, so
+        # averaging them is a no-op that would cost more than the rest of the update.
+        self.frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
 
     def _tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
         # state_dict() entries share storage with the module, so in-place updates land in it.
@@ -67,9 +70,11 @@ class ExpMomentumEMA:
                 avg.copy_(source[name])
         elif self.steps % self.interval == 0:
             weight = ema_momentum(self.steps, self.momentum, self.gamma)
-            for name, avg in average.items():
-                if avg.is_floating_point():
-                    avg.lerp_(source[name].to(avg.dtype), weight)
+            pairs = [(avg, source[name].to(avg.dtype)) for name, avg in average.items()
+                     if avg.is_floating_point() and name not in self.frozen]
+            if pairs:
+                averages, news = zip(*pairs)
+                torch._foreach_lerp_(list(averages), list(news), weight)  # one fused call over all tensors
         if not self.update_buffers:
             for avg_buf, buf in zip(self.module.buffers(), model.buffers()):
                 avg_buf.copy_(buf)
