@@ -254,3 +254,16 @@ def test_folder_with_missing_text_weights_is_an_error(tmp_path, tiny_folder):
     with pytest.raises(TextModelUnavailableError, match="text_projection.weight") as info:
         CLIPTextEncoder.from_pretrained(str(tmp_path))
     assert str(tmp_path) in str(info.value) and "hf download" not in str(info.value)
+
+
+def test_openai_tokenizer_works_offline_from_the_bundled_copy(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from worldtune.model.text_encoder import load_clip_tokenizer
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: nothing to find there
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    tokenizer = load_clip_tokenizer("openai/clip-vit-base-patch32")
+    assert tokenizer(["person", ""])["input_ids"] == [[49406, 2533, 49407], [49406, 49407]]
+    with pytest.raises(TextModelUnavailableError):  # other ids still need their own files
+        load_clip_tokenizer("worldtune-test/no-such-clip")

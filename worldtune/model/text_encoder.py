@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "clip_tokenizer"
 MAX_TOKENS = 77  # CLIP position table size; longer texts are cut to 77 tokens (end token kept)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -101,9 +102,19 @@ def _load_hf(loader, name: str, what: str):
 
 
 def load_clip_tokenizer(name_or_path: str = DEFAULT_CLIP):
-    """Load the CLIP BPE tokenizer from a local folder, the HF cache or the hub (clear error otherwise)."""
+    """Load the CLIP BPE tokenizer from a local folder, the HF cache or the hub (clear error otherwise).
+
+    All OpenAI CLIP models share one BPE vocabulary, which ships with worldtune
+    (`BUNDLED_TOKENIZER_DIR`): for their hub ids it is used when the hub's copy is not cached, so a
+    tokenizer never needs the network.
+    """
     from transformers import CLIPTokenizer
 
+    if name_or_path.startswith("openai/clip-vit-") and not Path(name_or_path).exists():
+        try:
+            return CLIPTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        except Exception:  # noqa: BLE001 - not cached: the bundled copy is the same vocabulary
+            return CLIPTokenizer.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
     return _load_hf(lambda n, **kw: CLIPTokenizer.from_pretrained(n, **kw), name_or_path, "tokenizer")
 
 
