@@ -102,11 +102,19 @@ def copy_paste(sample: dict, rng: np.random.Generator, fraction: float = 0.3, io
     if k == 0:
         return sample
     chosen = rng.choice(candidates, k, replace=False)
-    mask = np.zeros((h, w), dtype=np.uint8)
-    cv2.fillPoly(mask, [p.astype(np.int32) for i in chosen for p in polygons[i]], 1)
-    paste = mask[:, ::-1].astype(bool)
+    # Per pasted object, fill its mirrored polygon (pixel column x -> w-1-x) inside its mirrored box
+    # only and copy the mirrored pixels there: no full-canvas flip or mask.
     img = sample["img"].copy()
-    img[paste] = sample["img"][:, ::-1][paste]
+    for i in chosen:
+        x0, y0 = (int(max(v, 0)) for v in mirrored[i, :2])
+        x1, y1 = (int(min(v, lim)) + 1 for v, lim in zip(mirrored[i, 2:], (w - 1, h - 1)))
+        mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+        parts = [p.astype(np.int32) for p in polygons[i]]  # upstream casts vertices to int before filling
+        for q in parts:
+            q[:, 0] = w - 1 - q[:, 0]
+        cv2.fillPoly(mask, parts, 1, offset=(-x0, -y0))
+        source = sample["img"][y0:y1, w - x1:w - x0][:, ::-1]
+        np.copyto(img[y0:y1, x0:x1], source, where=mask.astype(bool)[..., None])
     out = dict(sample)
     out["img"] = img
     out["bboxes"] = np.concatenate([boxes, mirrored[chosen]]).astype(np.float32)

@@ -179,7 +179,7 @@ def random_hflip(sample: dict, rng: np.random.Generator, p: float = 0.5) -> dict
         return sample
     out = dict(sample)
     w = sample["img"].shape[1]
-    out["img"] = np.ascontiguousarray(sample["img"][:, ::-1])
+    out["img"] = cv2.flip(sample["img"], 1)
     b = sample["bboxes"]
     out["bboxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1).astype(np.float32)
     if sample.get("polygons") is not None:

@@ -1,0 +1,132 @@
+"""Images/s of the full stage-1 mask-refine training pipeline (v2-S recipe) at 640, on generated images.
+
+Pipeline timed: load -> Mosaic(4) -> CopyPaste(0.3) -> RandomAffine with mask refinement
+(1000-point polygons) -> MixUp(0.15) -> Blur/MedianBlur/ToGray/CLAHE -> HSV -> flip ->
+RandomLoadText(80) -> collate, through the real DataLoader, for each worker count.
+When `ultralytics` is importable (benchmark-only AGPL reference, the `bench` extra; worldtune
+never imports it), its YOLO-World training dataset (YOLOMultiModalDataset, mosaic 1.0,
+copy_paste 0.3, mixup 0.15, scale 0.5, polygon labels) is timed on the same images in the same run.
+
+    python benchmarks/data_pipeline.py [--images 96] [--batch 8] [--batches 10] [--workers 0 2]
+"""
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from worldtune.data.coco import CocoDetection
+from worldtune.data.loader import build_train_loader
+from worldtune.data.presets import build_train_dataset
+
+NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "orange"]
+
+
+def make_images(root: Path, num_images: int, seed: int = 0) -> dict:
+    """JPEGs of 480-800 px sides with 4-10 filled ellipses/rectangles; COCO polygons + YOLO labels."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    images, anns = [], []
+    for i in range(num_images):
+        w, h = int(rng.integers(480, 801)), int(rng.integers(480, 801))
+        img = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+        lines = []
+        for _ in range(int(rng.integers(4, 11))):
+            cls = int(rng.integers(len(NAMES)))
+            cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+            ax, ay = rng.uniform(15, w / 6), rng.uniform(15, h / 6)
+            if rng.random() < 0.5:
+                poly = cv2.ellipse2Poly((int(cx), int(cy)), (int(ax), int(ay)), int(rng.integers(180)), 0, 360, 10)
+            else:
+                poly = np.array([[cx - ax, cy - ay], [cx + ax, cy - ay], [cx + ax, cy + ay], [cx - ax, cy + ay]])
+            poly = np.clip(poly, 0, [w - 1, h - 1]).astype(np.float64)
+            cv2.fillPoly(img, [poly.astype(np.int32)], tuple(int(v) for v in rng.integers(60, 256, 3)))
+            x1, y1 = poly.min(0)
+            x2, y2 = poly.max(0)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cls + 1, "iscrowd": 0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(cv2.contourArea(poly.astype(np.float32))),
+                         "segmentation": [poly.reshape(-1).tolist()]})
+            lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in (poly / [w, h]).reshape(-1)))
+        cv2.imwrite(str(root / "images" / f"{i:06d}.jpg"), img)
+        (root / "labels" / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
+        images.append({"id": i + 1, "file_name": f"{i:06d}.jpg", "width": w, "height": h})
+    cats = [{"id": k + 1, "name": n} for k, n in enumerate(NAMES)]
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return {"ann_file": root / "ann.json", "image_dir": root / "images"}
+
+
+def time_loader(loader, batches: int, batch_size: int) -> float:
+    """Images per second over `batches` batches, after one warm-up batch (worker start-up excluded)."""
+    it = iter(loader)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def bench_worldtune(paths: dict, args) -> dict:
+    ds = CocoDetection(paths["ann_file"], paths["image_dir"])
+    train = build_train_dataset(ds, imgsz=args.imgsz, num_texts=80)  # v2-S defaults
+    out = {}
+    for workers in args.workers:
+        loader = build_train_loader(train, args.batch, workers=workers, seed=0)
+        loader.set_epoch(0)
+        out[workers] = time_loader(loader, args.batches, args.batch)
+    return out
+
+
+def bench_ultralytics(paths: dict, args) -> dict:
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.dataset import YOLOMultiModalDataset
+
+    hyp = get_cfg(overrides={"mosaic": 1.0, "copy_paste": 0.3, "mixup": 0.15, "scale": 0.5, "imgsz": args.imgsz})
+    data = {"names": dict(enumerate(NAMES)), "nc": len(NAMES), "channels": 3}
+    ds = YOLOMultiModalDataset(img_path=str(paths["image_dir"]), imgsz=args.imgsz, augment=True, hyp=hyp,
+                               batch_size=args.batch, data=data, task="detect")
+    out = {}
+    for workers in args.workers:
+        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=workers,
+                                             collate_fn=ds.collate_fn, generator=torch.Generator().manual_seed(0))
+        out[workers] = time_loader(loader, args.batches, args.batch)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=10, help="timed batches per setting (after 1 warm-up)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--imgsz", type=int, default=640)
+    args = parser.parse_args()
+    if args.images < args.batch * (args.batches + 1):
+        parser.error(f"--images must be at least batch x (batches + 1) = {args.batch * (args.batches + 1)}")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    print(f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, cv2 {cv2.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_images(Path(tmp), args.images)
+        rows = [("worldtune", bench_worldtune(paths, args))]
+        try:
+            import ultralytics
+        except ImportError:
+            print("ultralytics not importable: reference not measured (pip install --no-deps ultralytics)")
+        else:
+            rows.append((f"ultralytics {ultralytics.__version__}", bench_ultralytics(paths, args)))
+    print(f"\nimages/s, stage 1 at {args.imgsz}, batch {args.batch}, {args.batches} timed batches")
+    print("| pipeline | " + " | ".join(f"{w} workers" for w in args.workers) + " |")
+    print("|---|" + "---|" * len(args.workers))
+    for name, result in rows:
+        print(f"| {name} | " + " | ".join(f"{result[w]:.1f}" for w in args.workers) + " |")
+
+
+if __name__ == "__main__":
+    main()
