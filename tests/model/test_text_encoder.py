@@ -267,3 +267,11 @@ def test_openai_tokenizer_works_offline_from_the_bundled_copy(monkeypatch, tmp_p
     assert tokenizer(["person", ""])["input_ids"] == [[49406, 2533, 49407], [49406, 49407]]
     with pytest.raises(TextModelUnavailableError):  # other ids still need their own files
         load_clip_tokenizer("worldtune-test/no-such-clip")
+
+
+def test_folder_without_vocabulary_is_refused_not_silently_empty(tmp_path):
+    from worldtune.model.text_encoder import load_clip_tokenizer
+
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "CLIPTokenizer"}')
+    with pytest.raises(TextModelUnavailableError, match="vocabulary"):
+        load_clip_tokenizer(str(tmp_path))

@@ -110,12 +110,20 @@ def load_clip_tokenizer(name_or_path: str = DEFAULT_CLIP):
     """
     from transformers import CLIPTokenizer
 
+    def load(name: str, **kwargs):
+        tokenizer = CLIPTokenizer.from_pretrained(name, **kwargs)
+        # transformers 5 returns an *empty* tokenizer (every word -> unknown) instead of failing
+        # when the vocabulary files are missing; such a tokenizer would silently ruin every text.
+        if len(tokenizer) < 1000:
+            raise FileNotFoundError(f"no CLIP vocabulary found for {name} (got {len(tokenizer)} tokens)")
+        return tokenizer
+
     if name_or_path.startswith("openai/clip-vit-") and not Path(name_or_path).exists():
         try:
-            return CLIPTokenizer.from_pretrained(name_or_path, local_files_only=True)
+            return load(name_or_path, local_files_only=True)
         except Exception:  # noqa: BLE001 - not cached: the bundled copy is the same vocabulary
-            return CLIPTokenizer.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
-    return _load_hf(lambda n, **kw: CLIPTokenizer.from_pretrained(n, **kw), name_or_path, "tokenizer")
+            return load(str(BUNDLED_TOKENIZER_DIR))
+    return _load_hf(load, name_or_path, "tokenizer")
 
 
 class CLIPTextEncoder(nn.Module):
