@@ -1,0 +1,172 @@
+"""ONNX export: onnxruntime vs PyTorch in every mode, NMS-in-graph vs the official post-processing,
+determinism, side-car files and clear errors. Variant `n` at 128 px, no text tower (embeddings given)."""
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.helpers.calibrated_model import make_calibrated_model
+from worldtune.export.check import compare_outputs, run_onnx, sample_images
+from worldtune.export.onnx import build_export_module, export_onnx
+from worldtune.model.postprocess import PostprocessConfig, decode_outputs, detect_one_image
+
+IMGSZ = 128
+TEXTS = ["person", "cup", "cat"]
+
+
+def square_photos(imgsz: int) -> torch.Tensor:
+    """(2, 3, imgsz, imgsz) centre crops of two photographs: no flat letterbox padding, whose identical
+    features would give exactly tied scores that NMS implementations may break differently."""
+    from skimage import data
+
+    crops = []
+    for img in (data.astronaut(), data.coffee()):
+        side = min(img.shape[:2])
+        top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+        crops.append(cv2.resize(img[top:top + side, left:left + side], (imgsz, imgsz), interpolation=cv2.INTER_AREA))
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+
+
+def assert_same_detections(got: dict, ref: dict, truncated: bool) -> None:
+    """Same detections up to the order of exactly tied scores: a random network gives identical
+    scores to neighbouring anchors of flat regions, and implementations order such ties freely
+    (when the list was cut at max_det, which of the tied last rows made it is free as well)."""
+    np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-6, rtol=0)
+    keep = got["scores"] > got["scores"][-1] if truncated else np.ones(len(got["scores"]), bool)
+    rows = []
+    for boxes, scores, labels in ((got["boxes"], got["scores"], got["labels"]),
+                                  (ref["boxes_xyxy"], ref["scores"], ref["labels"])):
+        table = np.concatenate([scores[:, None], labels[:, None], boxes], axis=1)[keep]
+        rows.append(table[np.lexsort(table.T[::-1])])
+    assert len(rows[0]) > 0
+    np.testing.assert_allclose(rows[0], rows[1], atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    feats = F.normalize(torch.randn(len(TEXTS), 512), dim=-1)
+    images = square_photos(IMGSZ)
+    model = make_calibrated_model(images, feats.expand(2, -1, -1))
+    return model, feats, images
+
+
+@pytest.fixture(scope="module")
+def folded(setup, tmp_path_factory):
+    model, feats, _ = setup
+    path = tmp_path_factory.mktemp("folded") / "model.onnx"
+    info = export_onnx(model, TEXTS, path, text_feats=feats, imgsz=IMGSZ, dynamic_batch=True)
+    return path, info
+
+
+def test_folded_round_trip_matches_pytorch_and_the_unfolded_model(setup, folded):
+    model, feats, images = setup
+    path, info = folded
+    got = run_onnx(path, images.numpy())  # batch 2 through a graph traced at batch 1
+    assert list(got) == ["boxes", "scores"]
+    n = sum((IMGSZ // s) ** 2 for s in (8, 16, 32))
+    assert got["boxes"].shape == (2, n, 4) and got["scores"].shape == (2, n, len(TEXTS))
+    with torch.no_grad():
+        boxes, scores = decode_outputs(model(images, feats.expand(2, -1, -1)), model.strides)
+    # The folded graph reproduces the text-conditioned model, label k <-> TEXTS[k].
+    np.testing.assert_allclose(got["scores"], scores.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got["boxes"], boxes.numpy(), atol=1e-4, rtol=1e-5)
+    assert (scores > 0.25).any(), "the test model should produce real detections"
+    module, _ = build_export_module(model, TEXTS, feats)
+    assert max(compare_outputs(module, path, images).values()) < 1e-4
+    # No text tower and no text input in the graph.
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["images"]
+
+
+def test_side_car_files_and_metadata(folded):
+    path, info = folded
+    saved = json.loads(path.with_suffix(".vocab.json").read_text())
+    assert saved == info and saved["texts"] == TEXTS and saved["nms"] is False
+    assert saved["text_feats_file"] is None and not path.with_suffix(".vocab.npy").exists()
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["worldtune.texts"]) == TEXTS and meta["worldtune.imgsz"] == str(IMGSZ)
+
+
+def test_export_is_deterministic(setup, folded, tmp_path):
+    model, feats, _ = setup
+    path, _ = folded
+    again = tmp_path / "model.onnx"
+    export_onnx(model, TEXTS, again, text_feats=feats, imgsz=IMGSZ, dynamic_batch=True)
+    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(path.read_bytes()).digest()
+
+
+def test_dynamic_vocab_round_trip_with_a_new_vocabulary(setup, tmp_path):
+    model, feats, images = setup
+    path = tmp_path / "open.onnx"
+    info = export_onnx(model, TEXTS, path, text_feats=feats, imgsz=IMGSZ, dynamic_vocab=True, dynamic_batch=True)
+    saved = np.load(tmp_path / info["text_feats_file"])
+    np.testing.assert_allclose(saved, feats.numpy(), atol=1e-6)
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["images", "text_feats"]
+    # Five texts where three were exported: the vocabulary really is an input.
+    new = F.normalize(torch.randn(2, 5, 512, generator=torch.Generator().manual_seed(1)), dim=-1)
+    got = run_onnx(path, images.numpy(), new.numpy())
+    with torch.no_grad():
+        boxes, scores = decode_outputs(model(images, new), model.strides)
+    assert got["scores"].shape == (2, boxes.shape[1], 5)
+    np.testing.assert_allclose(got["scores"], scores.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got["boxes"], boxes.numpy(), atol=1e-4, rtol=1e-5)
+
+
+def test_nms_module_matches_official_postprocessing_in_pytorch(setup):
+    model, feats, images = setup
+    cfg = PostprocessConfig(score_thr=0.25, iou_thr=0.7, max_per_img=20)
+    module, _ = build_export_module(model, TEXTS, feats, nms=True, max_det=20)
+    with torch.no_grad():
+        num_dets, boxes, scores, labels = module(images)
+        ref_boxes, ref_scores = module.detector(images)
+    for i in range(2):
+        ref = detect_one_image(ref_boxes[i], ref_scores[i], cfg)
+        n = int(num_dets[i])
+        assert n == len(ref["scores"]) > 0
+        assert torch.equal(labels[i, :n], ref["labels"]) and torch.equal(scores[i, :n], ref["scores"])
+        assert torch.equal(boxes[i, :n], ref["boxes_xyxy"])
+
+
+@pytest.mark.parametrize("max_det", [20, 400])  # truncating, and padding past every candidate
+def test_nms_in_graph_matches_official_postprocessing(setup, folded, tmp_path, max_det):
+    model, feats, images = setup
+    path = tmp_path / "nms.onnx"
+    cfg = PostprocessConfig(score_thr=0.25, iou_thr=0.7, max_per_img=max_det)
+    export_onnx(model, TEXTS, path, text_feats=feats, imgsz=IMGSZ, dynamic_batch=True, nms=True,
+                score_thr=cfg.score_thr, iou_thr=cfg.iou_thr, max_det=max_det)
+    got = run_onnx(path, images.numpy())
+    assert list(got) == ["num_dets", "boxes", "scores", "labels"]
+    assert got["boxes"].shape == (2, max_det, 4) and got["labels"].dtype == np.int64
+    # The official post-processing on the same inputs: the decoded boxes and scores of the graph
+    # without NMS (same weights, same kernels), so near-tied scores rank the same on both sides.
+    raw = run_onnx(folded[0], images.numpy())
+    for i in range(2):
+        ref = detect_one_image(torch.from_numpy(raw["boxes"][i]), torch.from_numpy(raw["scores"][i]), cfg)
+        n = int(got["num_dets"][i])
+        assert n == len(ref["scores"]) > 0
+        rows = {k: v[i, :n] for k, v in got.items() if k != "num_dets"}
+        assert_same_detections(rows, {k: v.numpy() for k, v in ref.items()}, truncated=n == max_det)
+        assert (got["labels"][i, n:] == -1).all() and (got["scores"][i, n:] == 0).all()
+        assert (got["boxes"][i, n:] == 0).all()
+    assert (got["num_dets"] == max_det).any() == (max_det == 20)
+
+
+def test_bad_arguments_get_clear_errors(setup, tmp_path):
+    model, feats, _ = setup
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        export_onnx(model, [], tmp_path / "a.onnx", text_feats=feats[:0], imgsz=IMGSZ)
+    with pytest.raises(ValueError, match=r"2 class texts but embeddings of shape \(3, 512\)"):
+        export_onnx(model, ["a", "b"], tmp_path / "a.onnx", text_feats=feats, imgsz=IMGSZ)
+    with pytest.raises(ValueError, match="no text tower"):
+        export_onnx(model, TEXTS, tmp_path / "a.onnx", imgsz=IMGSZ)
+    with pytest.raises(ValueError, match="opset 11"):
+        export_onnx(model, TEXTS, tmp_path / "a.onnx", text_feats=feats, opset=11)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        export_onnx(model, TEXTS, tmp_path / "a.onnx", text_feats=feats, imgsz=100)
+    assert not (tmp_path / "a.onnx").exists()
