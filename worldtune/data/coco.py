@@ -9,6 +9,7 @@ fails later inside a DataLoader worker with a bare traceback.
 """
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -115,7 +116,7 @@ class CocoDetection:
                 continue
             anns_by_image[int(ann["image_id"])].append(ann)
 
-        self.image_ids, self._images, self._anns = [], [], []
+        self.image_ids, entries = [], []
         for image_id, img in images.items():
             if min(int(img["width"]), int(img["height"])) < min_size:
                 continue
@@ -124,14 +125,19 @@ class CocoDetection:
                 self._bad("missing image", f"{self.ann_file}: image id {image_id}: file {path} does not exist")
                 continue
             self.image_ids.append(image_id)
-            self._images.append(img)
-            self._anns.append(anns_by_image[image_id])
+            entries.append((img, anns_by_image[image_id]))
         if not self.image_ids:
             raise DataError(f"{self.ann_file}: dataset is empty (no usable image with min side >= {min_size}"
                             f" in {self.image_dir}; skipped: {self.skipped})")
         self.num_without_polygons = sum(
-            1 for anns in self._anns for a in anns
+            1 for _, anns in entries for a in anns
             if not a.get("iscrowd", 0) and not self._has_segmentation(a))
+        # Keep each image's (image dict, annotations) pickled in one flat byte array: millions of
+        # small Python objects would be copied page by page into every forked DataLoader worker
+        # as their reference counts change (the "copy-on-read" growth), a byte array is not.
+        blobs = [pickle.dumps(e, protocol=pickle.HIGHEST_PROTOCOL) for e in entries]
+        self._offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+        self._blob = np.frombuffer(b"".join(blobs), dtype=np.uint8)
         if self.skipped:
             warnings.warn(f"{self.ann_file}: skipped {self.skipped} (on_bad_data='skip')", stacklevel=2)
 
@@ -172,8 +178,12 @@ class CocoDetection:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def _entry(self, index: int):
+        """(image dict, list of annotation dicts) of one index, as read from the JSON."""
+        return pickle.loads(self._blob[self._offsets[index]:self._offsets[index + 1]].tobytes())
+
     def image_path(self, index: int) -> Path:
-        return self.image_dir / self._images[index]["file_name"]
+        return self.image_dir / self._entry(index)[0]["file_name"]
 
     def load_image(self, index: int) -> np.ndarray:
         """uint8 [H, W, 3] BGR (grayscale files are expanded). Raises DataError naming the file."""
@@ -192,7 +202,7 @@ class CocoDetection:
             ignore bool [N] (crowd or degenerate), polygons: list of N lists of float32 [P, 2]
             parts (empty list for crowd instances or when the segmentation is unusable)).
         """
-        img, anns = self._images[index], self._anns[index]
+        img, anns = self._entry(index)
         h, w = int(img["height"]), int(img["width"])
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
@@ -201,7 +211,8 @@ class CocoDetection:
         polygons = [[] if a.get("iscrowd", 0) else polygons_from_segmentation(a.get("segmentation"), h, w)
                     for a in anns]
         return {
-            "image_id": self.image_ids[index], "file_name": str(self.image_path(index)), "height": h, "width": w,
+            "image_id": self.image_ids[index], "file_name": str(self.image_dir / img["file_name"]),
+            "height": h, "width": w,
             "ann_ids": np.array([a["id"] for a in anns], dtype=np.int64),
             "bboxes": boxes, "labels": np.array([self.cat_id_to_label[int(a["category_id"])] for a in anns],
                                                 dtype=np.int64),
