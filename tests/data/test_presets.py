@@ -116,3 +116,10 @@ def test_eval_dataset_letterbox_maps_back(tiny_coco, tiny_dataset):
     np.testing.assert_allclose((mapped - [left, top, left, top]) / [sx, sy, sx, sy], box, atol=1e-4)
     small = ev[2]  # 112x112 -> enlarged to 128x128: no padding
     assert small["pad_param"] == [0, 0, 0, 0] and small["scale_factor"] == pytest.approx((128 / 112,) * 2)
+
+
+def test_training_draws_random_synonyms(tiny_dataset):
+    train = _train_set(tiny_dataset, mixup_prob=0.0)
+    words = {t for i in range(len(train)) for t in train[i]["texts"] if t}
+    assert {"red", "red thing"} <= words or {"green", "green thing"} <= words  # both synonyms get used
+    assert build_eval_dataset(tiny_dataset)[0]["texts"] == ["red", "green", "blue", "yellow", "cyan"]
