@@ -86,6 +86,10 @@ class TrainConfig:
     checkpoint_interval: int = 5   # also keep epoch_N.pt every N epochs (0 = only last/best)
     save_every_steps: int = 0      # also rewrite last.pt every N steps (0 = end of epoch only)
     amp: str = "bf16"              # bf16, fp16 (with GradScaler) or none; CPU always runs fp32
+    # Not official (0 = off): before each validation, recompute the BatchNorm statistics of a copy of
+    # the EMA model over this many training batches (detectron2's PreciseBN). Only useful for short
+    # runs from random weights (demo, tests), whose running statistics still reflect the first steps.
+    precise_bn_batches: int = 0
     seed: int = 0
     device: str = "auto"           # auto, cpu, cuda, cuda:1
     log_interval: int = 50

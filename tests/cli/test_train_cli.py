@@ -1,0 +1,59 @@
+"""`worldtune train` argument handling (the training itself is covered in tests/engine)."""
+import pytest
+
+from worldtune.cli import build_parser, main
+from worldtune.cli.train import build_config
+
+
+def _args(*argv):
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_precedence_recipe_config_flags_set(tmp_path):
+    (tmp_path / "over.yaml").write_text("train:\n  lr: 5.0e-4\n  epochs: 7\ndata:\n  imgsz: 320\n")
+    root = tmp_path / "coco"
+    root.mkdir()
+    args = _args("--recipe", "v2-s", "--config", str(tmp_path / "over.yaml"), "--data-root", str(root),
+                 "--epochs", "9", "--batch-size", "4", "--weights", "none", "--out", str(tmp_path / "run"),
+                 "--set", "train.lr=1e-4", "--set", "data.workers=1")
+    cfg = build_config(args)
+    assert cfg.recipe == "yolo_world_v2_s_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco"
+    assert cfg.data.affine_scale == [0.5, 1.5]  # from the recipe
+    assert cfg.data.imgsz == 320  # --config
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.model.weights) == (9, 4, "none")  # flags beat --config
+    assert (cfg.train.lr, cfg.data.workers) == (1e-4, 1)  # --set beats everything
+    assert cfg.data.train_ann == str(root / "annotations" / "instances_train2017.json")
+    assert cfg.data.val_images == str(root / "val2017")
+
+
+def test_default_run_folder_is_numbered(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = build_config(_args("--recipe", "v2-l-sgd"))
+    assert first.out == "runs/train/v2-l-sgd"
+    (tmp_path / first.out).mkdir(parents=True)
+    (tmp_path / first.out / "config.yaml").write_text("{}")
+    assert build_config(_args("--recipe", "v2-l-sgd")).out == "runs/train/v2-l-sgd-2"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--weights", "none"], "data.train_ann is not set"),
+    (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys:"),
+    (["--set", "train.epochs=many"], "train.epochs: expected int"),
+    (["--data-root", "/nonexistent/coco"], "--data-root /nonexistent/coco: no such folder"),
+    (["--recipe", "v7-z"], "unknown recipe 'v7-z'"),
+    (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
+    (["--imgsz", "100", "--weights", "none"], "data.imgsz must be a positive multiple of 32"),
+])
+def test_bad_input_gives_a_clear_error(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("worldtune train: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_annotation_file_is_named(tmp_path, capsys):
+    code = main(["train", "--device", "cpu", "--weights", "none", "--train-ann", str(tmp_path / "nope.json"),
+                 "--train-images", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "nope.json does not exist" in capsys.readouterr().err

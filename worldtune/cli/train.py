@@ -1,0 +1,114 @@
+"""Fine-tune YOLO-World-v2 with a published recipe.
+
+  worldtune train --recipe v2-l --data-root data/coco
+  worldtune train --recipe v2-s --train-ann a.json --train-images imgs/ --val-ann b.json --val-images val/ \\
+      --class-texts texts.json --batch-size 8 --set train.lr=1e-4
+  torchrun --nproc_per_node 8 -m worldtune train --recipe v2-l --data-root data/coco
+  worldtune train --resume runs/train/v2-l        # continue an interrupted run
+
+Recipes (aliases): v2-s, v2-m, v2-l, v2-x, v2-l-efficient, v2-l-sgd, or your own YAML of overrides.
+Order of precedence: recipe < --config < flags < --set.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from worldtune.config import RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--recipe", default="v2-l", help=f"alias ({', '.join(RECIPE_ALIASES)}), official name or YAML")
+    parser.add_argument("--config", help="a YAML file of overrides applied after the recipe")
+    parser.add_argument("--data-root", help="COCO 2017 folder: annotations/instances_{train,val}2017.json, "
+                                            "train2017/, val2017/")
+    parser.add_argument("--train-ann", help="training COCO JSON (instead of --data-root)")
+    parser.add_argument("--train-images", help="training image folder")
+    parser.add_argument("--val-ann", help="validation COCO JSON")
+    parser.add_argument("--val-images", help="validation image folder")
+    parser.add_argument("--class-texts", help="JSON list of synonym lists, one per category (default: names)")
+    parser.add_argument("--text-model", help="CLIP text model: hub id or local folder ('random' for tests)")
+    parser.add_argument("--weights", help="start weights: zoo name, official .pth, worldtune checkpoint, or none "
+                                          "(default: the recipe's official pre-trained file)")
+    parser.add_argument("--variant", help="model variant override (n, s, m, l, x, xl, l_efficient_neck)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="images per GPU/process (recipe: 16)")
+    parser.add_argument("--imgsz", type=int, help="training and validation size (recipe: 640)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, help="data-loading processes per training process")
+    parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
+    parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
+    parser.add_argument("--save-every-steps", type=int, help="also save last.pt every N steps")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. train.lr=1e-4 (repeatable)")
+
+
+# flag -> config key
+FLAG_KEYS = {"train_ann": "data.train_ann", "train_images": "data.train_images", "val_ann": "data.val_ann",
+             "val_images": "data.val_images", "class_texts": "data.class_texts", "text_model": "model.text_model",
+             "weights": "model.weights", "variant": "model.variant", "epochs": "train.epochs",
+             "batch_size": "train.batch_size", "imgsz": "data.imgsz", "device": "train.device",
+             "workers": "data.workers", "out": "out", "save_every_steps": "train.save_every_steps"}
+
+
+def _short_name(recipe: str) -> str:
+    for alias, name in RECIPE_ALIASES.items():
+        if recipe in (alias, name):
+            return alias
+    return Path(recipe).stem
+
+
+def _free_run_dir(base: Path) -> Path:
+    """base, or base-2, base-3, ... : never train into a folder that already holds a run."""
+    candidate, n = base, 1
+    while (candidate / "last.pt").exists() or (candidate / "config.yaml").exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def build_config(args):
+    """Recipe -> --config -> flags -> --set, with type checks on every value."""
+    cfg = load_recipe(args.recipe)
+    if args.config:
+        merge(cfg, load_yaml(args.config), args.config)
+    if args.data_root:
+        root = Path(args.data_root)
+        if not root.is_dir():
+            raise ConfigError(f"--data-root {root}: no such folder")
+        for key, rel in (("data.train_ann", "annotations/instances_train2017.json"),
+                         ("data.train_images", "train2017"),
+                         ("data.val_ann", "annotations/instances_val2017.json"), ("data.val_images", "val2017")):
+            set_value(cfg, key, str(root / rel))
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            set_value(cfg, key, value)
+    merge(cfg, parse_set(args.set), "--set")
+    if args.out is None:
+        cfg.out = str(_free_run_dir(Path("runs/train") / _short_name(args.recipe)))
+    return cfg
+
+
+def run(args) -> int:
+    from worldtune.data.coco import DataError
+    from worldtune.engine.train import NonFiniteLossError, fit
+    from worldtune.zoo import WeightsHashError, WeightsNotAvailableError
+
+    try:
+        if args.resume:
+            cfg = load_recipe(args.recipe)  # replaced by the run's saved config; only where-to-run flags apply
+            for flag in ("device", "workers"):
+                if getattr(args, flag) is not None:
+                    set_value(cfg, FLAG_KEYS[flag], getattr(args, flag))
+            result = fit(cfg, resume=args.resume)
+        else:
+            cfg = build_config(args)
+            result = fit(cfg)
+    except (ConfigError, DataError, WeightsNotAvailableError, WeightsHashError, FileNotFoundError, ValueError) as e:
+        print(f"worldtune train: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"worldtune train: {e}", file=sys.stderr)
+        return 1
+    return 130 if result["status"] == "interrupted" else 0

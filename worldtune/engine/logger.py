@@ -1,0 +1,136 @@
+"""What a training run shows and writes: tqdm bars, metrics.jsonl, TensorBoard, a curves PNG, a summary.
+
+Only the main process logs (`RunLogger(enabled=False)` elsewhere does nothing). Records are plain
+dicts with a `kind`: "train" (every log_interval steps), "epoch" (epoch means) and "val" (COCO
+metrics); `metrics.jsonl` is appended to, so a resumed run continues the same file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLogger:
+    """Writes `metrics.jsonl` (and TensorBoard events if tensorboard is importable) under `out_dir`."""
+
+    def __init__(self, out_dir: str | Path | None, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled and out_dir is not None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.writer = None
+        if self.enabled:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+                except ImportError:  # tensorboard is optional: metrics.jsonl always has everything
+                    self.writer = None
+
+    @property
+    def jsonl_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+
+    def log(self, kind: str, step: int, **values) -> None:
+        """Append one record; numbers also go to TensorBoard as `<kind>/<name>` at `step`."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": int(step), **{k: _plain(v) for k, v in values.items()}}
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",) and v is not None:
+                    self.writer.add_scalar(f"{kind}/{k}", v, int(step))
+            self.writer.flush()
+
+    def progress(self, iterable, total: int, desc: str, initial: int = 0):
+        """A tqdm bar on the main process (shows rate and ETA); the bare iterable elsewhere."""
+        if not self.enabled:
+            return iterable
+        return tqdm(iterable, total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of a metrics.jsonl; for a resumed run, a later record replaces an earlier one with
+    the same (kind, step), so repeated steps after a kill are counted once."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    latest = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+            latest[(r.get("kind"), r.get("step"), r.get("epoch"))] = r
+    return sorted(latest.values(), key=lambda r: (r["step"], r["kind"]))
+
+
+def plot_curves(jsonl_path: str | Path, png_path: str | Path) -> Path | None:
+    """Loss (per logged step) and AP (per validation) curves into one PNG; None if nothing to plot."""
+    records = read_metrics(jsonl_path)
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val" and r.get("AP") is not None]
+    if not train and not val:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "loss_cls", "loss_bbox", "loss_dfl"):
+        pts = [(r["step"], r[key]) for r in train if r.get(key) is not None]
+        if pts:
+            ax_loss.plot(*zip(*pts), label=key)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_title("training loss")
+    ax_loss.legend()
+    for key in ("AP", "AP50", "AP75"):
+        pts = [(r["epoch"], 100 * r[key]) for r in val if r.get(key) is not None]
+        if pts:
+            ax_ap.plot(*zip(*pts), marker="o", label=key)
+    ax_ap.set_xlabel("epoch")
+    ax_ap.set_title("validation (EMA weights), %")
+    if val:
+        ax_ap.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def summary_table(jsonl_path: str | Path) -> str:
+    """One row per epoch: mean losses, last lr, and AP/AP50 where validated."""
+    records = read_metrics(jsonl_path)
+    epochs = {r["epoch"]: r for r in records if r["kind"] == "epoch"}
+    vals = {r["epoch"]: r for r in records if r["kind"] == "val"}
+    lines = [f"{'epoch':>5} {'loss':>9} {'cls':>8} {'bbox':>8} {'dfl':>8} {'lr':>9} {'AP':>6} {'AP50':>6}"]
+
+    def num(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    for e in sorted(set(epochs) | set(vals)):
+        r, v = epochs.get(e, {}), vals.get(e, {})
+        ap = 100 * v["AP"] if v.get("AP") is not None else None
+        ap50 = 100 * v["AP50"] if v.get("AP50") is not None else None
+        lines.append(f"{e + 1:>5} {num(r.get('loss'), '9.3f')} {num(r.get('loss_cls'), '8.3f')} "
+                     f"{num(r.get('loss_bbox'), '8.3f')} {num(r.get('loss_dfl'), '8.3f')} "
+                     f"{num(r.get('lr'), '9.2e')} {num(ap, '6.1f')} {num(ap50, '6.1f')}")
+    return "\n".join(lines)

@@ -1,0 +1,484 @@
+"""The fine-tuning loop as functions: `train_one_epoch` (one pass over the loader) and `fit` (the run).
+
+Per iteration, in this order (REFERENCE.md §1.2-§1.6):
+    schedule (lr/momentum for this global iteration) -> text features of the batch (frozen CLIP,
+    cached per vocabulary) -> forward [autocast on GPU] -> loss (official x batch x world scale)
+    -> stop if non-finite -> backward -> clip total grad norm 10 -> optimizer step -> EMA update.
+Per epoch: `loader.set_epoch(e)` (shuffle, augmentation seed, mosaic closed for the last N epochs),
+then `last.pt`, optional `epoch_N.pt`, and COCO validation of the EMA weights when due (`best.pt`).
+
+A run is resumable from any checkpoint: `last.pt` holds model, EMA, optimizer, GradScaler, epoch,
+step within the epoch, RNG states and the config; data order and augmentation are functions of
+(seed, epoch, index), so on CPU a resumed run ends with exactly the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from worldtune.engine import dist
+from worldtune.engine.logger import RunLogger
+
+
+# The CLIP BPE tokenizer (vocab.json + merges.txt) shipped with the package, for offline runs.
+BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "clip_tokenizer"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+class StopFlag:
+    """Set by the first Ctrl-C (SIGINT): the loop finishes the current step, saves and returns.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (checkpoints are written atomically, so the
+    previous `last.pt` survives even then).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step, saving last.pt and stopping (press again to abort)", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def batch_text_feats(text_model: nn.Module, texts: list[list[str]], device: torch.device) -> Tensor:
+    """Embeddings of each image's text list: (B, K, 512).
+
+    The batch's distinct strings are encoded once as one sorted vocabulary; for COCO that set is
+    the same every batch (80 names, shuffled per image), so the encoder's vocabulary cache hits and
+    the frozen tower runs once per run rather than once per batch.
+    """
+    if not texts or len({len(t) for t in texts}) != 1:
+        raise ValueError(f"every image needs the same number of texts, got {[len(t) for t in texts]}")
+    vocab = sorted({t for image_texts in texts for t in image_texts})
+    if hasattr(text_model, "encode_vocabulary"):
+        feats = text_model.encode_vocabulary(vocab)  # (V, 512)
+    else:
+        feats = text_model([vocab])[0]
+    position = {t: i for i, t in enumerate(vocab)}
+    index = torch.tensor([[position[t] for t in image_texts] for image_texts in texts], device=feats.device)
+    return feats[index].to(device)
+
+
+def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
+    """(enabled, dtype). AMP runs on CUDA only; fp16 needs a GradScaler, bf16 does not."""
+    if amp not in ("bf16", "fp16", "none"):
+        raise ValueError(f"train.amp must be bf16, fp16 or none, got {amp!r}")
+    if device.type != "cuda" or amp == "none":
+        return False, None
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        return True, torch.float16
+    return True, torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, optimizer, ema, scaler,
+                    epoch: int, state: dict, cfg, device: torch.device, schedule_fn, logger: RunLogger,
+                    stop: StopFlag | None = None, on_step_end=None) -> dict:
+    """One (possibly partial) epoch. `state` is updated in place: global_step, step_in_epoch.
+
+    Args:
+        model: the (maybe DDP-wrapped) detector; text_model: its frozen CLIP tower.
+        loader: an iterable of training batches that starts at `state['step_in_epoch']`.
+        schedule_fn: (optimizer, epoch, global_step) -> None, sets lr/momentum for this iteration.
+        on_step_end: optional (state) -> None after every completed step (used to save mid-epoch).
+    Returns:
+        dict(mean losses over the steps run, 'interrupted': bool).
+    """
+    model.train()
+    amp_on, amp_dtype = amp_settings(cfg.train.amp, device)
+    sums, count, images_seen, lr = {}, 0, 0, None
+    start = time.perf_counter()
+    total = state["iters_per_epoch"]
+    bar = logger.progress(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                          initial=state["step_in_epoch"])
+    for batch in bar:
+        schedule_fn(optimizer, epoch, state["global_step"])
+        images = batch["images"].to(device, non_blocking=True).float() / 255
+        targets = batch["bboxes_labels"].to(device, non_blocking=True)
+        text_feats = batch_text_feats(text_model, batch["texts"], device)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_on else nullcontext():
+            outputs = model(images, text_feats)
+        losses = criterion([c.float() for c in outputs.cls_logits], [r.float() for r in outputs.box_dist_logits],
+                           targets)
+        loss = losses["loss"]
+        if not dist.all_true(bool(torch.isfinite(loss)), device):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {state['step_in_epoch'] + 1} "
+                f"(global step {state['global_step'] + 1}); {', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.grad is not None], cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        ema.update(dist_unwrap(model))
+        state["global_step"] += 1
+        state["step_in_epoch"] += 1
+
+        logged = dist.reduce_dict({k: v.detach() for k, v in losses.items()})
+        for k, v in logged.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        count += 1
+        images_seen += images.shape[0] * dist.get_world_size()
+        rate = images_seen / max(time.perf_counter() - start, 1e-9)
+        lr = optimizer.param_groups[-1]["lr"]  # a head parameter: the base lr (group 2 warms up differently)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{logged['loss'].item():.2f}", cls=f"{logged['loss_cls'].item():.2f}",
+                            bbox=f"{logged['loss_bbox'].item():.2f}", dfl=f"{logged['loss_dfl'].item():.2f}",
+                            lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        if state["global_step"] % cfg.train.log_interval == 0 or state["step_in_epoch"] == total:
+            logger.log("train", state["global_step"], epoch=epoch, **{k: v.item() for k, v in logged.items()},
+                       lr=lr, grad_norm=float(grad_norm), images_per_s=rate)
+        if on_step_end is not None:
+            on_step_end(state)
+        if stop is not None and not dist.all_true(not stop.requested, device):
+            return {**{k: v / max(count, 1) for k, v in sums.items()}, "interrupted": True}
+    if hasattr(bar, "close"):
+        bar.close()
+    return {**{k: v / max(count, 1) for k, v in sums.items()}, "interrupted": False, "lr": lr}
+
+
+def dist_unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (`model_without_ddp` in DETR)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def validation_due(completed: int, cfg) -> bool:
+    """Official val schedule: every `val_interval` epochs, every `val_interval_stage2` epochs from the
+    dynamic-interval epoch on (69 of 80), and always after the last epoch."""
+    t = cfg.train
+    start = t.dynamic_interval_epoch if t.dynamic_interval_epoch >= 0 else t.epochs - t.close_mosaic_epochs - 1
+    if completed >= t.epochs:
+        return True
+    if completed >= start:
+        return (completed - start) % max(t.val_interval_stage2, 1) == 0
+    return t.val_interval > 0 and completed % t.val_interval == 0
+
+
+# ----------------------------------------------------------------------------- run setup
+
+def build_text_model(name: str, seed: int = 0) -> nn.Module:
+    """CLIP text tower: a hub id or local folder, or "random" (ViT-B/32-shaped, random weights, with
+    the tokenizer shipped in the package) for offline demos and tests."""
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    if name == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return CLIPTextEncoder.from_config(tokenizer_dir=str(BUNDLED_TOKENIZER))
+    return CLIPTextEncoder.from_pretrained(name)
+
+
+def build_datasets(cfg, info: dist.DistInfo):
+    """Train/val CocoDetection, the augmented TrainDataset and the loaders."""
+    from worldtune.data.coco import CocoDetection
+    from worldtune.data.loader import build_eval_loader, build_train_loader
+    from worldtune.data.presets import build_eval_dataset, build_train_dataset
+
+    d, t = cfg.data, cfg.train
+    for key in ("train_ann", "train_images"):
+        if not getattr(d, key):
+            raise ValueError(f"data.{key} is not set (use --data-root, or --train-ann and --train-images)")
+    texts = d.class_texts or None
+    train_coco = CocoDetection(d.train_ann, d.train_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+    train_set = build_train_dataset(
+        train_coco, imgsz=d.imgsz, mask_refine=d.mask_refine, affine_scale=tuple(d.affine_scale),
+        mixup_prob=d.mixup_prob, copypaste_prob=d.copypaste_prob,
+        close_mosaic_epoch=max(t.epochs - t.close_mosaic_epochs, 0), num_texts=d.num_texts, seed=t.seed,
+        min_area_ratio=d.min_area_ratio)
+    train_loader = build_train_loader(train_set, t.batch_size, d.workers, t.seed, info.rank, info.world_size,
+                                      pin_memory=info.device.type == "cuda")
+    val_coco = val_loader = None
+    if d.val_ann:
+        val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+        # The main process evaluates the whole val set (not sharded): simple, and metrics need all detections.
+        val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(d.workers, 2))
+    return train_set, train_loader, val_coco, val_loader
+
+
+def load_start_weights(model: nn.Module, weights: str) -> str:
+    """Load `weights` (zoo name, official .pth, worldtune checkpoint) non-strictly, as the official
+    `load_from` does, and return a one-line report of what did not match."""
+    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
+    from worldtune.zoo import resolve_weights
+
+    path = resolve_weights(weights)
+    state = extract_model_state(load_checkpoint_file(path))
+    report = load_model_state(model, state, strict=False, path=path)
+    if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
+        model.text_model.clear_cache()  # cached embeddings came from the old text weights
+    return f"start weights: {path}" + ("" if report.ok else "\n" + report.message(path))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def rng_states() -> dict:
+    """Global RNG states as tensors and plain lists (loadable with torch.load(weights_only=True))."""
+    import random
+
+    import numpy as np
+    np_state = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": list(map(_listify, random.getstate())),
+              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _listify(x):
+    return list(x) if isinstance(x, tuple) else x
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg) -> dict:
+    """Everything a resume needs. `ema` holds the averaged weights (what `extract_model_state`
+    prefers and what validation measures); `model` the raw trained weights."""
+    from worldtune.config import to_dict
+
+    return {"format": "worldtune-train-1", "model": dist_unwrap(model).state_dict(),
+            "ema": ema.module.state_dict(), "ema_state": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": state["epoch"], "step_in_epoch": state["step_in_epoch"],
+            "global_step": state["global_step"], "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],
+            "rng": rng_states(), "config": to_dict(cfg)}
+
+
+def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -> None:
+    dist_unwrap(model).load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema_state"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    for key in ("epoch", "step_in_epoch", "global_step", "best_ap", "best_epoch"):
+        state[key] = ckpt[key]
+    set_rng_states(ckpt["rng"])
+
+
+def resolve_resume(path) -> Path:
+    """RUN_DIR (-> RUN_DIR/last.pt) or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"--resume {path}: no checkpoint at {p} (pass a run folder holding last.pt, "
+                                f"or a .pt file)")
+    return p
+
+
+def resume_loader(train_loader, skip_batches: int):
+    """The epoch's batches from batch `skip_batches` on, in the same order with the same
+    augmentations (the sampler's order for this epoch, minus what was already trained)."""
+    if skip_batches == 0:
+        return train_loader
+    from torch.utils.data import DataLoader
+    dl = train_loader.loader
+    indices = list(train_loader.sampler)[skip_batches * dl.batch_size:]
+    return DataLoader(train_loader.dataset, batch_size=dl.batch_size, sampler=indices, num_workers=dl.num_workers,
+                      collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                      worker_init_fn=dl.worker_init_fn)
+
+
+# ----------------------------------------------------------------------------- the run
+
+@torch.no_grad()
+def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: torch.device) -> nn.Module:
+    """A copy of `model` whose BatchNorm running statistics are the plain average over `batches`
+    (training mode, no gradient). The trained model and its EMA are left untouched."""
+    model = copy.deepcopy(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average instead of an exponential one
+    model.train()
+    for batch in batches:
+        model(batch["images"].to(device).float() / 255, batch_text_feats(text_model, batch["texts"], device))
+    return model.eval()
+
+
+def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> dict:
+    """COCO metrics of the EMA weights (optionally with precise BN statistics, see the config)."""
+    from itertools import islice
+
+    from worldtune.eval.evaluate import evaluate_model
+    model = ema.module
+    if cfg.train.precise_bn_batches > 0:
+        # Same epoch seed as training: the augmented batches are the ones the model was trained on.
+        train_loader.set_epoch(epoch)
+        model = precise_bn_copy(model, model.text_model, islice(iter(train_loader), cfg.train.precise_bn_batches),
+                                device)
+    return evaluate_model(model, val_loader, val_coco)
+
+
+def fit(cfg, resume=None) -> dict:
+    """Train `cfg` (a `worldtune.config.Config`) to the end, or continue the run of `resume`.
+
+    Returns dict(status: "finished" | "interrupted", out, best_ap, best_epoch, last_metrics, epochs).
+    Raises NonFiniteLossError (last.pt keeps the last good state) and ValueError for bad input.
+    """
+    info = dist.init_distributed(cfg.train.device)
+    try:
+        return _fit(cfg, info, resume)
+    finally:
+        dist.cleanup()
+
+
+def _fit(cfg, info: dist.DistInfo, resume) -> dict:
+    from worldtune.config import batch_rule, dump, from_dict, validate
+    from worldtune.engine.checkpoint import load_checkpoint_file, save_checkpoint_atomic
+    from worldtune.engine.ema import ExpMomentumEMA
+    from worldtune.engine.logger import plot_curves, summary_table
+    from worldtune.engine.optim import OptimConfig, build_optimizer
+    from worldtune.engine.schedule import ScheduleConfig, apply_schedule
+    from worldtune.loss.criterion import YOLOWorldCriterion
+    from worldtune.model import build_model
+
+    say = print if info.is_main else (lambda *a, **k: None)
+    ckpt = None
+    if resume is not None:
+        path = resolve_resume(resume)
+        ckpt = load_checkpoint_file(path)
+        if not isinstance(ckpt, dict) or "ema_state" not in ckpt or "config" not in ckpt:
+            raise ValueError(f"--resume {path}: not a worldtune training checkpoint (use --weights to start "
+                             f"from other weights)")
+        saved = from_dict(ckpt["config"], f"{path} (saved config)")
+        # The recipe and data come from the run; where it runs may change.
+        saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
+        cfg = saved
+        say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
+    validate(cfg)
+    out = Path(cfg.out)
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info)  # bad data fails here, early
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump(cfg, out / "config.yaml")
+    _, rule = batch_rule(info.world_size, t.batch_size)
+    say(rule)
+    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed),
+                        num_classes=cfg.data.num_texts)
+    if ckpt is None and cfg.model.weights.lower() != "none":
+        say(load_start_weights(model, cfg.model.weights))
+    model.to(info.device)
+    model = dist.convert_sync_bn(model, info.world_size, info.device)
+    text_model = model.text_model
+    train_model = model
+    if info.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    optimizer = build_optimizer(model, OptimConfig(
+        name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+        batch_size_per_gpu=t.batch_size, clip_grad_max_norm=t.grad_clip), info.world_size)
+    ema = ExpMomentumEMA(model, momentum=t.ema_momentum, gamma=t.ema_gamma)
+    amp_on, amp_dtype = amp_settings(t.amp, info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_on and amp_dtype == torch.float16)
+    criterion = YOLOWorldCriterion(world_size=info.world_size)
+    iters = len(train_loader)
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1,
+             "iters_per_epoch": iters}
+    if ckpt is not None:
+        restore_checkpoint(ckpt, model, ema, optimizer, scaler, state)
+        del ckpt
+    sched = ScheduleConfig(max_epochs=t.epochs, lr_factor=t.lr_factor, warmup_epochs=t.warmup_epochs,
+                           min_warmup_iters=t.min_warmup_iters, warmup_bias_lr=t.warmup_bias_lr,
+                           warmup_momentum=t.warmup_momentum, bias_warmup=t.bias_warmup)
+
+    def schedule_fn(opt, epoch, global_step):
+        apply_schedule(opt, epoch, global_step, iters, sched)
+
+    def save(name: str) -> None:
+        dist.save_on_master(save_checkpoint_atomic, make_checkpoint(model, ema, optimizer, scaler, state, cfg),
+                            out / name)
+
+    def on_step_end(s):
+        if t.save_every_steps > 0 and s["global_step"] % t.save_every_steps == 0:
+            save("last.pt")
+
+    logger = RunLogger(out, enabled=info.is_main)
+    last_metrics, status = None, "finished"
+    say(f"training {cfg.model.variant} for {t.epochs} epochs x {iters} iterations "
+        f"({len(train_set)} images, batch {t.batch_size} x {info.world_size} process(es)) on {info.device}; "
+        f"run folder {out}")
+    try:
+        with StopFlag() as stop:
+            for epoch in range(state["epoch"], t.epochs):
+                state["epoch"] = epoch
+                train_loader.set_epoch(epoch)
+                batches = resume_loader(train_loader, state["step_in_epoch"])
+                stats = train_one_epoch(train_model, text_model, criterion, batches, optimizer, ema, scaler,
+                                        epoch, state, cfg, info.device, schedule_fn, logger, stop, on_step_end)
+                if stats.pop("interrupted"):
+                    raise KeyboardInterrupt
+                state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+                logger.log("epoch", state["global_step"], epoch=epoch, **stats)
+                if val_loader is not None and validation_due(epoch + 1, cfg):
+                    if info.is_main:
+                        last_metrics = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
+                        ap = last_metrics["AP"] or 0.0
+                        logger.log("val", state["global_step"], epoch=epoch,
+                                   **{k: last_metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
+                        say(f"epoch {epoch + 1}: AP {100 * ap:.1f}  AP50 {100 * (last_metrics['AP50'] or 0):.1f} "
+                            f"(EMA weights)")
+                        if ap > state["best_ap"]:
+                            state["best_ap"], state["best_epoch"] = ap, epoch
+                            save("best.pt")
+                    dist.barrier()
+                save("last.pt")
+                if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:
+                    save(f"epoch_{epoch + 1}.pt")
+    except KeyboardInterrupt:
+        # Counters describe the last completed step (a step is committed by its EMA update and the
+        # step count), so this checkpoint resumes exactly where training stopped.
+        save("last.pt")
+        say(f"\nstopped at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}: saved {out / 'last.pt'}; "
+            f"continue with: worldtune train --resume {out}")
+        status = "interrupted"
+    except NonFiniteLossError as e:
+        logger.close()
+        good = out / "last.pt"
+        raise NonFiniteLossError(f"{e}. Training stopped; the last good checkpoint "
+                                 f"{'is ' + str(good) if good.is_file() else 'was never written'} "
+                                 "(try a lower train.lr or check the data)") from None
+    logger.close()
+    if info.is_main and status == "finished":
+        png = plot_curves(out / "metrics.jsonl", out / "curves.png")
+        say("\n" + summary_table(out / "metrics.jsonl"))
+        if png:
+            say(f"curves: {png}")
+        if state["best_epoch"] >= 0:
+            say(f"best AP {100 * state['best_ap']:.1f} after epoch {state['best_epoch'] + 1} ({out / 'best.pt'})")
+    return {"status": status, "out": out, "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],
+            "last_metrics": last_metrics, "epochs": state["epoch"], "global_step": state["global_step"]}
