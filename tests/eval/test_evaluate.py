@@ -87,6 +87,13 @@ def test_wrong_label_mapping_scores_zero(demo_val):
     assert metrics["AP"] == 0.0
 
 
+def test_sharded_loader_is_refused(demo_val):
+    dataset, loader, gt = demo_val
+    sharded = build_eval_loader(loader.dataset, batch_size=2, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="unsharded"):
+        evaluate_model(FakeDetector(), sharded, dataset, predict_fn=gt_predictor(gt, dataset.cat_id_to_label))
+
+
 def test_tiny_real_model_end_to_end(demo_val):
     from worldtune.model import build_model
 

@@ -94,6 +94,12 @@ def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = No
         if not hasattr(base, attr):
             raise TypeError(f"evaluate_model: dataset must be a CocoDetection (needs .{attr})")
     ann = ann if ann is not None else base.ann_file
+    sampler = getattr(loader, "sampler", None)
+    if getattr(sampler, "num_replicas", 1) > 1:
+        # COCO AP of one shard against the full GT would be silently wrong (and DistributedSampler
+        # pads shards with repeated images): evaluate the whole set in one process.
+        raise ValueError("evaluate_model needs an unsharded loader (build_eval_loader with world_size=1), "
+                         f"got a sampler split over {sampler.num_replicas} processes")
     start = time.perf_counter()
     dets = collect_detections(model, loader, list(base.cat_ids), list(base.class_names), predict_fn, progress)
     seconds = time.perf_counter() - start
