@@ -95,3 +95,13 @@ def test_predict_returns_boxes_in_original_image_coordinates(official_layout_che
     assert (det["boxes_xyxy"] >= 0).all() and (det["scores"][:-1] >= det["scores"][1:]).all()
     # a box touching the right edge at 128 px maps to the right edge of the 451 px original
     assert det["boxes_xyxy"][:, 2].max() > 128
+
+
+@pytest.mark.parametrize("name,variant", [("s", "s"), ("m", "m"), ("l", "l"), ("x", "x"), ("xl", "xl"),
+                                          ("l_efficient_neck", "l_efficient_neck"), ("l_sgd_40e", "l")])
+def test_variant_is_recognised_from_official_key_lists(spec_fixtures, name, variant):
+    import json
+
+    keys = json.loads((spec_fixtures / f"official_keys_{name}.json").read_text())["keys"]
+    state = {k["name"]: torch.empty(k["shape"], device="meta") for k in keys}
+    assert infer_variant(state) == variant
