@@ -84,7 +84,8 @@ def build_export_module(model: nn.Module, texts: list[str], text_feats: Tensor |
             model.backbone.text_model = tower
         net.set_vocabulary(texts, text_feats)
     else:
-        net = reparameterize(model, texts, text_feats)
+        device = next(model.parameters()).device
+        net = reparameterize(model, texts, text_feats.to(device))
         net.backbone.text_model = None
     module = DecodedDetector(net.float().cpu())
     if nms:

@@ -1,0 +1,142 @@
+"""`worldtune predict`: annotated images, JSON detections, skipped unreadable files, vocabulary files.
+
+Variant `n` at 128 px with a 1-layer CLIP text tower; the checkpoint is saved in the official layout.
+"""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers.calibrated_model import make_calibrated_model
+from worldtune.cli import main
+from worldtune.cli.predict import read_vocabulary
+
+IMGSZ = 128
+CLASSES = ["person", "coffee cup", "cat"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(checkpoint, text tower folder, image folder) with two photos, a corrupt file and a non-image."""
+    from skimage import data
+
+    from tests.helpers.clip_factory import make_clip_text_folder
+    from worldtune.model.predict import letterbox_for_test
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    root = tmp_path_factory.mktemp("predict")
+    clip = make_clip_text_folder(root / "clip", hidden=32, layers=1, heads=2, projection=512)
+    photos = {"astronaut.png": data.astronaut(), "coffee.jpg": data.coffee()}
+    images = root / "images"
+    images.mkdir()
+    for name, rgb in photos.items():
+        cv2.imwrite(str(images / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (images / "notes.txt").write_text("not an image")
+    tower = CLIPTextEncoder.from_pretrained(str(clip))
+    feats = tower.encode_vocabulary(CLASSES)
+    # Calibrate on what the CLI will feed the network: the letterboxed photos.
+    boxed = [letterbox_for_test(rgb, IMGSZ)[0] for rgb in photos.values()]
+    batch = torch.from_numpy(np.stack(boxed)).permute(0, 3, 1, 2).float() / 255
+    model = make_calibrated_model(batch, feats.expand(2, -1, -1), text_model=tower)
+    ckpt = root / "model.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    return ckpt, clip, images
+
+
+def _predict(setup, out, *extra) -> int:
+    ckpt, clip, images = setup
+    return main(["predict", str(images), "--weights", str(ckpt), "--text-model", str(clip), "--imgsz", str(IMGSZ),
+                 "--out", str(out), "--batch-size", "2", *extra])
+
+
+def test_predict_writes_annotated_images_and_json(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _predict(setup, out, "--classes", ",".join(CLASSES)) == 0
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "notes.txt" not in err
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["classes"] == CLASSES and summary["score_thr"] == 0.25
+    assert [r["annotated"] for r in summary["images"]] == ["astronaut.png", "coffee.jpg"]
+    assert [s["image"] for s in summary["skipped"]] == [str(setup[2] / "broken.jpg")]
+    assert "cannot read image" in summary["skipped"][0]["error"]
+    for record in summary["images"]:
+        per_image = json.loads((out / record["annotated"]).with_suffix(".json").read_text())
+        assert per_image == record
+        assert set(record) == {"image", "width", "height", "annotated", "detections"}
+        dets = record["detections"]
+        assert dets, "the calibrated model should detect something"
+        scores = [d["score"] for d in dets]
+        assert scores == sorted(scores, reverse=True) and min(scores) > 0.25
+        for d in dets:
+            assert set(d) == {"label", "name", "score", "box_xyxy"} and d["name"] == CLASSES[d["label"]]
+            x1, y1, x2, y2 = d["box_xyxy"]
+            assert 0 <= x1 <= x2 <= record["width"] and 0 <= y1 <= y2 <= record["height"]
+    # The PNG is lossless: it equals the input except where boxes and labels were drawn.
+    original = cv2.imread(str(setup[2] / "astronaut.png"))
+    annotated = cv2.imread(str(out / "astronaut.png"))
+    assert annotated.shape == original.shape
+    changed = np.abs(annotated.astype(int) - original.astype(int)).sum(axis=2) > 0
+    box = summary["images"][0]["detections"][0]["box_xyxy"]
+    x1, y1 = min(int(box[0]), original.shape[1] - 1), min(int(box[1]), original.shape[0] - 1)
+    assert changed[y1, min(x1 + 3, original.shape[1] - 1)] or changed[min(y1 + 3, original.shape[0] - 1), x1]
+    assert 0 < changed.mean() < 1
+
+
+def test_threshold_and_class_texts_file(setup, tmp_path):
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([[c, c + "s"] for c in CLASSES]))  # synonyms: the first one is used
+    out = tmp_path / "out"
+    assert _predict(setup, out, "--class-texts", str(texts), "--score-thr", "0.5", "--max-det", "3") == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["classes"] == CLASSES
+    for record in summary["images"]:
+        assert len(record["detections"]) <= 3 and all(d["score"] > 0.5 for d in record["detections"])
+
+
+def test_nothing_readable_is_an_error(setup, tmp_path, capsys):
+    ckpt, clip, images = setup
+    code = main(["predict", str(images / "broken.jpg"), str(tmp_path / "missing.png"), "--weights", str(ckpt),
+                 "--text-model", str(clip), "--classes", "cat", "--imgsz", str(IMGSZ), "--out", str(tmp_path / "o")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "missing.png: no such file or folder" in err
+
+
+def test_read_vocabulary(tmp_path):
+    assert read_vocabulary(" person, red car ,", None) == ["person", "red car"]
+    assert read_vocabulary(None, None) is None
+    txt = tmp_path / "classes.txt"
+    txt.write_text("# my classes\nperson\n\nred car\n")
+    assert read_vocabulary(None, txt) == ["person", "red car"]
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([["bike", "bicycle"], "car"]))
+    assert read_vocabulary(None, good) == ["bike", "car"]
+    bad = tmp_path / "bad.json"
+    for content, message in (("{oops", "malformed JSON"), ('{"a": 1}', "expected a JSON list"),
+                             ('[["a"], []]', "entry 1 must be a non-empty list"), ("[]", "holds no class text")):
+        bad.write_text(content)
+        with pytest.raises(ValueError, match=message) as info:
+            read_vocabulary(None, bad)
+        assert str(bad) in str(info.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_vocabulary(None, tmp_path / "nope.json")
+    with pytest.raises(ValueError, match="no class text"):
+        read_vocabulary(" , ", None)
+
+
+@pytest.mark.parametrize("command, option", [("predict", "--score-thr"), ("export", "--dynamic-vocab")])
+def test_help(command, option, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert option in capsys.readouterr().out
+
+
+def test_classes_and_class_texts_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "x.jpg", "--weights", "none", "--classes", "a", "--class-texts", "t.json"])
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

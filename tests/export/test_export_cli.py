@@ -1,0 +1,61 @@
+"""`worldtune export`: files written, built-in onnxruntime check, clear vocabulary errors.
+
+Runs without a text tower (`--text-model none --text-feats EMB.npy`) to stay fast; the predict
+tests cover the text tower path of `load_model`.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldtune.cli import main
+from worldtune.model import build_model
+
+CLASSES = ["person", "red car", "dog"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_cli")
+    torch.manual_seed(0)
+    ckpt = root / "model.pth"
+    torch.save({"state_dict": build_model("n", None).state_dict()}, ckpt)  # official layout, no text keys
+    feats = np.random.default_rng(0).standard_normal((len(CLASSES), 512)).astype(np.float32)
+    np.save(root / "feats.npy", feats)
+    (root / "classes.txt").write_text("\n".join(CLASSES))
+    return root
+
+
+def _export(root, out, *extra) -> int:
+    return main(["export", "--weights", str(root / "model.pth"), "--text-model", "none",
+                 "--text-feats", str(root / "feats.npy"), "--imgsz", "64", "--out", str(out), *extra])
+
+
+def test_export_nms_dynamic_vocab(files, tmp_path, capsys):
+    out = tmp_path / "onnx" / "det.onnx"
+    assert _export(files, out, "--class-texts", str(files / "classes.txt"), "--nms", "--dynamic-vocab",
+                   "--dynamic-batch", "--max-det", "10") == 0
+    stdout = capsys.readouterr().out
+    assert "onnxruntime vs PyTorch" in stdout and "num_dets" in stdout
+    info = json.loads((tmp_path / "onnx" / "det.vocab.json").read_text())
+    assert info["texts"] == CLASSES and info["nms"] and info["dynamic_vocab"] and info["dynamic_batch"]
+    assert info["nms_config"] == {"score_thr": 0.25, "iou_thr": 0.7, "max_det": 10}
+    emb = np.load(tmp_path / "onnx" / info["text_feats_file"])
+    raw = np.load(files / "feats.npy")
+    np.testing.assert_allclose(emb, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_export_mismatched_or_empty_vocabulary(files, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert _export(files, out, "--classes", "person,car") == 2
+    err = capsys.readouterr().err
+    assert "feats.npy" in err and "(3, 512)" in err and "2 classes" in err
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    assert _export(files, out, "--class-texts", str(empty)) == 2
+    assert f"class-text file {empty} holds no class text" in capsys.readouterr().err
+    # No classes at all and a checkpoint without a vocabulary.
+    assert _export(files, out) == 2
+    assert "empty vocabulary" in capsys.readouterr().err
+    assert not out.exists()

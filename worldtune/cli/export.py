@@ -1,0 +1,103 @@
+"""Export to ONNX with the vocabulary folded into the weights (no text tower in the graph).
+
+  worldtune export --weights v2-s-coco --classes "person,red car" --out person_car.onnx
+  worldtune export --weights run/best.pth --class-texts texts.json --nms --out det.onnx
+  worldtune export --weights run/best.pth --classes person --dynamic-vocab --out open.onnx
+
+Input `images`: (B, 3, imgsz, imgsz) float32 RGB in [0, 1], letterboxed by the caller (long side
+resized to imgsz, centred padding with 114). Outputs: `boxes` (B, N, 4) xyxy input pixels and
+`scores` (B, N, K); with --nms `num_dets`, `boxes`, `scores`, `labels` padded to --max-det.
+`<out stem>.vocab.json` records the class texts and shapes (plus `.vocab.npy` embeddings with
+--dynamic-vocab, whose graph takes a second input `text_feats` (B, K, 512)).
+"""
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from worldtune.cli.predict import add_vocabulary_arguments, read_vocabulary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint path, zoo name (see `worldtune zoo`) or 'none' (random, with --variant)")
+    add_vocabulary_arguments(parser)
+    parser.add_argument("--text-feats", type=Path,
+                        help=".npy (K, 512) embeddings of the classes, instead of running the text tower")
+    parser.add_argument("--format", choices=["onnx"], default="onnx")
+    parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
+    parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
+                        help="CLIP text tower: hub id or local folder; 'none' with --text-feats")
+    parser.add_argument("--imgsz", type=int, default=640, help="input size (multiple of 32)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the graph (see --dynamic-batch)")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--dynamic-batch", action="store_true", help="free batch dimension")
+    parser.add_argument("--dynamic-vocab", action="store_true",
+                        help="text embeddings as a second input (the vocabulary can change after export)")
+    parser.add_argument("--nms", action="store_true", help="score threshold + class-aware NMS in the graph")
+    parser.add_argument("--score-thr", type=float, default=0.25, help="with --nms")
+    parser.add_argument("--iou-thr", type=float, default=0.7, help="with --nms")
+    parser.add_argument("--max-det", type=int, default=300, help="with --nms: rows of the padded outputs")
+    parser.add_argument("--simplify", action="store_true", help="run onnxsim when it is installed")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the onnxruntime vs PyTorch check on a test input")
+
+
+def _load_text_feats(path: Path | None, texts: list[str]):
+    if path is None:
+        return None
+    import numpy as np
+    import torch
+
+    try:
+        feats = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--text-feats {path}: cannot read a .npy array ({e})") from None
+    if feats.ndim != 2 or feats.shape[0] != len(texts):
+        raise ValueError(f"--text-feats {path} has shape {feats.shape} but the vocabulary has {len(texts)} "
+                         f"classes: expected ({len(texts)}, 512) in the same order")
+    return torch.from_numpy(np.asarray(feats, dtype=np.float32))
+
+
+def run(args: argparse.Namespace) -> int:
+    from worldtune.export.check import verify_onnx
+    from worldtune.export.onnx import export_onnx
+    from worldtune.model.loading import load_model
+
+    text_model = None if str(args.text_model).lower() == "none" else args.text_model
+    if args.simplify and importlib.util.find_spec("onnxsim") is None:
+        print("worldtune export: --simplify skipped, onnxsim is not installed (pip install onnxsim)", file=sys.stderr)
+        args.simplify = False
+    try:
+        texts = read_vocabulary(args.classes, args.class_texts)
+        model = load_model(args.weights, variant=args.variant, text_model=text_model, device="cpu")
+        if texts is None:
+            texts = list(model.vocabulary)
+        if not texts:
+            raise ValueError("empty vocabulary: give --classes 'person,car' or --class-texts FILE")
+        text_feats = _load_text_feats(args.text_feats, texts)
+        if text_feats is None and model.text_model is None:
+            raise ValueError("--text-model none needs --text-feats EMBEDDINGS.npy")
+        info = export_onnx(model, texts, args.out, text_feats=text_feats, imgsz=args.imgsz, batch=args.batch,
+                           opset=args.opset, dynamic_batch=args.dynamic_batch, dynamic_vocab=args.dynamic_vocab,
+                           nms=args.nms, score_thr=args.score_thr, iou_thr=args.iou_thr, max_det=args.max_det,
+                           simplify=args.simplify)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        print(f"worldtune export: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, {len(texts)} classes, "
+          f"opset {args.opset}) and {info['vocab_file']}")
+    if not args.no_verify:
+        try:
+            diffs = verify_onnx(model, texts, args.out, info, text_feats=text_feats)
+        except ImportError:
+            print("onnxruntime is not installed: verification skipped (pip install onnxruntime)")
+            return 0
+        worst = max(diffs.values())
+        print("onnxruntime vs PyTorch, largest difference (relative to max(1, |value|)): " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+        if worst > 1e-3:
+            print(f"worldtune export: WARNING the exported graph differs from PyTorch by {worst:.2e}",
+                  file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,212 @@
+"""Detect any vocabulary in images; writes annotated images and JSON detections.
+
+  worldtune predict --weights v2-s-coco --classes "person,red car" photos/ street.jpg --out preds/
+  worldtune predict --weights run/best.pth --class-texts texts.json --score-thr 0.3 photos/
+
+Per image: `<name>.jpg|png` with boxes, names and scores drawn, and `<name>.json` with the
+detections in original pixels; `predictions.json` sums everything up, including skipped files.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# Distinct, saturated RGB colours; class k uses PALETTE[k % len(PALETTE)].
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+           (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+           (0, 0, 128), (128, 128, 128)]
+
+
+def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
+    """--classes / --class-texts, shared with `worldtune export`."""
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument("--classes", help='comma-separated class texts, e.g. "person,red car"')
+    vocab.add_argument("--class-texts", type=Path,
+                       help="JSON list of synonym lists (first synonym used) or .txt with one class per line")
+
+
+def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] | None:
+    """The class texts from --classes or --class-texts; None when neither is given.
+
+    Raises:
+        ValueError naming the option or file when the vocabulary is empty or malformed.
+    """
+    if classes is not None:
+        texts = [t.strip() for t in classes.split(",") if t.strip()]
+        if not texts:
+            raise ValueError(f"--classes {classes!r} holds no class text")
+        return texts
+    if class_texts is None:
+        return None
+    path = Path(class_texts)
+    if not path.is_file():
+        raise ValueError(f"class-text file {path} does not exist")
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        texts = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
+    else:
+        try:
+            entries = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"class-text file {path}: malformed JSON ({e})") from None
+        if not isinstance(entries, list):
+            raise ValueError(f"class-text file {path}: expected a JSON list of synonym lists, "
+                             f"got {type(entries).__name__}")
+        texts = []
+        for i, entry in enumerate(entries):
+            first = entry if isinstance(entry, str) else entry[0] if isinstance(entry, list) and entry else None
+            if not isinstance(first, str) or not first.strip():
+                raise ValueError(f"class-text file {path}: entry {i} must be a non-empty list of strings, got {entry!r}")
+            texts.append(first.strip())
+    if not texts:
+        raise ValueError(f"class-text file {path} holds no class text")
+    return texts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint path, zoo name (see `worldtune zoo`) or 'none' (random, with --variant)")
+    add_vocabulary_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
+    parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
+                        help="CLIP text tower: hub id or local folder")
+    parser.add_argument("--imgsz", type=int, default=640, help="network input size (multiple of 32)")
+    parser.add_argument("--score-thr", type=float, default=0.25,
+                        help="keep detections above this score (the official 0.001 is for AP evaluation)")
+    parser.add_argument("--iou-thr", type=float, default=0.7, help="class-aware NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=8)
+
+
+def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
+    """Files as given, folders expanded to their images (sorted). Returns (paths, missing entries)."""
+    paths, missing = [], []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                missing.append({"image": str(item), "error": f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"})
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            missing.append({"image": str(item), "error": "no such file or folder"})
+    return paths, missing
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def draw_detections(img_rgb: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
+    """Boxes with 'name score' labels on a BGR copy of `img_rgb` (H, W, 3); det as `predict` returns."""
+    out = cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR)
+    h, w = out.shape[:2]
+    thick = max(1, round((h + w) / 600))  # lines and text grow with the image
+    font_scale = max(0.4, (h + w) / 2400)
+    for box, score, label in zip(det["boxes_xyxy"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        r, g, b = PALETTE[label % len(PALETTE)]
+        colour = (b, g, r)
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick, cv2.LINE_AA)
+        text = f"{names[label]} {score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
+        # Label above the box, or inside it when the box touches the top edge.
+        ty = y1 - base - 2 if y1 - th - base - 2 >= 0 else y1 + th + 2
+        cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, -1)
+        # Dark text on light colours, white on dark ones (ITU-R 601 luma).
+        ink = (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+        cv2.putText(out, text, (x1 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, thick, cv2.LINE_AA)
+    return out
+
+
+def _output_name(path: Path, used: set) -> str:
+    suffix = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    stem, k = path.stem, 1
+    while stem in used:  # same file name in two input folders
+        stem, k = f"{path.stem}_{k}", k + 1
+    used.add(stem)
+    return stem + suffix
+
+
+def _detections_json(det: dict, names: list[str]) -> list[dict]:
+    return [{"label": label, "name": names[label], "score": round(score, 5),
+             "box_xyxy": [round(v, 2) for v in box]}
+            for box, score, label in zip(det["boxes_xyxy"].tolist(), det["scores"].tolist(), det["labels"].tolist())]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from worldtune.model.loading import load_model
+    from worldtune.model.postprocess import PostprocessConfig
+    from worldtune.model.predict import letterbox_for_test, predict_batch, read_image_rgb
+
+    try:
+        if args.imgsz % 32 or args.imgsz <= 0:
+            raise ValueError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+        texts = read_vocabulary(args.classes, args.class_texts)
+        paths, skipped = expand_inputs(args.inputs)
+        device = resolve_device(args.device)
+        model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device)
+        if texts is None:
+            texts = list(model.vocabulary)
+            if not texts:
+                raise ValueError("no vocabulary: give --classes 'person,car' or --class-texts FILE")
+        model.set_vocabulary(texts)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        print(f"worldtune predict: {e}", file=sys.stderr)
+        return 2
+    cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, used = [], set()
+    bar = tqdm(total=len(paths), unit="img", desc="predict", disable=len(paths) < 2)
+    for start in range(0, len(paths), args.batch_size):
+        batch = []
+        for path in paths[start:start + args.batch_size]:
+            try:
+                batch.append((path, read_image_rgb(path)))
+            except ValueError as e:
+                skipped.append({"image": str(path), "error": str(e)})  # reported at the end
+                bar.update(1)
+        if not batch:
+            continue
+        boxed = [letterbox_for_test(img, args.imgsz) for _, img in batch]
+        images = torch.from_numpy(np.stack([b[0] for b in boxed])).permute(0, 3, 1, 2)
+        dets = predict_batch(model, images, [b[1] for b in boxed], [b[2] for b in boxed],
+                             [img.shape[:2] for _, img in batch], cfg)
+        for (path, img), det in zip(batch, dets):
+            det = {k: v.cpu() for k, v in det.items()}
+            name = _output_name(path, used)
+            cv2.imwrite(str(args.out / name), draw_detections(img, det, texts))
+            record = {"image": str(path), "width": img.shape[1], "height": img.shape[0], "annotated": name,
+                      "detections": _detections_json(det, texts)}
+            (args.out / Path(name).with_suffix(".json")).write_text(json.dumps(record, indent=1))
+            results.append(record)
+            bar.update(1)
+    bar.close()
+    summary = {"weights": str(args.weights), "classes": texts, "imgsz": args.imgsz, "score_thr": args.score_thr,
+               "iou_thr": args.iou_thr, "max_det": args.max_det, "images": results, "skipped": skipped}
+    (args.out / "predictions.json").write_text(json.dumps(summary, indent=1))
+    n_det = sum(len(r["detections"]) for r in results)
+    print(f"{len(results)} images, {n_det} detections -> {args.out}")
+    for s in skipped:
+        print(f"skipped {s['image']}: {s['error']}", file=sys.stderr)
+    return 0 if results else 1
