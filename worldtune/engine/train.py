@@ -66,17 +66,19 @@ class StopFlag:
 def batch_text_feats(text_model: nn.Module, texts: list[list[str]], device: torch.device) -> Tensor:
     """Embeddings of each image's text list: (B, K, 512).
 
-    The batch's distinct strings are encoded once as one sorted vocabulary; for COCO that set is
-    the same every batch (80 names, shuffled per image), so the encoder's vocabulary cache hits and
-    the frozen tower runs once per run rather than once per batch.
+    Each distinct string is embedded on its own and cached by the encoder (for COCO: 80 names,
+    shuffled per image, so the frozen tower runs 80 times per run, not once per batch). One string
+    at a time because a batched tower call pads to the longest string, and the padded matmuls
+    change the last bits: per-string calls make a step independent of what else was in the batch,
+    which keeps resumed runs bit-identical.
     """
     if not texts or len({len(t) for t in texts}) != 1:
         raise ValueError(f"every image needs the same number of texts, got {[len(t) for t in texts]}")
     vocab = sorted({t for image_texts in texts for t in image_texts})
     if hasattr(text_model, "encode_vocabulary"):
-        feats = text_model.encode_vocabulary(vocab)  # (V, 512)
+        feats = torch.cat([text_model.encode_vocabulary([t]) for t in vocab])  # (V, 512)
     else:
-        feats = text_model([vocab])[0]
+        feats = torch.cat([text_model([[t]])[0] for t in vocab])
     position = {t: i for i, t in enumerate(vocab)}
     index = torch.tensor([[position[t] for t in image_texts] for image_texts in texts], device=feats.device)
     return feats[index].to(device)

@@ -1,0 +1,159 @@
+"""Resume: a run killed (SIGKILL, Ctrl-C, failed save) and resumed ends with exactly the weights of an
+uninterrupted run (CPU, 2 epochs x 2 steps of the tiny `n` model)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.tiny_run import tiny_config
+from worldtune.config import dump
+from worldtune.engine import checkpoint as ckpt_io
+from worldtune.engine.train import fit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Bitwise equality across processes needs the same CPU kernels and reduction order.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _config(root, **train):
+    # 6 images, batch 3 -> 2 steps per epoch; mosaic on in epoch 1 and closed in epoch 2; no validation.
+    cfg = tiny_config(root, epochs=2, batch_size=3, close_mosaic_epochs=1, **train)
+    cfg.data.val_ann = cfg.data.val_images = ""
+    return cfg
+
+
+def _assert_same_final_state(a: Path, b: Path):
+    sa, sb = ckpt_io.load_checkpoint_file(a), ckpt_io.load_checkpoint_file(b)
+    assert (sa["epoch"], sa["global_step"]) == (sb["epoch"], sb["global_step"]) == (2, 4)
+
+    def tensors(obj, prefix=""):
+        if isinstance(obj, torch.Tensor):
+            yield prefix, obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from tensors(v, f"{prefix}.{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                yield from tensors(v, f"{prefix}[{i}]")
+
+    for part in ("model", "ema_state", "optimizer"):
+        ta, tb = dict(tensors(sa[part])), dict(tensors(sb[part]))
+        assert ta.keys() == tb.keys()
+        diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
+        assert not diff, f"{part}: {len(diff)} tensors differ, e.g. {diff[:3]}"
+    assert sa["ema_state"]["steps"] == sb["ema_state"]["steps"] == 4
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = fit(_config(root))
+    torch.set_num_threads(previous)
+    assert result["status"] == "finished"
+    return Path(result["out"]) / "last.pt"
+
+
+# Runs a config in a fresh process and SIGKILLs it right after its N-th checkpoint write.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from worldtune.config import load
+    from worldtune.engine import checkpoint
+    from worldtune.engine.train import fit
+    real, kill_after, count = checkpoint.save_checkpoint_atomic, int(sys.argv[2]), [0]
+    def save_then_die(obj, path):
+        real(obj, path)
+        count[0] += 1
+        if count[0] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.save_checkpoint_atomic = save_then_die
+    fit(load(sys.argv[1]))
+""")
+
+
+@pytest.mark.parametrize("save_every_steps,expect", [(0, (1, 0, 2)), (1, (0, 1, 1))],
+                         ids=["killed-after-epoch-1", "killed-mid-epoch"])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, reference, save_every_steps, expect):
+    cfg = _config(tmp_path, save_every_steps=save_every_steps)
+    dump(cfg, tmp_path / "cfg.yaml")
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"), "1"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    last = Path(cfg.out) / "last.pt"
+    saved = ckpt_io.load_checkpoint_file(last)
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == expect
+    result = fit(_config(tmp_path / "ignored"), resume=cfg.out)  # the run's own saved config is used
+    assert result["status"] == "finished" and Path(result["out"]) == Path(cfg.out)
+    _assert_same_final_state(reference, last)
+
+
+def test_ctrl_c_saves_and_resumes(tmp_path, reference, monkeypatch, capsys):
+    from worldtune.engine import train as train_mod
+
+    real, calls = train_mod.batch_text_feats, [0]
+
+    def interrupt_on_third_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:  # a real SIGINT, delivered in the middle of step 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "batch_text_feats", interrupt_on_third_step)
+    cfg = _config(tmp_path)
+    result = fit(cfg)
+    assert result["status"] == "interrupted" and result["global_step"] == 3
+    assert "continue with: worldtune train --resume" in capsys.readouterr().out
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 1, 3)
+    monkeypatch.setattr(train_mod, "batch_text_feats", real)
+    assert fit(cfg, resume=cfg.out)["status"] == "finished"
+    _assert_same_final_state(reference, Path(cfg.out) / "last.pt")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):
+    real_save, calls = torch.save, [0]
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the end-of-epoch-2 save: write some bytes, then the disk "fills up"
+            f.write(b"PK\x03\x04 partial")
+            raise OSError("No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io.torch, "save", save_half_then_fail)
+    cfg = _config(tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        fit(cfg)
+    monkeypatch.setattr(ckpt_io.torch, "save", real_save)
+    run = Path(cfg.out)
+    assert [p.name for p in run.iterdir() if p.suffix in (".pt", ".tmp")] == ["last.pt"]  # no stray temp file
+    saved = ckpt_io.load_checkpoint_file(run / "last.pt")
+    assert (saved["epoch"], saved["global_step"]) == (1, 2)  # the intact epoch-1 checkpoint
+    fit(cfg, resume=run)
+    _assert_same_final_state(reference, run / "last.pt")
+
+
+def test_resume_refuses_other_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        fit(_config(tmp_path), resume=tmp_path)
+    torch.save({"state_dict": {}}, tmp_path / "official.pth")
+    with pytest.raises(ValueError, match="not a worldtune training checkpoint"):
+        fit(_config(tmp_path), resume=tmp_path / "official.pth")
