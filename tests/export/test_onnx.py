@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers.calibrated_model import make_calibrated_model
-from worldtune.export.check import compare_outputs, run_onnx, sample_images
+from worldtune.export.check import compare_outputs, run_onnx
 from worldtune.export.onnx import build_export_module, export_onnx
 from worldtune.model.postprocess import PostprocessConfig, decode_outputs, detect_one_image
 

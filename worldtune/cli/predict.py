@@ -62,7 +62,8 @@ def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] 
         for i, entry in enumerate(entries):
             first = entry if isinstance(entry, str) else entry[0] if isinstance(entry, list) and entry else None
             if not isinstance(first, str) or not first.strip():
-                raise ValueError(f"class-text file {path}: entry {i} must be a non-empty list of strings, got {entry!r}")
+                raise ValueError(f"class-text file {path}: entry {i} must be a non-empty list of strings, "
+                                 f"got {entry!r}")
             texts.append(first.strip())
     if not texts:
         raise ValueError(f"class-text file {path} holds no class text")
@@ -171,11 +172,11 @@ def run(args: argparse.Namespace) -> int:
             if not texts:
                 raise ValueError("no vocabulary: give --classes 'person,car' or --class-texts FILE")
         model.set_vocabulary(texts)
+        args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         print(f"worldtune predict: {e}", file=sys.stderr)
         return 2
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
-    args.out.mkdir(parents=True, exist_ok=True)
     results, used = [], set()
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=len(paths) < 2)
     for start in range(0, len(paths), args.batch_size):
