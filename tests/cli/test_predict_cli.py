@@ -11,7 +11,7 @@ import torch
 
 from tests.helpers.calibrated_model import make_calibrated_model
 from worldtune.cli import main
-from worldtune.cli.predict import read_vocabulary
+from worldtune.cli.predict import _output_name, expand_inputs, read_vocabulary
 
 IMGSZ = 128
 CLASSES = ["person", "coffee cup", "cat"]
@@ -125,6 +125,21 @@ def test_read_vocabulary(tmp_path):
         read_vocabulary(None, tmp_path / "nope.json")
     with pytest.raises(ValueError, match="no class text"):
         read_vocabulary(" , ", None)
+
+
+def test_inputs_and_output_names(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for name in ("x.JPG", "predictions.png", "readme.md"):
+            (tmp_path / folder / name).write_bytes(b"")
+    paths, missing = expand_inputs([tmp_path / "a", tmp_path / "b" / "x.JPG", tmp_path / "c", tmp_path / "a"])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "a/predictions.png", "a/x.JPG", "b/x.JPG", "a/predictions.png", "a/x.JPG"]
+    assert missing == [{"image": str(tmp_path / "c"), "error": "no such file or folder"}]
+    used = {"predictions"}
+    # Names never collide, with each other or with the summary predictions.json.
+    assert [_output_name(p, used) for p in paths] == [
+        "predictions_1.png", "x.jpg", "x_1.jpg", "predictions_2.png", "x_2.jpg"]
 
 
 @pytest.mark.parametrize("command, option", [("predict", "--score-thr"), ("export", "--dynamic-vocab")])

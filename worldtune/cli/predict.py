@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"worldtune predict: {e}", file=sys.stderr)
         return 2
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
-    results, used = [], set()
+    results, used = [], {"predictions"}  # that name is the summary's
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=len(paths) < 2)
     for start in range(0, len(paths), args.batch_size):
         batch = []
