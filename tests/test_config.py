@@ -115,7 +115,7 @@ def test_batch_rule(world, batch, factor):
     ("train.amp=off", "train.amp='off'"),
     ("data.imgsz=100", "multiple of 32"),
     ("data.affine_scale=[1.5, 0.5]", "affine_scale"),
-    ("train.close_mosaic_epochs=81", "close_mosaic_epochs"),
+    ("train.close_mosaic_epochs=-1", "close_mosaic_epochs"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

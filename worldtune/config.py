@@ -287,7 +287,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.imgsz must be a positive multiple of 32, got {d.imgsz}")
     if len(d.affine_scale) != 2 or not 0 < d.affine_scale[0] <= d.affine_scale[1]:
         raise ConfigError(f"data.affine_scale must be [low, high] with 0 < low <= high, got {d.affine_scale}")
-    if not 0 <= t.close_mosaic_epochs <= t.epochs:
-        raise ConfigError(f"train.close_mosaic_epochs must lie in [0, train.epochs={t.epochs}], "
-                          f"got {t.close_mosaic_epochs}")
+    if t.close_mosaic_epochs < 0:  # more than `epochs` is fine: the whole run is stage 2
+        raise ConfigError(f"train.close_mosaic_epochs must be >= 0, got {t.close_mosaic_epochs}")
     return cfg

@@ -1,0 +1,57 @@
+"""`torchrun --nproc_per_node 2 -m worldtune train ...` on CPU (gloo): both ranks train, rank 0 writes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.tiny_run import tiny_config
+from worldtune.engine import checkpoint as ckpt_io
+from worldtune.engine import dist
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_single_process_helpers():
+    info = dist.init_distributed("cpu")
+    assert (info.rank, info.world_size, info.distributed, info.is_main) == (0, 1, False, True)
+    assert dist.is_main_process() and dist.get_world_size() == 1
+    values = {"loss": torch.tensor(2.0)}
+    assert dist.reduce_dict(values) is values
+    assert dist.all_true(True, info.device) and not dist.all_true(False, info.device)
+    assert dist.save_on_master(lambda x: x + 1, 1) == 2
+    bn = torch.nn.Sequential(torch.nn.BatchNorm2d(4))
+    assert isinstance(dist.convert_sync_bn(bn, 2, torch.device("cpu"))[0], torch.nn.BatchNorm2d)  # CPU: no SyncBN
+    assert isinstance(dist.convert_sync_bn(bn, 1, torch.device("cuda"))[0], torch.nn.BatchNorm2d)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            dist.resolve_device("cuda")
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    # 6 images, 2 ranks x batch 2 -> 2 iterations per rank (the sampler pads 6 -> 6 = 2 x 3 samples).
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=2)
+    d = cfg.data
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "worldtune", "train", "--recipe", "v2-s", "--variant", "n", "--weights", "none",
+           "--text-model", cfg.model.text_model, "--train-ann", d.train_ann, "--train-images", d.train_images,
+           "--class-texts", d.class_texts, "--epochs", "1", "--batch-size", "2", "--imgsz", "64",
+           "--device", "cpu", "--workers", "0", "--out", cfg.out,
+           "--set", "data.num_texts=5", "--set", "train.min_warmup_iters=2", "--set", "train.log_interval=1",
+           "--set", "data.mixup_prob=0", "--set", "data.copypaste_prob=0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "batch 2 x 2 process(es)" in out
+    assert out.count("batch rule: total batch 2 x 2 = 4") == 1  # printed by rank 0 only
+    run = Path(cfg.out)
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["config.yaml", "curves.png", "last.pt",
+                                                                   "metrics.jsonl"]
+    saved = ckpt_io.load_checkpoint_file(run / "last.pt")
+    assert (saved["epoch"], saved["global_step"]) == (1, 2)
+    # rank 0 alone logs, once per step
+    train_records = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "train"' in line]
+    assert len(train_records) == 2
