@@ -1,0 +1,45 @@
+"""`worldtune demo`: offline end to end (a shortened run; the full demo is tuned to ~5 minutes)."""
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from worldtune.cli import main
+from worldtune.cli.demo import demo_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_demo_config_keeps_the_recipe_and_shrinks_sizes(tmp_path):
+    data = {"train_ann": "t.json", "train_images": "t", "val_ann": "v.json", "val_images": "v",
+            "class_texts": "c.json", "class_names": ["a", "b", "c"]}
+    args = argparse.Namespace(epochs=30, imgsz=256, batch_size=8, lr=2e-3, device="cpu", workers=0, seed=0)
+    cfg = demo_config(data, tmp_path, args)
+    assert (cfg.model.variant, cfg.model.text_model, cfg.model.weights) == ("n", "random", "none")
+    assert (cfg.data.imgsz, cfg.data.num_texts, cfg.train.epochs, cfg.train.close_mosaic_epochs) == (256, 3, 30, 10)
+    assert cfg.data.mask_refine and cfg.data.affine_scale == [0.5, 1.5]  # the v2-S recipe's augmentation
+    assert (cfg.train.optimizer, cfg.train.grad_clip, cfg.train.ema_momentum) == ("adamw", 10.0, 1e-4)
+
+
+def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
+    code = main(["demo", "--out", str(tmp_path), "--epochs", "1", "--num-train", "4", "--imgsz", "64",
+                 "--batch-size", "2", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "untrained model: AP" in out
+    rows = [line.split() for line in out.splitlines()
+            if line.startswith(("untrained ", "fine-tuned ")) and ":" not in line]
+    assert [r[0] for r in rows] == ["untrained", "fine-tuned"]
+    assert all(0.0 <= float(v) <= 100.0 for r in rows for v in r[1:])
+    assert (tmp_path / "demo_predictions.jpg").stat().st_size > 1000
+    runs = list(tmp_path.glob("run-*"))
+    assert len(runs) == 1 and (runs[0] / "last.pt").is_file() and (runs[0] / "config.yaml").is_file()
+    assert (Path(tmp_path) / "data" / "annotations" / "train.json").is_file()

@@ -1,0 +1,149 @@
+"""A complete fine-tuning run in a few minutes on a CPU, with no download.
+
+Builds a small COCO-format set from photographs shipped with scikit-image (cat, astronaut,
+coffee cup, rocket, coins pasted on textures), trains the small `n` model from random weights
+with the official loop (mosaic, EMA, warm-up, COCO validation), prints the box AP of the
+untrained and of the trained model, and draws the trained model's detections on a val image.
+
+The text tower is a randomly initialised CLIP (the real tokenizer ships with worldtune), so the
+class names are just distinct embeddings here: the demo shows the training machinery, not
+open-vocabulary transfer. For real fine-tuning use `worldtune train --recipe v2-s ...`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="folder for the data set, the run and the picture")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--imgsz", type=int, default=256, help="training and evaluation size (multiple of 32)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW lr (the COCO recipes use 2e-4 from "
+                                                               "pre-trained weights; random weights need more)")
+    parser.add_argument("--num-train", type=int, default=48, help="training images to generate")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def demo_config(data: dict, out: Path, args):
+    """The official recipe with a tiny model and schedule: only sizes and lengths change."""
+    from worldtune.config import load_recipe
+
+    cfg = load_recipe("v2-s")
+    cfg.out = str(out)
+    cfg.model.variant, cfg.model.text_model, cfg.model.weights = "n", "random", "none"
+    d = cfg.data
+    d.train_ann, d.train_images = str(data["train_ann"]), str(data["train_images"])
+    d.val_ann, d.val_images = str(data["val_ann"]), str(data["val_images"])
+    d.class_texts = str(data["class_texts"])
+    d.imgsz, d.workers, d.val_batch_size = args.imgsz, args.workers, 4
+    d.num_texts = len(data["class_names"])  # every image sees the whole (small) vocabulary
+    t = cfg.train
+    t.epochs, t.batch_size, t.lr, t.device, t.seed = args.epochs, args.batch_size, args.lr, args.device, args.seed
+    t.close_mosaic_epochs = max(args.epochs // 3, 1)
+    t.min_warmup_iters = 20
+    t.warmup_epochs = 1.0
+    t.val_interval, t.dynamic_interval_epoch = 10, args.epochs  # validate every 10 epochs and at the end
+    t.checkpoint_interval, t.log_interval = 0, 10
+    # A few hundred steps from random weights leave BatchNorm running statistics behind the weights;
+    # recompute them (on a copy) before each validation. Not part of the official recipe.
+    t.precise_bn_batches = 4
+    return cfg
+
+
+def untrained_metrics(cfg) -> dict:
+    """COCO AP of the exact start weights of `fit` (same seed, same construction order)."""
+    import torch
+
+    from worldtune.data.coco import CocoDetection
+    from worldtune.data.loader import build_eval_loader
+    from worldtune.data.presets import build_eval_dataset
+    from worldtune.engine.train import build_text_model
+    from worldtune.eval.evaluate import evaluate_model
+    from worldtune.model import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, cfg.train.seed),
+                        num_classes=cfg.data.num_texts)
+    coco = CocoDetection(cfg.data.val_ann, cfg.data.val_images, cfg.data.class_texts or None)
+    loader = build_eval_loader(build_eval_dataset(coco, cfg.data.imgsz), cfg.data.val_batch_size)
+    return evaluate_model(model.eval(), loader, coco)
+
+
+def draw_predictions(checkpoint: Path, cfg, image_path: Path, class_names: list, out_path: Path,
+                     score_thr: float = 0.3) -> Path:
+    """Boxes of the trained (EMA) model on one image, written as a JPEG."""
+    import cv2
+    import torch
+
+    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
+    from worldtune.engine.train import build_text_model
+    from worldtune.model import build_model
+    from worldtune.model.predict import predict
+
+    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, cfg.train.seed),
+                        num_classes=cfg.data.num_texts)
+    load_model_state(model, extract_model_state(load_checkpoint_file(checkpoint)), strict=True, path=checkpoint)
+    model.eval().set_vocabulary(list(class_names))
+    with torch.no_grad():
+        det = predict(model, [str(image_path)], imgsz=cfg.data.imgsz)[0]
+    img = cv2.imread(str(image_path))
+    for box, score, label in zip(det["boxes_xyxy"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        if score < score_thr:
+            continue
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        colour = [(0, 200, 255), (255, 120, 0), (0, 220, 0), (200, 0, 200), (0, 0, 255)][label % 5]
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
+        cv2.putText(img, f"{class_names[label]} {score:.2f}", (x1 + 2, y1 - 4 if y1 > 16 else y2 + 14),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, colour, 1, cv2.LINE_AA)
+    cv2.imwrite(str(out_path), img)
+    return out_path
+
+
+def busiest_image(ann_file, image_dir) -> Path:
+    """The val image with the most objects (the most telling picture)."""
+    import json
+    from collections import Counter
+
+    coco = json.loads(Path(ann_file).read_text())
+    counts = Counter(a["image_id"] for a in coco["annotations"])
+    best = max(coco["images"], key=lambda im: (counts[im["id"]], -im["id"]))
+    return Path(image_dir) / best["file_name"]
+
+
+def run(args) -> int:
+    from worldtune.config import ConfigError, validate
+    from worldtune.data.demo_set import build_demo_dataset
+    from worldtune.engine.train import fit
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    print(f"building the demo data set in {out / 'data'} (photographs from scikit-image) ...", flush=True)
+    data = build_demo_dataset(out / "data", num_train=args.num_train, num_val=12, seed=args.seed)
+    run_dir = out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = demo_config(data, run_dir, args)
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        print(f"worldtune demo: error: {e}", file=sys.stderr)
+        return 2
+    before = untrained_metrics(cfg)
+    print(f"untrained model: AP {100 * before['AP']:.1f}  AP50 {100 * before['AP50']:.1f}", flush=True)
+    result = fit(cfg)
+    if result["status"] != "finished":
+        return 130
+    after = result["last_metrics"]
+    checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    picture = draw_predictions(checkpoint, cfg, busiest_image(data["val_ann"], data["val_images"]),
+                               data["class_names"], out / "demo_predictions.jpg")
+    print("\n            AP    AP50   AP75")
+    for name, m in (("untrained", before), ("fine-tuned", after)):
+        print(f"{name:<10} {100 * m['AP']:5.1f}  {100 * m['AP50']:5.1f}  {100 * m['AP75']:5.1f}")
+    print(f"\npredictions on a val image: {picture}\nrun folder (checkpoints, metrics.jsonl, curves.png): "
+          f"{run_dir}\ntook {time.perf_counter() - start:.0f} s")
+    return 0
