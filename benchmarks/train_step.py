@@ -1,0 +1,151 @@
+"""Images/s of one full training step: forward, loss, backward, grad clip 10, optimizer step, EMA update.
+
+    python benchmarks/train_step.py                       # S and L, CPU, batch 2, 640 px
+    python benchmarks/train_step.py --device cuda --batch 16 --amp bf16 --variants s l
+
+worldtune's step is the one `worldtune.engine.train.train_one_epoch` runs (official optimizer
+groups, schedule, criterion, ExpMomentumEMA). When `ultralytics` is importable, its YOLO-World-v2
+model (`yolov8{s,l}-worldv2.yaml`, random weights) is timed on the same batch in the same run with
+its own loss, an AdamW step, clip 10 and its ModelEMA: an AGPL benchmark-only reference that
+worldtune never imports. Both get the same 80 random L2-normalised text embeddings per image (the
+frozen text tower is cached in training, so it is not part of a step).
+"""
+import argparse
+import platform
+import time
+from contextlib import nullcontext
+
+import torch
+
+from worldtune.engine.ema import ExpMomentumEMA
+from worldtune.engine.optim import OptimConfig, build_optimizer
+from worldtune.engine.schedule import ScheduleConfig, apply_schedule
+from worldtune.loss.criterion import YOLOWorldCriterion
+from worldtune.model import build_model
+
+
+def make_batch(batch: int, imgsz: int, num_texts: int = 80, objects: int = 8, seed: int = 0) -> dict:
+    """Random image, 8 random boxes per image and text embeddings (B, K, 512)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, imgsz, imgsz), generator=g, dtype=torch.uint8)
+    rows = []
+    for i in range(batch):
+        xy = torch.rand(objects, 2, generator=g) * imgsz * 0.7
+        wh = 16 + torch.rand(objects, 2, generator=g) * imgsz * 0.3
+        labels = torch.randint(0, num_texts, (objects, 1), generator=g).float()
+        rows.append(torch.cat([torch.full((objects, 1), float(i)), labels, xy, (xy + wh).clamp(max=imgsz - 1)], 1))
+    text = torch.nn.functional.normalize(torch.randn(batch, num_texts, 512, generator=g), dim=-1)
+    return {"images": images, "bboxes_labels": torch.cat(rows), "text_feats": text}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _autocast(device, amp):
+    if device.type != "cuda" or amp == "none":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def time_steps(step, steps: int, device) -> float:
+    step()  # warm-up (allocations, cuDNN autotune)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def worldtune_step(variant: str, data: dict, device, amp: str):
+    model = build_model(variant).to(device).train()
+    batch = data["images"].shape[0]
+    optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=batch))
+    ema = ExpMomentumEMA(model)
+    criterion = YOLOWorldCriterion()
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
+    images, targets, text = data["images"].to(device), data["bboxes_labels"].to(device), data["text_feats"].to(device)
+    counter = [0]
+
+    def step():
+        apply_schedule(optimizer, 0, counter[0], 1000, ScheduleConfig())
+        with _autocast(device, amp):
+            out = model(images.float() / 255, text)
+        loss = criterion([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits], targets)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 10.0)
+        scaler.step(optimizer)
+        scaler.update()
+        ema.update(model)
+        counter[0] += 1
+    return step
+
+
+def ultralytics_step(variant: str, data: dict, device, amp: str):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import WorldModel
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    model = WorldModel(f"yolov8{variant}-worldv2.yaml", nc=80, verbose=False).to(device).train()
+    model.args = get_cfg()  # box 7.5, cls 0.5, dfl 1.5 as in worldtune's criterion
+    imgsz = data["images"].shape[-1]
+    t = data["bboxes_labels"]
+    xyxy = t[:, 2:6] / imgsz
+    batch = {"img": data["images"].to(device).float() / 255, "txt_feats": data["text_feats"].to(device),
+             "batch_idx": t[:, 0].to(device), "cls": t[:, 1:2].to(device),
+             "bboxes": torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1).to(device)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)
+    ema = ModelEMA(model)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
+
+    def step():
+        with _autocast(device, amp):
+            loss, _ = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss.sum()).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        scaler.step(optimizer)
+        scaler.update()
+        ema.update(model)
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=["s", "l"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="GPU only")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
+          f"{args.batch}, {args.imgsz} px, {args.steps} timed steps, amp {args.amp if device.type == 'cuda' else 'off'}")
+    try:
+        import ultralytics
+        ul_version = ultralytics.__version__
+    except ImportError:
+        ul_version = None
+    print(f"| variant | worldtune img/s | ultralytics {ul_version or '(not installed)'} img/s |")
+    print("|---|---|---|")
+    data = make_batch(args.batch, args.imgsz)
+    for variant in args.variants:
+        ours = args.batch / time_steps(worldtune_step(variant, data, device, args.amp), args.steps, device)
+        theirs = "-"
+        if ul_version:
+            theirs = f"{args.batch / time_steps(ultralytics_step(variant, data, device, args.amp), args.steps, device):.2f}"
+        print(f"| {variant} | {ours:.2f} | {theirs} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
