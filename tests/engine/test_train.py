@@ -100,3 +100,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert (saved["epoch"], saved["global_step"]) == (1, 2)
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
+    from worldtune.engine.logger import RunLogger, plot_curves, read_metrics, summary_table
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    log.log("train", 1, epoch=0, loss=9.0)
+    log.log("train", 2, epoch=0, loss=float("nan"))  # written as null, not NaN
+    log.log("train", 2, epoch=0, loss=7.0)  # the same step again after a resume: the later one wins
+    log.log("epoch", 2, epoch=0, loss=8.0, loss_cls=1.0, loss_bbox=2.0, loss_dfl=3.0, lr=1e-3)
+    log.log("val", 2, epoch=0, AP=0.25, AP50=0.5)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "st')  # a line cut by a kill
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["kind"], r["step"], r.get("loss")) for r in records] == [
+        ("train", 1, 9.0), ("epoch", 2, 8.0), ("train", 2, 7.0), ("val", 2, None)]
+    table = summary_table(tmp_path / "metrics.jsonl").splitlines()
+    assert table[1].split() == ["1", "8.000", "1.000", "2.000", "3.000", "1.00e-03", "25.0", "50.0"]
+    assert plot_curves(tmp_path / "metrics.jsonl", tmp_path / "c.png").stat().st_size > 1000
+    assert not RunLogger(None).enabled

@@ -103,7 +103,7 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path) -> Path | None:
     ax_loss.set_title("training loss")
     ax_loss.legend()
     for key in ("AP", "AP50", "AP75"):
-        pts = [(r["epoch"], 100 * r[key]) for r in val if r.get(key) is not None]
+        pts = [(r["epoch"] + 1, 100 * r[key]) for r in val if r.get(key) is not None]  # 1-based, as printed
         if pts:
             ax_ap.plot(*zip(*pts), marker="o", label=key)
     ax_ap.set_xlabel("epoch")
