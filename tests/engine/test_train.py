@@ -81,7 +81,7 @@ def test_training_raises_ap_above_the_untrained_model(tmp_path):
     assert [r["epoch"] for r in records if r["kind"] == "val"] == [29]
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     from worldtune.loss.criterion import YOLOWorldCriterion
 
     real, calls = YOLOWorldCriterion.__call__, [0]
@@ -97,6 +97,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     cfg = tiny_config(tmp_path, epochs=2, batch_size=3)  # 2 steps per epoch
     with pytest.raises(T.NonFiniteLossError, match=r"epoch 2, step 1 \(global step 3\).*last good checkpoint is"):
         T.fit(cfg)
+    # the batch rule is printed: 1 x 3 images -> accumulate round(64 / 3) = 21 -> factor 63 / 64
+    assert "batch rule: total batch 1 x 3 = 3 -> weight decay x0.984375" in capsys.readouterr().out
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert (saved["epoch"], saved["global_step"]) == (1, 2)
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())

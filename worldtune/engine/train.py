@@ -14,6 +14,7 @@ step within the epoch, RNG states and the config; data order and augmentation ar
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import threading
 import time
@@ -211,13 +212,15 @@ def build_datasets(cfg, info: dist.DistInfo):
         mixup_prob=d.mixup_prob, copypaste_prob=d.copypaste_prob,
         close_mosaic_epoch=max(t.epochs - t.close_mosaic_epochs, 0), num_texts=d.num_texts, seed=t.seed,
         min_area_ratio=d.min_area_ratio)
-    train_loader = build_train_loader(train_set, t.batch_size, d.workers, t.seed, info.rank, info.world_size,
+    # More loader processes than cores only adds overhead; results do not depend on the count.
+    workers = min(d.workers, os.cpu_count() or 1)
+    train_loader = build_train_loader(train_set, t.batch_size, workers, t.seed, info.rank, info.world_size,
                                       pin_memory=info.device.type == "cuda")
     val_coco = val_loader = None
     if d.val_ann:
         val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
         # The main process evaluates the whole val set (not sharded): simple, and metrics need all detections.
-        val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(d.workers, 2))
+        val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2))
     return train_set, train_loader, val_coco, val_loader
 
 
