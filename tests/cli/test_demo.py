@@ -20,7 +20,8 @@ def one_thread():
 def test_demo_config_keeps_the_recipe_and_shrinks_sizes(tmp_path):
     data = {"train_ann": "t.json", "train_images": "t", "val_ann": "v.json", "val_images": "v",
             "class_texts": "c.json", "class_names": ["a", "b", "c"]}
-    args = argparse.Namespace(epochs=30, imgsz=256, batch_size=8, lr=2e-3, device="cpu", workers=0, seed=0)
+    args = argparse.Namespace(epochs=30, imgsz=256, batch_size=8, lr=2e-3, device="cpu", workers=0, seed=0,
+                              threads=0)
     cfg = demo_config(data, tmp_path, args)
     assert (cfg.model.variant, cfg.model.text_model, cfg.model.weights) == ("n", "random", "none")
     assert (cfg.data.imgsz, cfg.data.num_texts, cfg.train.epochs, cfg.train.close_mosaic_epochs) == (256, 3, 30, 10)
@@ -31,7 +32,7 @@ def test_demo_config_keeps_the_recipe_and_shrinks_sizes(tmp_path):
 def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
     code = main(["demo", "--out", str(tmp_path), "--epochs", "1", "--num-train", "4", "--imgsz", "64",
-                 "--batch-size", "2", "--device", "cpu"])
+                 "--batch-size", "2", "--device", "cpu", "--threads", "1"])
     assert code == 0
     out = capsys.readouterr().out
     assert "untrained model: AP" in out
