@@ -141,3 +141,34 @@ def test_model_s_parameter_names_match_official(optim_fixture):
     optimizer = build_optimizer(model, OptimConfig(), world_size=8)
     assert optimizer.param_groups[2]["param_names"] == ["backbone.image_model.stem.bn.bias"]
     assert [g["weight_decay"] for g in optimizer.param_groups if "logit_scale" in g["param_names"][0]] == [0.0] * 3
+
+
+@pytest.mark.parametrize("optimizer_name,bias_warmup", [("adamw", "group2"), ("sgd", "group2"), ("sgd", "biases")])
+def test_merged_groups_give_the_same_updates_as_the_official_layout(optimizer_name, bias_warmup):
+    from worldtune.engine.optim import merge_param_groups
+    from worldtune.engine.schedule import ScheduleConfig, apply_schedule
+    from worldtune.model import build_model
+
+    torch.manual_seed(0)
+    official_model = build_model("n")
+    official_model.neck.top_down_layers[0].main_conv.requires_grad_(False)  # frozen parameters too
+    merged_model = build_model("n")
+    merged_model.load_state_dict(official_model.state_dict())
+    merged_model.neck.top_down_layers[0].main_conv.requires_grad_(False)
+    cfg = OptimConfig(name=optimizer_name, lr=0.01, weight_decay=0.05)
+    official = build_optimizer(official_model, cfg)
+    merged = build_optimizer(merged_model, cfg, merge_groups=True, bias_warmup=bias_warmup)
+    assert len(merged.param_groups) <= 4 < len(official.param_groups)
+    assert len(merge_param_groups(build_param_groups(official_model, cfg), bias_warmup)) == len(merged.param_groups)
+    schedule = ScheduleConfig(max_epochs=3, min_warmup_iters=4, bias_warmup=bias_warmup)
+    params = list(zip(official_model.parameters(), merged_model.parameters()))
+    for step in range(8):  # warm-up (4 iterations) and beyond, across an epoch boundary
+        for a, b in params:
+            if a.requires_grad:
+                grad = torch.randn_like(a)
+                a.grad, b.grad = grad.clone(), grad.clone()
+        for opt in (official, merged):
+            apply_schedule(opt, step // 4, step, 4, schedule)
+            opt.step()
+    for (name, a), b in zip(official_model.named_parameters(), merged_model.parameters()):
+        assert torch.equal(a, b), name

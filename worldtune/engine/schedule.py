@@ -59,6 +59,8 @@ def _interp(start: float, end: float, i: int, total: int) -> float:
 
 
 def _bias_warmup_groups(optimizer: torch.optim.Optimizer, mode: str) -> set[int]:
+    if any("warmup_bias_start" in g for g in optimizer.param_groups):  # merged groups carry the flag
+        return {i for i, g in enumerate(optimizer.param_groups) if g["warmup_bias_start"]}
     if mode == "group2":
         return {2}
     if mode == "none":
