@@ -15,6 +15,7 @@ def test_defaults_are_the_official_recipe():
     assert (t.epochs, t.batch_size, t.optimizer, t.lr, t.weight_decay) == (80, 16, "adamw", 2e-4, 0.05)
     assert (t.warmup_epochs, t.min_warmup_iters, t.lr_factor, t.close_mosaic_epochs) == (3.0, 1000, 0.01, 10)
     assert (t.grad_clip, t.ema_momentum, t.val_interval, t.checkpoint_interval) == (10.0, 1e-4, 5, 5)
+    assert (t.merge_param_groups, t.bias_warmup, t.precise_bn_batches) == (True, "group2", 0)
     assert (d.imgsz, d.mask_refine, d.min_area_ratio, d.num_texts) == (640, True, 0.01, 80)
 
 

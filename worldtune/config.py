@@ -76,6 +76,9 @@ class TrainConfig:
     lr_factor: float = 0.01        # final lr = lr * lr_factor (linear per-epoch decay)
     close_mosaic_epochs: int = 10  # last N epochs use the stage-2 pipeline
     grad_clip: float = 10.0        # max L2 norm of all gradients
+    # Optimizer layout: true merges the official one-group-per-parameter groups into a few groups with
+    # the same per-parameter updates (engine.optim.merge_param_groups), which makes steps much faster.
+    merge_param_groups: bool = True
     ema_momentum: float = 1e-4
     ema_gamma: float = 2000.0
     val_interval: int = 5

@@ -94,13 +94,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return losses
 
     monkeypatch.setattr(YOLOWorldCriterion, "__call__", nan_on_third_step)
-    cfg = tiny_config(tmp_path, epochs=2, batch_size=3)  # 2 steps per epoch
+    # 2 steps per epoch; the official one-group-per-parameter optimizer layout, for coverage
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3, merge_param_groups=False)
     with pytest.raises(T.NonFiniteLossError, match=r"epoch 2, step 1 \(global step 3\).*last good checkpoint is"):
         T.fit(cfg)
     # the batch rule is printed: 1 x 3 images -> accumulate round(64 / 3) = 21 -> factor 63 / 64
     assert "batch rule: total batch 1 x 3 = 3 -> weight decay x0.984375" in capsys.readouterr().out
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert (saved["epoch"], saved["global_step"]) == (1, 2)
+    model_params = len(saved["model"]) - sum(k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                                             for k in saved["model"])
+    assert len(saved["optimizer"]["param_groups"]) > model_params  # one per parameter, frozen text tower too
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 

@@ -421,7 +421,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     optimizer = build_optimizer(model, OptimConfig(
         name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
-        batch_size_per_gpu=t.batch_size, clip_grad_max_norm=t.grad_clip), info.world_size)
+        batch_size_per_gpu=t.batch_size, clip_grad_max_norm=t.grad_clip), info.world_size,
+        merge_groups=t.merge_param_groups, bias_warmup=t.bias_warmup)
     ema = ExpMomentumEMA(model, momentum=t.ema_momentum, gamma=t.ema_gamma)
     amp_on, amp_dtype = amp_settings(t.amp, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_on and amp_dtype == torch.float16)
