@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC_FIXTURES = REPO_ROOT.parent / "shared" / "spec" / "fixtures"
@@ -23,3 +24,13 @@ def spec_fixtures() -> Path:
     if _in_ci():
         pytest.fail(f"CI=true but the spec fixtures folder {SPEC_FIXTURES} is missing")
     pytest.skip(f"official fixtures not found at {SPEC_FIXTURES} (they sit beside the repository in ../shared)")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread: on 2 shared cores OpenMP spin-waits make small convs
+    many times slower, and bitwise comparisons across processes need the same reduction order."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

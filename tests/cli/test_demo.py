@@ -9,12 +9,7 @@ from worldtune.cli import main
 from worldtune.cli.demo import demo_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_config_keeps_the_recipe_and_shrinks_sizes(tmp_path):

@@ -11,13 +11,7 @@ from worldtune.engine import checkpoint as ckpt_io
 from worldtune.engine import train as T
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: one intra-op thread avoids OpenMP spin-waits that make small convs 10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_batch_text_feats_match_per_image_encoding():
