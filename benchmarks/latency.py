@@ -1,6 +1,6 @@
 """CPU (or GPU) forward latency per variant at 640x640, batch 1, 80 texts (image side + head).
 
-    python benchmarks/latency.py [--variants s m l x] [--imgsz 640] [--repeats 5] [--device cpu]
+    python benchmarks/latency.py [--variants s m l x] [--imgsz 640] [--repeats 5] [--device cpu] [--amp bf16]
 
 The text tower is not timed: class embeddings are computed once per vocabulary and cached.
 With `--ultralytics`, the Ultralytics YOLO-World-v2 model of the same size (built from its yaml,
@@ -10,6 +10,7 @@ import argparse
 import platform
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -47,16 +48,21 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast on CUDA")
     parser.add_argument("--ultralytics", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {args.device}, imgsz {args.imgsz}, batch 1, 80 texts")
+          f"{torch.get_num_threads()} threads, device {args.device}, imgsz {args.imgsz}, batch 1, 80 texts, amp {args.amp}")
+    if args.device.startswith("cuda"):
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     print(f"{'variant':<10}{'worldtune ms':>14}{'ultralytics ms':>16}")
     for variant in args.variants:
         model = build_model(variant).to(args.device).eval()
         images = torch.rand(1, 3, args.imgsz, args.imgsz, device=args.device)
         text = torch.nn.functional.normalize(torch.randn(1, 80, 512, device=args.device), dim=-1)
-        with torch.inference_mode():
+        autocast = torch.autocast("cuda", dtype=dtype) if dtype and args.device.startswith("cuda") else nullcontext()
+        with torch.inference_mode(), autocast:
             ours = time_forward(lambda: model(images, text), args.repeats)
             ref_fn = ultralytics_forward(variant, args.imgsz, args.device) if args.ultralytics else None
             ref = time_forward(ref_fn, args.repeats) if ref_fn else None
