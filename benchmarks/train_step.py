@@ -131,6 +131,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as worldtune's training loop does on CPU; applies to both
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
           f"{args.batch}, {args.imgsz} px, {args.steps} timed steps, amp {args.amp if device.type == 'cuda' else 'off'}")
