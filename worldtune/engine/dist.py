@@ -120,3 +120,8 @@ def convert_sync_bn(model: nn.Module, world_size: int, device: torch.device) -> 
     if world_size > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def dist_unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (`model_without_ddp` in DETR)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -25,11 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from worldtune.engine import dist
+from worldtune.engine.dist import dist_unwrap
 from worldtune.engine.logger import RunLogger
-
-
-# The CLIP BPE tokenizer (vocab.json + merges.txt) shipped with the package, for offline runs.
-
+from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
@@ -163,11 +161,6 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
     return {**{k: v / max(count, 1) for k, v in sums.items()}, "interrupted": False, "lr": lr}
 
 
-def dist_unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel (`model_without_ddp` in DETR)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def validation_due(completed: int, cfg) -> bool:
     """Official val schedule: every `val_interval` epochs, every `val_interval_stage2` epochs from the
     dynamic-interval epoch on (69 of 80), and always after the last epoch."""
@@ -235,99 +228,6 @@ def load_start_weights(model: nn.Module, weights: str) -> str:
     if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
         model.text_model.clear_cache()  # cached embeddings came from the old text weights
     return f"start weights: {path}" + ("" if report.ok else "\n" + report.message(path))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def rng_states() -> dict:
-    """Global RNG states as tensors and plain lists (loadable with torch.load(weights_only=True))."""
-    import random
-
-    import numpy as np
-    np_state = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": list(map(_listify, random.getstate())),
-              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _listify(x):
-    return list(x) if isinstance(x, tuple) else x
-
-
-def set_rng_states(states: dict) -> None:
-    import random
-
-    import numpy as np
-    torch.set_rng_state(states["torch"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-TEXT_PREFIX = "backbone.text_model."
-
-
-def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg) -> dict:
-    """Everything a resume needs.
-
-    `ema` holds the averaged weights (what `extract_model_state` prefers, what validation measures
-    and what `worldtune predict/eval` load), including the frozen text tower. The resume-only
-    entries `model` (raw weights) and `ema_state` leave the tower out: it is frozen, so it is the
-    same tensor values in all three, and storing it once keeps checkpoints half the size.
-    """
-    from worldtune.config import to_dict
-
-    def image_side(sd):
-        return {k: v for k, v in sd.items() if not k.startswith(TEXT_PREFIX)}
-
-    ema_state = ema.state_dict()
-    return {"format": "worldtune-train-1", "model": image_side(dist_unwrap(model).state_dict()),
-            "ema": ema.module.state_dict(), "ema_state": {**ema_state, "module": image_side(ema_state["module"])},
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": state["epoch"],
-            "step_in_epoch": state["step_in_epoch"], "global_step": state["global_step"],
-            "best_ap": state["best_ap"], "best_epoch": state["best_epoch"], "rng": rng_states(),
-            "config": to_dict(cfg)}
-
-
-def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -> None:
-    """Inverse of `make_checkpoint` (strict: every weight must be present)."""
-    text = {k: v for k, v in ckpt["ema"].items() if k.startswith(TEXT_PREFIX)}
-    dist_unwrap(model).load_state_dict({**text, **ckpt["model"]})
-    ema.load_state_dict({**ckpt["ema_state"], "module": {**text, **ckpt["ema_state"]["module"]}})
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    for key in ("epoch", "step_in_epoch", "global_step", "best_ap", "best_epoch"):
-        state[key] = ckpt[key]
-    set_rng_states(ckpt["rng"])
-
-
-def resolve_resume(path) -> Path:
-    """RUN_DIR (-> RUN_DIR/last.pt) or a checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "last.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"--resume {path}: no checkpoint at {p} (pass a run folder holding last.pt, "
-                                f"or a .pt file)")
-    return p
-
-
-def resume_loader(train_loader, skip_batches: int):
-    """The epoch's batches from batch `skip_batches` on, in the same order with the same
-    augmentations (the sampler's order for this epoch, minus what was already trained)."""
-    if skip_batches == 0:
-        return train_loader
-    from torch.utils.data import DataLoader
-    dl = train_loader.loader
-    indices = list(train_loader.sampler)[skip_batches * dl.batch_size:]
-    return DataLoader(train_loader.dataset, batch_size=dl.batch_size, sampler=indices, num_workers=dl.num_workers,
-                      collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
-                      worker_init_fn=dl.worker_init_fn)
 
 
 # ----------------------------------------------------------------------------- the run
