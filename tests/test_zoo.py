@@ -139,3 +139,23 @@ def test_zoo_cli_get_reports_offline_cleanly(hub_cache, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["zoo", "--get", "v2-x-coco"]) == 1
     assert "ep80-76bc0cbd.pth" in capsys.readouterr().err
+
+
+def test_unreachable_hub_fails_at_the_probe_without_download_retries(monkeypatch):
+    import huggingface_hub
+
+    from worldtune import zoo
+
+    calls = []
+
+    def unreachable(self, repo_id, timeout=None, **kwargs):
+        calls.append(timeout)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("download attempted"))
+    monkeypatch.setattr(zoo, "cached_path", lambda filename: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(zoo.WeightsNotAvailableError, match="ConnectionError"):
+        zoo.resolve_weights("v2-s-coco")
+    assert calls == [5]

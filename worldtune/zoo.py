@@ -135,10 +135,11 @@ def cached_path(filename: str) -> Path | None:
 def hf_download(repo_id: str, filename: str, cache: Path) -> str:
     """Download one file into the hub cache. The only function that touches the network.
 
-    A short etag timeout makes an unreachable hub fail fast instead of hanging; the transfer
-    itself honours HF_HUB_DOWNLOAD_TIMEOUT.
+    A 5 s probe first makes an unreachable hub fail fast: the download call itself retries
+    with back-off for half a minute or more. The transfer honours HF_HUB_DOWNLOAD_TIMEOUT.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import HfApi, hf_hub_download
+    HfApi().model_info(repo_id, timeout=5)
     return hf_hub_download(repo_id, filename, cache_dir=cache, etag_timeout=10)
 
 
