@@ -3,7 +3,6 @@ import argparse
 from pathlib import Path
 
 import pytest
-import torch
 
 from worldtune.cli import main
 from worldtune.cli.demo import demo_config

@@ -1,6 +1,6 @@
 import pytest
 
-from worldtune.cli import build_parser, main
+from worldtune.cli import main
 from worldtune.model.summary import variant_summary
 
 

@@ -26,7 +26,7 @@ def test_single_process_helpers():
     assert isinstance(dist.convert_sync_bn(bn, 2, torch.device("cpu"))[0], torch.nn.BatchNorm2d)  # CPU: no SyncBN
     assert isinstance(dist.convert_sync_bn(bn, 1, torch.device("cuda"))[0], torch.nn.BatchNorm2d)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             dist.resolve_device("cuda")
 
 

@@ -47,17 +47,16 @@ def _gt_and_images(args) -> tuple:
 
 
 def _score_model(args, ann: Path, images: Path) -> dict:
-    import torch
-
     from worldtune.data.coco import CocoDetection
     from worldtune.data.loader import build_eval_loader
     from worldtune.data.presets import build_eval_dataset
+    from worldtune.engine.dist import resolve_device
     from worldtune.eval.evaluate import evaluate_model
     from worldtune.model.loading import load_model
 
     if images is None:
         raise ValueError("--weights needs --images DIR (or --data-root)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device or "auto")
     dataset = CocoDetection(ann, images, class_texts=args.class_texts)
     loader = build_eval_loader(build_eval_dataset(dataset, imgsz=args.imgsz), batch_size=args.batch_size,
                                workers=args.workers)

@@ -104,17 +104,6 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
     return paths, missing
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
-
-
 def draw_detections(img_rgb: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
     """Boxes with 'name score' labels on a BGR copy of `img_rgb` (H, W, 3); det as `predict` returns."""
     out = cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR)
@@ -156,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from worldtune.engine.dist import resolve_device
     from worldtune.model.loading import load_model
     from worldtune.model.postprocess import PostprocessConfig
     from worldtune.model.predict import letterbox_for_test, predict_batch, read_image_rgb
@@ -165,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
         texts = read_vocabulary(args.classes, args.class_texts)
         paths, skipped = expand_inputs(args.inputs)
-        device = resolve_device(args.device)
+        device = resolve_device(args.device)  # engine.dist: auto / cpu / cuda[:N]
         model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device)
         if texts is None:
             texts = list(model.vocabulary)

@@ -53,7 +53,7 @@ def _coin_outlines() -> tuple[np.ndarray, list[np.ndarray]]:
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     outlines = []
     for c in sorted(contours, key=lambda c: tuple(cv2.boundingRect(c)[:2])):
-        area, (x, y, w, h) = cv2.contourArea(c), cv2.boundingRect(c)
+        area, (_, _, w, h) = cv2.contourArea(c), cv2.boundingRect(c)
         roundness = 4 * np.pi * area / max(cv2.arcLength(c, True) ** 2, 1e-9)
         if area > 800 and roundness > 0.75 and 0.75 < w / h < 1.33:  # whole, separate coins only
             outlines.append(cv2.approxPolyDP(c, 1.0, True)[:, 0, :].astype(np.float64))

@@ -20,7 +20,7 @@ import torch
 from worldtune.data.coco import CocoDetection, DataError
 from worldtune.data.mix import copy_paste, load_sample, mixup, mosaic
 from worldtune.data.texts import sample_texts
-from worldtune.data.transforms import (hsv_augment, keep_ratio_resize, letterbox, light_albu,
+from worldtune.data.transforms import (hsv_augment, keep_ratio_resize, letterbox, letterbox_for_test, light_albu,
                                        random_affine, random_hflip, scale_and_shift)
 
 _warned_bad_images = set()
@@ -139,10 +139,9 @@ class EvalDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         img = self.dataset.load_image(index)
         h, w = img.shape[:2]
-        img, r0 = keep_ratio_resize(img, self.imgsz)
-        img, (sx, sy), pad = letterbox(img, self.imgsz, allow_scale_up=False)
+        img, scale_factor, pad = letterbox_for_test(img, self.imgsz)
         return {"img": img, "image_id": self.dataset.image_ids[index], "ori_shape": (h, w),
-                "scale_factor": (r0 * sx, r0 * sy), "pad_param": pad, "texts": list(self.dataset.class_names)}
+                "scale_factor": scale_factor, "pad_param": pad, "texts": list(self.dataset.class_names)}
 
 
 def build_eval_dataset(dataset: CocoDetection, imgsz: int = 640) -> EvalDataset:

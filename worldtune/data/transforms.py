@@ -129,6 +129,18 @@ def letterbox(img: np.ndarray, size: int = 640, allow_scale_up: bool = True):
     return img, (new_w / w, new_h / h), pad
 
 
+def letterbox_for_test(img: np.ndarray, size: int = 640):
+    """The official test pipeline: long side to `size`, then a centred letterbox without upscaling.
+
+    Returns:
+        (uint8 [size, size, 3], scale_factor (sx, sy) original -> network, pad [top, bottom, left, right]).
+        A network box maps back as (box - [left, top, left, top]) / [sx, sy, sx, sy].
+    """
+    resized, r0 = keep_ratio_resize(img, size)
+    boxed, (sx, sy), pad = letterbox(resized, size, allow_scale_up=False)
+    return boxed, (r0 * sx, r0 * sy), pad
+
+
 def scale_and_shift(sample: dict, scale_xy, shift_xy) -> dict:
     """Apply x' = x·sx + dx, y' = y·sy + dy to boxes and polygons (after a resize/pad of the image)."""
     factor = np.array(scale_xy, dtype=np.float32)

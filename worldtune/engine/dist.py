@@ -38,7 +38,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = f"cuda:{local_rank}"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+        raise ValueError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
     return dev
 
 

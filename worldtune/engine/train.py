@@ -138,19 +138,21 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
         state["global_step"] += 1
         state["step_in_epoch"] += 1
 
-        logged = dist.reduce_dict({k: v.detach() for k, v in losses.items()})
+        reduced = dist.reduce_dict({k: v.detach() for k, v in losses.items()})
+        # One device->host copy for all the logged values (each .item() would be a sync).
+        logged = dict(zip(reduced, torch.stack(list(reduced.values())).tolist()))
         for k, v in logged.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
+            sums[k] = sums.get(k, 0.0) + v
         count += 1
         images_seen += images.shape[0] * dist.get_world_size()
         rate = images_seen / max(time.perf_counter() - start, 1e-9)
         lr = optimizer.param_groups[-1]["lr"]  # a head parameter: the base lr (group 2 warms up differently)
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{logged['loss'].item():.2f}", cls=f"{logged['loss_cls'].item():.2f}",
-                            bbox=f"{logged['loss_bbox'].item():.2f}", dfl=f"{logged['loss_dfl'].item():.2f}",
+            bar.set_postfix(loss=f"{logged['loss']:.2f}", cls=f"{logged['loss_cls']:.2f}",
+                            bbox=f"{logged['loss_bbox']:.2f}", dfl=f"{logged['loss_dfl']:.2f}",
                             lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
         if state["global_step"] % cfg.train.log_interval == 0 or state["step_in_epoch"] == total:
-            logger.log("train", state["global_step"], epoch=epoch, **{k: v.item() for k, v in logged.items()},
+            logger.log("train", state["global_step"], epoch=epoch, **logged,
                        lr=lr, grad_norm=float(grad_norm), images_per_s=rate)
         if on_step_end is not None:
             on_step_end(state)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldtune.data.transforms import letterbox_for_test  # noqa: F401 - part of this module's API
 from worldtune.model.postprocess import PostprocessConfig, decode_outputs, detect_one_image
 
 
@@ -25,19 +26,6 @@ def read_image_rgb(source) -> np.ndarray:
     if img.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {img.dtype}")
     return np.ascontiguousarray(img[:, :, :3])
-
-
-def letterbox_for_test(img: np.ndarray, imgsz: int = 640) -> tuple[np.ndarray, tuple[float, float], list[int]]:
-    """The official test pipeline: long side to `imgsz`, then a centred letterbox without upscaling.
-
-    Returns:
-        (uint8 (imgsz, imgsz, 3), scale_factor (sx, sy) original -> network, pad [top, bottom, left, right]).
-    """
-    from worldtune.data.transforms import keep_ratio_resize, letterbox
-
-    resized, r0 = keep_ratio_resize(img, imgsz)
-    boxed, (sx, sy), pad = letterbox(resized, imgsz, allow_scale_up=False)
-    return boxed, (r0 * sx, r0 * sy), pad
 
 
 @torch.no_grad()

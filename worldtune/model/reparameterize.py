@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from worldtune.model.detector import YOLOWorld
 from worldtune.model.head import BNContrastiveHead
-from worldtune.model.layers import BN_EPS, BN_MOMENTUM
 from worldtune.model.neck import MaxSigmoidAttnBlock
 
 
