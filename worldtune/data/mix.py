@@ -4,8 +4,10 @@ All samples come from one dataset, so every label is already an index into the
 dataset's class list and the official "union of the texts of the mixed images" is the
 identity here: labels stay class indices until `texts.sample_texts` remaps them.
 """
-import numpy as np
+import functools
+
 import cv2
+import numpy as np
 
 from worldtune.data.transforms import PAD_VALUE
 
@@ -36,25 +38,21 @@ def load_sample(dataset, index: int, mask_refine: bool) -> dict:
             "polygons": polygons, "image_id": rec["image_id"]}
 
 
-def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dict:
-    """Four samples around a random centre on a (2·s)x(2·s) canvas padded with 114.
+def mosaic_layout(shapes: list, rng: np.random.Generator, img_scale: int = 640) -> list:
+    """Draw the centre and place four images of `shapes` [(h, w)] on the (2·s)x(2·s) canvas.
 
-    Centre (x, y) = int(U(0.5, 1.5)·s) each; each image is resized by r = min(s/h, s/w)
-    (bilinear, may upscale) and placed top-left, top-right, bottom-left, bottom-right of
-    the centre, cropped at the canvas edge. Boxes are clipped to the canvas (those left
-    empty are dropped); polygons are only translated.
+    Centre (x, y) = int(U(0.5, 1.5)·s) each; image k is resized by r = min(s/h, s/w) to
+    (int(w·r), int(h·r)) and put top-left, top-right, bottom-left, bottom-right of the centre.
+    Returns:
+        per image dict(r, size (w, h) after resizing, rect (x1, y1, x2, y2) on the canvas,
+        origin (cx1, cy1) of the part of the resized image shown there).
     """
     s = img_scale
-    canvas = np.full((2 * s, 2 * s, 3), PAD_VALUE, dtype=np.uint8)
     xc, yc = int(rng.uniform(0.5, 1.5) * s), int(rng.uniform(0.5, 1.5) * s)
-    boxes, labels, polygons = [], [], []
-    with_polys = samples[0]["polygons"] is not None
-    for pos, sample in enumerate(samples):
-        img = sample["img"]
-        h0, w0 = img.shape[:2]
+    layout = []
+    for pos, (h0, w0) in enumerate(shapes):
         r = min(s / h0, s / w0)
         w, h = int(w0 * r), int(h0 * r)
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
         if pos == 0:    # top-left: bottom-right corner at the centre
             x1, y1, x2, y2 = max(xc - w, 0), max(yc - h, 0), xc, yc
             cx1, cy1 = w - (x2 - x1), h - (y2 - y1)
@@ -67,32 +65,84 @@ def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dic
         else:           # bottom-right
             x1, y1, x2, y2 = xc, yc, min(xc + w, 2 * s), min(yc + h, 2 * s)
             cx1, cy1 = 0, 0
-        canvas[y1:y2, x1:x2] = img[cy1:cy1 + (y2 - y1), cx1:cx1 + (x2 - x1)]
-        dx, dy = x1 - cx1, y1 - cy1
+        layout.append({"r": r, "size": (w, h), "rect": (x1, y1, x2, y2), "origin": (cx1, cy1)})
+    return layout
+
+
+def mosaic_labels(samples: list, layout: list, img_scale: int = 640) -> dict:
+    """Boxes (clipped to the canvas, empty ones dropped), labels and translated polygons of a mosaic."""
+    boxes, labels, polygons = [], [], []
+    with_polys = samples[0]["polygons"] is not None
+    for sample, tile in zip(samples, layout):
+        r = tile["r"]
+        dx, dy = tile["rect"][0] - tile["origin"][0], tile["rect"][1] - tile["origin"][1]
         boxes.append(sample["bboxes"] * r + np.array([dx, dy, dx, dy], dtype=np.float32))
         labels.append(sample["labels"])
         if with_polys:
             polygons += [[p * r + np.array([dx, dy], dtype=np.float32) for p in inst] for inst in sample["polygons"]]
-    boxes = np.clip(np.concatenate(boxes), 0, 2 * s)
+    boxes = np.clip(np.concatenate(boxes), 0, 2 * img_scale)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return {"img": canvas, "bboxes": boxes[keep].astype(np.float32), "labels": np.concatenate(labels)[keep],
+    return {"bboxes": boxes[keep].astype(np.float32), "labels": np.concatenate(labels)[keep],
             "polygons": [p for p, k in zip(polygons, keep) if k] if with_polys else None,
             "image_id": samples[0]["image_id"]}
 
 
-def copy_paste(sample: dict, rng: np.random.Generator, fraction: float = 0.3, ioa_thr: float = 0.3) -> dict:
-    """Mirror a fraction of the objects to the other side of the canvas (YOLOv5 CopyPaste).
+def render_canvas(tiles: list, layout: list, rect: tuple, out: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of the canvas rectangle `rect` (x0, y0, x1, y1): 114 where no image lies.
+
+    Args:
+        tiles: per image, a function returning the resized uint8 [h, w, 3] image (so images
+            that `rect` does not reach are never resized).
+        out: optional uint8 [y1 - y0, x1 - x0, 3] array (e.g. a view) to draw into.
+    Returns:
+        uint8 [y1 - y0, x1 - x0, 3] (`out` when given).
+    """
+    x0, y0, x1, y1 = rect
+    if out is None:
+        out = np.full((y1 - y0, x1 - x0, 3), PAD_VALUE, dtype=np.uint8)
+    else:
+        out[:] = PAD_VALUE
+    for tile, place in zip(tiles, layout):
+        tx1, ty1, tx2, ty2 = place["rect"]
+        ix1, iy1, ix2, iy2 = max(tx1, x0), max(ty1, y0), min(tx2, x1), min(ty2, y1)
+        if ix1 >= ix2 or iy1 >= iy2:
+            continue
+        ox, oy = place["origin"][0] - tx1, place["origin"][1] - ty1  # canvas -> resized-image offset
+        out[iy1 - y0:iy2 - y0, ix1 - x0:ix2 - x0] = tile()[iy1 + oy:iy2 + oy, ix1 + ox:ix2 + ox]
+    return out
+
+
+def resized_tiles(samples: list, layout: list) -> list:
+    """One function per sample returning its image resized (bilinear) to its mosaic size, resized once."""
+    return [functools.cache(functools.partial(cv2.resize, sample["img"], tile["size"], interpolation=cv2.INTER_LINEAR))
+            for sample, tile in zip(samples, layout)]
+
+
+def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dict:
+    """Four samples around a random centre on a (2·s)x(2·s) canvas padded with 114.
+
+    Centre (x, y) = int(U(0.5, 1.5)·s) each; each image is resized by r = min(s/h, s/w)
+    (bilinear, may upscale) and placed top-left, top-right, bottom-left, bottom-right of
+    the centre, cropped at the canvas edge. Boxes are clipped to the canvas (those left
+    empty are dropped); polygons are only translated.
+    """
+    layout = mosaic_layout([x["img"].shape[:2] for x in samples], rng, img_scale)
+    out = mosaic_labels(samples, layout, img_scale)
+    out["img"] = render_canvas(resized_tiles(samples, layout), layout, (0, 0, 2 * img_scale, 2 * img_scale))
+    return out
+
+
+def copy_paste_choice(boxes: np.ndarray, width: int, rng: np.random.Generator, fraction: float = 0.3,
+                      ioa_thr: float = 0.3):
+    """Which objects CopyPaste mirrors (YOLOv5 rule), from the boxes only.
 
     Candidates: objects whose horizontally mirrored box covers < `ioa_thr` of every existing
-    box (IoA = intersection / existing box area, own box included). round(fraction·n)
-    distinct candidates are pasted: their polygon mask is mirrored and the pixels under it
-    are taken from the mirrored image. No-op without polygons.
+    box (IoA = intersection / existing box area, own box included); round(fraction·n)
+    distinct candidates are drawn.
+    Returns:
+        (chosen int64 [k] object indices, mirrored float32 [N, 4] mirrored boxes).
     """
-    boxes, polygons = sample["bboxes"], sample["polygons"]
-    if polygons is None or len(boxes) == 0 or fraction <= 0:
-        return sample
-    h, w = sample["img"].shape[:2]
-    mirrored = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
+    mirrored = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
     iw = np.clip(np.minimum(mirrored[:, None, 2], boxes[None, :, 2]) - np.maximum(mirrored[:, None, 0], boxes[None, :, 0]), 0, None)
     ih = np.clip(np.minimum(mirrored[:, None, 3], boxes[None, :, 3]) - np.maximum(mirrored[:, None, 1], boxes[None, :, 1]), 0, None)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -100,26 +150,66 @@ def copy_paste(sample: dict, rng: np.random.Generator, fraction: float = 0.3, io
     candidates = np.flatnonzero(ioa.max(1) < ioa_thr)
     k = round(fraction * len(candidates))  # Python round: half to even, as upstream
     if k == 0:
-        return sample
-    chosen = rng.choice(candidates, k, replace=False)
-    # Per pasted object, fill its mirrored polygon (pixel column x -> w-1-x) inside its mirrored box
-    # only and copy the mirrored pixels there: no full-canvas flip or mask.
-    img = sample["img"].copy()
+        return np.zeros(0, dtype=np.int64), mirrored
+    return rng.choice(candidates, k, replace=False), mirrored
+
+
+def paste_objects(img: np.ndarray, source, polygons: list, chosen, mirrored: np.ndarray, size: tuple,
+                  origin: tuple = (0, 0)) -> None:
+    """Paste the chosen objects, mirrored, into `img` (in place): the canvas window at `origin`.
+
+    Per object, its mirrored polygon (vertices cast to int as upstream; pixel column
+    x -> W-1-x) is filled inside its mirrored box and the mirrored canvas pixels are copied
+    there. `source(rect)` returns the canvas pixels of rect (x0, y0, x1, y1) before any paste.
+    """
+    w, h = size
+    ox, oy = origin
+    wx1, wy1 = ox + img.shape[1], oy + img.shape[0]
     for i in chosen:
         x0, y0 = (int(max(v, 0)) for v in mirrored[i, :2])
         x1, y1 = (int(min(v, lim)) + 1 for v, lim in zip(mirrored[i, 2:], (w - 1, h - 1)))
+        cx0, cy0, cx1, cy1 = max(x0, ox), max(y0, oy), min(x1, wx1), min(y1, wy1)  # part inside the window
+        if cx0 >= cx1 or cy0 >= cy1:
+            continue
+        # Fill the whole box and crop: cv2.fillPoly into a smaller mask does not clip exactly.
         mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-        parts = [p.astype(np.int32) for p in polygons[i]]  # upstream casts vertices to int before filling
+        parts = [p.astype(np.int32) for p in polygons[i]]
         for q in parts:
             q[:, 0] = w - 1 - q[:, 0]
         cv2.fillPoly(mask, parts, 1, offset=(-x0, -y0))
-        source = sample["img"][y0:y1, w - x1:w - x0][:, ::-1]
-        np.copyto(img[y0:y1, x0:x1], source, where=mask.astype(bool)[..., None])
+        mask = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        pixels = source((w - cx1, cy0, w - cx0, cy1))[:, ::-1]
+        np.copyto(img[cy0 - oy:cy1 - oy, cx0 - ox:cx1 - ox], pixels, where=mask.astype(bool)[..., None])
+
+
+def copy_paste_labels(sample: dict, chosen, mirrored: np.ndarray, width: int) -> dict:
+    """Append the mirrored boxes, labels and polygons of the pasted objects (image not touched)."""
     out = dict(sample)
-    out["img"] = img
-    out["bboxes"] = np.concatenate([boxes, mirrored[chosen]]).astype(np.float32)
+    polygons = sample["polygons"]
+    out["bboxes"] = np.concatenate([sample["bboxes"], mirrored[chosen]]).astype(np.float32)
     out["labels"] = np.concatenate([sample["labels"], sample["labels"][chosen]])
-    out["polygons"] = polygons + [[np.stack([w - p[:, 0], p[:, 1]], 1) for p in polygons[i]] for i in chosen]
+    out["polygons"] = polygons + [[np.stack([width - p[:, 0], p[:, 1]], 1) for p in polygons[i]] for i in chosen]
+    return out
+
+
+def copy_paste(sample: dict, rng: np.random.Generator, fraction: float = 0.3, ioa_thr: float = 0.3) -> dict:
+    """Mirror a fraction of the objects to the other side of the canvas (YOLOv5 CopyPaste).
+
+    See `copy_paste_choice` for which objects and `paste_objects` for the pixels: only each
+    pasted object's mirrored box is touched (no full-canvas flip or mask). No-op without polygons.
+    """
+    boxes, polygons = sample["bboxes"], sample["polygons"]
+    if polygons is None or len(boxes) == 0 or fraction <= 0:
+        return sample
+    h, w = sample["img"].shape[:2]
+    chosen, mirrored = copy_paste_choice(boxes, w, rng, fraction, ioa_thr)
+    if len(chosen) == 0:
+        return sample
+    img = sample["img"].copy()
+    canvas = sample["img"]
+    paste_objects(img, lambda r: canvas[r[1]:r[3], r[0]:r[2]], polygons, chosen, mirrored, (w, h))
+    out = copy_paste_labels(sample, chosen, mirrored, w)
+    out["img"] = img
     return out
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from worldtune.data.coco import CocoDetection, DataError
-from worldtune.data.mix import copy_paste, load_sample, mixup, mosaic
+from worldtune.data.mix import load_sample, mixup
+from worldtune.data.stage1 import mosaic_copypaste_affine
 from worldtune.data.texts import sample_texts
 from worldtune.data.transforms import (hsv_augment, keep_ratio_resize, letterbox, letterbox_for_test, light_albu,
                                        random_affine, random_hflip, scale_and_shift)
@@ -73,11 +74,9 @@ class TrainDataset(torch.utils.data.Dataset):
     def _mosaic_affine(self, index: int, rng: np.random.Generator) -> dict:
         extra = rng.integers(0, len(self.dataset), 3)
         samples = [load_sample(self.dataset, i, self.mask_refine) for i in [index, *extra.tolist()]]
-        sample = mosaic(samples, rng, self.imgsz)
-        if self.mask_refine and self.copypaste_prob > 0:
-            sample = copy_paste(sample, rng, self.copypaste_prob)
-        return random_affine(sample, rng, self.affine_scale, border=-self.imgsz // 2,
-                             min_area_ratio=self.min_area_ratio)
+        # = random_affine(copy_paste(mosaic(samples))), rendering only the canvas part the warp reads
+        return mosaic_copypaste_affine(samples, rng, self.imgsz, self.copypaste_prob if self.mask_refine else 0.0,
+                                       self.affine_scale, border=-self.imgsz // 2, min_area_ratio=self.min_area_ratio)
 
     def _build(self, index: int, rng: np.random.Generator) -> dict:
         if self.stage == 1:

@@ -39,43 +39,62 @@ def _flatten(polygons: list):
     return parts, owner
 
 
-def random_affine(sample: dict, rng: np.random.Generator, scale_range=(0.5, 1.5), border: int = 0,
-                  translate: float = 0.1, min_area_ratio: float = 0.01, min_size: float = 2.0,
-                  max_aspect: float = 100.0) -> dict:
-    """Scale about the input centre, move the centre to (U(0.5±t)·W_out, U(0.5±t)·H_out), warp.
+def affine_matrix(rng: np.random.Generator, in_size: tuple, border: int = 0, scale_range=(0.5, 1.5),
+                  translate: float = 0.1):
+    """Draw the official affine: scale s about the input centre, centre moved to (U(0.5±t)·W_out, U(0.5±t)·H_out).
 
-    Output size = input size + 2·border (mosaic: 1280 + 2·(-320) = 640). With polygons
-    (mask-refine) each part is resampled to 1000 points, warped, and the box is the min/max
-    of the warped points inside the image; without, the 4 box corners are warped. Boxes are
-    kept when w > 2, h > 2, area / (old area·s²) > min_area_ratio and aspect < max_aspect.
+    Args:
+        in_size: (W_in, H_in); output size = input size + 2·border (mosaic: 1280 + 2·(-320) = 640).
+    Returns:
+        (s, float64 [2, 3] forward matrix x' = s·x + m[0, 2], y' = s·y + m[1, 2], (W_out, H_out)).
     """
-    img, boxes = sample["img"], sample["bboxes"]
-    h_in, w_in = img.shape[:2]
+    w_in, h_in = in_size
     w_out, h_out = w_in + 2 * border, h_in + 2 * border
     s = rng.uniform(*scale_range)
     tx = rng.uniform(0.5 - translate, 0.5 + translate) * w_out
     ty = rng.uniform(0.5 - translate, 0.5 + translate) * h_out
     # x' = s·(x − W_in/2) + tx: rotation and shear are 0 in every official recipe.
     matrix = np.array([[s, 0, tx - s * w_in / 2], [0, s, ty - s * h_in / 2]], dtype=np.float64)
+    return s, matrix, (w_out, h_out)
+
+
+def random_affine(sample: dict, rng: np.random.Generator, scale_range=(0.5, 1.5), border: int = 0,
+                  translate: float = 0.1, min_area_ratio: float = 0.01, min_size: float = 2.0,
+                  max_aspect: float = 100.0) -> dict:
+    """Scale about the input centre, move the centre to (U(0.5±t)·W_out, U(0.5±t)·H_out), warp.
+
+    Output size = input size + 2·border (mosaic: 1280 + 2·(-320) = 640). Boxes and polygons:
+    see `affine_labels`.
+    """
+    img = sample["img"]
+    s, matrix, out_size = affine_matrix(rng, img.shape[1::-1], border, scale_range, translate)
+    out = affine_labels(sample, s, matrix, out_size, min_area_ratio, min_size, max_aspect)
+    out["img"] = cv2.warpAffine(img, matrix, out_size, flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+    return out
+
+
+def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, min_area_ratio: float = 0.01,
+                  min_size: float = 2.0, max_aspect: float = 100.0) -> dict:
+    """Boxes, labels and polygons of `sample` under the scale+shift `matrix` (image not touched).
+
+    With polygons (mask-refine) each part is resampled to 1000 points, warped, and the box is
+    the min/max of the warped points inside the image; without, the 4 box corners are warped.
+    Boxes are kept when w > 2, h > 2, area / (old area·s²) > min_area_ratio and aspect < max_aspect.
+    """
+    boxes = sample["bboxes"]
+    w_out, h_out = out_size
     out = dict(sample)
-    out["img"] = cv2.warpAffine(img, matrix, (w_out, h_out), flags=cv2.INTER_LINEAR,
-                                borderValue=(PAD_VALUE,) * 3)
     n = len(boxes)
     polygons = sample.get("polygons")
     if polygons is not None:
         parts, owner = _flatten(polygons)
-        pts = resample_parts(parts) * s + matrix[:, 2].astype(np.float32)  # [P, 1000, 2]
-        inside = (pts[..., 0] >= 0) & (pts[..., 0] <= w_out) & (pts[..., 1] >= 0) & (pts[..., 1] <= h_out)
-        lo = np.where(inside[..., None], pts, np.inf).min(1)  # [P, 2]
-        hi = np.where(inside[..., None], pts, -np.inf).max(1)
-        new_lo, new_hi = np.full((n, 2), np.inf), np.full((n, 2), -np.inf)
-        np.minimum.at(new_lo, owner, lo)
-        np.maximum.at(new_hi, owner, hi)
-        new_boxes = np.concatenate([new_lo, new_hi], 1)
-        new_boxes[~np.isfinite(new_boxes).all(1)] = 0  # nothing inside -> zero box, filtered below
+        pts = resample_parts(parts)
+        pts *= np.float32(s)
+        pts += matrix[:, 2].astype(np.float32)  # [P, 1000, 2]
+        new_boxes = _boxes_inside(pts, owner, n, w_out, h_out)
         clipped = np.clip(pts, 0, [w_out, h_out]).astype(np.float32)
         new_polys = [[] for _ in range(n)]
-        for k, i in enumerate(owner):
+        for k, i in enumerate(owner.tolist()):
             new_polys[i].append(clipped[k])
     else:
         corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2) * s + matrix[:, 2]
@@ -93,6 +112,19 @@ def random_affine(sample: dict, rng: np.random.Generator, scale_range=(0.5, 1.5)
     out["labels"] = sample["labels"][keep]
     out["polygons"] = new_polys
     return out
+
+
+def _boxes_inside(pts: np.ndarray, owner: np.ndarray, n: int, w_out: float, h_out: float) -> np.ndarray:
+    """float64 [n, 4]: per instance, min/max of its points [P, K, 2] inside [0, W]x[0, H] (none -> zeros)."""
+    inside = (pts[..., 0] >= 0) & (pts[..., 0] <= w_out) & (pts[..., 1] >= 0) & (pts[..., 1] <= h_out)
+    lo = np.where(inside[..., None], pts, np.inf).min(1)  # [P, 2]
+    hi = np.where(inside[..., None], pts, -np.inf).max(1)
+    new_lo, new_hi = np.full((n, 2), np.inf), np.full((n, 2), -np.inf)
+    np.minimum.at(new_lo, owner, lo)
+    np.maximum.at(new_hi, owner, hi)
+    new_boxes = np.concatenate([new_lo, new_hi], 1)
+    new_boxes[~np.isfinite(new_boxes).all(1)] = 0  # nothing inside -> zero box, filtered below
+    return new_boxes
 
 
 def keep_ratio_resize(img: np.ndarray, size: int = 640):
