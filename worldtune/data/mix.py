@@ -217,7 +217,10 @@ def mixup(sample: dict, other: dict, rng: np.random.Generator, alpha: float = 32
     """Blend two same-size samples with r ~ Beta(32, 32) (cast to uint8 by truncation), keep all boxes."""
     r = rng.beta(alpha, alpha)
     out = dict(sample)
-    out["img"] = (sample["img"].astype(np.float32) * r + other["img"].astype(np.float32) * (1 - r)).astype(np.uint8)
+    blend = sample["img"].astype(np.float32)
+    blend *= r  # in place: the same float32 operations as img1·r + img2·(1 − r), fewer temporaries
+    blend += other["img"].astype(np.float32) * (1 - r)
+    out["img"] = blend.astype(np.uint8)
     out["bboxes"] = np.concatenate([sample["bboxes"], other["bboxes"]])
     out["labels"] = np.concatenate([sample["labels"], other["labels"]])
     if sample["polygons"] is not None:

@@ -30,7 +30,10 @@ def resample_parts(parts: list, num_points: int = 1000) -> np.ndarray:
     i0 = np.minimum(np.floor(t).astype(np.int64), lengths[:, None] - 1)
     frac = (t - i0)[..., None].astype(np.float32)
     g0 = offsets[:, None] + i0
-    return closed[g0] * (1 - frac) + closed[g0 + 1] * frac
+    out = np.take(closed, g0, axis=0)  # in place below: same float32 operations, fewer temporaries
+    out *= 1 - frac
+    out += np.take(closed, g0 + 1, axis=0) * frac
+    return out
 
 
 def _flatten(polygons: list):
@@ -92,7 +95,7 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
         pts *= np.float32(s)
         pts += matrix[:, 2].astype(np.float32)  # [P, 1000, 2]
         new_boxes = _boxes_inside(pts, owner, n, w_out, h_out)
-        clipped = np.clip(pts, 0, [w_out, h_out]).astype(np.float32)
+        clipped = np.clip(pts, 0, np.array([w_out, h_out], dtype=np.float32))
         new_polys = [[] for _ in range(n)]
         for k, i in enumerate(owner.tolist()):
             new_polys[i].append(clipped[k])
@@ -116,9 +119,12 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
 
 def _boxes_inside(pts: np.ndarray, owner: np.ndarray, n: int, w_out: float, h_out: float) -> np.ndarray:
     """float64 [n, 4]: per instance, min/max of its points [P, K, 2] inside [0, W]x[0, H] (none -> zeros)."""
-    inside = (pts[..., 0] >= 0) & (pts[..., 0] <= w_out) & (pts[..., 1] >= 0) & (pts[..., 1] <= h_out)
-    lo = np.where(inside[..., None], pts, np.inf).min(1)  # [P, 2]
-    hi = np.where(inside[..., None], pts, -np.inf).max(1)
+    xy = np.ascontiguousarray(pts.transpose(2, 0, 1))  # [2, P, K]: reductions over K run on contiguous memory
+    inside = ((xy >= 0) & (xy <= np.array([w_out, h_out], np.float32)[:, None, None])).all(0)  # [P, K]
+    masked = np.where(inside, xy, np.inf)
+    lo = masked.min(2).T  # [P, 2]
+    masked[:, ~inside] = -np.inf  # the inside entries are still the points
+    hi = masked.max(2).T
     new_lo, new_hi = np.full((n, 2), np.inf), np.full((n, 2), -np.inf)
     np.minimum.at(new_lo, owner, lo)
     np.maximum.at(new_hi, owner, hi)
@@ -189,12 +195,10 @@ def hsv_augment(img: np.ndarray, rng: np.random.Generator, gains=(0.015, 0.7, 0.
     r = rng.uniform(-1, 1, 3) * np.asarray(gains) + 1
     if not np.any(np.asarray(gains)):
         return img
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
     x = np.arange(256, dtype=np.float64)
-    lut_hue = ((x * r[0]) % 180).astype(np.uint8)
-    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    lut = np.stack([(x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)], 1).astype(np.uint8)
+    # One 3-channel table: cv2.LUT maps each channel with its own column, no split/merge copies.
+    hsv = cv2.LUT(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), lut.reshape(256, 1, 3))
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
