@@ -12,6 +12,7 @@ frozen text tower is cached in training, so it is not part of a step).
 """
 import argparse
 import platform
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -49,8 +50,10 @@ def _autocast(device, amp):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def time_steps(step, steps: int, device) -> float:
-    step()  # warm-up (allocations, cuDNN autotune)
+def time_steps(step, steps: int, device, warmup: int = 1) -> float:
+    """Seconds per step over `steps` steps, after `warmup` untimed ones (allocations, cuDNN autotune)."""
+    for _ in range(warmup):
+        step()
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -59,26 +62,48 @@ def time_steps(step, steps: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: bool = False):
+def rounds_img_s(steps: dict, batch: int, args, device) -> dict:
+    """Median images/s of each step function over `args.rounds` rounds, the implementations taking
+    turns within each round, so clock ramps and neighbours' load hit both alike."""
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    rates = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            rates[name].append(batch / time_steps(step, args.steps, device, warmup=0))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: bool = False,
+                   channels_last: bool = True, compile_mode: str | None = None):
     model = build_model(variant).to(device).train()
+    memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    model.to(memory_format=memory_format)  # train.channels_last (GPU only), as the training loop does
     batch = data["images"].shape[0]
     # train.merge_param_groups (default true): a few groups, same updates as one group per parameter
     optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=batch), merge_groups=not official_groups)
     ema = ExpMomentumEMA(model)
     criterion = YOLOWorldCriterion()
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
-    images, targets, text = data["images"].to(device), data["bboxes_labels"].to(device), data["text_feats"].to(device)
+    images, text = data["images"].to(device), data["text_feats"].to(device)
+    targets = data["bboxes_labels"]  # host side, as in the loop: the criterion pads them without a sync
+    forward = torch.compile(model, mode=compile_mode) if compile_mode else model
     counter = [0]
 
     def step():
+        if compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         apply_schedule(optimizer, 0, counter[0], 1000, ScheduleConfig())
+        x = (images.float() / 255).contiguous(memory_format=memory_format)
         with _autocast(device, amp):
-            out = model(images.float() / 255, text)
-        loss = criterion([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits], targets)["loss"]
+            out = forward(x, text)
+        losses = criterion([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits], targets)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(losses["loss"]).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 10.0)
+        torch.stack(list(losses.values())).tolist()  # the loop's one host sync per step (logging, NaN check)
         scaler.step(optimizer)
         scaler.update()
         ema.update(model)
@@ -116,26 +141,49 @@ def ultralytics_step(variant: str, data: dict, device, amp: str):
     return step
 
 
+def print_profile(step, device, steps: int = 3) -> None:
+    """Top operators of a few steps, by device time on GPU, by CPU time on CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=30), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["s", "l"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=1, help="rounds; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps of each implementation first")
     p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="GPU only")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--no-channels-last", action="store_true", help="worldtune in NCHW (train.channels_last=false)")
+    p.add_argument("--no-cudnn-benchmark", action="store_true",
+                   help="leave cuDNN autotuning off (the loop turns it on for GPU runs; it applies to both)")
+    p.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   help="torch.compile worldtune's model with this mode (an experiment, not a loop option)")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of worldtune's step")
     p.add_argument("--official-groups", action="store_true",
                    help="also time worldtune with the official one-param-group-per-parameter optimizer")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda" and not args.no_cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as worldtune's training loop does on CPU; applies to both
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
-          f"{args.batch}, {args.imgsz} px, {args.steps} timed steps, amp {args.amp if device.type == 'cuda' else 'off'}")
+          f"{args.batch}, {args.imgsz} px, {args.rounds} x {args.steps} timed steps after {args.warmup} warm-up, amp {args.amp if device.type == 'cuda' else 'off'}")
     try:
         import ultralytics
         ul_version = ultralytics.__version__
@@ -146,16 +194,24 @@ def main() -> None:
     print("|---|---|---|" + ("---|" if extra else ""))
     data = make_batch(args.batch, args.imgsz)
     for variant in args.variants:
-        ours = args.batch / time_steps(worldtune_step(variant, data, device, args.amp), args.steps, device)
-        theirs = "-"
+        steps = {"ours": worldtune_step(variant, data, device, args.amp, channels_last=not args.no_channels_last,
+                                        compile_mode=args.compile)}
         if ul_version:
-            theirs = f"{args.batch / time_steps(ultralytics_step(variant, data, device, args.amp), args.steps, device):.2f}"
-        row = f"| {variant} | {ours:.2f} | {theirs} |"
+            steps["theirs"] = ultralytics_step(variant, data, device, args.amp)
         if args.official_groups:
-            official = args.batch / time_steps(worldtune_step(variant, data, device, args.amp, True), args.steps, device)
-            row += f" {official:.2f} |"
+            steps["official"] = worldtune_step(variant, data, device, args.amp, official_groups=True,
+                                               channels_last=not args.no_channels_last)
+        rates = rounds_img_s(steps, args.batch, args, device)
+        row = f"| {variant} | {rates['ours']:.2f} | {rates['theirs']:.2f} |" if ul_version else \
+            f"| {variant} | {rates['ours']:.2f} | - |"
+        if args.official_groups:
+            row += f" {rates['official']:.2f} |"
         print(row, flush=True)
-
+        if args.profile:
+            print_profile(steps["ours"], device)
+        del steps
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 if __name__ == "__main__":
     main()

@@ -58,6 +58,13 @@ class DataConfig:
     min_area_ratio: float = 0.01  # 0.1 without mask refinement
     on_bad_data: str = "error"    # or "skip"
     min_size: int = 32
+    # Speed options, off by default (README "Faster data loading"). cache_images: keep the decoded
+    # training images, resized for the mosaic, in RAM (same samples); at most cache_max_gb GiB per
+    # training process. mosaic_pool N > 0 (not official): mosaic/MixUp partners come from the N
+    # images around the sample in the epoch's loading order; use the batch size or a divisor.
+    cache_images: bool = False
+    cache_max_gb: float = 8.0
+    mosaic_pool: int = 0
 
 
 @dataclass
@@ -89,6 +96,7 @@ class TrainConfig:
     checkpoint_interval: int = 5   # also keep epoch_N.pt every N epochs (0 = only last/best)
     save_every_steps: int = 0      # also rewrite last.pt every N steps (0 = end of epoch only)
     amp: str = "bf16"              # bf16, fp16 (with GradScaler) or none; CPU always runs fp32
+    channels_last: bool = True     # NHWC memory layout on GPU (faster convolutions); ignored on CPU
     # Not official (0 = off): before each validation, recompute the BatchNorm statistics of a copy of
     # the EMA model over this many training batches (detectron2's PreciseBN). Only useful for short
     # runs from random weights (demo, tests), whose running statistics still reflect the first steps.
@@ -286,6 +294,8 @@ def validate(cfg: Config) -> Config:
     for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("data.num_texts", d.num_texts)):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if d.mosaic_pool < 0 or d.cache_max_gb < 0:
+        raise ConfigError(f"data.mosaic_pool and data.cache_max_gb must be >= 0, got {d.mosaic_pool}, {d.cache_max_gb}")
     if d.imgsz < 32 or d.imgsz % 32:
         raise ConfigError(f"data.imgsz must be a positive multiple of 32, got {d.imgsz}")
     if len(d.affine_scale) != 2 or not 0 < d.affine_scale[0] <= d.affine_scale[1]:

@@ -112,3 +112,17 @@ def test_frozen_parameters_are_copied_once_and_not_averaged():
     assert torch.equal(ema.module[0].weight, frozen_copy)
     expected = before + ema_momentum(1) * (model[1].weight - before)
     torch.testing.assert_close(ema.module[1].weight, expected)
+
+
+def test_update_reads_replaced_tensors_not_stale_ones():
+    """The EMA remembers where the tensors live, not the tensors: replaced ones are followed."""
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    ema = ExpMomentumEMA(model, momentum=0.5, gamma=1e-9)  # weight of the new value: 0.5 from step 1
+    ema.update(model)  # step 0: copy (weight 2, running mean 0)
+    model[1].running_mean = torch.tensor([4.0])  # a new buffer object, as Module.to() makes
+    model[0].weight = nn.Parameter(torch.tensor([[6.0]]))  # a new parameter object
+    ema.update(model)
+    assert ema.module[1].running_mean.item() == pytest.approx(2.0)  # 0 + 0.5 * (4 - 0)
+    assert ema.module[0].weight.item() == pytest.approx(4.0)  # 2 + 0.5 * (6 - 2)

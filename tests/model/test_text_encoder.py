@@ -275,3 +275,15 @@ def test_folder_without_vocabulary_is_refused_not_silently_empty(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "CLIPTokenizer"}')
     with pytest.raises(TextModelUnavailableError, match="vocabulary"):
         load_clip_tokenizer(str(tmp_path))
+
+
+def test_per_string_encoding_is_independent_of_batch_mates(tiny):
+    calls = _count_tower_calls(tiny)
+    vocab = ["a", "traffic light on a long street corner", "hot dog"]
+    together = tiny.encode(vocab, per_string=True)
+    assert len(calls) == 3  # one tower call per uncached string
+    tiny.clear_cache()
+    alone = torch.cat([tiny.encode([t]) for t in vocab])
+    assert torch.equal(together, alone)  # bit for bit, whatever the padding of a batched call
+    tiny.encode(vocab + ["cat"], per_string=True)
+    assert len(calls) == 7  # only "cat" was new

@@ -49,17 +49,32 @@ class ExpMomentumEMA:
         # averaging them is a no-op that would cost more than the rest of the update.
         self.frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
 
-    def _tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        # state_dict() entries share storage with the module, so in-place updates land in it.
+    def _slots(self, model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+        """(state_dict key, owning module, attribute) for every tensor the update touches."""
+        names = [n for n, _ in model.named_parameters()]
         if self.update_buffers:
-            return model.state_dict()
-        return {name: p.detach() for name, p in model.named_parameters()}
+            names = list(model.state_dict(keep_vars=True))  # parameters and persistent buffers, in order
+        slots = []
+        for key in names:
+            owner, _, attr = key.rpartition(".")
+            slots.append((key, model.get_submodule(owner), attr))
+        return slots
+
+    def _resolve(self, model: nn.Module, cache_name: str) -> dict[str, torch.Tensor]:
+        # The owner/attribute slots are found once per model object (walking state_dict() costs
+        # milliseconds, which a launch-bound GPU step feels); the tensors are read through them each
+        # time, so .to(), load_state_dict() or a replaced buffer can never leave stale references.
+        cached = getattr(self, cache_name, None)
+        if cached is None or cached[0] is not model:
+            cached = (model, self._slots(model))
+            setattr(self, cache_name, cached)
+        return {key: getattr(owner, attr).detach() for key, owner, attr in cached[1]}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the current weights of `model` into the average (call after each optimizer step)."""
-        source = self._tensors(model)
-        average = self._tensors(self.module)
+        source = self._resolve(model, "_source_slots")
+        average = self._resolve(self.module, "_average_slots")
         if source.keys() != average.keys():
             missing = sorted(average.keys() - source.keys())[:5]
             extra = sorted(source.keys() - average.keys())[:5]

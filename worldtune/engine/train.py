@@ -14,6 +14,7 @@ step within the epoch, RNG states and the config; data order and augmentation ar
 from __future__ import annotations
 
 import copy
+import math
 import os
 import signal
 import threading
@@ -64,17 +65,17 @@ class StopFlag:
 def batch_text_feats(text_model: nn.Module, texts: list[list[str]], device: torch.device) -> Tensor:
     """Embeddings of each image's text list: (B, K, 512).
 
-    Each distinct string is embedded on its own and cached by the encoder (for COCO: 80 names,
-    shuffled per image, so the frozen tower runs 80 times per run, not once per batch). One string
-    at a time because a batched tower call pads to the longest string, and the padded matmuls
-    change the last bits: per-string calls make a step independent of what else was in the batch,
-    which keeps resumed runs bit-identical.
+    The distinct strings of the batch are embedded one at a time and cached by the encoder (for
+    COCO: 80 names, shuffled per image, so the frozen tower runs 80 times per run, not once per
+    batch), with one cache lookup per step. One string at a time because a batched tower call pads
+    to the longest string, and the padded matmuls change the last bits: per-string calls make a step
+    independent of what else was in the batch, which keeps resumed runs bit-identical.
     """
     if not texts or len({len(t) for t in texts}) != 1:
         raise ValueError(f"every image needs the same number of texts, got {[len(t) for t in texts]}")
     vocab = sorted({t for image_texts in texts for t in image_texts})
-    if hasattr(text_model, "encode_vocabulary"):
-        feats = torch.cat([text_model.encode_vocabulary([t]) for t in vocab])  # (V, 512)
+    if hasattr(text_model, "encode"):
+        feats = text_model.encode(vocab, per_string=True)  # (V, 512)
     else:
         feats = torch.cat([text_model([[t]])[0] for t in vocab])
     position = {t: i for i, t in enumerate(vocab)}
@@ -91,6 +92,11 @@ def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | No
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         return True, torch.float16
     return True, torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def channels_last_on(cfg, device: torch.device) -> bool:
+    """NHWC activations and conv weights: cuDNN's fastest layout for tensor cores; no gain on CPU."""
+    return cfg.train.channels_last and device.type == "cuda"
 
 
 def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, optimizer, ema, scaler,
@@ -113,34 +119,39 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
     total = state["iters_per_epoch"]
     bar = logger.progress(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                           initial=state["step_in_epoch"])
+    memory_format = torch.channels_last if channels_last_on(cfg, device) else torch.contiguous_format
     for batch in bar:
         schedule_fn(optimizer, epoch, state["global_step"])
-        images = batch["images"].to(device, non_blocking=True).float() / 255
-        targets = batch["bboxes_labels"].to(device, non_blocking=True)
+        images = batch["images"].to(device, non_blocking=True).float().div_(255)
+        images = images.contiguous(memory_format=memory_format)
         text_feats = batch_text_feats(text_model, batch["texts"], device)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_on else nullcontext():
             outputs = model(images, text_feats)
+        # The targets stay on the host: the criterion pads them there, without a device sync.
         losses = criterion([c.float() for c in outputs.cls_logits], [r.float() for r in outputs.box_dist_logits],
-                           targets)
-        loss = losses["loss"]
-        if not dist.all_true(bool(torch.isfinite(loss)), device):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {state['step_in_epoch'] + 1} "
-                f"(global step {state['global_step'] + 1}); {', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}")
+                           batch["bboxes_labels"])
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(losses["loss"]).backward()
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], cfg.train.grad_clip)
+
+        # The step's one device->host copy: the logged values, which are also the NaN check. It comes
+        # after backward, so the GPU has the whole backward queued, and before the optimizer step, so a
+        # non-finite loss never reaches the weights. A NaN on any rank survives the cross-rank mean,
+        # so every rank stops together.
+        reduced = dist.reduce_dict({k: v.detach() for k, v in losses.items()})
+        logged = dict(zip(reduced, torch.stack([v.float() for v in reduced.values()]).tolist()))
+        if not math.isfinite(logged["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss ({logged['loss']}) at epoch {epoch + 1}, step {state['step_in_epoch'] + 1} "
+                f"(global step {state['global_step'] + 1}); {', '.join(f'{k}={v:.4g}' for k, v in logged.items())}")
         scaler.step(optimizer)
         scaler.update()
         ema.update(dist_unwrap(model))
         state["global_step"] += 1
         state["step_in_epoch"] += 1
 
-        reduced = dist.reduce_dict({k: v.detach() for k, v in losses.items()})
-        # One device->host copy for all the logged values (each .item() would be a sync).
-        logged = dict(zip(reduced, torch.stack(list(reduced.values())).tolist()))
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1
@@ -153,7 +164,7 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
                             lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
         if state["global_step"] % cfg.train.log_interval == 0 or state["step_in_epoch"] == total:
             logger.log("train", state["global_step"], epoch=epoch, **logged,
-                       lr=lr, grad_norm=float(grad_norm), images_per_s=rate)
+                       lr=lr, grad_norm=float(grad_norm), images_per_s=rate)  # a sync, every log_interval steps
         if on_step_end is not None:
             on_step_end(state)
         if stop is not None and not dist.all_true(not stop.requested, device):
@@ -319,6 +330,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     if ckpt is None and cfg.model.weights.lower() != "none":
         say(load_start_weights(model, cfg.model.weights))
     model.to(info.device)
+    if channels_last_on(cfg, info.device):
+        model.to(memory_format=torch.channels_last)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: autotuned kernels pay off after one step
     model = dist.convert_sync_bn(model, info.world_size, info.device)
     text_model = model.text_model
     train_model = model

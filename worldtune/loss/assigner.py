@@ -106,12 +106,11 @@ class TaskAlignedAssigner:
         pos_mask = in_topk * inside * valid  # [B, M, A]
 
         # One gt per prior: resolve conflicts by the largest overlap over all gts.
+        # Applied unconditionally: testing "any prior with several gts?" first would cost a device sync.
+        multi = (pos_mask.sum(dim=1, keepdim=True) > 1).expand(-1, num_gt, -1)  # [B, M, A]
+        best_gt = F.one_hot(overlaps.argmax(dim=1), num_gt).permute(0, 2, 1).to(pos_mask.dtype)
+        pos_mask = torch.where(multi, best_gt, pos_mask)
         fg_count = pos_mask.sum(dim=1)  # [B, A]
-        if fg_count.max() > 1:
-            multi = (fg_count.unsqueeze(1) > 1).expand(-1, num_gt, -1)
-            best_gt = F.one_hot(overlaps.argmax(dim=1), num_gt).permute(0, 2, 1).to(pos_mask.dtype)
-            pos_mask = torch.where(multi, best_gt, pos_mask)
-            fg_count = pos_mask.sum(dim=1)
         gt_index = pos_mask.argmax(dim=1)  # [B, A]; 0 on background
         fg_mask = fg_count > 0
 

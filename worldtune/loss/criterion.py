@@ -116,7 +116,10 @@ class YOLOWorldCriterion:
             (losses, assign): the loss dict of `__call__` and the AssignResult (boxes in pixels).
         """
         batch, _, num_classes = cls_flat.shape
-        gt_labels, gt_bboxes, gt_valid = pad_targets(bboxes_labels.to(cls_flat.dtype), batch, num_classes)
+        # Padding runs where the collated targets live (the CPU in training), so its size
+        # checks cost no device sync; only the padded tensors travel.
+        gt_labels, gt_bboxes, gt_valid = (t.to(cls_flat.device, non_blocking=True) for t in
+                                          pad_targets(bboxes_labels.to(cls_flat.dtype), batch, num_classes))
         stride_col = prior_strides.unsqueeze(-1)  # [A, 1]
         pred_bboxes = distance_to_bbox(priors, distances * stride_col)  # [B, A, 4] pixels
         assign = self.assigner(cls_flat.detach().sigmoid(), pred_bboxes.detach(), priors,
@@ -128,24 +131,23 @@ class YOLOWorldCriterion:
         loss_cls = F.binary_cross_entropy_with_logits(cls_flat, target_scores, reduction="none").sum()
         loss_cls = self.cls_weight * loss_cls / scores_sum
 
-        fg = assign.fg_mask
-        if fg.any():
-            weight = target_scores.sum(-1)[fg]  # [P]
-            # Box and DFL terms work in grid (stride) units.
-            pred_grid = (pred_bboxes / stride_col)[fg]
-            target_grid = (assign.bboxes_xyxy / stride_col)[fg]
-            ciou = box_ciou(pred_grid, target_grid, eps=self.bbox_iou_eps)
-            loss_bbox = self.bbox_weight * ((1.0 - ciou) * weight).sum() / scores_sum
-            if dist_logits is not None:
-                priors_grid = (priors / stride_col).unsqueeze(0).expand(batch, -1, -1)[fg]
-                # Targets stop just below the last bin so that the right neighbour bin exists.
-                target_ltrb = bbox_to_distance(priors_grid, target_grid, max_distance=self.reg_max - 1 - 0.01)
-                dfl = distribution_focal_loss(dist_logits[fg].reshape(-1, self.reg_max), target_ltrb.reshape(-1))
-                loss_dfl = self.dfl_weight * (dfl * weight.repeat_interleave(4)).sum() / scores_sum
-        else:
-            # Zero losses that still reach the predictions, so every parameter gets a gradient.
-            loss_bbox = distances.sum() * 0.0
-            loss_dfl = dist_logits.sum() * 0.0 if dist_logits is not None else None
+        # Box and DFL terms over every prior, weighted by its target-score sum, which is zero off the
+        # foreground: the same sums as indexing the foreground priors, without the device->host syncs
+        # that boolean indexing costs. Background targets are replaced by a finite stand-in (the
+        # prediction itself) so that the zero-weighted terms cannot turn into NaN gradients.
+        fg = assign.fg_mask.unsqueeze(-1)  # [B, A, 1]
+        weight = target_scores.sum(-1)  # [B, A]
+        pred_grid = pred_bboxes / stride_col
+        target_grid = torch.where(fg, assign.bboxes_xyxy / stride_col, pred_grid.detach())
+        ciou = box_ciou(pred_grid, target_grid, eps=self.bbox_iou_eps)
+        loss_bbox = self.bbox_weight * ((1.0 - ciou) * weight).sum() / scores_sum
+        loss_dfl = None
+        if dist_logits is not None:
+            # Targets stop just below the last bin so that the right neighbour bin exists.
+            target_ltrb = bbox_to_distance((priors / stride_col).unsqueeze(0), target_grid,
+                                           max_distance=self.reg_max - 1 - 0.01)  # [B, A, 4]
+            dfl = distribution_focal_loss(dist_logits.reshape(-1, self.reg_max), target_ltrb.reshape(-1))
+            loss_dfl = self.dfl_weight * (dfl.reshape(batch, -1, 4) * weight.unsqueeze(-1)).sum() / scores_sum
 
         scale = official_loss_scale(batch, self.world_size)
         losses = {"loss_cls": loss_cls * scale, "loss_bbox": loss_bbox * scale}

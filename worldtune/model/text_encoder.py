@@ -253,17 +253,26 @@ class CLIPTextEncoder(nn.Module):
                 embeds = self.embed_tokens(input_ids, attention_mask)
         return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
 
-    def encode(self, texts: list[str]) -> Tensor:
-        """Embed a flat list of strings -> L2-normalised Tensor[N, D], using the cache when frozen."""
+    def encode(self, texts: list[str], per_string: bool = False) -> Tensor:
+        """Embed a flat list of strings -> L2-normalised Tensor[N, D], using the cache when frozen.
+
+        `per_string` runs each uncached string through the tower on its own: slower the first time,
+        but the bits of an embedding then never depend on what it was batched with (a batched call
+        pads to the longest string, and the padded matmuls can change the last bits), which keeps
+        training runs reproducible and resumed runs bit-identical.
+        """
         texts = _check_strings(texts, "texts")
         if not (self.frozen and self.cache_size > 0):
+            if per_string:
+                return torch.cat([self._run_tower([t]) for t in texts]) if texts else self._run_tower(texts)
             return self._run_tower(texts)
         self._check_fingerprint()
-        # Embeddings are per string: with the causal mask the first end-of-text token never sees the
-        # padding, so a string's embedding does not depend on what it was batched with.
+        # With the causal mask the first end-of-text token never sees the padding, so an embedding
+        # depends on its batch mates only through those last bits (see `per_string`).
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
-            for text, feat in zip(missing, self._run_tower(missing)):
+            feats = torch.cat([self._run_tower([t]) for t in missing]) if per_string else self._run_tower(missing)
+            for text, feat in zip(missing, feats):
                 self._cache[text] = feat
         for text in dict.fromkeys(texts):
             self._cache.move_to_end(text)
