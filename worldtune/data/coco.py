@@ -182,6 +182,11 @@ class CocoDetection:
         """(image dict, list of annotation dicts) of one index, as read from the JSON."""
         return pickle.loads(self._blob[self._offsets[index]:self._offsets[index + 1]].tobytes())
 
+    def image_size(self, index: int) -> tuple:
+        """(height, width) of image `index` as the annotation file gives it (no decoding)."""
+        img = self._entry(index)[0]
+        return int(img["height"]), int(img["width"])
+
     def image_path(self, index: int) -> Path:
         return self.image_dir / self._entry(index)[0]["file_name"]
 

@@ -45,6 +45,8 @@ class TrainLoader:
         """Sets the shuffle order (sampler) and the augmentation seed and stage (dataset)."""
         self.sampler.set_epoch(epoch)
         self.dataset.set_epoch(epoch)
+        if getattr(self.dataset, "mosaic_pool", 0):  # pools are runs of this rank's loading order
+            self.dataset.set_order(list(self.sampler))
 
     def __iter__(self):
         return iter(self.loader)

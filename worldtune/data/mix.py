@@ -12,15 +12,17 @@ import numpy as np
 from worldtune.data.transforms import PAD_VALUE
 
 
-def load_sample(dataset, index: int, mask_refine: bool) -> dict:
+def load_sample(dataset, index: int, mask_refine: bool, image=None) -> dict:
     """Image + trainable instances (crowd/degenerate dropped) of one dataset index.
 
     With `mask_refine` the box is the tight box of the polygon vertices (official
     mask2bbox); an instance without a usable polygon falls back to its annotation box as
     a 4-corner polygon (the official pipeline silently drops it). Without, polygons is None.
+    `image`: (image already resized for the mosaic, (H, W) of the original) from a
+    `MosaicImageStore`, or None to decode. `orig_shape` is the (H, W) the boxes refer to.
     """
     rec = dataset.get_record(index)
-    img = dataset.load_image(index)
+    img, orig_shape = image if image is not None else (dataset.load_image(index), None)
     keep = ~rec["ignore"]
     boxes, labels = rec["bboxes"][keep], rec["labels"][keep]
     polygons = None
@@ -35,7 +37,7 @@ def load_sample(dataset, index: int, mask_refine: bool) -> dict:
             boxes = np.array([np.concatenate([p.min(0), p.max(0)]) for p in
                               (np.concatenate(parts) for parts in polygons)], dtype=np.float32)
     return {"img": img, "bboxes": boxes.astype(np.float32).reshape(-1, 4), "labels": labels,
-            "polygons": polygons, "image_id": rec["image_id"]}
+            "polygons": polygons, "image_id": rec["image_id"], "orig_shape": orig_shape or img.shape[:2]}
 
 
 def mosaic_layout(shapes: list, rng: np.random.Generator, img_scale: int = 640) -> list:
@@ -113,9 +115,17 @@ def render_canvas(tiles: list, layout: list, rect: tuple, out: np.ndarray | None
 
 
 def resized_tiles(samples: list, layout: list) -> list:
-    """One function per sample returning its image resized (bilinear) to its mosaic size, resized once."""
-    return [functools.cache(functools.partial(cv2.resize, sample["img"], tile["size"], interpolation=cv2.INTER_LINEAR))
+    """One function per sample returning its image resized (bilinear) to its mosaic size, resized once.
+
+    An image that already has that size (resized by a `MosaicImageStore`) is used as it is.
+    """
+    return [(lambda img=sample["img"]: img) if sample["img"].shape[1::-1] == tile["size"] else
+            functools.cache(functools.partial(cv2.resize, sample["img"], tile["size"], interpolation=cv2.INTER_LINEAR))
             for sample, tile in zip(samples, layout)]
+
+
+def _shape(sample: dict) -> tuple:
+    return sample.get("orig_shape") or sample["img"].shape[:2]
 
 
 def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dict:
@@ -126,7 +136,7 @@ def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dic
     the centre, cropped at the canvas edge. Boxes are clipped to the canvas (those left
     empty are dropped); polygons are only translated.
     """
-    layout = mosaic_layout([x["img"].shape[:2] for x in samples], rng, img_scale)
+    layout = mosaic_layout([_shape(x) for x in samples], rng, img_scale)
     out = mosaic_labels(samples, layout, img_scale)
     out["img"] = render_canvas(resized_tiles(samples, layout), layout, (0, 0, 2 * img_scale, 2 * img_scale))
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from worldtune.data.coco import CocoDetection, DataError
+from worldtune.data.image_cache import MosaicImageStore
 from worldtune.data.mix import load_sample, mixup
 from worldtune.data.stage1 import mosaic_copypaste_affine
 from worldtune.data.texts import sample_texts
@@ -37,8 +38,11 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: CocoDetection, imgsz: int, mask_refine: bool, affine_scale: tuple,
                  mixup_prob: float, copypaste_prob: float, close_mosaic_epoch: int, num_texts: int, seed: int,
-                 min_area_ratio: float, hsv_gains: tuple, albu_prob: float, flip_prob: float):
+                 min_area_ratio: float, hsv_gains: tuple, albu_prob: float, flip_prob: float,
+                 mosaic_pool: int = 0, images: MosaicImageStore | None = None):
         self.dataset = dataset
+        self.mosaic_pool, self.images = int(mosaic_pool), images
+        self._order = None  # this epoch's loading order (see set_order), or None
         self.imgsz, self.mask_refine, self.affine_scale = imgsz, mask_refine, tuple(affine_scale)
         self.mixup_prob, self.copypaste_prob = mixup_prob, copypaste_prob
         self.close_mosaic_epoch, self.num_texts, self.seed = close_mosaic_epoch, num_texts, seed
@@ -49,6 +53,36 @@ class TrainDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (0-based): it seeds the augmentations and decides the stage."""
         self.epoch = int(epoch)
+        self._order = None
+
+    def set_order(self, order) -> None:
+        """This epoch's loading order on this rank (the sampler's indices; `TrainLoader.set_epoch`
+        passes it after `set_epoch`). Only `mosaic_pool` uses it; without it, the pools follow a
+        permutation seeded by (seed, epoch)."""
+        self._order = np.asarray(list(order), dtype=np.int64)
+
+    def _pool(self, index: int):
+        """Dataset indices of `index`'s pool: its `mosaic_pool` consecutive positions of the order."""
+        if self._order is None:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
+        order = self._order
+        where = np.flatnonzero(order == index)
+        if len(where) == 0:  # not loaded on this rank (a replacement for a bad image): whole dataset
+            return np.arange(len(self.dataset))
+        start = int(where[0]) // self.mosaic_pool * self.mosaic_pool
+        return order[start:start + self.mosaic_pool]
+
+    def _partners(self, index: int, rng: np.random.Generator, count: int) -> list:
+        """Indices of `count` images to mix with `index`: uniform over the dataset (official),
+        or over its pool with `mosaic_pool`."""
+        if not self.mosaic_pool:
+            return rng.integers(0, len(self.dataset), count).tolist()
+        pool = self._pool(index)
+        return pool[rng.integers(0, len(pool), count)].tolist()
+
+    def _load(self, index: int) -> dict:
+        image = self.images.get(index) if self.images is not None else None
+        return load_sample(self.dataset, index, self.mask_refine, image)
 
     @property
     def stage(self) -> int:
@@ -72,8 +106,7 @@ class TrainDataset(torch.utils.data.Dataset):
         raise DataError(f"{self.dataset.ann_file}: 10 consecutive unreadable images near index {index}")
 
     def _mosaic_affine(self, index: int, rng: np.random.Generator) -> dict:
-        extra = rng.integers(0, len(self.dataset), 3)
-        samples = [load_sample(self.dataset, i, self.mask_refine) for i in [index, *extra.tolist()]]
+        samples = [self._load(i) for i in [index, *self._partners(index, rng, 3)]]
         # = random_affine(copy_paste(mosaic(samples))), rendering only the canvas part the warp reads
         return mosaic_copypaste_affine(samples, rng, self.imgsz, self.copypaste_prob if self.mask_refine else 0.0,
                                        self.affine_scale, border=-self.imgsz // 2, min_area_ratio=self.min_area_ratio)
@@ -82,7 +115,9 @@ class TrainDataset(torch.utils.data.Dataset):
         if self.stage == 1:
             sample = self._mosaic_affine(index, rng)
             if rng.random() < self.mixup_prob:
-                other = self._mosaic_affine(int(rng.integers(len(self.dataset))), rng)
+                partner = int(rng.integers(len(self.dataset))) if not self.mosaic_pool else \
+                    self._partners(index, rng, 1)[0]
+                other = self._mosaic_affine(partner, rng)
                 sample = mixup(sample, other, rng)
         else:
             sample = load_sample(self.dataset, index, self.mask_refine)
@@ -104,21 +139,35 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
                         affine_scale=(0.5, 1.5), mixup_prob: float = 0.15, copypaste_prob: float = 0.3,
                         close_mosaic_epoch: int = 70, num_texts: int = 80, seed: int = 0,
                         min_area_ratio: float | None = None, hsv_gains=(0.015, 0.7, 0.4),
-                        albu_prob: float = 0.01, flip_prob: float = 0.5) -> TrainDataset:
+                        albu_prob: float = 0.01, flip_prob: float = 0.5, mosaic_pool: int = 0,
+                        cache_images: bool = False, cache_max_gb: float = 8.0) -> TrainDataset:
     """Training pipeline with the official defaults of the v2-S mask-refine recipe.
 
     M: affine_scale (0.1, 1.9), mixup 0.1, copypaste 0.1; L/X: (0.1, 1.9), 0.15, 0.3;
     SGD 40e: mask_refine False, close_mosaic_epoch 10 (copy-paste is off without masks).
     `min_area_ratio` defaults to 0.01 with mask refinement and 0.1 without.
+
+    Speed options (off by default; see `image_cache`): `cache_images` keeps up to `cache_max_gb`
+    GiB of decoded, mosaic-resized images in RAM (same samples, fewer decodes). `mosaic_pool` N > 0
+    is not official: the mosaic and MixUp partners of a sample come from the N images around it
+    in the epoch's loading order (Ultralytics-like), so a worker decodes about one image per
+    sample; use the per-process batch size or a divisor of it.
     """
+    if mosaic_pool < 0 or cache_max_gb < 0:
+        raise ValueError(f"mosaic_pool and cache_max_gb must be >= 0, got {mosaic_pool}, {cache_max_gb}")
     if mask_refine and dataset.num_without_polygons:
         warnings.warn(f"{dataset.ann_file}: {dataset.num_without_polygons} instance(s) have no usable "
                       "segmentation; mask-refine uses their annotation box as a 4-corner polygon "
                       "(the official pipeline drops them)", stacklevel=2)
     if min_area_ratio is None:
         min_area_ratio = 0.01 if mask_refine else 0.1
+    images = None
+    if cache_images or mosaic_pool:
+        images = MosaicImageStore(dataset, imgsz, ram_bytes=int(cache_max_gb * 2**30) if cache_images else 0,
+                                  recent=2 * mosaic_pool)  # two pools: covers pools that straddle batches
     return TrainDataset(dataset, imgsz, mask_refine, affine_scale, mixup_prob, copypaste_prob,
-                        close_mosaic_epoch, num_texts, seed, min_area_ratio, hsv_gains, albu_prob, flip_prob)
+                        close_mosaic_epoch, num_texts, seed, min_area_ratio, hsv_gains, albu_prob, flip_prob,
+                        mosaic_pool, images)
 
 
 class EvalDataset(torch.utils.data.Dataset):

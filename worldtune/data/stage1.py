@@ -57,7 +57,7 @@ def mosaic_copypaste_affine(samples: list, rng: np.random.Generator, img_scale: 
         dict(img uint8 [2·s + 2·border, same, 3], bboxes float32 [N, 4], labels int64 [N],
         polygons (or None), image_id).
     """
-    layout = mosaic_layout([x["img"].shape[:2] for x in samples], rng, img_scale)
+    layout = mosaic_layout([x.get("orig_shape") or x["img"].shape[:2] for x in samples], rng, img_scale)
     sample = mosaic_labels(samples, layout, img_scale)
     tiles = resized_tiles(samples, layout)
     size = (2 * img_scale, 2 * img_scale)
