@@ -68,14 +68,16 @@ def mosaic_copypaste_affine(samples: list, rng: np.random.Generator, img_scale: 
             sample = copy_paste_labels(sample, chosen, mirrored, size[0])
     s, matrix, out_size = affine_matrix(rng, size, border, scale_range)
     x0, y0, x1, y1 = warp_window(inverse_scale_shift(matrix), out_size, size)
-    # Unread canvas pixels stay 0 (np.zeros maps fresh pages lazily, so they cost nothing). The warp
-    # gets the whole canvas and the official matrix: a view with a shifted matrix would round the
-    # source coordinates differently in OpenCV's float kernels and change a few pixels by 1.
-    canvas = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-    window = canvas[y0:y1, x0:x1]
-    render_canvas(tiles, layout, (x0, y0, x1, y1), out=window)
+    window = render_canvas(tiles, layout, (x0, y0, x1, y1))
     if len(chosen):
         paste_objects(window, lambda r: render_canvas(tiles, layout, r), polygons, chosen, mirrored, size, (x0, y0))
+    # The warp gets the whole canvas and the official matrix (a view with a shifted matrix would round the
+    # source coordinates differently in OpenCV's float kernels, changing a few pixels by 1); unread canvas
+    # pixels stay 0 (np.zeros maps fresh pages lazily, so they cost nothing). Four channels: OpenCV's
+    # bilinear warp is about 2.5x faster on 8UC4 than on 8UC3, and each channel is computed alone.
+    canvas = np.zeros((size[1], size[0], 4), dtype=np.uint8)
+    cv2.cvtColor(window, cv2.COLOR_BGR2BGRA, dst=canvas[y0:y1, x0:x1])
+    warped = cv2.warpAffine(canvas, matrix, out_size, flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 4)
     out = affine_labels(sample, s, matrix, out_size, min_area_ratio)
-    out["img"] = cv2.warpAffine(canvas, matrix, out_size, flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+    out["img"] = cv2.cvtColor(warped, cv2.COLOR_BGRA2BGR)
     return out

@@ -72,8 +72,19 @@ def random_affine(sample: dict, rng: np.random.Generator, scale_range=(0.5, 1.5)
     img = sample["img"]
     s, matrix, out_size = affine_matrix(rng, img.shape[1::-1], border, scale_range, translate)
     out = affine_labels(sample, s, matrix, out_size, min_area_ratio, min_size, max_aspect)
-    out["img"] = cv2.warpAffine(img, matrix, out_size, flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+    out["img"] = warp_bgr(img, matrix, out_size)
     return out
+
+
+def warp_bgr(img: np.ndarray, matrix: np.ndarray, out_size: tuple) -> np.ndarray:
+    """cv2.warpAffine(img, matrix, out_size), bilinear, border 114, for uint8 [H, W, 3] images.
+
+    Run on a BGRA copy: OpenCV's bilinear warp is about 2.5x faster on 4 channels than on 3, and
+    each channel is computed on its own, so the result is the same to the bit.
+    """
+    warped = cv2.warpAffine(cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), matrix, out_size, flags=cv2.INTER_LINEAR,
+                            borderValue=(PAD_VALUE,) * 4)
+    return cv2.cvtColor(warped, cv2.COLOR_BGRA2BGR)
 
 
 def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, min_area_ratio: float = 0.01,
