@@ -2,14 +2,19 @@
 
 Pipeline timed: load -> Mosaic(4) -> CopyPaste(0.3) -> RandomAffine with mask refinement
 (1000-point polygons) -> MixUp(0.15) -> Blur/MedianBlur/ToGray/CLAHE -> HSV -> flip ->
-RandomLoadText(80) -> collate, through the real DataLoader, for each worker count.
+RandomLoadText(80) -> collate, through the real DataLoader, for each worker count. Rows:
+the default (official sampling), `cache_images` (decoded images in RAM; identical samples)
+and `mosaic_pool` = batch (mosaic/MixUp partners from the sample's batch; not official).
 When `ultralytics` is importable (benchmark-only AGPL reference, the `bench` extra; worldtune
 never imports it), its YOLO-World training dataset (YOLOMultiModalDataset, mosaic 1.0,
-copy_paste 0.3, mixup 0.15, scale 0.5, polygon labels) is timed on the same images in the same run.
+copy_paste 0.3, mixup 0.15, scale 0.5, polygon labels) is timed on the same images in the same
+run, without and with its RAM cache. OpenCV runs serially in every row (--cv2-threads 0), as
+importing ultralytics forces for its own rows, so the rows compare the same amount of CPU.
 
-    python benchmarks/data_pipeline.py [--images 96] [--batch 8] [--batches 10] [--workers 0 2]
+    python benchmarks/data_pipeline.py [--images 96] [--batch 8] [--batches 10] [--workers 0 2] [--cv2-threads 0]
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -72,25 +77,33 @@ def time_loader(loader, batches: int, batch_size: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def bench_worldtune(paths: dict, args) -> dict:
+def bench_worldtune(paths: dict, args, **options) -> dict:
     ds = CocoDetection(paths["ann_file"], paths["image_dir"])
-    train = build_train_dataset(ds, imgsz=args.imgsz, num_texts=80)  # v2-S defaults
+    start = time.perf_counter()
+    train = build_train_dataset(ds, imgsz=args.imgsz, num_texts=80, **options)  # v2-S defaults
+    if options.get("cache_images"):
+        print(f"worldtune cache_images: {train.images.ram_count} images, {train.images.ram_bytes_used / 2**20:.0f} MiB,"
+              f" filled in {time.perf_counter() - start:.1f} s")
     out = {}
     for workers in args.workers:
         loader = build_train_loader(train, args.batch, workers=workers, seed=0)
         loader.set_epoch(0)
         out[workers] = time_loader(loader, args.batches, args.batch)
+        if workers == 0 and options.get("mosaic_pool"):  # the main process did the decoding: count it
+            per_sample = train.images.decodes / (args.batch * (args.batches + 1))
+            print(f"worldtune mosaic_pool={options['mosaic_pool']}: {per_sample:.2f} decodes per sample"
+                  " at 0 workers (official sampling: 4, 8 with MixUp)")
     return out
 
 
-def bench_ultralytics(paths: dict, args) -> dict:
+def bench_ultralytics(paths: dict, args, cache=False) -> dict:
     from ultralytics.cfg import get_cfg
     from ultralytics.data.dataset import YOLOMultiModalDataset
 
     hyp = get_cfg(overrides={"mosaic": 1.0, "copy_paste": 0.3, "mixup": 0.15, "scale": 0.5, "imgsz": args.imgsz})
     data = {"names": dict(enumerate(NAMES)), "nc": len(NAMES), "channels": 3}
     ds = YOLOMultiModalDataset(img_path=str(paths["image_dir"]), imgsz=args.imgsz, augment=True, hyp=hyp,
-                               batch_size=args.batch, data=data, task="detect")
+                               batch_size=args.batch, data=data, task="detect", cache=cache)
     out = {}
     for workers in args.workers:
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=workers,
@@ -106,22 +119,37 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="timed batches per setting (after 1 warm-up)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--cv2-threads", type=int, default=0,
+                        help="cv2.setNumThreads for every row (default 0 = serial OpenCV, which importing "
+                             "ultralytics forces for its rows; -1 leaves OpenCV's default)")
     args = parser.parse_args()
+    if args.cv2_threads >= 0:
+        cv2.setNumThreads(args.cv2_threads)
     if args.images < args.batch * (args.batches + 1):
         parser.error(f"--images must be at least batch x (batches + 1) = {args.batch * (args.batches + 1)}")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    print(f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, cv2 {cv2.__version__}")
+    print(f"machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, cv2 {cv2.__version__}"
+          f" ({cv2.getNumThreads()} threads)")
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.images)
-        rows = [("worldtune", bench_worldtune(paths, args))]
+        rows = [("worldtune (official sampling)", bench_worldtune(paths, args)),
+                ("worldtune, data.cache_images", bench_worldtune(paths, args, cache_images=True)),
+                (f"worldtune, data.mosaic_pool={args.batch}", bench_worldtune(paths, args, mosaic_pool=args.batch))]
         try:
             import ultralytics
         except ImportError:
             print("ultralytics not importable: reference not measured (pip install --no-deps ultralytics)")
         else:
-            rows.append((f"ultralytics {ultralytics.__version__}", bench_ultralytics(paths, args)))
-    print(f"\nimages/s, stage 1 at {args.imgsz}, batch {args.batch}, {args.batches} timed batches")
+            name = f"ultralytics {ultralytics.__version__}"
+            rows.append((name, bench_ultralytics(paths, args)))
+            if importlib.util.find_spec("psutil") is None:  # its RAM cache needs psutil; --no-deps lacks it
+                print("psutil not importable: ultralytics cache=ram not measured (pip install psutil)")
+            else:
+                rows.append((f"{name}, cache=ram", bench_ultralytics(paths, args, cache="ram")))
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else "?"
+    print(f"\nimages/s, stage 1 at {args.imgsz}, batch {args.batch}, {args.batches} timed batches;"
+          f" load average after the run {' '.join(load)}")
     print("| pipeline | " + " | ".join(f"{w} workers" for w in args.workers) + " |")
     print("|---|" + "---|" * len(args.workers))
     for name, result in rows:

@@ -103,3 +103,15 @@ def test_hflip_twice_is_identity():
     back = random_hflip(flipped, np.random.default_rng(0), p=1.0)
     np.testing.assert_array_equal(back["img"], sample["img"])
     np.testing.assert_allclose(back["polygons"][0][0], sample["polygons"][0][0])
+
+
+def test_warp_bgr_equals_the_three_channel_warp():
+    from worldtune.data.transforms import warp_bgr
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), (0, 0), 1.0)
+    for _ in range(20):
+        s = rng.uniform(0.1, 1.9)
+        m = np.array([[s, 0, rng.uniform(-60, 60)], [0, s, rng.uniform(-60, 60)]])
+        ref = cv2.warpAffine(img, m, (64, 80), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
+        np.testing.assert_array_equal(warp_bgr(img, m, (64, 80)), ref)
