@@ -8,7 +8,8 @@ Using a store therefore changes no pixel of any sample; it only saves JPEG decod
 - RAM cache (`data.cache_images`): the images are decoded once, at start-up, in the main
   process (a thread pool), before the DataLoader forks its workers, which then read the same
   memory pages (copy-on-write: the pixel buffers are never written, so never copied). At most
-  `ram_bytes` per training process; images past the budget are decoded as usual.
+  `ram_bytes` per training process (planned from the annotated image sizes); images past the
+  budget are decoded as usual.
 - Recent images (`recent` > 0, used with `data.mosaic_pool`): a per-process LRU of the last
   `recent` images decoded. Each worker has its own; nothing is shared or locked.
 

@@ -10,7 +10,9 @@ Training (REFERENCE §5.2/§5.3), for a 0-based `epoch`:
 The stage is a pure function of the epoch set with `set_epoch`, so a run resumed after
 the switch gets stage 2 (the official exact-epoch hook does not). Every random number
 comes from numpy's Generator seeded with (seed, epoch, index): the same sample is
-produced whatever the worker count, the order or a resume.
+produced whatever the worker count, the order or a resume. With the opt-in `mosaic_pool`
+the partners also depend on the epoch's loading order on the rank (so on the world size),
+still not on the worker count; `cache_images` changes no sample.
 """
 import warnings
 
