@@ -71,6 +71,7 @@ def test_pool_is_deterministic_for_any_worker_count_and_cache_state(tiny_dataset
     train = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4)
     serial = build_train_loader(train, batch_size=4, workers=0, seed=3)
     serial.set_epoch(0)
+    assert train._order.tolist() == list(serial.sampler)  # the loader hands its order to the pools
     run = list(serial)
     assert train.images.decodes <= len(tiny_dataset)  # pool = batch: each image decoded about once
     parallel = build_train_loader(train, batch_size=4, workers=2, seed=3)
