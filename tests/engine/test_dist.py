@@ -37,6 +37,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "worldtune", "train", "--recipe", "v2-s", "--variant", "n", "--weights", "none",
            "--text-model", cfg.model.text_model, "--train-ann", d.train_ann, "--train-images", d.train_images,
+           "--val-ann", d.val_ann, "--val-images", d.val_images,
            "--class-texts", d.class_texts, "--epochs", "1", "--batch-size", "2", "--imgsz", "64",
            "--device", "cpu", "--workers", "0", "--out", cfg.out,
            "--set", "data.num_texts=5", "--set", "train.min_warmup_iters=2", "--set", "train.log_interval=1",
@@ -48,8 +49,12 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert "batch 2 x 2 process(es)" in out
     assert out.count("batch rule: total batch 2 x 2 = 4") == 1  # printed by rank 0 only
     run = Path(cfg.out)
-    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["config.yaml", "curves.png", "last.pt",
-                                                                   "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["best.pt", "config.yaml", "curves.png",
+                                                                   "last.pt", "metrics.jsonl"]
+    # validation split over the two processes, scored once by rank 0
+    assert out.count("epoch 1: AP") == 1
+    val_records = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "val"' in line]
+    assert len(val_records) == 1
     saved = ckpt_io.load_checkpoint_file(run / "last.pt")
     assert (saved["epoch"], saved["global_step"]) == (1, 2)
     # rank 0 alone logs, once per step

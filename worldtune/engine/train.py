@@ -13,7 +13,6 @@ step within the epoch, RNG states and the config; data order and augmentation ar
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import signal
@@ -23,12 +22,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from worldtune.engine import dist
 from worldtune.engine.dist import dist_unwrap
 from worldtune.engine.logger import RunLogger
 from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
+from worldtune.engine.text_feats import batch_text_feats
+from worldtune.engine.validate import evaluate_ema, shard_eval_loader
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
@@ -60,27 +61,6 @@ class StopFlag:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
-
-
-def batch_text_feats(text_model: nn.Module, texts: list[list[str]], device: torch.device) -> Tensor:
-    """Embeddings of each image's text list: (B, K, 512).
-
-    The distinct strings of the batch are embedded one at a time and cached by the encoder (for
-    COCO: 80 names, shuffled per image, so the frozen tower runs 80 times per run, not once per
-    batch), with one cache lookup per step. One string at a time because a batched tower call pads
-    to the longest string, and the padded matmuls change the last bits: per-string calls make a step
-    independent of what else was in the batch, which keeps resumed runs bit-identical.
-    """
-    if not texts or len({len(t) for t in texts}) != 1:
-        raise ValueError(f"every image needs the same number of texts, got {[len(t) for t in texts]}")
-    vocab = sorted({t for image_texts in texts for t in image_texts})
-    if hasattr(text_model, "encode"):
-        feats = text_model.encode(vocab, per_string=True)  # (V, 512)
-    else:
-        feats = torch.cat([text_model([[t]])[0] for t in vocab])
-    position = {t: i for i, t in enumerate(vocab)}
-    index = torch.tensor([[position[t] for t in image_texts] for image_texts in texts], device=feats.device)
-    return feats[index].to(device)
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -224,7 +204,7 @@ def build_datasets(cfg, info: dist.DistInfo):
     val_coco = val_loader = None
     if d.val_ann:
         val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
-        # The main process evaluates the whole val set (not sharded): simple, and metrics need all detections.
+        # Each process predicts its share of it (`validate.shard_eval_loader`); rank 0 scores them all.
         val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2))
     return train_set, train_loader, val_coco, val_loader
 
@@ -244,35 +224,6 @@ def load_start_weights(model: nn.Module, weights: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the run
-
-@torch.no_grad()
-def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: torch.device) -> nn.Module:
-    """A copy of `model` whose BatchNorm running statistics are the plain average over `batches`
-    (training mode, no gradient). The trained model and its EMA are left untouched."""
-    model = copy.deepcopy(model)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average instead of an exponential one
-    model.train()
-    for batch in batches:
-        model(batch["images"].to(device).float() / 255, batch_text_feats(text_model, batch["texts"], device))
-    return model.eval()
-
-
-def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> dict:
-    """COCO metrics of the EMA weights (optionally with precise BN statistics, see the config)."""
-    from itertools import islice
-
-    from worldtune.eval.evaluate import evaluate_model
-    model = ema.module
-    if cfg.train.precise_bn_batches > 0:
-        # Same epoch seed as training: the augmented batches are the ones the model was trained on.
-        train_loader.set_epoch(epoch)
-        model = precise_bn_copy(model, model.text_model, islice(iter(train_loader), cfg.train.precise_bn_batches),
-                                device)
-    return evaluate_model(model, val_loader, val_coco)
-
 
 def fit(cfg, resume=None) -> dict:
     """Train `cfg` (a `worldtune.config.Config`) to the end, or continue the run of `resume`.
@@ -320,6 +271,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
     train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info)  # bad data fails here, early
+    val_shard = shard_eval_loader(val_loader, info.rank, info.world_size) if val_loader is not None else None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump(cfg, out / "config.yaml")
@@ -387,8 +339,9 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 state["epoch"], state["step_in_epoch"] = epoch + 1, 0
                 logger.log("epoch", state["global_step"], epoch=epoch, **stats)
                 if val_loader is not None and validation_due(epoch + 1, cfg):
+                    metrics = evaluate_ema(ema, val_coco, val_shard, cfg, train_loader, epoch, info.device)
                     if info.is_main:
-                        last_metrics = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
+                        last_metrics = metrics
                         ap = last_metrics["AP"] or 0.0
                         logger.log("val", state["global_step"], epoch=epoch,
                                    **{k: last_metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})

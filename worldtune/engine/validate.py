@@ -1,0 +1,69 @@
+"""Validation during training: COCO AP of the EMA weights, split over the training processes.
+
+With several processes each one predicts every world_size-th val image (a strided subset, so no
+image is repeated as a padding DistributedSampler would), the detections are gathered on rank 0,
+and rank 0 alone scores them against the full ground truth. The metrics equal those of one process
+evaluating the whole set, in 1/world_size of the time.
+"""
+import copy
+from itertools import islice
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from worldtune.engine import dist
+from worldtune.engine.text_feats import batch_text_feats
+
+
+def shard_eval_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
+    """`loader` restricted to images rank, rank + world_size, ... (the loader itself when alone)."""
+    if world_size <= 1:
+        return loader
+    shard = Subset(loader.dataset, range(rank, len(loader.dataset), world_size))
+    return DataLoader(shard, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, worker_init_fn=loader.worker_init_fn)
+
+
+@torch.no_grad()
+def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: torch.device) -> nn.Module:
+    """A copy of `model` whose BatchNorm running statistics are the plain average over `batches`
+    (training mode, no gradient). The trained model and its EMA are left untouched."""
+    model = copy.deepcopy(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average instead of an exponential one
+    model.train()
+    for batch in batches:
+        model(batch["images"].to(device).float() / 255, batch_text_feats(text_model, batch["texts"], device))
+    return model.eval()
+
+
+def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> dict | None:
+    """COCO metrics of the EMA weights (optionally with precise BN statistics, see the config).
+
+    Call on every rank with that rank's `shard_eval_loader`; returns the metrics (`coco_evaluate`'s
+    plus `num_detections`) on rank 0 and None elsewhere.
+    """
+    from worldtune.eval.coco_eval import coco_evaluate
+    from worldtune.eval.evaluate import collect_detections
+
+    model = ema.module
+    if cfg.train.precise_bn_batches > 0:
+        # Same epoch seed as training: the augmented batches are the ones the model was trained on.
+        # Under DDP each rank would average over its own batches: rank 0's statistics are sent to all.
+        train_loader.set_epoch(epoch)
+        model = precise_bn_copy(model, model.text_model, islice(iter(train_loader), cfg.train.precise_bn_batches),
+                                device)
+        if dist.is_dist():
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+    dets = collect_detections(model, val_loader, list(val_coco.cat_ids), list(val_coco.class_names))
+    if dist.is_dist():
+        gathered = [None] * dist.get_world_size() if dist.is_main_process() else None
+        torch.distributed.gather_object(dets, gathered, dst=0)
+        dets = [d for part in gathered for d in part] if dist.is_main_process() else None
+    if not dist.is_main_process():
+        return None
+    return {**coco_evaluate(val_coco.ann_file, dets), "num_detections": len(dets)}
