@@ -15,12 +15,14 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 
-from worldtune.engine.ema import ExpMomentumEMA
+from worldtune.engine.ema import ExpMomentumEMA, ema_momentum
 from worldtune.engine.optim import OptimConfig, build_optimizer
 from worldtune.engine.schedule import ScheduleConfig, apply_schedule
+from worldtune.loss.assigner import pad_targets
 from worldtune.loss.criterion import YOLOWorldCriterion
 from worldtune.model import build_model
 
@@ -111,6 +113,88 @@ def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: 
     return step
 
 
+def graphed_worldtune_step(variant: str, data: dict, device, amp: str, slots: int = 32):
+    """EXPERIMENT, not a loop option: worldtune's whole step (forward, loss, backward, clip, AdamW,
+    EMA) replayed from one CUDA graph, so the CPU launches one graph instead of ~2,000 kernels.
+
+    What that needs and this does: fixed shapes (targets padded to `slots` gts per image), AdamW
+    fused + capturable with a tensor lr per group (the schedule writes into those tensors), the EMA
+    weight as a tensor, autocast without its weight cache, warm-up steps on a side stream before the
+    capture. On CPU the same body runs eagerly (a smoke test of the logic, nothing is captured).
+    """
+    model = build_model(variant).to(device).train()
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    batch = data["images"].shape[0]
+    optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=batch), merge_groups=True)
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        group["capturable"] = device.type == "cuda"
+    shadow = SimpleNamespace(param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+    ema = ExpMomentumEMA(model)
+    ema.update(model)  # step 0 is a plain copy; the graph does the averaging steps
+    news = ema._resolve(model, "_source_slots")
+    averages = ema._resolve(ema.module, "_average_slots")
+    pairs = [(averages[k], news[k]) for k in averages if averages[k].is_floating_point() and k not in ema.frozen]
+    ema_avgs, ema_news = [a for a, _ in pairs], [n for _, n in pairs]
+    ema_weight = torch.zeros((), device=device)
+    criterion = YOLOWorldCriterion()
+    images, text = data["images"].to(device), data["text_feats"].to(device)
+    gts = [t.to(device) for t in pad_targets(data["bboxes_labels"], batch, text.shape[1], min_slots=slots)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+    def body() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype is not None,
+                            cache_enabled=False):
+            out = model((images.float() / 255).contiguous(memory_format=memory_format), text)
+        losses = criterion.call_padded([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits],
+                                       *gts)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+        diffs = torch._foreach_sub(ema_news, ema_avgs)
+        torch._foreach_mul_(diffs, ema_weight)
+        torch._foreach_add_(ema_avgs, diffs)
+        return torch.stack(list(losses.values()))
+
+    counter = [0]
+
+    def set_step_scalars():
+        apply_schedule(shadow, 0, counter[0], 1000, ScheduleConfig())
+        for group, values in zip(optimizer.param_groups, shadow.param_groups):
+            group["lr"].fill_(values["lr"])
+        ema_weight.fill_(ema_momentum(ema.steps, ema.momentum, ema.gamma))
+        ema.steps += 1
+        counter[0] += 1
+
+    if device.type != "cuda":
+        def eager_step():
+            set_step_scalars()
+            optimizer.zero_grad(set_to_none=True)
+            body().tolist()
+        return eager_step
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # real steps: optimizer state, cuDNN autotuning, allocator warm-up
+            set_step_scalars()
+            optimizer.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)  # the graph allocates the gradients once, in its pool
+    with torch.cuda.graph(graph):
+        static_losses = body()
+
+    def graphed_step():
+        set_step_scalars()
+        graph.replay()
+        static_losses.tolist()  # the loop's one host sync (logging, NaN check)
+    return graphed_step
+
+
 def ultralytics_step(variant: str, data: dict, device, amp: str):
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import WorldModel
@@ -170,6 +254,8 @@ def main() -> None:
                    help="leave cuDNN autotuning off (the loop turns it on for GPU runs; it applies to both)")
     p.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                    help="torch.compile worldtune's model with this mode (an experiment, not a loop option)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time the experimental whole-step CUDA graph of worldtune (graphed_worldtune_step)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of worldtune's step")
     p.add_argument("--official-groups", action="store_true",
                    help="also time worldtune with the official one-param-group-per-parameter optimizer")
@@ -189,21 +275,26 @@ def main() -> None:
         ul_version = ultralytics.__version__
     except ImportError:
         ul_version = None
-    extra = " worldtune, official groups img/s |" if args.official_groups else ""
+    extra = (" worldtune, CUDA graph (experiment) img/s |" if args.cuda_graph else "") + \
+        (" worldtune, official groups img/s |" if args.official_groups else "")
     print(f"| variant | worldtune img/s | ultralytics {ul_version or '(not installed)'} img/s |{extra}")
-    print("|---|---|---|" + ("---|" if extra else ""))
+    print("|---|---|---|" + "---|" * extra.count("img/s"))
     data = make_batch(args.batch, args.imgsz)
     for variant in args.variants:
         steps = {"ours": worldtune_step(variant, data, device, args.amp, channels_last=not args.no_channels_last,
                                         compile_mode=args.compile)}
         if ul_version:
             steps["theirs"] = ultralytics_step(variant, data, device, args.amp)
+        if args.cuda_graph:
+            steps["graph"] = graphed_worldtune_step(variant, data, device, args.amp)
         if args.official_groups:
             steps["official"] = worldtune_step(variant, data, device, args.amp, official_groups=True,
                                                channels_last=not args.no_channels_last)
         rates = rounds_img_s(steps, args.batch, args, device)
         row = f"| {variant} | {rates['ours']:.2f} | {rates['theirs']:.2f} |" if ul_version else \
             f"| {variant} | {rates['ours']:.2f} | - |"
+        if args.cuda_graph:
+            row += f" {rates['graph']:.2f} |"
         if args.official_groups:
             row += f" {rates['official']:.2f} |"
         print(row, flush=True)

@@ -175,3 +175,20 @@ def test_end_to_end_train_mode_matches_official_losses(parity_s):
     for key in ("loss_cls", "loss_bbox", "loss_dfl"):
         torch.testing.assert_close(losses[key], lf[key], rtol=1e-4, atol=0, msg=key)
     assert losses["loss"].requires_grad
+
+
+def test_padded_targets_to_a_fixed_size_give_the_same_losses():
+    """call_padded with extra empty gt slots (fixed shapes for CUDA graphs) equals __call__."""
+    torch.manual_seed(1)
+    cls = [torch.randn(2, 3, h, w) for h, w in SIZES]
+    reg = [torch.randn(2, 64, h, w) for h, w in SIZES]
+    bl = torch.tensor([[0, 1, 4.0, 4.0, 40.0, 30.0], [1, 2, 10.0, 12.0, 60.0, 50.0],
+                       [1, 0, 20.0, 2.0, 44.0, 62.0], [0, 2, 30.0, 30.0, 50.0, 60.0]])
+    criterion = YOLOWorldCriterion()
+    expected = criterion(cls, reg, bl)
+    padded = pad_targets(bl, 2, 3, min_slots=16)
+    assert padded[0].shape == (2, 16) and int(padded[2].sum()) == 4
+    got = criterion.call_padded(cls, reg, *padded)
+    assert expected["loss_bbox"] > 0
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-6, msg=key)

@@ -128,8 +128,12 @@ class TaskAlignedAssigner:
                             gt_index=gt_index)
 
 
-def pad_targets(bboxes_labels: Tensor, batch_size: int, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+def pad_targets(bboxes_labels: Tensor, batch_size: int, num_classes: int,
+                min_slots: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Collated gts [N, 6] (image index, label, x1, y1, x2, y2) -> per-image padded tensors.
+
+    M is the largest gt count of an image, or `min_slots` if larger (fixed shapes for CUDA graphs;
+    extra padding rows change no loss).
 
     Returns:
         gt_labels: Tensor[B, M] int64; gt_bboxes_xyxy: Tensor[B, M, 4]; gt_valid: Tensor[B, M] bool.
@@ -146,7 +150,7 @@ def pad_targets(bboxes_labels: Tensor, batch_size: int, num_classes: int) -> tup
         raise ValueError(f"bboxes_labels[:, 1] (label) must index the {num_classes} texts of its image, "
                          f"got range [{int(labels.min())}, {int(labels.max())}]")
     counts = torch.bincount(image_idx, minlength=batch_size)
-    max_gt = int(counts.max()) if len(bboxes_labels) else 0
+    max_gt = max(int(counts.max()) if len(bboxes_labels) else 0, min_slots)
     device = bboxes_labels.device
     gt_labels = torch.zeros(batch_size, max_gt, dtype=torch.long, device=device)
     gt_bboxes = torch.zeros(batch_size, max_gt, 4, dtype=bboxes_labels.dtype, device=device)

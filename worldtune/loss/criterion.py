@@ -91,6 +91,18 @@ class YOLOWorldCriterion:
             if r.shape[1] != 4 * self.reg_max or c.shape[2:] != r.shape[2:] or c.shape[0] != r.shape[0]:
                 raise ValueError(f"level {level}: cls_logits {tuple(c.shape)} and reg_dist_logits "
                                  f"{tuple(r.shape)} do not match (need [B, K, H, W] and [B, {4 * self.reg_max}, H, W])")
+        losses, _ = self.compute(*self._flatten(cls_logits, reg_dist_logits), bboxes_labels)
+        return losses
+
+    def call_padded(self, cls_logits: list[Tensor], reg_dist_logits: list[Tensor], gt_labels: Tensor,
+                    gt_bboxes: Tensor, gt_valid: Tensor) -> dict[str, Tensor]:
+        """`__call__` with targets already padded per image (`pad_targets`, maybe to a fixed size):
+        no host work at all, so the whole loss can be captured in a CUDA graph."""
+        losses, _ = self.compute_padded(*self._flatten(cls_logits, reg_dist_logits), gt_labels, gt_bboxes, gt_valid)
+        return losses
+
+    def _flatten(self, cls_logits: list[Tensor], reg_dist_logits: list[Tensor]):
+        """Head maps -> (cls_flat [B, A, K], distances [B, A, 4], dist_logits [B, A, 4, R], priors, strides)."""
         batch = cls_logits[0].shape[0]
         priors, prior_strides = make_priors([tuple(c.shape[2:]) for c in cls_logits], self.strides,
                                             device=cls_logits[0].device, dtype=cls_logits[0].dtype)
@@ -98,8 +110,7 @@ class YOLOWorldCriterion:
         dist_logits = flatten_levels(reg_dist_logits).reshape(batch, -1, 4, self.reg_max)
         bins = torch.arange(self.reg_max, device=dist_logits.device, dtype=dist_logits.dtype)
         distances = dist_logits.softmax(dim=-1) @ bins  # [B, A, 4] expectation in stride units
-        losses, _ = self.compute(cls_flat, distances, dist_logits, priors, prior_strides, bboxes_labels)
-        return losses
+        return cls_flat, distances, dist_logits, priors, prior_strides
 
     def compute(self, cls_flat: Tensor, distances: Tensor, dist_logits: Tensor | None, priors: Tensor,
                 prior_strides: Tensor, bboxes_labels: Tensor) -> tuple[dict[str, Tensor], AssignResult]:
@@ -120,6 +131,14 @@ class YOLOWorldCriterion:
         # checks cost no device sync; only the padded tensors travel.
         gt_labels, gt_bboxes, gt_valid = (t.to(cls_flat.device, non_blocking=True) for t in
                                           pad_targets(bboxes_labels.to(cls_flat.dtype), batch, num_classes))
+        return self.compute_padded(cls_flat, distances, dist_logits, priors, prior_strides,
+                                   gt_labels, gt_bboxes, gt_valid)
+
+    def compute_padded(self, cls_flat: Tensor, distances: Tensor, dist_logits: Tensor | None, priors: Tensor,
+                       prior_strides: Tensor, gt_labels: Tensor, gt_bboxes: Tensor,
+                       gt_valid: Tensor) -> tuple[dict[str, Tensor], AssignResult]:
+        """`compute` with per-image padded targets (see `pad_targets`), on the predictions' device."""
+        batch = cls_flat.shape[0]
         stride_col = prior_strides.unsqueeze(-1)  # [A, 1]
         pred_bboxes = distance_to_bbox(priors, distances * stride_col)  # [B, A, 4] pixels
         assign = self.assigner(cls_flat.detach().sigmoid(), pred_bboxes.detach(), priors,
