@@ -43,8 +43,8 @@ def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: to
 def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> dict | None:
     """COCO metrics of the EMA weights (optionally with precise BN statistics, see the config).
 
-    Call on every rank with that rank's `shard_eval_loader`; returns the metrics (`coco_evaluate`'s
-    plus `num_detections`) on rank 0 and None elsewhere.
+    Call on every rank with that rank's `shard_eval_loader`; returns `coco_evaluate`'s metrics on
+    rank 0 and None elsewhere.
     """
     from worldtune.eval.coco_eval import coco_evaluate
     from worldtune.eval.evaluate import collect_detections
@@ -66,4 +66,4 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
         dets = [d for part in gathered for d in part] if dist.is_main_process() else None
     if not dist.is_main_process():
         return None
-    return {**coco_evaluate(val_coco.ann_file, dets), "num_detections": len(dets)}
+    return coco_evaluate(val_coco.ann_file, dets)
