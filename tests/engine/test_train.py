@@ -8,6 +8,7 @@ import torch
 from tests.helpers.tiny_run import tiny_config, tiny_text_model
 from worldtune.config import Config
 from worldtune.engine import checkpoint as ckpt_io
+from worldtune.engine import dist
 from worldtune.engine import train as T
 
 
@@ -120,3 +121,13 @@ def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
     assert table[1].split() == ["1", "8.000", "1.000", "2.000", "3.000", "1.00e-03", "25.0", "50.0"]
     assert plot_curves(tmp_path / "metrics.jsonl", tmp_path / "c.png").stat().st_size > 1000
     assert not RunLogger(None).enabled
+
+
+def test_data_speed_options_reach_the_training_dataset(tmp_path):
+    cfg = tiny_config(tmp_path)
+    info = dist.init_distributed("cpu")
+    plain = T.build_datasets(cfg, info)[0]
+    assert plain.mosaic_pool == 0 and plain.images is None
+    cfg.data.cache_images, cfg.data.cache_max_gb, cfg.data.mosaic_pool = True, 0.5, 3
+    fast = T.build_datasets(cfg, info)[0]
+    assert fast.mosaic_pool == 3 and fast.images.ram_count == len(fast.dataset)  # all 6 images cached
