@@ -24,6 +24,8 @@ def test_precedence_recipe_config_flags_set(tmp_path):
     assert (cfg.train.lr, cfg.data.workers) == (1e-4, 1)  # --set beats everything
     assert cfg.data.train_ann == str(root / "annotations" / "instances_train2017.json")
     assert cfg.data.val_images == str(root / "val2017")
+    assert cfg.data.on_bad_data == "error"
+    assert build_config(_args("--on-bad-data", "skip", "--out", str(tmp_path / "r2"))).data.on_bad_data == "skip"
 
 
 def test_default_run_folder_is_numbered(tmp_path, monkeypatch):

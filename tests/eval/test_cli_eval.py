@@ -1,5 +1,6 @@
 """`worldtune eval`: scoring a results file, argument and input errors (module worldtune/cli/eval.py)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,24 @@ def test_missing_weights_give_a_message(tmp_path, capsys):
     assert main(["eval", "--weights", str(tmp_path / "nope.pth"), "--ann", str(data["val_ann"]),
                  "--images", str(data["val_images"]), "--workers", "0"]) == 1
     assert "nope.pth" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_reported_under_skip(tmp_path, capsys):
+    """--on-bad-data skip: a broken val image is named, left out of the scoring, and the run goes on."""
+    from tests.helpers.clip_factory import make_clip_text_folder
+    from worldtune.data.coco import CocoDetection
+    from worldtune.data.demo_set import build_demo_dataset
+
+    paths = build_demo_dataset(tmp_path / "demo", num_train=1, num_val=3, imgsz=64)
+    clip_dir = make_clip_text_folder(tmp_path / "clip", hidden=32, layers=1, heads=2, projection=512)
+    dataset = CocoDetection(paths["val_ann"], paths["val_images"])
+    name = dataset.image_path(1).name
+    (Path(paths["val_images"]) / name).write_bytes(b"broken")
+    common = ["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
+              "--ann", str(paths["val_ann"]), "--images", str(paths["val_images"]), "--imgsz", "64",
+              "--workers", "0", "--device", "cpu"]
+    assert main(common) == 1
+    assert name in capsys.readouterr().err
+    assert main(common + ["--on-bad-data", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "(2 images," in out and f"image ids [{dataset.image_ids[1]}]" in out

@@ -109,3 +109,26 @@ def test_tiny_real_model_end_to_end(demo_val):
     metrics = evaluate_model(model, loader, dataset)
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["num_images"] == len(gt["images"])
     assert metrics["num_detections"] > 0 and metrics["images_per_second"] > 0
+
+
+def test_unreadable_image_under_skip_is_left_out_of_the_scoring(demo_val, tmp_path):
+    import shutil
+
+    from worldtune.data.coco import DataError
+
+    dataset, _, gt = demo_val
+    images = tmp_path / "images"
+    shutil.copytree(dataset.image_dir, images)
+    broken = dataset.image_path(2).name
+    (images / broken).write_bytes(b"not a jpeg")
+    strict = CocoDetection(dataset.ann_file, images)
+    with pytest.raises(DataError, match=broken):
+        evaluate_model(FakeDetector(), build_eval_loader(build_eval_dataset(strict, imgsz=64), batch_size=2), strict,
+                       predict_fn=gt_predictor(gt, strict.cat_id_to_label))
+    lenient = CocoDetection(dataset.ann_file, images, on_bad_data="skip")
+    loader = build_eval_loader(build_eval_dataset(lenient, imgsz=64), batch_size=2)
+    with pytest.warns(UserWarning, match=broken):
+        metrics = evaluate_model(FakeDetector(), loader, lenient, predict_fn=gt_predictor(gt, lenient.cat_id_to_label))
+    assert metrics["skipped_images"] == [lenient.image_ids[2]]
+    # the other images are predicted perfectly; the unreadable one's objects do not count as misses
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["num_images"] == len(gt["images"]) - 1

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-root", type=Path,
                       help="COCO folder: annotations/instances_val2017.json and val2017/")
     data.add_argument("--class-texts", type=Path, help="JSON list of synonym lists, one per category")
+    data.add_argument("--on-bad-data", choices=("error", "skip"), default="error",
+                      help="skip: drop bad annotations, and leave unreadable images (with their objects) out "
+                           "of the scoring, reporting them; error: stop at the first problem, naming it")
     model = parser.add_argument_group("model (with --weights)")
     model.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     model.add_argument("--text-model", default="openai/clip-vit-base-patch32",
@@ -57,7 +60,7 @@ def _score_model(args, ann: Path, images: Path) -> dict:
     if images is None:
         raise ValueError("--weights needs --images DIR (or --data-root)")
     device = resolve_device(args.device or "auto")
-    dataset = CocoDetection(ann, images, class_texts=args.class_texts)
+    dataset = CocoDetection(ann, images, class_texts=args.class_texts, on_bad_data=args.on_bad_data)
     loader = build_eval_loader(build_eval_dataset(dataset, imgsz=args.imgsz), batch_size=args.batch_size,
                                workers=args.workers)
     model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,
@@ -85,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"COCO box metrics ({metrics['num_images']} images, {metrics['num_detections']} detections, "
           f"backend {metrics['backend']}), %:")
     print(format_metrics(metrics))
+    if metrics.get("skipped_images"):
+        ids = metrics["skipped_images"]
+        print(f"note: {len(ids)} unreadable image(s) left out of the scoring with their objects "
+              f"(--on-bad-data skip): image ids {ids[:10]}{' ...' if len(ids) > 10 else ''}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics_to_json(metrics), indent=2))

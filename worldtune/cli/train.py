@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
     parser.add_argument("--save-every-steps", type=int, help="also save last.pt every N steps")
+    parser.add_argument("--on-bad-data", choices=("error", "skip"),
+                        help="error (default): stop at the first bad image or annotation, naming it; skip: drop "
+                             "and count them (unreadable val images are left out of the scoring)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. train.lr=1e-4 (repeatable)")
 
@@ -54,7 +57,8 @@ FLAG_KEYS = {"train_ann": "data.train_ann", "train_images": "data.train_images",
              "val_images": "data.val_images", "class_texts": "data.class_texts", "text_model": "model.text_model",
              "weights": "model.weights", "variant": "model.variant", "epochs": "train.epochs",
              "batch_size": "train.batch_size", "imgsz": "data.imgsz", "device": "train.device",
-             "workers": "data.workers", "out": "out", "save_every_steps": "train.save_every_steps"}
+             "workers": "data.workers", "out": "out", "save_every_steps": "train.save_every_steps",
+             "on_bad_data": "data.on_bad_data"}
 
 
 def _short_name(recipe: str) -> str:

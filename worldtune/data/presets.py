@@ -176,7 +176,8 @@ class EvalDataset(torch.utils.data.Dataset):
     """Keep-ratio resize (area when shrinking) + centred letterbox without upscaling, pad 114.
 
     `__getitem__` returns dict(img uint8 [S, S, 3] BGR, image_id, ori_shape (h, w),
-    scale_factor (sx, sy), pad_param [top, bottom, left, right], texts = first synonyms).
+    scale_factor (sx, sy), pad_param [top, bottom, left, right], texts = first synonyms, skipped:
+    True when the image could not be read and the dataset's on_bad_data is "skip").
     A box maps back to the original image as (box - [left, top, left, top]) / [sx, sy, sx, sy].
     """
 
@@ -187,11 +188,20 @@ class EvalDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        img = self.dataset.load_image(index)
+        try:
+            img = self.dataset.load_image(index)
+            skipped = False
+        except DataError as e:
+            if self.dataset.on_bad_data != "skip":
+                raise
+            # A stand-in keeps the batch shape; the evaluation leaves this image out of the scoring.
+            warnings.warn(f"{e}; left out of the evaluation (on_bad_data='skip')")
+            img, skipped = np.full((self.imgsz, self.imgsz, 3), 114, np.uint8), True
         h, w = img.shape[:2]
         img, scale_factor, pad = letterbox_for_test(img, self.imgsz)
         return {"img": img, "image_id": self.dataset.image_ids[index], "ori_shape": (h, w),
-                "scale_factor": scale_factor, "pad_param": pad, "texts": list(self.dataset.class_names)}
+                "scale_factor": scale_factor, "pad_param": pad, "texts": list(self.dataset.class_names),
+                "skipped": skipped}
 
 
 def build_eval_dataset(dataset: CocoDetection, imgsz: int = 640) -> EvalDataset:

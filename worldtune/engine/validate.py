@@ -59,11 +59,15 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
         if dist.is_dist():
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
-    dets = collect_detections(model, val_loader, list(val_coco.cat_ids), list(val_coco.class_names))
+    skipped: list[int] = []
+    dets = collect_detections(model, val_loader, list(val_coco.cat_ids), list(val_coco.class_names),
+                              skipped_ids=skipped)
     if dist.is_dist():
         gathered = [None] * dist.get_world_size() if dist.is_main_process() else None
-        torch.distributed.gather_object(dets, gathered, dst=0)
-        dets = [d for part in gathered for d in part] if dist.is_main_process() else None
+        torch.distributed.gather_object((dets, skipped), gathered, dst=0)
+        if dist.is_main_process():
+            dets = [d for part, _ in gathered for d in part]
+            skipped = [i for _, part in gathered for i in part]
     if not dist.is_main_process():
         return None
-    return coco_evaluate(val_coco.ann_file, dets)
+    return {**coco_evaluate(val_coco.ann_file, dets, exclude_image_ids=skipped), "skipped_images": skipped}

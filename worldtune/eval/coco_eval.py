@@ -94,7 +94,8 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> dict:
     return dict(zip(SUMMARY_KEYS, values))
 
 
-def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend: str = "faster") -> dict:
+def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend: str = "faster",
+                  exclude_image_ids=()) -> dict:
     """COCO box metrics of `detections` against the GT `ann`.
 
     Args:
@@ -102,6 +103,8 @@ def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend
         detections: list of {image_id, category_id, bbox [x, y, w, h], score}, or a path to such
             a JSON list (COCO results format).
         backend: "faster" (faster-coco-eval) or "pycocotools".
+        exclude_image_ids: images left out of the scoring with their GT (images that could not be
+            read under on_bad_data="skip": scoring them would count their objects as misses).
     Returns:
         dict with the fractions in [0, 1] `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl`, `AR1`, `AR10`,
         `AR100`, `ARs`, `ARm`, `ARl` (None when the GT has no object of that area range),
@@ -111,6 +114,10 @@ def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown COCO eval backend {backend!r}; choose one of {BACKENDS}")
     gt = load_coco_gt(ann)
+    excluded = set(exclude_image_ids)
+    if excluded:
+        gt["images"] = [img for img in gt["images"] if img["id"] not in excluded]
+        gt["annotations"] = [a for a in gt["annotations"] if a.get("image_id") not in excluded]
     source = "detections"
     if not isinstance(detections, list):
         source = str(detections)

@@ -48,8 +48,13 @@ def _default_predict_fn():
 
 @torch.no_grad()
 def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
-                       predict_fn: Callable | None = None, progress: bool = False) -> list[dict]:
-    """Run `model` over `loader` (eval batches, see `worldtune.data.collate.collate_eval`)."""
+                       predict_fn: Callable | None = None, progress: bool = False,
+                       skipped_ids: list | None = None) -> list[dict]:
+    """Run `model` over `loader` (eval batches, see `worldtune.data.collate.collate_eval`).
+
+    Images the loader marks as skipped (unreadable, on_bad_data="skip") get no detections; their
+    ids are appended to `skipped_ids` when given, for `coco_evaluate(exclude_image_ids=...)`.
+    """
     predict_fn = predict_fn or _default_predict_fn()
     if list(getattr(model, "vocabulary", [])) != list(texts):
         model.set_vocabulary(list(texts))
@@ -67,7 +72,11 @@ def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
                                  f"class names {list(texts)[:5]}...; build the loader from the same dataset")
             dets = predict_fn(model, batch["images"], batch["scale_factors"], batch["pad_params"],
                               batch["ori_shapes"])
-            results += detections_to_coco(dets, batch["image_ids"], cat_ids)
+            skipped = batch.get("skipped") or [False] * len(batch["image_ids"])
+            kept = [i for i, skip in enumerate(skipped) if not skip]
+            if skipped_ids is not None:
+                skipped_ids += [image_id for image_id, skip in zip(batch["image_ids"], skipped) if skip]
+            results += detections_to_coco([dets[i] for i in kept], [batch["image_ids"][i] for i in kept], cat_ids)
     finally:
         model.train(was_training)
     return results
@@ -101,13 +110,16 @@ def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = No
         raise ValueError("evaluate_model needs an unsharded loader (build_eval_loader with world_size=1), "
                          f"got a sampler split over {sampler.num_replicas} processes")
     start = time.perf_counter()
-    dets = collect_detections(model, loader, list(base.cat_ids), list(base.class_names), predict_fn, progress)
+    skipped: list[int] = []
+    dets = collect_detections(model, loader, list(base.cat_ids), list(base.class_names), predict_fn, progress,
+                              skipped)
     seconds = time.perf_counter() - start
     if out_detections is not None:
         path = Path(out_detections)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dets))
-    metrics = coco_evaluate(ann, dets, backend=backend)
+    metrics = coco_evaluate(ann, dets, backend=backend, exclude_image_ids=skipped)
+    metrics["skipped_images"] = skipped
     num_images = len(loader.dataset) if hasattr(loader, "dataset") else None
     metrics["seconds"] = round(seconds, 3)
     metrics["images_per_second"] = round(num_images / seconds, 2) if num_images and seconds > 0 else None
