@@ -6,6 +6,7 @@ official implementation so that its state_dict loads without a rename table.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Every image-side BatchNorm of YOLO-World uses these (mmyolo's YOLOv8 defaults).
@@ -31,10 +32,15 @@ class ConvBNAct(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = nn.SiLU(inplace=True) if act else nn.Identity()
+        self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
+        x = self.bn(self.conv(x))
+        if not self.act:
+            return x
+        # In place only when autograd records nothing: in training, silu_ would first clone its input
+        # for the backward, which costs more than writing a fresh output (~10 % of a CPU step for L).
+        return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
 class DarknetBottleneck(nn.Module):
