@@ -291,12 +291,12 @@ def main() -> None:
             steps["official"] = worldtune_step(variant, data, device, args.amp, official_groups=True,
                                                channels_last=not args.no_channels_last)
         rates = rounds_img_s(steps, args.batch, args, device)
-        row = f"| {variant} | {rates['ours']:.2f} | {rates['theirs']:.2f} |" if ul_version else \
-            f"| {variant} | {rates['ours']:.2f} | - |"
+        row = f"| {variant} | {rates['ours']:.3g} | {rates['theirs']:.3g} |" if ul_version else \
+            f"| {variant} | {rates['ours']:.3g} | - |"
         if args.cuda_graph:
-            row += f" {rates['graph']:.2f} |"
+            row += f" {rates['graph']:.3g} |"
         if args.official_groups:
-            row += f" {rates['official']:.2f} |"
+            row += f" {rates['official']:.3g} |"
         print(row, flush=True)
         if args.profile:
             print_profile(steps["ours"], device)
