@@ -1,10 +1,11 @@
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
-from worldtune.data.coco import CocoDetection, DataError
+from worldtune.data.coco import CocoDetection, DataError, merge_polygon_parts
 
 
 def _copy_set(tiny_coco, tmp_path, edit=None):
@@ -38,7 +39,9 @@ def test_category_mapping_and_texts(tiny_coco, tiny_dataset):
 def test_crowd_rle_and_multipart(tiny_dataset):
     ds = tiny_dataset
     rec0 = ds.get_record(0)
-    assert [len(p) for p in rec0["polygons"]] == [1, 1, 2]  # the third instance has two parts
+    assert [len(p) for p in rec0["polygons"]] == [1, 1, 1]  # the third instance's two parts are merged
+    ann = next(a for a in json.loads(ds.ann_file.read_text())["annotations"] if a["id"] == rec0["ann_ids"][2])
+    assert len(ann["segmentation"]) == 2 and len(rec0["polygons"][2][0]) == sum(len(s) // 2 + 1 for s in ann["segmentation"])
     rec1 = ds.get_record(1)
     rle_parts = rec1["polygons"][1]  # non-crowd RLE -> traced contour close to the box
     xy = np.concatenate(rle_parts)
@@ -97,3 +100,34 @@ def test_skip_policy_counts(tiny_coco, tmp_path):
     assert len(record) == 1  # reported once
     assert ds.skipped == {"bad annotation": 2, "missing image": 1}
     assert len(ds) == 7 and ds.get_record(0)["ann_ids"].tolist() == [103, 106]
+
+
+def test_multi_part_polygons_are_merged_at_their_closest_vertices():
+    left = np.array([[0, 0], [2, 0], [2, 2], [0, 2]], np.float32)
+    middle = np.array([[12, 1], [10, 1], [10, 0], [12, 0]], np.float32)  # entry (10, 0) after exit (12, 1)
+    right = np.array([[20, 3], [22, 3], [22, 5], [20, 5]], np.float32)
+    (merged,) = merge_polygon_parts([left, middle, right])
+    expected = np.array([
+        [2, 0], [2, 2], [0, 2], [0, 0], [2, 0],  # left, whole loop from its exit vertex (2, 0)
+        [10, 0], [12, 0], [12, 1],  # middle: entry (10, 0) to exit (12, 1) in vertex order
+        [20, 3], [22, 3], [22, 5], [20, 5], [20, 3],  # right, whole loop from its entry vertex
+        [12, 1], [10, 1], [10, 0],  # back through the rest of the middle part
+    ], np.float32)
+    np.testing.assert_array_equal(merged, expected)
+    # every vertex survives, so the tight box (the official mask2bbox) is unchanged
+    assert {tuple(v) for v in merged} == {tuple(v) for p in (left, middle, right) for v in p}
+    single = [left]
+    assert merge_polygon_parts(single) is single and merge_polygon_parts([]) == []
+
+
+def test_records_carry_one_merged_polygon_per_instance(tmp_path):
+    ann = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
+           "categories": [{"id": 1, "name": "thing"}],
+           "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [2, 2, 40, 20], "area": 200,
+                            "segmentation": [[2, 2, 10, 2, 10, 10, 2, 10], [30, 12, 42, 12, 42, 22, 30, 22]]}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    rec = CocoDetection(tmp_path / "ann.json", tmp_path).get_record(0)
+    (parts,) = rec["polygons"]
+    assert len(parts) == 1 and len(parts[0]) == 5 + 5
+    np.testing.assert_array_equal(np.concatenate([parts[0].min(0), parts[0].max(0)]), [2, 2, 42, 22])

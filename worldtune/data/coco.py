@@ -62,6 +62,36 @@ def polygons_from_segmentation(segm, height: int, width: int) -> list:
     return []
 
 
+def merge_polygon_parts(parts: list) -> list:
+    """Join a multi-part polygon into one, as the official loader does: parts i and i + 1 meet at
+    their closest pair of vertices; the path runs out through the parts in order (the first and
+    last part as whole loops, a middle part from its entry to its exit vertex, in vertex order)
+    and back through the rest of each middle part, so every join is walked twice.
+
+    Args:
+        parts: list of float32 [P_i, 2]. Returns: [merged float32 [Q, 2]] (the input if one part).
+    """
+    if len(parts) < 2:
+        return parts
+    joins = []  # (exit vertex of part i, entry vertex of part i + 1)
+    for a, b in zip(parts[:-1], parts[1:]):
+        dist = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        joins.append(np.unravel_index(int(np.argmin(dist)), dist.shape))
+
+    def loop(part, start):  # closed ring starting and ending at vertex `start`
+        return np.concatenate([part[start:], part[:start], part[start:start + 1]])
+
+    out, back = [loop(parts[0], joins[0][0])], []
+    for i in range(1, len(parts) - 1):
+        entry, exit_ = joins[i - 1][1], joins[i][0]
+        ring = loop(parts[i], entry)
+        k = (exit_ - entry) % len(parts[i])  # where the exit vertex sits on the ring
+        out.append(ring[:k + 1])
+        back.append(ring[k:])
+    out.append(loop(parts[-1], joins[-1][1]))
+    return [np.concatenate(out + back[::-1]).astype(np.float32)]
+
+
 class CocoDetection:
     """A COCO-format detection set.
 
@@ -205,7 +235,8 @@ class CocoDetection:
             dict(image_id, file_name (full path), height, width, ann_ids int64 [N],
             bboxes float32 [N, 4] xyxy from the annotation `bbox`, labels int64 [N] in 0..K-1,
             ignore bool [N] (crowd or degenerate), polygons: list of N lists of float32 [P, 2]
-            parts (empty list for crowd instances or when the segmentation is unusable)).
+            parts (empty list for crowd instances or when the segmentation is unusable; multi-part
+            polygons merged into one, `merge_polygon_parts`)).
         """
         img, anns = self._entry(index)
         h, w = int(img["height"]), int(img["width"])
@@ -213,8 +244,8 @@ class CocoDetection:
         boxes[:, 2:] += boxes[:, :2]
         ignore = np.array([bool(a.get("iscrowd", 0)) or a["bbox"][2] < 1 or a["bbox"][3] < 1
                            or a.get("area", a["bbox"][2] * a["bbox"][3]) <= 0 for a in anns], dtype=bool)
-        polygons = [[] if a.get("iscrowd", 0) else polygons_from_segmentation(a.get("segmentation"), h, w)
-                    for a in anns]
+        polygons = [[] if a.get("iscrowd", 0) else merge_polygon_parts(
+            polygons_from_segmentation(a.get("segmentation"), h, w)) for a in anns]
         return {
             "image_id": self.image_ids[index], "file_name": str(self.image_dir / img["file_name"]),
             "height": h, "width": w,
