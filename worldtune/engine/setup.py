@@ -1,0 +1,63 @@
+"""What a training run is built from: the text tower, the data sets and loaders, the start weights."""
+import os
+
+import torch
+from torch import nn
+
+from worldtune.engine import dist
+
+
+def build_text_model(name: str, seed: int = 0) -> nn.Module:
+    """CLIP text tower: a hub id or local folder, or "random" (ViT-B/32-shaped, random weights, with
+    the tokenizer shipped in the package) for offline demos and tests."""
+    from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR, CLIPTextEncoder
+
+    if name == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return CLIPTextEncoder.from_config(tokenizer_dir=str(BUNDLED_TOKENIZER_DIR))
+    return CLIPTextEncoder.from_pretrained(name)
+
+
+def build_datasets(cfg, info: dist.DistInfo):
+    """Train/val CocoDetection, the augmented TrainDataset and the loaders."""
+    from worldtune.data.coco import CocoDetection
+    from worldtune.data.loader import build_eval_loader, build_train_loader
+    from worldtune.data.presets import build_eval_dataset, build_train_dataset
+
+    d, t = cfg.data, cfg.train
+    for key in ("train_ann", "train_images"):
+        if not getattr(d, key):
+            raise ValueError(f"data.{key} is not set (use --data-root, or --train-ann and --train-images)")
+    texts = d.class_texts or None
+    train_coco = CocoDetection(d.train_ann, d.train_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+    train_set = build_train_dataset(
+        train_coco, imgsz=d.imgsz, mask_refine=d.mask_refine, affine_scale=tuple(d.affine_scale),
+        mixup_prob=d.mixup_prob, copypaste_prob=d.copypaste_prob,
+        close_mosaic_epoch=max(t.epochs - t.close_mosaic_epochs, 0), num_texts=d.num_texts, seed=t.seed,
+        min_area_ratio=d.min_area_ratio, mosaic_pool=d.mosaic_pool, cache_images=d.cache_images,
+        cache_max_gb=d.cache_max_gb)
+    # More loader processes than cores only adds overhead; results do not depend on the count.
+    workers = min(d.workers, os.cpu_count() or 1)
+    train_loader = build_train_loader(train_set, t.batch_size, workers, t.seed, info.rank, info.world_size,
+                                      pin_memory=info.device.type == "cuda")
+    val_coco = val_loader = None
+    if d.val_ann:
+        val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+        # Each process predicts its share of it (`validate.shard_eval_loader`); rank 0 scores them all.
+        val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2))
+    return train_set, train_loader, val_coco, val_loader
+
+
+def load_start_weights(model: nn.Module, weights: str) -> str:
+    """Load `weights` (zoo name, official .pth, worldtune checkpoint) non-strictly, as the official
+    `load_from` does, and return a one-line report of what did not match."""
+    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
+    from worldtune.zoo import resolve_weights
+
+    path = resolve_weights(weights)
+    state = extract_model_state(load_checkpoint_file(path))
+    report = load_model_state(model, state, strict=False, path=path)
+    if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
+        model.text_model.clear_cache()  # cached embeddings came from the old text weights
+    return f"start weights: {path}" + ("" if report.ok else "\n" + report.message(path))
