@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from tests.helpers import sharded_eval
 from tests.helpers.coco_factory import make_tiny_coco
 from tests.helpers.tiny_run import tiny_text_model
-from worldtune.engine.validate import shard_eval_loader
+from worldtune.data.loader import build_eval_loader
 
 
 def _free_port() -> int:
@@ -20,8 +20,8 @@ def _free_port() -> int:
 def test_shards_are_strided_and_cover_every_image_once(tmp_path):
     data = make_tiny_coco(tmp_path / "coco", num_images=7)
     coco, loader, _ = sharded_eval.setup(data, str(tiny_text_model()))
-    assert shard_eval_loader(loader, 0, 1) is loader
-    ids = [[i for b in shard_eval_loader(loader, r, 3) for i in b["image_ids"]] for r in range(3)]
+    ids = [[i for b in build_eval_loader(loader.dataset, 2, rank=r, world_size=3) for i in b["image_ids"]]
+           for r in range(3)]
     assert [len(x) for x in ids] == [3, 2, 2]  # no padding repeats, unlike a DistributedSampler
     assert sorted(i for x in ids for i in x) == sorted(coco.image_ids)
     assert ids[1] == [coco.image_ids[1], coco.image_ids[4]]

@@ -9,21 +9,22 @@ from tests.helpers.calibrated_model import make_calibrated_model
 from worldtune.data.coco import CocoDetection
 from worldtune.data.loader import build_eval_loader
 from worldtune.data.presets import build_eval_dataset
-from worldtune.engine.validate import evaluate_ema, shard_eval_loader
+from worldtune.engine.validate import evaluate_ema
 from worldtune.model.text_encoder import CLIPTextEncoder
 
 
-def setup(data: dict, text_folder: str, imgsz: int = 64):
-    """(CocoDetection, eval loader, model in an EMA-like wrapper) - the same in every process."""
+def setup(data: dict, text_folder: str, imgsz: int = 64, rank: int = 0, world_size: int = 1):
+    """(CocoDetection, this rank's eval loader, model in an EMA-like wrapper) - the same model in
+    every process (calibrated on the first batch of the whole set)."""
     torch.manual_seed(0)
     coco = CocoDetection(data["ann_file"], data["image_dir"])
-    loader = build_eval_loader(build_eval_dataset(coco, imgsz), batch_size=2)
+    dataset = build_eval_dataset(coco, imgsz)
     tower = CLIPTextEncoder.from_pretrained(text_folder)
-    batch = next(iter(loader))
+    batch = next(iter(build_eval_loader(dataset, batch_size=2)))
     feats = tower.encode_vocabulary(list(coco.class_names))
     images = batch["images"].float() / 255
     model = make_calibrated_model(images, feats.expand(len(images), -1, -1), text_model=tower)
-    return coco, loader, SimpleNamespace(module=model)
+    return coco, build_eval_loader(dataset, batch_size=2, rank=rank, world_size=world_size), SimpleNamespace(module=model)
 
 
 def evaluate(coco, loader, ema) -> dict | None:
@@ -37,8 +38,8 @@ def worker(rank: int, world_size: int, port: int, data: dict, text_folder: str, 
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        coco, loader, ema = setup(data, text_folder)
-        metrics = evaluate(coco, shard_eval_loader(loader, rank, world_size), ema)
+        coco, loader, ema = setup(data, text_folder, rank=rank, world_size=world_size)
+        metrics = evaluate(coco, loader, ema)
         if rank == 0:
             torch.save(metrics, Path(out))
         else:

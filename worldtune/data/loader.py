@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from worldtune.data.collate import collate_eval, collate_train
 
@@ -61,10 +61,22 @@ def build_train_loader(dataset, batch_size: int, workers: int = 0, seed: int = 0
     return TrainLoader(dataset, batch_size, workers, seed, rank, world_size, drop_last, pin_memory)
 
 
+class StridedSampler(Sampler):
+    """Indices rank, rank + world_size, ...: every image exactly once over all ranks. Unlike
+    DistributedSampler it never pads a shard with repeated images, which evaluation must not see."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.indices, self.num_replicas = range(rank, length, world_size), world_size
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def build_eval_loader(dataset, batch_size: int = 1, workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Loader over an `EvalDataset` in dataset order (a rank takes every world_size-th image)."""
-    sampler = None
-    if world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+    sampler = StridedSampler(len(dataset), rank, world_size) if world_size > 1 else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                       collate_fn=collate_eval, worker_init_fn=_worker_init)

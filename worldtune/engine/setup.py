@@ -44,8 +44,9 @@ def build_datasets(cfg, info: dist.DistInfo):
     val_coco = val_loader = None
     if d.val_ann:
         val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
-        # Each process predicts its share of it (`validate.shard_eval_loader`); rank 0 scores them all.
-        val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2))
+        # Each process predicts its share of it (strided); rank 0 scores them all (engine.validate).
+        val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2),
+                                       info.rank, info.world_size)
     return train_set, train_loader, val_coco, val_loader
 
 

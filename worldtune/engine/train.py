@@ -29,7 +29,7 @@ from worldtune.engine.logger import RunLogger
 from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
 from worldtune.engine.setup import build_datasets, build_text_model, load_start_weights
 from worldtune.engine.text_feats import batch_text_feats
-from worldtune.engine.validate import evaluate_ema, shard_eval_loader
+from worldtune.engine.validate import evaluate_ema
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
@@ -214,7 +214,6 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
     train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info)  # bad data fails here, early
-    val_shard = shard_eval_loader(val_loader, info.rank, info.world_size) if val_loader is not None else None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump(cfg, out / "config.yaml")
@@ -282,7 +281,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 state["epoch"], state["step_in_epoch"] = epoch + 1, 0
                 logger.log("epoch", state["global_step"], epoch=epoch, **stats)
                 if val_loader is not None and validation_due(epoch + 1, cfg):
-                    metrics = evaluate_ema(ema, val_coco, val_shard, cfg, train_loader, epoch, info.device)
+                    metrics = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
                     if info.is_main:
                         last_metrics = metrics
                         ap = last_metrics["AP"] or 0.0

@@ -1,7 +1,7 @@
 """Validation during training: COCO AP of the EMA weights, split over the training processes.
 
-With several processes each one predicts every world_size-th val image (a strided subset, so no
-image is repeated as a padding DistributedSampler would), the detections are gathered on rank 0,
+With several processes each one predicts every world_size-th val image (`build_eval_loader` with
+the rank and world size: a strided shard, no image repeated), the detections are gathered on rank 0,
 and rank 0 alone scores them against the full ground truth. The metrics equal those of one process
 evaluating the whole set, in 1/world_size of the time.
 """
@@ -10,19 +10,9 @@ from itertools import islice
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from worldtune.engine import dist
 from worldtune.engine.text_feats import batch_text_feats
-
-
-def shard_eval_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
-    """`loader` restricted to images rank, rank + world_size, ... (the loader itself when alone)."""
-    if world_size <= 1:
-        return loader
-    shard = Subset(loader.dataset, range(rank, len(loader.dataset), world_size))
-    return DataLoader(shard, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, worker_init_fn=loader.worker_init_fn)
 
 
 @torch.no_grad()
@@ -43,7 +33,7 @@ def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: to
 def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> dict | None:
     """COCO metrics of the EMA weights (optionally with precise BN statistics, see the config).
 
-    Call on every rank with that rank's `shard_eval_loader`; returns `coco_evaluate`'s metrics on
+    Call on every rank with that rank's loader (`build_eval_loader(..., rank, world_size)`); returns `coco_evaluate`'s metrics on
     rank 0 and None elsewhere.
     """
     from worldtune.eval.coco_eval import coco_evaluate

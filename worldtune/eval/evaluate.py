@@ -105,8 +105,8 @@ def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = No
     ann = ann if ann is not None else base.ann_file
     sampler = getattr(loader, "sampler", None)
     if getattr(sampler, "num_replicas", 1) > 1:
-        # COCO AP of one shard against the full GT would be silently wrong (and DistributedSampler
-        # pads shards with repeated images): evaluate the whole set in one process.
+        # COCO AP of one shard against the full GT would be silently wrong: evaluate the whole set
+        # in one process, or gather the shards first as training's validation does (engine.validate).
         raise ValueError("evaluate_model needs an unsharded loader (build_eval_loader with world_size=1), "
                          f"got a sampler split over {sampler.num_replicas} processes")
     start = time.perf_counter()
