@@ -133,10 +133,7 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, slots: in
     shadow = SimpleNamespace(param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
     ema = ExpMomentumEMA(model)
     ema.update(model)  # step 0 is a plain copy; the graph does the averaging steps
-    news = ema._resolve(model, "_source_slots")
-    averages = ema._resolve(ema.module, "_average_slots")
-    pairs = [(averages[k], news[k]) for k in averages if averages[k].is_floating_point() and k not in ema.frozen]
-    ema_avgs, ema_news = [a for a, _ in pairs], [n for _, n in pairs]
+    ema_avgs, ema_news = ema.lerp_tensors(model)
     ema_weight = torch.zeros((), device=device)
     criterion = YOLOWorldCriterion()
     images, text = data["images"].to(device), data["text_feats"].to(device)

@@ -60,36 +60,43 @@ class ExpMomentumEMA:
             slots.append((key, model.get_submodule(owner), attr))
         return slots
 
-    def _resolve(self, model: nn.Module, cache_name: str) -> dict[str, torch.Tensor]:
-        # The owner/attribute slots are found once per model object (walking state_dict() costs
-        # milliseconds, which a launch-bound GPU step feels); the tensors are read through them each
-        # time, so .to(), load_state_dict() or a replaced buffer can never leave stale references.
-        cached = getattr(self, cache_name, None)
-        if cached is None or cached[0] is not model:
-            cached = (model, self._slots(model))
-            setattr(self, cache_name, cached)
-        return {key: getattr(owner, attr).detach() for key, owner, attr in cached[1]}
+    def _plan(self, model: nn.Module) -> tuple[list, list]:
+        """(all pairs, averaged pairs) of ((EMA owner, attr), (model owner, attr)), matched by key.
+
+        Found once per model object (walking state_dict() costs milliseconds, which a launch-bound
+        GPU step feels); the tensors are read through the owners each time, so .to(),
+        load_state_dict() or a replaced buffer can never leave stale references.
+        """
+        if getattr(self, "_cached_plan", None) is None or self._cached_plan[0] is not model:
+            source = {key: (owner, attr) for key, owner, attr in self._slots(model)}
+            average = {key: (owner, attr) for key, owner, attr in self._slots(self.module)}
+            if source.keys() != average.keys():
+                missing = sorted(average.keys() - source.keys())[:5]
+                extra = sorted(source.keys() - average.keys())[:5]
+                raise KeyError(f"ExpMomentumEMA.update: the model's keys differ from the EMA copy's "
+                               f"(missing {missing}, unexpected {extra}); pass the unwrapped model")
+            pairs = [(average[key], source[key]) for key in average]
+            averaged = [(avg, src) for key, (avg, src) in zip(average, pairs)
+                        if getattr(*avg).is_floating_point() and key not in self.frozen]
+            self._cached_plan = (model, pairs, averaged)
+        return self._cached_plan[1], self._cached_plan[2]
+
+    def lerp_tensors(self, model: nn.Module) -> tuple[list, list]:
+        """(EMA tensors, matching model tensors) that the averaging step updates, in one list each."""
+        averaged = self._plan(model)[1]
+        averages = [getattr(*avg).detach() for avg, _ in averaged]
+        return averages, [getattr(*src).detach().to(a.dtype) for a, (_, src) in zip(averages, averaged)]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the current weights of `model` into the average (call after each optimizer step)."""
-        source = self._resolve(model, "_source_slots")
-        average = self._resolve(self.module, "_average_slots")
-        if source.keys() != average.keys():
-            missing = sorted(average.keys() - source.keys())[:5]
-            extra = sorted(source.keys() - average.keys())[:5]
-            raise KeyError(f"ExpMomentumEMA.update: the model's keys differ from the EMA copy's "
-                           f"(missing {missing}, unexpected {extra}); pass the unwrapped model")
         if self.steps == 0:
-            for name, avg in average.items():
-                avg.copy_(source[name])
+            for avg, src in self._plan(model)[0]:
+                getattr(*avg).detach().copy_(getattr(*src).detach())
         elif self.steps % self.interval == 0:
-            weight = ema_momentum(self.steps, self.momentum, self.gamma)
-            pairs = [(avg, source[name].to(avg.dtype)) for name, avg in average.items()
-                     if avg.is_floating_point() and name not in self.frozen]
-            if pairs:
-                averages, news = zip(*pairs)
-                torch._foreach_lerp_(list(averages), list(news), weight)  # one fused call over all tensors
+            averages, news = self.lerp_tensors(model)
+            if averages:
+                torch._foreach_lerp_(averages, news, ema_momentum(self.steps, self.momentum, self.gamma))
         if not self.update_buffers:
             for avg_buf, buf in zip(self.module.buffers(), model.buffers()):
                 avg_buf.copy_(buf)
