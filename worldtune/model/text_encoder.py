@@ -262,17 +262,20 @@ class CLIPTextEncoder(nn.Module):
         training runs reproducible and resumed runs bit-identical.
         """
         texts = _check_strings(texts, "texts")
+
+        def run(strings: list[str]) -> Tensor:
+            if per_string and len(strings) > 1:
+                return torch.cat([self._run_tower([t]) for t in strings])
+            return self._run_tower(strings)
+
         if not (self.frozen and self.cache_size > 0):
-            if per_string:
-                return torch.cat([self._run_tower([t]) for t in texts]) if texts else self._run_tower(texts)
-            return self._run_tower(texts)
+            return run(texts)
         self._check_fingerprint()
         # With the causal mask the first end-of-text token never sees the padding, so an embedding
         # depends on its batch mates only through those last bits (see `per_string`).
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
-            feats = torch.cat([self._run_tower([t]) for t in missing]) if per_string else self._run_tower(missing)
-            for text, feat in zip(missing, feats):
+            for text, feat in zip(missing, run(missing)):
                 self._cache[text] = feat
         for text in dict.fromkeys(texts):
             self._cache.move_to_end(text)
