@@ -97,7 +97,7 @@ def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: 
         if compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         apply_schedule(optimizer, 0, counter[0], 1000, ScheduleConfig())
-        x = (images.float() / 255).contiguous(memory_format=memory_format)
+        x = images.to(torch.float32, memory_format=memory_format) / 255
         with _autocast(device, amp):
             out = forward(x, text)
         losses = criterion([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits], targets)
@@ -144,7 +144,7 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, slots: in
     def body() -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype is not None,
                             cache_enabled=False):
-            out = model((images.float() / 255).contiguous(memory_format=memory_format), text)
+            out = model(images.to(torch.float32, memory_format=memory_format) / 255, text)
         losses = criterion.call_padded([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits],
                                        *gts)
         losses["loss"].backward()

@@ -102,8 +102,9 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
     memory_format = torch.channels_last if channels_last_on(cfg, device) else torch.contiguous_format
     for batch in bar:
         schedule_fn(optimizer, epoch, state["global_step"])
-        images = batch["images"].to(device, non_blocking=True).float().div_(255)
-        images = images.contiguous(memory_format=memory_format)
+        # One kernel converts both the dtype and the layout (uint8 NCHW -> float32 NHWC on GPU).
+        images = batch["images"].to(device, non_blocking=True).to(torch.float32, memory_format=memory_format)
+        images.div_(255)
         text_feats = batch_text_feats(text_model, batch["texts"], device)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_on else nullcontext():
             outputs = model(images, text_feats)
