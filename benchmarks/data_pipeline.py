@@ -81,8 +81,9 @@ def bench_worldtune(paths: dict, args, **options) -> dict:
     ds = CocoDetection(paths["ann_file"], paths["image_dir"])
     start = time.perf_counter()
     train = build_train_dataset(ds, imgsz=args.imgsz, num_texts=80, **options)  # v2-S defaults
-    if options.get("cache_images"):
-        print(f"worldtune cache_images: {train.images.ram_count} images, {train.images.ram_bytes_used / 2**20:.0f} MiB,"
+    if options.get("cache_images") or options.get("cache_dir"):
+        where = f" in {options['cache_dir']}" if options.get("cache_dir") else ""
+        print(f"worldtune cache_images{where}: {train.images.cached_count} images, {train.images.cached.nbytes / 2**20:.0f} MiB,"
               f" filled in {time.perf_counter() - start:.1f} s")
     out = {}
     for workers in args.workers:
@@ -135,6 +136,8 @@ def main() -> None:
         paths = make_images(Path(tmp), args.images)
         rows = [("worldtune (official sampling)", bench_worldtune(paths, args)),
                 ("worldtune, data.cache_images", bench_worldtune(paths, args, cache_images=True)),
+                ("worldtune, data.cache_dir (a file on disk)",
+                 bench_worldtune(paths, args, cache_dir=str(Path(tmp) / "cache"))),
                 (f"worldtune, data.mosaic_pool={args.batch}", bench_worldtune(paths, args, mosaic_pool=args.batch))]
         try:
             import ultralytics

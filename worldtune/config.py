@@ -59,11 +59,13 @@ class DataConfig:
     on_bad_data: str = "error"    # or "skip"
     min_size: int = 32
     # Speed options, off by default (README "Faster data loading"). cache_images: keep the decoded
-    # training images, resized for the mosaic, in RAM (same samples); at most cache_max_gb GiB per
-    # training process. mosaic_pool N > 0 (not official): mosaic/MixUp partners come from the N
-    # images around the sample in the epoch's loading order; use the batch size or a divisor.
+    # training images, resized for the mosaic (same samples), at most cache_max_gb GiB: in each
+    # training process's RAM, or with cache_dir in one file there shared by all processes and runs.
+    # mosaic_pool N > 0 (not official): mosaic/MixUp partners come from the N images around the
+    # sample in the epoch's loading order; use the batch size or a divisor.
     cache_images: bool = False
     cache_max_gb: float = 8.0
+    cache_dir: str = ""
     mosaic_pool: int = 0
 
 

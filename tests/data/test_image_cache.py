@@ -1,9 +1,20 @@
-"""Opt-in decoded-image stores (data.cache_images) and mosaic pools (data.mosaic_pool)."""
+"""Opt-in decoded-image stores (data.cache_images, data.cache_dir) and mosaic pools (data.mosaic_pool)."""
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from worldtune.data.image_cache import MosaicImageStore, mosaic_size
+from worldtune.data.coco import CocoDetection, DataError
+from worldtune.data.image_cache import MosaicImageStore, decode_for_mosaic, mosaic_size
+from worldtune.data.packed_images import pack_in_file
 from worldtune.data.loader import build_train_loader
 from worldtune.data.presets import build_train_dataset
 
@@ -16,30 +27,109 @@ def _same(a, b):
     assert a["texts"] == b["texts"] and a["image_id"] == b["image_id"]
 
 
-def test_ram_cache_changes_no_sample(tiny_dataset):
+@pytest.mark.parametrize("where", ["ram", "file"])
+def test_image_cache_changes_no_sample(tiny_dataset, tmp_path, where):
     plain = build_train_dataset(tiny_dataset, **KW)
-    cached = build_train_dataset(tiny_dataset, **KW, cache_images=True)
-    assert cached.images.ram_count == len(tiny_dataset)
+    cached = build_train_dataset(tiny_dataset, **KW, cache_images=True,
+                                 cache_dir=str(tmp_path) if where == "file" else "")
+    assert cached.images.cached_count == len(tiny_dataset)
+    assert (cached.images.cached.path is not None) == (where == "file")
     for epoch in (0, 1, 2):  # stage 1 reads the cache, stage 2 decodes as usual
         plain.set_epoch(epoch)
         cached.set_epoch(epoch)
         for i in range(len(plain)):
             _same(plain[i], cached[i])
-    assert cached.images.decodes == 0  # stage 1 never decoded: everything came from RAM
+    assert cached.images.decodes == 0  # stage 1 never decoded: everything came from the cache
     img, shape = cached.images.get(0)
     assert shape == tiny_dataset.load_image(0).shape[:2] and img.shape[1::-1] == mosaic_size(*shape, 64)
 
 
-def test_ram_cache_stays_within_budget(tiny_dataset):
+def test_image_cache_stays_within_budget(tiny_dataset):
     budget = 2 * 64 * 64 * 3 + 10  # room for two images at most
-    with pytest.warns(UserWarning, match="of 8 images fit"):
-        store = MosaicImageStore(tiny_dataset, 64, ram_bytes=budget)
-    assert 0 < store.ram_count <= 2 and store.ram_bytes_used <= budget
+    with pytest.warns(UserWarning, match="of 8 images cached"):
+        store = MosaicImageStore(tiny_dataset, 64, cache_bytes=budget)
+    assert 0 < store.cached_count <= 2 and store.cached.nbytes <= budget
     plain = build_train_dataset(tiny_dataset, **KW)
-    with pytest.warns(UserWarning, match="fit"):
+    with pytest.warns(UserWarning, match="cached"):
         partial = build_train_dataset(tiny_dataset, **KW, cache_images=True, cache_max_gb=budget / 2**30)
     for i in range(len(plain)):
         _same(plain[i], partial[i])
+
+
+def _count_loads(dataset, monkeypatch) -> list:
+    calls, load = [], dataset.load_image
+    monkeypatch.setattr(dataset, "load_image", lambda i: calls.append(i) or load(i))
+    return calls
+
+
+def test_file_cache_is_built_once_and_shared(tiny_dataset, tmp_path, monkeypatch):
+    calls = _count_loads(tiny_dataset, monkeypatch)
+    first = MosaicImageStore(tiny_dataset, 64, cache_bytes=2**30, cache_dir=tmp_path)
+    assert sorted(calls) == list(range(len(tiny_dataset)))  # the builder decoded each image once
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".npy", ".u8"]  # no lock or temp file left
+    second = MosaicImageStore(tiny_dataset, 64, cache_bytes=2**30, cache_dir=tmp_path)
+    assert len(calls) == len(tiny_dataset)  # a later process or run maps the file and decodes nothing
+    for i in range(len(tiny_dataset)):
+        a, b = first.get(i), second.get(i)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1] == b[1] and not b[0].flags.writeable
+    # Spawned workers get the file's path, not a copy of the pixels.
+    blob = pickle.dumps(second.cached)
+    assert len(blob) < 10_000 < second.cached.nbytes
+    np.testing.assert_array_equal(pickle.loads(blob).get(3)[0], second.get(3)[0])
+    MosaicImageStore(tiny_dataset, 32, cache_bytes=2**30, cache_dir=tmp_path)  # another size: another file
+    assert len(list(tmp_path.glob("*.u8"))) == 2
+
+
+def test_file_cache_follows_changed_images_and_skips_unreadable_ones(tiny_coco, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(tiny_coco["image_dir"], root)
+    dataset = CocoDetection(tiny_coco["ann_file"], root, on_bad_data="skip")
+    cache = tmp_path / "cache"
+    MosaicImageStore(dataset, 64, cache_bytes=2**30, cache_dir=cache)
+    broken = dataset.image_path(2)
+    broken.write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="7 of 8 images cached"):
+        store = MosaicImageStore(dataset, 64, cache_bytes=2**30, cache_dir=cache)
+    assert len(list(cache.glob("*.u8"))) == 2  # the changed file made a new cache instead of reusing the old
+    assert store.cached.get(2) is None  # left to the normal path, which reports it
+    with pytest.raises(DataError, match=str(broken.name)):
+        store.get(2)
+
+
+def test_file_cache_waits_for_a_live_builder_and_takes_over_a_dead_ones_lock(tiny_dataset, tmp_path):
+    sizes = [mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))]
+
+    def decode(i):
+        return decode_for_mosaic(tiny_dataset, i, 64)
+
+    lock = tmp_path / "images-k1.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")  # held by a live process (this one)
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k1",
+                                                                        poll_s=0.02)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and not result  # it waits while the lock is held
+    lock.unlink()
+    waiter.join(30)
+    assert result and result[0].count == len(tiny_dataset)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "images-k2.lock").write_text(f"{socket.gethostname()} {dead.pid}\n")
+    packed = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k2", poll_s=0.02)  # would hang if not taken over
+    assert packed.count == len(tiny_dataset) and not (tmp_path / "images-k2.lock").exists()
+
+
+def test_file_cache_matches_the_uncached_pipeline_in_worker_processes(tiny_dataset, tmp_path):
+    plain = build_train_loader(build_train_dataset(tiny_dataset, **KW), batch_size=4, workers=0, seed=1)
+    cached = build_train_loader(build_train_dataset(tiny_dataset, **KW, cache_dir=str(tmp_path)),
+                                batch_size=4, workers=2, seed=1)
+    for loader in (plain, cached):
+        loader.set_epoch(0)
+    for a, b in zip(plain, cached):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["bboxes_labels"], b["bboxes_labels"])
 
 
 def test_recent_images_are_bounded_and_reused(tiny_dataset):

@@ -135,4 +135,4 @@ def test_data_speed_options_reach_the_training_dataset(tmp_path):
     assert plain.mosaic_pool == 0 and plain.images is None
     cfg.data.cache_images, cfg.data.cache_max_gb, cfg.data.mosaic_pool = True, 0.5, 3
     fast = T.build_datasets(cfg, info)[0]
-    assert fast.mosaic_pool == 3 and fast.images.ram_count == len(fast.dataset)  # all 6 images cached
+    assert fast.mosaic_pool == 3 and fast.images.cached_count == len(fast.dataset)  # all 6 images cached

@@ -5,24 +5,25 @@ Every stored image is already resized to its mosaic size (r = min(s/h, s/w), bil
 Using a store therefore changes no pixel of any sample; it only saves JPEG decoding (about
 5 ms per 640 px image, four to eight times per stage-1 sample) and resizing.
 
-- RAM cache (`data.cache_images`): the images are decoded once, at start-up, in the main
-  process (a thread pool), before the DataLoader forks its workers, which then read the same
-  memory pages (copy-on-write: the pixel buffers are never written, so never copied). At most
-  `ram_bytes` per training process (planned from the annotated image sizes); images past the
-  budget are decoded as usual.
+- Image cache (`data.cache_images`): every image, decoded once (`packed_images`), at most
+  `cache_bytes` of them, in index order. Without `cache_dir` it is filled at start-up in this
+  process's RAM, before the DataLoader forks its workers, which then read the same pages
+  (copy-on-write: nothing writes them, so nothing is copied); each DDP rank fills its own.
+  With `cache_dir` it is one file that the first process builds and every process, rank and
+  later run maps (`data.cache_dir`, e.g. /dev/shm for one copy in RAM per machine).
 - Recent images (`recent` > 0, used with `data.mosaic_pool`): a per-process LRU of the last
   `recent` images decoded. Each worker has its own; nothing is shared or locked.
 
 Stage 2 and evaluation resize differently (area interpolation) and do not use the stores.
 """
+import hashlib
 import os
 import warnings
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 
-from worldtune.data.coco import DataError
+from worldtune.data.packed_images import PackedImages, cache_key, pack_in_file, pack_in_ram
 
 
 def mosaic_size(height: int, width: int, img_scale: int) -> tuple:
@@ -46,60 +47,65 @@ def decode_for_mosaic(dataset, index: int, img_scale: int):
 
 
 class MosaicImageStore:
-    """Resized images for mosaics: RAM cache first, then the recent-images LRU, then decode.
+    """Resized images for mosaics: the image cache first, then the recent-images LRU, then decode.
 
     Args:
         dataset: a CocoDetection.
         img_scale: the mosaic scale s (the training image size).
-        ram_bytes: RAM-cache budget in bytes (0: no RAM cache).
+        cache_bytes: image-cache budget in bytes (0: no image cache).
         recent: LRU capacity in images (0: none).
-        threads: decoding threads for the RAM cache (default: CPU count).
+        cache_dir: folder for a shared file-backed image cache ("" or None: this process's RAM).
+        threads: decoding threads while filling the cache (default: CPU count).
 
-    Attributes: ram_count (images in the RAM cache), ram_bytes_used, decodes (this process).
+    Attributes: cached (PackedImages or None), decodes (images decoded by this process since).
     """
 
-    def __init__(self, dataset, img_scale: int, ram_bytes: int = 0, recent: int = 0, threads: int | None = None):
+    def __init__(self, dataset, img_scale: int, cache_bytes: int = 0, recent: int = 0, cache_dir=None,
+                 threads: int | None = None):
         self.dataset, self.img_scale, self.recent = dataset, int(img_scale), int(recent)
-        self._ram: dict = {}
+        self.cached = None
         self._lru: OrderedDict = OrderedDict()
         self.decodes = 0
-        self.ram_bytes_used = 0
-        if ram_bytes > 0:
-            self._fill_ram(int(ram_bytes), threads or os.cpu_count() or 1)
+        if cache_bytes > 0:
+            self.cached = self._build_cache(int(cache_bytes), cache_dir, threads or os.cpu_count() or 1)
 
     @property
-    def ram_count(self) -> int:
-        return len(self._ram)
+    def cached_count(self) -> int:
+        return self.cached.count if self.cached is not None else 0
 
-    def _fill_ram(self, budget: int, threads: int) -> None:
-        # Choose by the sizes in the annotation file, in index order, until the budget is spent.
-        chosen, planned = [], 0
-        for index in range(len(self.dataset)):
-            w, h = mosaic_size(*self.dataset.image_size(index), self.img_scale)
-            if planned + w * h * 3 > budget:
-                break
-            chosen.append(index)
-            planned += w * h * 3
+    def _build_cache(self, budget: int, cache_dir, threads: int) -> PackedImages:
+        # Sizes come from the annotation file; an image that decodes to another size is left out.
+        sizes = [mosaic_size(*self.dataset.image_size(i), self.img_scale) for i in range(len(self.dataset))]
 
         def decode(index):
-            try:
-                return index, decode_for_mosaic(self.dataset, index, self.img_scale)
-            except DataError:
-                return index, None  # left to the normal path, which reports or skips it
+            return decode_for_mosaic(self.dataset, index, self.img_scale)
 
-        with ThreadPoolExecutor(threads) as pool:  # cv2 releases the GIL while decoding
-            for index, item in pool.map(decode, chosen):
-                if item is not None:
-                    self._ram[index] = item
-                    self.ram_bytes_used += item[0].nbytes
-        if len(chosen) < len(self.dataset):
-            warnings.warn(f"image cache: {len(self._ram)} of {len(self.dataset)} images fit in "
-                          f"{budget / 2**30:.1f} GiB (data.cache_max_gb); the others are decoded each time",
-                          stacklevel=3)
+        if cache_dir:
+            key = cache_key({"img_scale": self.img_scale, "budget": budget, "images": self._identity()})
+            cached = pack_in_file(sizes, decode, budget, threads, cache_dir, key)
+        else:
+            cached = pack_in_ram(sizes, decode, budget, threads)
+        if cached.count < len(self.dataset):
+            warnings.warn(f"image cache: {cached.count} of {len(self.dataset)} images cached "
+                          f"({budget / 2**30:.2f} GiB budget, data.cache_max_gb); the others, and any the "
+                          "cache could not read, are decoded each time", stacklevel=3)
+        return cached
+
+    def _identity(self) -> str:
+        """Hash of everything that decides the cached pixels: files, their sizes and modification times."""
+        h = hashlib.sha1()
+        for index in range(len(self.dataset)):
+            path = self.dataset.image_path(index)
+            try:
+                stat = os.stat(path)
+                h.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}|missing\n".encode())
+        return h.hexdigest()
 
     def get(self, index: int):
         """(resized uint8 [h, w, 3] BGR, (H, W) of the original) of dataset image `index`; do not modify it."""
-        item = self._ram.get(index)
+        item = self.cached.get(index) if self.cached is not None else None
         if item is not None:
             return item
         item = self._lru.get(index)

@@ -142,7 +142,7 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
                         close_mosaic_epoch: int = 70, num_texts: int = 80, seed: int = 0,
                         min_area_ratio: float | None = None, hsv_gains=(0.015, 0.7, 0.4),
                         albu_prob: float = 0.01, flip_prob: float = 0.5, mosaic_pool: int = 0,
-                        cache_images: bool = False, cache_max_gb: float = 8.0) -> TrainDataset:
+                        cache_images: bool = False, cache_max_gb: float = 8.0, cache_dir: str = "") -> TrainDataset:
     """Training pipeline with the official defaults of the v2-S mask-refine recipe.
 
     M: affine_scale (0.1, 1.9), mixup 0.1, copypaste 0.1; L/X: (0.1, 1.9), 0.15, 0.3;
@@ -150,10 +150,11 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
     `min_area_ratio` defaults to 0.01 with mask refinement and 0.1 without.
 
     Speed options (off by default; see `image_cache`): `cache_images` keeps up to `cache_max_gb`
-    GiB of decoded, mosaic-resized images in RAM (same samples, fewer decodes). `mosaic_pool` N > 0
-    is not official: the mosaic and MixUp partners of a sample come from the N images around it
-    in the epoch's loading order (Ultralytics-like), so a worker decodes about one image per
-    sample; use the per-process batch size or a divisor of it.
+    GiB of decoded, mosaic-resized images (same samples, fewer decodes): in this process's RAM, or
+    with `cache_dir` (which turns the cache on) in one file there that every process and later run
+    shares. `mosaic_pool` N > 0 is not official: the mosaic and MixUp partners of a sample come
+    from the N images around it in the epoch's loading order (Ultralytics-like), so a worker
+    decodes about one image per sample; use the per-process batch size or a divisor of it.
     """
     if mosaic_pool < 0 or cache_max_gb < 0:
         raise ValueError(f"mosaic_pool and cache_max_gb must be >= 0, got {mosaic_pool}, {cache_max_gb}")
@@ -164,9 +165,11 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
     if min_area_ratio is None:
         min_area_ratio = 0.01 if mask_refine else 0.1
     images = None
+    cache_images = cache_images or bool(cache_dir)  # naming a cache folder asks for the cache
     if cache_images or mosaic_pool:
-        images = MosaicImageStore(dataset, imgsz, ram_bytes=int(cache_max_gb * 2**30) if cache_images else 0,
-                                  recent=2 * mosaic_pool)  # two pools: covers pools that straddle batches
+        # recent: two pools' worth covers pools that straddle batches
+        images = MosaicImageStore(dataset, imgsz, cache_bytes=int(cache_max_gb * 2**30) if cache_images else 0,
+                                  recent=2 * mosaic_pool, cache_dir=cache_dir or None)
     return TrainDataset(dataset, imgsz, mask_refine, affine_scale, mixup_prob, copypaste_prob,
                         close_mosaic_epoch, num_texts, seed, min_area_ratio, hsv_gains, albu_prob, flip_prob,
                         mosaic_pool, images)

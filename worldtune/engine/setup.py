@@ -36,7 +36,7 @@ def build_datasets(cfg, info: dist.DistInfo):
         mixup_prob=d.mixup_prob, copypaste_prob=d.copypaste_prob,
         close_mosaic_epoch=max(t.epochs - t.close_mosaic_epochs, 0), num_texts=d.num_texts, seed=t.seed,
         min_area_ratio=d.min_area_ratio, mosaic_pool=d.mosaic_pool, cache_images=d.cache_images,
-        cache_max_gb=d.cache_max_gb)
+        cache_max_gb=d.cache_max_gb, cache_dir=d.cache_dir)
     # More loader processes than cores only adds overhead; results do not depend on the count.
     workers = min(d.workers, os.cpu_count() or 1)
     train_loader = build_train_loader(train_set, t.batch_size, workers, t.seed, info.rank, info.world_size,

@@ -1,0 +1,211 @@
+"""Decoded training images, resized for the mosaic, packed into one flat uint8 buffer.
+
+The buffer lives either in this process's RAM or in a file (`cache_dir`). A file is built
+once, under a lock, by whichever process gets there first. Every other process opens it
+with `np.memmap`: all DDP ranks, all DataLoader workers and later runs on the same data.
+The operating system's page cache then holds a single copy for all of them. On a RAM disk
+(`/dev/shm`) that is one copy in memory per machine. On a local disk it is a read per image
+(a few hundred KB), much cheaper than a JPEG decode.
+
+table: int64 [N, 5], one row per dataset index: (offset, h, w, H, W). The image's bytes are
+buffer[offset : offset + h·w·3] as [h, w, 3] BGR, already resized from the original (H, W).
+offset -1 means not stored (past the budget, unreadable, or not the size the annotation file
+announced): the caller decodes it as usual, and that path reports or skips bad files.
+"""
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from worldtune.data.coco import DataError
+
+FORMAT_VERSION = 1
+
+
+def plan_table(sizes: list, budget: int) -> np.ndarray:
+    """Rows (offset, h, w, 0, 0) for resized sizes [(w, h), ...] in index order, until `budget` bytes are spent."""
+    table = np.full((len(sizes), 5), -1, dtype=np.int64)
+    offset = 0
+    for index, (w, h) in enumerate(sizes):
+        if offset + w * h * 3 > budget:
+            break
+        table[index] = (offset, h, w, 0, 0)
+        offset += w * h * 3
+    return table
+
+
+def stored_bytes(table: np.ndarray) -> int:
+    """Bytes the buffer needs: the end of the last planned image."""
+    rows = table[table[:, 0] >= 0]
+    return int((rows[:, 0] + rows[:, 1] * rows[:, 2] * 3).max()) if len(rows) else 0
+
+
+def fill(buffer: np.ndarray, table: np.ndarray, decode, threads: int, desc: str) -> None:
+    """Decode every planned image into its slot of `buffer`; rows that fail become -1.
+
+    `decode(index)` returns (uint8 [h, w, 3] resized, (H, W)) or raises DataError.
+    """
+    planned = np.flatnonzero(table[:, 0] >= 0).tolist()
+
+    def one(index):
+        try:
+            img, shape = decode(index)
+        except DataError:
+            return index, None
+        offset, h, w = table[index, :3]
+        if img.shape != (h, w, 3):  # e.g. an EXIF rotation the annotation size does not show
+            return index, None
+        buffer[offset:offset + img.size] = img.reshape(-1)
+        return index, shape
+
+    with ThreadPoolExecutor(threads) as pool:  # cv2 releases the GIL while decoding and resizing
+        for index, shape in tqdm(pool.map(one, planned), total=len(planned), desc=desc, unit="img",
+                                 leave=False, mininterval=2.0):
+            if shape is None:
+                table[index, 0] = -1
+            else:
+                table[index, 3:] = shape
+
+
+class PackedImages:
+    """Read access to a packed buffer. `get(index)` -> (uint8 [h, w, 3] read-only view, (H, W)) or None.
+
+    Attributes: table (int64 [N, 5]), count (images stored), nbytes (buffer bytes), path (file or None).
+    """
+
+    def __init__(self, table: np.ndarray, buffer: np.ndarray | None, path: Path | None = None):
+        self.table, self.path = table, path
+        self.buffer = buffer if buffer is not None else _open_readonly(path, stored_bytes(table))
+        self.count = int((table[:, 0] >= 0).sum())
+        self.nbytes = int(self.buffer.size)
+
+    def get(self, index: int):
+        offset, h, w, height, width = self.table[index].tolist()
+        if offset < 0:
+            return None
+        img = np.asarray(self.buffer[offset:offset + h * w * 3]).reshape(h, w, 3)
+        return img, (height, width)
+
+    # A file-backed buffer travels to spawned workers as its path, not as a copy of the pixels.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["buffer"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.buffer is None:
+            self.buffer = _open_readonly(self.path, stored_bytes(self.table))
+
+
+def _open_readonly(path: Path, nbytes: int) -> np.ndarray:
+    if nbytes == 0:
+        return np.zeros(0, dtype=np.uint8)
+    if not path.is_file() or path.stat().st_size != nbytes:
+        raise DataError(f"image cache {path} is missing or has the wrong size; delete its files and rerun")
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=(nbytes,))
+
+
+def pack_in_ram(sizes: list, decode, budget: int, threads: int) -> PackedImages:
+    """Plan within `budget` bytes and decode into a buffer of this process (shared with forked workers)."""
+    table = plan_table(sizes, budget)
+    buffer = np.empty(stored_bytes(table), dtype=np.uint8)
+    fill(buffer, table, decode, threads, "caching images")
+    return PackedImages(table, buffer)
+
+
+def cache_key(description: dict) -> str:
+    """Short hash naming a cache file: it changes whenever what the file would hold changes."""
+    text = json.dumps({"format": FORMAT_VERSION, **description}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def pack_in_file(sizes: list, decode, budget: int, threads: int, cache_dir, key: str,
+                 poll_s: float = 1.0) -> PackedImages:
+    """Open `cache_dir/images-KEY.*`, building it first if no process has.
+
+    The builder holds `images-KEY.lock` (created exclusively); the others wait for the index file,
+    which is renamed into place last, so a reader never sees a half-written cache. A lock left by
+    a dead process of this machine is taken over.
+    """
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path, index_path = folder / f"images-{key}.u8", folder / f"images-{key}.idx.npy"
+    lock_path = folder / f"images-{key}.lock"
+    said_waiting = False
+    while not index_path.is_file():
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _stale(lock_path):
+                _remove(lock_path)
+                continue
+            if not said_waiting:
+                print(f"image cache: waiting for the process holding {lock_path} to finish building it "
+                      "(delete that file if no such process is running)", flush=True)
+                said_waiting = True
+            time.sleep(poll_s)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        try:
+            if not index_path.is_file():  # another process may have finished between our checks
+                _build_file(sizes, decode, budget, threads, data_path, index_path)
+        finally:
+            _remove(lock_path)
+    table = np.load(index_path, allow_pickle=False)
+    if table.shape != (len(sizes), 5):
+        raise DataError(f"image cache {index_path} does not match the dataset ({table.shape[0]} rows for "
+                        f"{len(sizes)} images); delete its files and rerun")
+    return PackedImages(table, None, data_path)
+
+
+def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Path) -> None:
+    free = shutil.disk_usage(data_path.parent).free
+    if budget > 0.9 * free:
+        warnings.warn(f"image cache: {data_path.parent} has {free / 2**30:.1f} GiB free; caching at most "
+                      f"{0.9 * free / 2**30:.1f} GiB instead of data.cache_max_gb", stacklevel=4)
+        budget = int(0.9 * free)
+    table = plan_table(sizes, budget)
+    nbytes = stored_bytes(table)
+    tmp = data_path.with_name(f"{data_path.name}.tmp{os.getpid()}")
+    if nbytes:
+        buffer = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(nbytes,))
+        fill(buffer, table, decode, threads, f"caching images in {data_path.parent}")
+        buffer.flush()
+        del buffer
+        os.replace(tmp, data_path)
+    tmp_index = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
+    with open(tmp_index, "wb") as f:
+        np.save(f, table)
+    os.replace(tmp_index, index_path)  # last: its presence says the cache is complete
+
+
+def _stale(lock_path: Path) -> bool:
+    """True if the lock names a process of this machine that no longer runs."""
+    try:
+        host, pid = lock_path.read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # being written, gone, or not ours to signal
+        return False
+    return False
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
