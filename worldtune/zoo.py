@@ -5,9 +5,10 @@ file its recipe starts from (`load_from`) and, except the efficient-neck row, a 
 fine-tuned file. All live in the Hugging Face repository `wondervictor/YOLO-World`. File names end
 in 8 hex digits, the first 8 of the file's SHA-256 (OpenMMLab convention), which we verify.
 
-NOTE: the full file names were reconstructed from the published table (hash suffixes) and the
-official naming pattern; they were not listed from the hub here, and the repository owner may
-rename files. A renamed file is still usable: download it yourself and pass its local path.
+The file names are those the official READMEs link to (configs/finetune_coco/README.md for the
+fine-tuned files, the pre-training table for `load_from`), checked against them on 2026-11-26;
+the hub itself could not be listed from here, and its owner may rename files. A renamed file is
+still usable: download it yourself and pass its local path.
 """
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("yolo_world_v2_l_efficient_neck_2e-4_80e_8gpus_mask-refine_finetune_coco", "l_efficient_neck",
              "v2-l-efficient-neck-coco", None, PRETRAINED["v2-l-pretrain"], None, None, None, 45.1,
              note="no fine-tuned file released and AP not published; fine-tune it yourself"),
-    # The released file says sgd ..._80e_... _ep80 although the recipe trains 40 epochs (REFERENCE.md §1.3).
+    # The released file says _ep80 although the recipe trains 40 epochs (REFERENCE.md §1.3).
     ZooEntry("yolo_world_v2_l_vlpan_bn_sgd_1e-3_40e_8gpus_finetune_coco", "l", "v2-l-sgd-coco",
-             "yolo_world_v2_l_vlpan_bn_sgd_1e-3_80e_8gpus_finetune_coco_ep80-e1288152.pth",
+             "yolo_world_v2_l_vlpan_bn_sgd_1e-3_40e_8gpus_finetune_coco_ep80-e1288152.pth",
              PRETRAINED["v2-l-pretrain"], 52.8, 69.5, 57.8, 45.1, note="SGD, no mask-refine"),
 )
 

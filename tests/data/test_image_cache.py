@@ -122,6 +122,21 @@ def test_file_cache_waits_for_a_live_builder_and_takes_over_a_dead_ones_lock(tin
     assert packed.count == len(tiny_dataset) and not (tmp_path / "images-k2.lock").exists()
 
 
+def test_interrupted_file_cache_build_leaves_nothing_behind(tiny_dataset, tmp_path):
+    sizes = [mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))]
+
+    def interrupted(i):
+        if i == 5:
+            raise KeyboardInterrupt
+        return decode_for_mosaic(tiny_dataset, i, 64)
+
+    with pytest.raises(KeyboardInterrupt):
+        pack_in_file(sizes, interrupted, 2**30, 1, tmp_path, "k")
+    assert list(tmp_path.iterdir()) == []  # no lock, no temp file, no index that would claim a complete cache
+    packed = pack_in_file(sizes, lambda i: decode_for_mosaic(tiny_dataset, i, 64), 2**30, 1, tmp_path, "k")
+    assert packed.count == len(tiny_dataset)
+
+
 def test_file_cache_matches_the_uncached_pipeline_in_worker_processes(tiny_dataset, tmp_path):
     plain = build_train_loader(build_train_dataset(tiny_dataset, **KW), batch_size=4, workers=0, seed=1)
     cached = build_train_loader(build_train_dataset(tiny_dataset, **KW, cache_dir=str(tmp_path)),

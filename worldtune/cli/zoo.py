@@ -35,7 +35,7 @@ def format_table() -> str:
     for alias, filename in zoo.PRETRAINED.items():
         lines.append(f"{alias:<26}{filename} {_mark(filename)}".rstrip())
     lines += ["", f"cache: {zoo.cache_dir()}",
-              "File names were reconstructed from the published table; if the hub owner renamed a file, "
+              "File names are those the official READMEs link to; if the hub owner renamed a file, "
               "download it yourself and pass its local path."]
     return "\n".join(lines)
 

@@ -178,16 +178,20 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
     table = plan_table(sizes, budget)
     nbytes = stored_bytes(table)
     tmp = data_path.with_name(f"{data_path.name}.tmp{os.getpid()}")
-    if nbytes:
-        buffer = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(nbytes,))
-        fill(buffer, table, decode, threads, f"caching images in {data_path.parent}")
-        buffer.flush()
-        del buffer
-        os.replace(tmp, data_path)
     tmp_index = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
-    with open(tmp_index, "wb") as f:
-        np.save(f, table)
-    os.replace(tmp_index, index_path)  # last: its presence says the cache is complete
+    try:
+        if nbytes:
+            buffer = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(nbytes,))
+            fill(buffer, table, decode, threads, f"caching images in {data_path.parent}")
+            buffer.flush()
+            del buffer
+            os.replace(tmp, data_path)
+        with open(tmp_index, "wb") as f:
+            np.save(f, table)
+        os.replace(tmp_index, index_path)  # last: its presence says the cache is complete
+    finally:  # interrupted: leave no half-written file behind
+        _remove(tmp)
+        _remove(tmp_index)
 
 
 def _stale(lock_path: Path) -> bool:
