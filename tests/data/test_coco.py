@@ -109,11 +109,18 @@ def test_multi_part_polygons_are_merged_at_their_closest_vertices():
     (merged,) = merge_polygon_parts([left, middle, right])
     expected = np.array([
         [2, 0], [2, 2], [0, 2], [0, 0], [2, 0],  # left, whole loop from its exit vertex (2, 0)
-        [10, 0], [12, 0], [12, 1],  # middle: entry (10, 0) to exit (12, 1) in vertex order
+        # middle, entry index 2 > exit index 0: the official loader reverses the part without
+        # remapping the indices, so it starts at reversed[0] = (12, 0) and walks 2 steps
+        [12, 0], [10, 0], [10, 1],
         [20, 3], [22, 3], [22, 5], [20, 5], [20, 3],  # right, whole loop from its entry vertex
-        [12, 1], [10, 1], [10, 0],  # back through the rest of the middle part
+        [10, 1], [12, 1], [12, 0],  # back through the rest of the (reversed) middle part
     ], np.float32)
     np.testing.assert_array_equal(merged, expected)
+    # entry before exit: the stretch runs from the entry to the exit vertex in vertex order
+    forward = middle[[2, 3, 0, 1]]  # now entry (10, 0) has index 0 and exit (12, 1) index 2
+    (merged,) = merge_polygon_parts([left, forward, right])
+    np.testing.assert_array_equal(merged[5:8], [[10, 0], [12, 0], [12, 1]])
+    np.testing.assert_array_equal(merged[13:], [[12, 1], [10, 1], [10, 0]])
     # every vertex survives, so the tight box (the official mask2bbox) is unchanged
     assert {tuple(v) for v in merged} == {tuple(v) for p in (left, middle, right) for v in p}
     single = [left]

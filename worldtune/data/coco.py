@@ -63,10 +63,15 @@ def polygons_from_segmentation(segm, height: int, width: int) -> list:
 
 
 def merge_polygon_parts(parts: list) -> list:
-    """Join a multi-part polygon into one, as the official loader does: parts i and i + 1 meet at
-    their closest pair of vertices; the path runs out through the parts in order (the first and
-    last part as whole loops, a middle part from its entry to its exit vertex, in vertex order)
-    and back through the rest of each middle part, so every join is walked twice.
+    """Join a multi-part polygon into one, exactly as the official loader does.
+
+    Consecutive parts i and i + 1 meet at their closest pair of vertices (i's exit, i + 1's entry).
+    The path runs out through the parts in order (the first and last part as whole closed loops,
+    a middle part for a stretch from its entry) and back through the rest of each middle part.
+    Official quirk, kept so that the resampled points (and so the refined boxes) match: when a
+    middle part's entry index is larger than its exit index, the part is reversed but the two
+    indices are not remapped, so its stretch starts at vertex L-1-exit and walks backwards for
+    entry - exit steps instead of joining at the closest vertices.
 
     Args:
         parts: list of float32 [P_i, 2]. Returns: [merged float32 [Q, 2]] (the input if one part).
@@ -75,6 +80,7 @@ def merge_polygon_parts(parts: list) -> list:
         return parts
     joins = []  # (exit vertex of part i, entry vertex of part i + 1)
     for a, b in zip(parts[:-1], parts[1:]):
+        a, b = a.astype(np.float64), b.astype(np.float64)  # the official distances are float64
         dist = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
         joins.append(np.unravel_index(int(np.argmin(dist)), dist.shape))
 
@@ -83,9 +89,11 @@ def merge_polygon_parts(parts: list) -> list:
 
     out, back = [loop(parts[0], joins[0][0])], []
     for i in range(1, len(parts) - 1):
-        entry, exit_ = joins[i - 1][1], joins[i][0]
-        ring = loop(parts[i], entry)
-        k = (exit_ - entry) % len(parts[i])  # where the exit vertex sits on the ring
+        entry, exit_ = int(joins[i - 1][1]), int(joins[i][0])
+        if entry > exit_:  # the quirk above
+            ring, k = loop(parts[i][::-1], exit_), entry - exit_
+        else:
+            ring, k = loop(parts[i], entry), exit_ - entry
         out.append(ring[:k + 1])
         back.append(ring[k:])
     out.append(loop(parts[-1], joins[-1][1]))
