@@ -96,6 +96,16 @@ def test_light_albu_probabilities():
     assert out.shape == img.shape and not np.array_equal(out, img)
 
 
+def test_light_albu_treats_bgr_as_rgb_like_the_official_albumentations_call():
+    # Pure blue in BGR order; albumentations' ToGray weighs channel 0 as red (0.299), not blue (0.114).
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[..., 0] = 200
+    only_gray = next(seed for seed in range(1000)
+                     if [d < 0.5 for d in np.random.default_rng(seed).random(4)] == [False, False, True, False])
+    gray = light_albu(img, np.random.default_rng(only_gray), p=0.5)
+    np.testing.assert_array_equal(gray, np.full_like(img, round(0.299 * 200)))
+
+
 def test_hflip_twice_is_identity():
     sample = _ellipse_sample()
     flipped = random_hflip(sample, np.random.default_rng(0), p=1.0)

@@ -215,7 +215,11 @@ def hsv_augment(img: np.ndarray, rng: np.random.Generator, gains=(0.015, 0.7, 0.
 
 def light_albu(img: np.ndarray, rng: np.random.Generator, p: float = 0.01) -> np.ndarray:
     """Blur, MedianBlur, ToGray, CLAHE, each with probability p (albumentations' default ranges:
-    odd kernel 3..7, CLAHE clip U(1, 4) on the L channel with an 8x8 grid), done with cv2."""
+    odd kernel 3..7, CLAHE clip U(1, 4) on the L channel with an 8x8 grid), done with cv2.
+
+    The official pipeline hands its BGR image to albumentations, which takes it for RGB: ToGray
+    weighs blue as red and CLAHE computes lightness with the two swapped. The RGB codes below on
+    our BGR array do the same, so the pixels match."""
     draws = rng.random(4)
     if draws[0] < p:
         k = int(rng.choice([3, 5, 7]))
@@ -223,12 +227,12 @@ def light_albu(img: np.ndarray, rng: np.random.Generator, p: float = 0.01) -> np
     if draws[1] < p:
         img = cv2.medianBlur(img, int(rng.choice([3, 5, 7])))
     if draws[2] < p:
-        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     if draws[3] < p:
-        lab = cv2.cvtColor(img, cv2.COLOR_BGR2LAB)
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
         clahe = cv2.createCLAHE(clipLimit=float(rng.uniform(1, 4)), tileGridSize=(8, 8))
         lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
-        img = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+        img = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
     return img
 
 
