@@ -11,7 +11,7 @@ copy_paste 0.3, mixup 0.15, scale 0.5, polygon labels) is timed on the same imag
 run, without and with its RAM cache. OpenCV runs serially in every row (--cv2-threads 0), as
 importing ultralytics forces for its own rows, so the rows compare the same amount of CPU.
 
-    python benchmarks/data_pipeline.py [--images 96] [--batch 8] [--batches 10] [--workers 0 2] [--cv2-threads 0]
+    python benchmarks/data_pipeline.py [--images 256] [--batch 8] [--batches 30] [--workers 0 2] [--cv2-threads 0]
 """
 import argparse
 import importlib.util
@@ -115,9 +115,9 @@ def bench_ultralytics(paths: dict, args, cache=False) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=10, help="timed batches per setting (after 1 warm-up)")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per setting (after 1 warm-up)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--cv2-threads", type=int, default=0,

@@ -136,3 +136,7 @@ def test_data_speed_options_reach_the_training_dataset(tmp_path):
     cfg.data.cache_images, cfg.data.cache_max_gb, cfg.data.mosaic_pool = True, 0.5, 3
     fast = T.build_datasets(cfg, info)[0]
     assert fast.mosaic_pool == 3 and fast.images.cached_count == len(fast.dataset)  # all 6 images cached
+    assert fast.images.cached.path is None  # in this process's RAM
+    cfg.data.cache_images, cfg.data.cache_dir = False, str(tmp_path / "cache")  # a folder turns the cache on
+    shared = T.build_datasets(cfg, info)[0]
+    assert shared.images.cached.path.parent == tmp_path / "cache" and shared.images.cached_count == 6
