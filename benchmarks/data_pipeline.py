@@ -3,21 +3,22 @@
 Pipeline timed: load -> Mosaic(4) -> CopyPaste(0.3) -> RandomAffine with mask refinement
 (1000-point polygons) -> MixUp(0.15) -> Blur/MedianBlur/ToGray/CLAHE -> HSV -> flip ->
 RandomLoadText(80) -> collate, through the real DataLoader, for each worker count. Rows:
-the default (official sampling), `cache_images` (decoded images in RAM; identical samples)
-and `mosaic_pool` = batch (mosaic/MixUp partners from the sample's batch; not official).
+the default (official sampling), `cache_images` (decoded images in RAM; identical samples),
+`cache_dir` (the same cache in a file on disk, mapped by every worker) and `mosaic_pool` = batch (mosaic/MixUp partners from the sample's batch; not official).
 When `ultralytics` is importable (benchmark-only AGPL reference, the `bench` extra; worldtune
 never imports it), its YOLO-World training dataset (YOLOMultiModalDataset, mosaic 1.0,
 copy_paste 0.3, mixup 0.15, scale 0.5, polygon labels) is timed on the same images in the same
 run, without and with its RAM cache. OpenCV runs serially in every row (--cv2-threads 0), as
 importing ultralytics forces for its own rows, so the rows compare the same amount of CPU.
 
-    python benchmarks/data_pipeline.py [--images 256] [--batch 8] [--batches 30] [--workers 0 2] [--cv2-threads 0]
+    python benchmarks/data_pipeline.py [--images 256] [--batch 8] [--batches 30] [--rounds 3] [--workers 0 2] [--cv2-threads 0]
 """
 import argparse
 import importlib.util
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per setting (after 1 warm-up)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of every row, taking turns; the median is reported")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--cv2-threads", type=int, default=0,
                         help="cv2.setNumThreads for every row (default 0 = serial OpenCV, which importing "
@@ -134,30 +136,39 @@ def main() -> None:
           f" ({cv2.getNumThreads()} threads)")
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.images)
-        rows = [("worldtune (official sampling)", bench_worldtune(paths, args)),
-                ("worldtune, data.cache_images", bench_worldtune(paths, args, cache_images=True)),
-                ("worldtune, data.cache_dir (a file on disk)",
-                 bench_worldtune(paths, args, cache_dir=str(Path(tmp) / "cache"))),
-                (f"worldtune, data.mosaic_pool={args.batch}", bench_worldtune(paths, args, mosaic_pool=args.batch))]
+        settings = [("worldtune (official sampling)", lambda: bench_worldtune(paths, args)),
+                    ("worldtune, data.cache_images", lambda: bench_worldtune(paths, args, cache_images=True)),
+                    ("worldtune, data.cache_dir (a file on disk)",
+                     lambda: bench_worldtune(paths, args, cache_dir=str(Path(tmp) / "cache"))),
+                    (f"worldtune, data.mosaic_pool={args.batch}",
+                     lambda: bench_worldtune(paths, args, mosaic_pool=args.batch))]
         try:
             import ultralytics
         except ImportError:
             print("ultralytics not importable: reference not measured (pip install --no-deps ultralytics)")
         else:
             name = f"ultralytics {ultralytics.__version__}"
-            rows.append((name, bench_ultralytics(paths, args)))
+            settings.append((name, lambda: bench_ultralytics(paths, args)))
             if importlib.util.find_spec("psutil") is None:  # its RAM cache needs psutil; --no-deps lacks it
                 print("psutil not importable: ultralytics cache=ram not measured (pip install psutil)")
             else:
-                rows.append((f"{name}, cache=ram", bench_ultralytics(paths, args, cache="ram")))
+                settings.append((f"{name}, cache=ram", lambda: bench_ultralytics(paths, args, cache="ram")))
+        # Rows take turns within each round, so a neighbour's load or a clock change hits all of them alike.
+        runs = {name: [] for name, _ in settings}
+        for _ in range(args.rounds):
+            for name, bench in settings:
+                runs[name].append(bench())
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else "?"
-    print(f"\nimages/s, stage 1 at {args.imgsz}, batch {args.batch}, {args.batches} timed batches;"
-          f" load average after the run {' '.join(load)}")
+    print(f"\nimages/s, stage 1 at {args.imgsz}, batch {args.batch}, {args.batches} timed batches, median of"
+          f" {args.rounds} rounds (min-max); load average after the run {' '.join(load)}")
     print("| pipeline | " + " | ".join(f"{w} workers" for w in args.workers) + " |")
     print("|---|" + "---|" * len(args.workers))
-    for name, result in rows:
-        print(f"| {name} | " + " | ".join(f"{result[w]:.1f}" for w in args.workers) + " |")
-
+    for name, results in runs.items():
+        cells = []
+        for w in args.workers:
+            rates = [r[w] for r in results]
+            cells.append(f"{statistics.median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()
