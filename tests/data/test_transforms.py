@@ -125,3 +125,46 @@ def test_warp_bgr_equals_the_three_channel_warp():
         m = np.array([[s, 0, rng.uniform(-60, 60)], [0, s, rng.uniform(-60, 60)]])
         ref = cv2.warpAffine(img, m, (64, 80), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
         np.testing.assert_array_equal(warp_bgr(img, m, (64, 80)), ref)
+
+
+def _reference_mask_refine(polygons, old_boxes, s, matrix, w_out, h_out, min_area_ratio):
+    """The official rule written plainly, one instance at a time: resample every part (float64
+    np.interp), warp, box = min/max of the points inside [0, W]x[0, H], then the keep test."""
+    boxes = []
+    for parts in polygons:
+        inside_pts = []
+        for p in parts:
+            closed = np.concatenate([p, p[:1]]).astype(np.float64)
+            x = np.linspace(0, len(closed) - 1, 1000)
+            pts = np.stack([np.interp(x, np.arange(len(closed)), closed[:, k]) for k in range(2)], 1)
+            pts = (pts * s + matrix[:, 2]).astype(np.float32)
+            ok = (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] <= w_out) & (pts[:, 1] <= h_out)
+            inside_pts.append(pts[ok])
+        pts = np.concatenate(inside_pts)
+        boxes.append(np.concatenate([pts.min(0), pts.max(0)]) if len(pts) else np.zeros(4, np.float32))
+    boxes = np.array(boxes)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    old_area = (old_boxes[:, 2] - old_boxes[:, 0]) * (old_boxes[:, 3] - old_boxes[:, 1]) * s * s
+    keep = (w > 2) & (h > 2) & (w * h / (old_area + 1e-16) > min_area_ratio) & (np.maximum(w / (h + 1e-16), h / (w + 1e-16)) < 100)
+    return boxes[keep], keep
+
+
+def test_mask_refined_boxes_match_the_plain_rule_with_instances_inside_across_and_outside():
+    from worldtune.data.transforms import affine_labels, affine_matrix
+
+    rng = np.random.default_rng(3)
+    polygons = []
+    for _ in range(60):  # all over a 1280 canvas, so after the warp some are inside, some cut, many outside
+        centre, radius = rng.uniform(0, 1280, 2), rng.uniform(5, 120)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 12)))
+        ring = centre + radius * np.stack([np.cos(angles), np.sin(angles)], 1)
+        polygons.append([ring.astype(np.float32)] + ([ring[::-1][:3].astype(np.float32) + 300] if rng.random() < 0.3 else []))
+    old_boxes = np.array([np.concatenate([np.concatenate(p).min(0), np.concatenate(p).max(0)]) for p in polygons],
+                         dtype=np.float32)
+    sample = {"img": None, "bboxes": old_boxes, "labels": np.arange(60), "polygons": polygons}
+    for _ in range(20):
+        s, matrix, out_size = affine_matrix(rng, (1280, 1280), -320, (0.1, 1.9))
+        out = affine_labels(sample, s, matrix, out_size, 0.01)
+        ref_boxes, keep = _reference_mask_refine(polygons, old_boxes, s, matrix, *out_size, 0.01)
+        assert out["labels"].tolist() == np.flatnonzero(keep).tolist()
+        np.testing.assert_allclose(out["bboxes"], np.minimum(ref_boxes, np.array(out_size * 2) - 1e-3), atol=1e-3)

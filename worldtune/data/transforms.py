@@ -94,6 +94,8 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
     With polygons (mask-refine) each part is resampled to 1000 points, warped, and the box is
     the min/max of the warped points inside the image; without, the 4 box corners are warped.
     Boxes are kept when w > 2, h > 2, area / (old area·s²) > min_area_ratio and aspect < max_aspect.
+    Polygons (for display only) keep the parts that reach the image, clipped to it; a part wholly
+    outside, which the official code keeps flattened onto the border, is left out.
     """
     boxes = sample["bboxes"]
     w_out, h_out = out_size
@@ -101,7 +103,13 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
     n = len(boxes)
     polygons = sample.get("polygons")
     if polygons is not None:
+        # Resampled points lie on a part's edges, so inside its vertices' box: a part whose warped
+        # vertex box misses the output (by more than a pixel, far above float rounding) has no point
+        # inside and adds nothing to its instance's box (no part left: the zero box, dropped).
+        # Skipping its 1000-point work changes no result.
         parts, owner = _flatten(polygons)
+        reach = _reaches_output(parts, s, matrix, w_out, h_out)
+        parts, owner = [p for p, r in zip(parts, reach) if r], owner[reach]
         pts = resample_parts(parts)
         pts *= np.float32(s)
         pts += matrix[:, 2].astype(np.float32)  # [P, 1000, 2]
@@ -126,6 +134,17 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
     out["labels"] = sample["labels"][keep]
     out["polygons"] = new_polys
     return out
+
+
+def _reaches_output(parts: list, s: float, matrix: np.ndarray, w_out: float, h_out: float) -> np.ndarray:
+    """bool [P]: the warped box of each part's vertices comes within a pixel of [0, W]x[0, H]."""
+    if not parts:
+        return np.zeros(0, dtype=bool)
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    verts = np.concatenate(parts)
+    lo = np.minimum.reduceat(verts, starts) * s + matrix[:, 2]
+    hi = np.maximum.reduceat(verts, starts) * s + matrix[:, 2]
+    return (hi > -1).all(1) & (lo < np.array([w_out, h_out]) + 1).all(1)
 
 
 def _boxes_inside(pts: np.ndarray, owner: np.ndarray, n: int, w_out: float, h_out: float) -> np.ndarray:
