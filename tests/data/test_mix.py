@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 
 from worldtune.data.mix import copy_paste, load_sample, mixup, mosaic
@@ -89,3 +90,37 @@ def test_load_sample_falls_back_to_box_polygon(tiny_coco, tmp_path):
     s = load_sample(ds, 0, mask_refine=True)
     assert len(s["polygons"]) == 3 and len(s["polygons"][0][0]) == 4
     np.testing.assert_allclose(s["bboxes"][0], [8, 10, 60, 50])
+
+
+def _official_copy_paste_pixels(img, polygons, chosen):
+    """The upstream steps literally: one full-canvas mask of the chosen polygons (int vertices,
+    filled contours), flipped horizontally, then img[mask] = flipped img[mask]."""
+    mask = np.zeros(img.shape[:2], np.uint8)
+    for i in chosen:
+        cv2.drawContours(mask, [p.reshape(-1, 1, 2).astype(np.int32) for p in polygons[i]], -1, (1,), cv2.FILLED)
+    flip = mask[:, ::-1].astype(bool)
+    out = img.copy()
+    out[flip] = img[:, ::-1][flip]
+    return out
+
+
+def test_copy_paste_pixels_equal_the_upstream_full_canvas_steps():
+    from worldtune.data.mix import copy_paste_choice
+
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        h, w = 120, 200
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        polygons, boxes = [], []
+        for _ in range(8):  # irregular shapes, some with integer vertices, some crossing the canvas edge
+            c, n = rng.uniform(-10, [w + 10, h + 10]), rng.integers(3, 12)
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            ring = c + rng.uniform(4, 30, (n, 1)) * np.stack([np.cos(angles), np.sin(angles)], 1)
+            ring = np.round(ring) if trial % 2 else ring
+            polygons.append([ring.astype(np.float32)])
+            boxes.append(np.clip(np.concatenate([ring.min(0), ring.max(0)]), 0, [w, h, w, h]))
+        sample = {"img": img, "bboxes": np.array(boxes, np.float32), "labels": np.arange(8), "polygons": polygons}
+        chosen, _ = copy_paste_choice(sample["bboxes"], w, np.random.default_rng(trial), 0.6)
+        out = copy_paste(sample, np.random.default_rng(trial), 0.6)
+        if len(chosen):
+            np.testing.assert_array_equal(out["img"], _official_copy_paste_pixels(img, polygons, chosen))

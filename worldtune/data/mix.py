@@ -164,30 +164,32 @@ def copy_paste_choice(boxes: np.ndarray, width: int, rng: np.random.Generator, f
     return rng.choice(candidates, k, replace=False), mirrored
 
 
-def paste_objects(img: np.ndarray, source, polygons: list, chosen, mirrored: np.ndarray, size: tuple,
-                  origin: tuple = (0, 0)) -> None:
+def paste_objects(img: np.ndarray, source, polygons: list, chosen, size: tuple, origin: tuple = (0, 0)) -> None:
     """Paste the chosen objects, mirrored, into `img` (in place): the canvas window at `origin`.
 
-    Per object, its mirrored polygon (vertices cast to int as upstream; pixel column
-    x -> W-1-x) is filled inside its mirrored box and the mirrored canvas pixels are copied
-    there. `source(rect)` returns the canvas pixels of rect (x0, y0, x1, y1) before any paste.
+    Per object, as upstream: its polygon (vertices cast to int) is filled where it lies on the
+    canvas, the mask is mirrored (pixel column x -> W-1-x) and the mirrored canvas pixels are
+    copied where it is set. OpenCV's polygon fill is not mirror-symmetric (filling the mirrored
+    polygon instead changes about 1 % of the pixels, on the boundary), so the mask is mirrored,
+    not the polygon. `source(rect)` returns the canvas pixels of rect (x0, y0, x1, y1) before any paste.
     """
     w, h = size
     ox, oy = origin
     wx1, wy1 = ox + img.shape[1], oy + img.shape[0]
     for i in chosen:
-        x0, y0 = (int(max(v, 0)) for v in mirrored[i, :2])
-        x1, y1 = (int(min(v, lim)) + 1 for v, lim in zip(mirrored[i, 2:], (w - 1, h - 1)))
-        cx0, cy0, cx1, cy1 = max(x0, ox), max(y0, oy), min(x1, wx1), min(y1, wy1)  # part inside the window
+        parts = [p.astype(np.int32) for p in polygons[i]]
+        xy = np.concatenate(parts)
+        # The fill stays inside the integer vertices' box; upstream fills the whole canvas, which clips
+        # at the canvas edges only. Filling the box cut at those same edges gives the same pixels.
+        sx0, sy0 = max(int(xy[:, 0].min()), 0), max(int(xy[:, 1].min()), 0)
+        sx1, sy1 = min(int(xy[:, 0].max()), w - 1) + 1, min(int(xy[:, 1].max()), h - 1) + 1
+        x0, x1 = w - sx1, w - sx0  # the mirrored columns
+        cx0, cy0, cx1, cy1 = max(x0, ox), max(sy0, oy), min(x1, wx1), min(sy1, wy1)  # part inside the window
         if cx0 >= cx1 or cy0 >= cy1:
             continue
-        # Fill the whole box and crop: cv2.fillPoly into a smaller mask does not clip exactly.
-        mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-        parts = [p.astype(np.int32) for p in polygons[i]]
-        for q in parts:
-            q[:, 0] = w - 1 - q[:, 0]
-        cv2.fillPoly(mask, parts, 1, offset=(-x0, -y0))
-        mask = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        mask = np.zeros((sy1 - sy0, sx1 - sx0), dtype=np.uint8)
+        cv2.fillPoly(mask, parts, 1, offset=(-sx0, -sy0))
+        mask = mask[cy0 - sy0:cy1 - sy0, ::-1][:, cx0 - x0:cx1 - x0]
         pixels = source((w - cx1, cy0, w - cx0, cy1))[:, ::-1]
         np.copyto(img[cy0 - oy:cy1 - oy, cx0 - ox:cx1 - ox], pixels, where=mask.astype(bool)[..., None])
 
@@ -205,8 +207,8 @@ def copy_paste_labels(sample: dict, chosen, mirrored: np.ndarray, width: int) ->
 def copy_paste(sample: dict, rng: np.random.Generator, fraction: float = 0.3, ioa_thr: float = 0.3) -> dict:
     """Mirror a fraction of the objects to the other side of the canvas (YOLOv5 CopyPaste).
 
-    See `copy_paste_choice` for which objects and `paste_objects` for the pixels: only each
-    pasted object's mirrored box is touched (no full-canvas flip or mask). No-op without polygons.
+    See `copy_paste_choice` for which objects and `paste_objects` for the pixels: only the box of
+    each pasted object's mirrored mask is touched (no full-canvas flip or mask). No-op without polygons.
     """
     boxes, polygons = sample["bboxes"], sample["polygons"]
     if polygons is None or len(boxes) == 0 or fraction <= 0:
@@ -217,7 +219,7 @@ def copy_paste(sample: dict, rng: np.random.Generator, fraction: float = 0.3, io
         return sample
     img = sample["img"].copy()
     canvas = sample["img"]
-    paste_objects(img, lambda r: canvas[r[1]:r[3], r[0]:r[2]], polygons, chosen, mirrored, (w, h))
+    paste_objects(img, lambda r: canvas[r[1]:r[3], r[0]:r[2]], polygons, chosen, (w, h))
     out = copy_paste_labels(sample, chosen, mirrored, w)
     out["img"] = img
     return out

@@ -70,7 +70,7 @@ def mosaic_copypaste_affine(samples: list, rng: np.random.Generator, img_scale: 
     x0, y0, x1, y1 = warp_window(inverse_scale_shift(matrix), out_size, size)
     window = render_canvas(tiles, layout, (x0, y0, x1, y1))
     if len(chosen):
-        paste_objects(window, lambda r: render_canvas(tiles, layout, r), polygons, chosen, mirrored, size, (x0, y0))
+        paste_objects(window, lambda r: render_canvas(tiles, layout, r), polygons, chosen, size, (x0, y0))
     # The warp gets the whole canvas and the official matrix (a view with a shifted matrix would round the
     # source coordinates differently in OpenCV's float kernels, changing a few pixels by 1); unread canvas
     # pixels stay 0 (np.zeros maps fresh pages lazily, so they cost nothing). Four channels: OpenCV's
