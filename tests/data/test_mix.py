@@ -47,6 +47,29 @@ def _canvas_with_objects(n, width=200):
     return {"img": img, "bboxes": np.array(boxes, np.float32), "labels": np.arange(n) % 4, "polygons": polys}
 
 
+def test_mosaic_labels_follow_the_official_mosaic():
+    from worldtune.data.mix import mosaic_labels
+
+    # A 30x70 image at img_scale 64: r = 64/70, so the image becomes 64x27 (int) while upstream
+    # rescales the polygons to round(30 r) = 27 rows and round(70 r) = 64 columns: y scale 27/30, not r.
+    # Top-left tile with its bottom-right corner at the centre (20, 40): the image is cropped by 44 columns.
+    r = 64 / 70
+    sample = {"img": np.zeros((30, 70, 3), np.uint8), "orig_shape": (30, 70), "image_id": 0,
+              "bboxes": np.array([[2, 10, 12, 20], [40, 0, 70, 30]], np.float32), "labels": np.array([0, 1]),
+              "polygons": [[np.array([[2, 10], [12, 10], [12, 20], [2, 20]], np.float32)],
+                           [np.array([[40, 0], [70, 0], [70, 30], [40, 30]], np.float32)]]}
+    place = {"r": r, "size": (64, 27), "rect": (0, 13, 20, 40), "origin": (44, 0)}
+    out = mosaic_labels([sample], [place], img_scale=64)
+    dx, dy = -44, 13
+    # object 0 lies in the cropped-off columns: its box is clipped to zero width but kept
+    np.testing.assert_allclose(out["bboxes"][0], [0, 10 * r + dy, 0, 20 * r + dy], rtol=1e-6)
+    assert out["labels"].tolist() == [0, 1]
+    # its polygon is clipped coordinate-wise to the canvas; rows use 27/30, columns 64/70
+    np.testing.assert_allclose(out["polygons"][0][0], [[0, 10 * 0.9 + dy], [0, 10 * 0.9 + dy], [0, 20 * 0.9 + dy],
+                                                       [0, 20 * 0.9 + dy]])
+    np.testing.assert_allclose(out["polygons"][1][0][1], [70 * 64 / 70 + dx, 0 * 0.9 + dy])
+
+
 def test_copy_paste_fraction_semantics():
     for fraction, expected in [(0.25, 2), (0.35, 4), (0.05, 0)]:  # round(2.5)=2, round(3.5)=4 (half to even)
         out = copy_paste(_canvas_with_objects(10), np.random.default_rng(0), fraction)

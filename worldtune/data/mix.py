@@ -72,20 +72,29 @@ def mosaic_layout(shapes: list, rng: np.random.Generator, img_scale: int = 640) 
 
 
 def mosaic_labels(samples: list, layout: list, img_scale: int = 640) -> dict:
-    """Boxes (clipped to the canvas, empty ones dropped), labels and translated polygons of a mosaic."""
+    """Boxes, labels and polygons of a mosaic, as the official MultiModalMosaic computes them.
+
+    Boxes are scaled by r, moved and clipped to the canvas; boxes left empty by the clip (objects
+    in the cropped-off part of an image) are kept: CopyPaste counts them among its candidates and
+    RandomAffine drops them. Polygons are scaled per axis by round(w·r)/w and round(h·r)/h
+    (upstream rescales masks to the rounded size, the image to the truncated one), moved, and
+    each coordinate clipped to [0, 2·s], in float64 as upstream (the clip keeps mask-refined
+    boxes inside the canvas, i.e. off the padding that a small affine scale brings into view).
+    """
     boxes, labels, polygons = [], [], []
     with_polys = samples[0]["polygons"] is not None
+    canvas = 2 * img_scale
     for sample, tile in zip(samples, layout):
         r = tile["r"]
         dx, dy = tile["rect"][0] - tile["origin"][0], tile["rect"][1] - tile["origin"][1]
         boxes.append(sample["bboxes"] * r + np.array([dx, dy, dx, dy], dtype=np.float32))
         labels.append(sample["labels"])
         if with_polys:
-            polygons += [[p * r + np.array([dx, dy], dtype=np.float32) for p in inst] for inst in sample["polygons"]]
-    boxes = np.clip(np.concatenate(boxes), 0, 2 * img_scale)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return {"bboxes": boxes[keep].astype(np.float32), "labels": np.concatenate(labels)[keep],
-            "polygons": [p for p, k in zip(polygons, keep) if k] if with_polys else None,
+            h0, w0 = sample.get("orig_shape") or sample["img"].shape[:2]
+            scale = np.array([int(w0 * r + 0.5) / w0, int(h0 * r + 0.5) / h0])
+            polygons += [[np.clip(p * scale + (dx, dy), 0, canvas) for p in inst] for inst in sample["polygons"]]
+    return {"bboxes": np.clip(np.concatenate(boxes), 0, canvas).astype(np.float32),
+            "labels": np.concatenate(labels), "polygons": polygons if with_polys else None,
             "image_id": samples[0]["image_id"]}
 
 
@@ -133,8 +142,8 @@ def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dic
 
     Centre (x, y) = int(U(0.5, 1.5)·s) each; each image is resized by r = min(s/h, s/w)
     (bilinear, may upscale) and placed top-left, top-right, bottom-left, bottom-right of
-    the centre, cropped at the canvas edge. Boxes are clipped to the canvas (those left
-    empty are dropped); polygons are only translated.
+    the centre, cropped at the canvas edge. Labels: see `mosaic_labels` (boxes clipped to the
+    canvas, empty ones kept; polygons rescaled per axis and clipped).
     """
     layout = mosaic_layout([_shape(x) for x in samples], rng, img_scale)
     out = mosaic_labels(samples, layout, img_scale)
