@@ -94,6 +94,14 @@ def test_mixup_blends_and_concatenates():
     r = np.random.default_rng(5).beta(32, 32)
     np.testing.assert_array_equal(out["img"][0, 0], (np.array(COLOURS[0]) * r + np.array(COLOURS[1]) * (1 - r)).astype(np.uint8))
     assert len(out["bboxes"]) == 2 and len(out["polygons"]) == 2
+    # every pair of pixel values, several ratios: the float64 blend of upstream, truncated
+    ramp = np.arange(256, dtype=np.uint8)
+    a["img"] = np.repeat(ramp, 256).reshape(256, 256, 1).repeat(3, 2)
+    b["img"] = np.tile(ramp, 256).reshape(256, 256, 1).repeat(3, 2)
+    for seed in range(8):
+        r = np.random.default_rng(seed).beta(32, 32)
+        out = mixup(a, b, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out["img"], (a["img"] * r + b["img"] * (1 - r)).astype(np.uint8))
 
 
 def test_load_sample_falls_back_to_box_polygon(tiny_coco, tmp_path):
