@@ -168,3 +168,20 @@ def test_mask_refined_boxes_match_the_plain_rule_with_instances_inside_across_an
         ref_boxes, keep = _reference_mask_refine(polygons, old_boxes, s, matrix, *out_size, 0.01)
         assert out["labels"].tolist() == np.flatnonzero(keep).tolist()
         np.testing.assert_allclose(out["bboxes"], np.minimum(ref_boxes, np.array(out_size * 2) - 1e-3), atol=1e-3)
+
+
+def test_affine_warp_equals_the_upstream_homography_warp():
+    """Upstream builds translate @ shear @ rotation @ scaling, then @ centring, as float32 3x3
+    matrices and calls warpPerspective; ours warps with the top rows of the same product."""
+    img = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8), (0, 0), 2)
+    sample = {"img": img, "bboxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "polygons": None}
+    for seed in range(6):
+        out = random_affine(sample, np.random.default_rng(seed), (0.1, 1.9), border=0)
+        draws = np.random.default_rng(seed)
+        s, tx, ty = draws.uniform(0.1, 1.9), draws.uniform(0.4, 0.6) * 400, draws.uniform(0.4, 0.6) * 300
+        f32 = lambda rows: np.array(rows, dtype=np.float32)  # noqa: E731
+        translate, identity = f32([[1, 0, tx], [0, 1, ty], [0, 0, 1]]), np.eye(3, dtype=np.float32)
+        scaling, centre = f32([[s, 0, 0], [0, s, 0], [0, 0, 1]]), f32([[1, 0, -200], [0, 1, -150], [0, 0, 1]])
+        homography = (translate @ identity @ identity @ scaling) @ centre  # shear and rotation are 0
+        expected = cv2.warpPerspective(img, homography, (400, 300), borderValue=(114, 114, 114))
+        np.testing.assert_array_equal(out["img"], expected)

@@ -46,19 +46,24 @@ def affine_matrix(rng: np.random.Generator, in_size: tuple, border: int = 0, sca
                   translate: float = 0.1):
     """Draw the official affine: scale s about the input centre, centre moved to (U(0.5±t)·W_out, U(0.5±t)·H_out).
 
+    The matrix is built as upstream builds its homography, in float32: translation @ scaling @
+    centring (rotation and shear are 0 in every official recipe, identities that change no bit).
+    Warping with its top two rows gives the same pixels as upstream's warpPerspective.
+
     Args:
         in_size: (W_in, H_in); output size = input size + 2·border (mosaic: 1280 + 2·(-320) = 640).
     Returns:
-        (s, float64 [2, 3] forward matrix x' = s·x + m[0, 2], y' = s·y + m[1, 2], (W_out, H_out)).
+        (s, float32 [2, 3] forward matrix x' = m00·x + m02, y' = m11·y + m12, (W_out, H_out)).
     """
     w_in, h_in = in_size
     w_out, h_out = w_in + 2 * border, h_in + 2 * border
     s = rng.uniform(*scale_range)
     tx = rng.uniform(0.5 - translate, 0.5 + translate) * w_out
     ty = rng.uniform(0.5 - translate, 0.5 + translate) * h_out
-    # x' = s·(x − W_in/2) + tx: rotation and shear are 0 in every official recipe.
-    matrix = np.array([[s, 0, tx - s * w_in / 2], [0, s, ty - s * h_in / 2]], dtype=np.float64)
-    return s, matrix, (w_out, h_out)
+    centre = np.array([[1, 0, -w_in / 2], [0, 1, -h_in / 2], [0, 0, 1]], dtype=np.float32)
+    scale = np.array([[s, 0, 0], [0, s, 0], [0, 0, 1]], dtype=np.float32)
+    move = np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], dtype=np.float32)
+    return s, ((move @ scale) @ centre)[:2], (w_out, h_out)
 
 
 def random_affine(sample: dict, rng: np.random.Generator, scale_range=(0.5, 1.5), border: int = 0,
@@ -89,7 +94,8 @@ def warp_bgr(img: np.ndarray, matrix: np.ndarray, out_size: tuple) -> np.ndarray
 
 def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, min_area_ratio: float = 0.01,
                   min_size: float = 2.0, max_aspect: float = 100.0) -> dict:
-    """Boxes, labels and polygons of `sample` under the scale+shift `matrix` (image not touched).
+    """Boxes, labels and polygons of `sample` under the scale+shift `matrix` (image not touched);
+    `s` is the drawn scale, used for the area test as upstream does.
 
     With polygons (mask-refine) each part is resampled to 1000 points, warped, and the box is
     the min/max of the warped points inside the image; without, the 4 box corners are warped.
@@ -111,7 +117,7 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
         reach = _reaches_output(parts, s, matrix, w_out, h_out)
         parts, owner = [p for p, r in zip(parts, reach) if r], owner[reach]
         pts = resample_parts(parts)
-        pts *= np.float32(s)
+        pts *= np.array([matrix[0, 0], matrix[1, 1]], dtype=np.float32)
         pts += matrix[:, 2].astype(np.float32)  # [P, 1000, 2]
         new_boxes = _boxes_inside(pts, owner, n, w_out, h_out)
         clipped = np.clip(pts, 0, np.array([w_out, h_out], dtype=np.float32))
@@ -119,7 +125,7 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
         for k, i in enumerate(owner.tolist()):
             new_polys[i].append(clipped[k])
     else:
-        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2) * s + matrix[:, 2]
+        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2) * matrix[[0, 1], [0, 1]] + matrix[:, 2]
         new_boxes = np.concatenate([corners.min(1), corners.max(1)], 1)
         new_boxes = np.clip(new_boxes, 0, [w_out, h_out, w_out, h_out])
         new_polys = None
@@ -142,7 +148,7 @@ def _reaches_output(parts: list, s: float, matrix: np.ndarray, w_out: float, h_o
         return np.zeros(0, dtype=bool)
     starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
     verts = np.concatenate(parts)
-    lo = np.minimum.reduceat(verts, starts) * s + matrix[:, 2]
+    lo = np.minimum.reduceat(verts, starts) * s + matrix[:, 2]  # s vs its float32 entry: far inside the margin
     hi = np.maximum.reduceat(verts, starts) * s + matrix[:, 2]
     return (hi > -1).all(1) & (lo < np.array([w_out, h_out]) + 1).all(1)
 
