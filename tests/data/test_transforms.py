@@ -185,3 +185,51 @@ def test_affine_warp_equals_the_upstream_homography_warp():
         homography = (translate @ identity @ identity @ scaling) @ centre  # shear and rotation are 0
         expected = cv2.warpPerspective(img, homography, (400, 300), borderValue=(114, 114, 114))
         np.testing.assert_array_equal(out["img"], expected)
+
+
+def _upstream_stage2_labels(boxes, polygons, h, w, size):
+    """YOLOv5KeepRatioResize then LetterResize(allow_scale_up) on boxes and polygon masks, step by
+    step in upstream's order and rounding (mmdet Resize / PolygonMasks.rescale / resize / translate)."""
+    ratio = min(size / max(h, w), size / min(h, w))
+    h1, w1 = int(h * ratio), int(w * ratio)  # the image
+    boxes = np.clip(boxes * np.float32([w1 / w, h1 / h] * 2), 0, np.float32([w1, h1] * 2))
+    mask_w, mask_h = int(w * ratio + 0.5), int(h * ratio + 0.5)  # mmcv.rescale_size
+    polys = [[p * [mask_w / w, mask_h / h] for p in inst] for inst in polygons]
+    letter = min(size / h1, size / w1)
+    new_h, new_w = int(round(h1 * letter)), int(round(w1 * letter))
+    sx, sy = new_w / w1, new_h / h1
+    top, left = int(round((size - new_h) // 2 - 0.1)), int(round((size - new_w) // 2 - 0.1))
+    boxes = np.clip(boxes * np.float32([sx, sy] * 2) + np.float32([left, top] * 2), 0, size)
+    out_h, out_w = int(round(mask_h * sy)), int(round(mask_w * sx))
+    polys = [[p * [out_w / mask_w, out_h / mask_h] for p in inst] for inst in polys]
+    if left:
+        polys = [[np.stack([np.clip(p[:, 0] + left, 0, size), p[:, 1]], 1) for p in inst] for inst in polys]
+    if top:
+        polys = [[np.stack([p[:, 0], np.clip(p[:, 1] + top, 0, size)], 1) for p in inst] for inst in polys]
+    return boxes, polys
+
+
+@pytest.mark.parametrize("h, w", [(751, 1001), (333, 500), (480, 640), (100, 230), (640, 427)])
+def test_stage2_resize_and_letterbox_moves_labels_as_upstream(h, w):
+    from worldtune.data.transforms import resize_and_letterbox
+
+    rng = np.random.default_rng(h)
+    polys = [[np.stack([rng.uniform(-3, w + 3, 7), rng.uniform(-3, h + 3, 7)], 1).astype(np.float32)] for _ in range(5)]
+    boxes = np.array([np.concatenate([p[0].min(0), p[0].max(0)]) for p in polys], np.float32)
+    sample = {"img": np.zeros((h, w, 3), np.uint8), "bboxes": boxes, "labels": np.arange(5), "polygons": polys}
+    out = resize_and_letterbox(sample, 640)
+    assert out["img"].shape == (640, 640, 3)
+    ref_boxes, ref_polys = _upstream_stage2_labels(boxes, polys, h, w, 640)
+    np.testing.assert_allclose(out["bboxes"], ref_boxes, rtol=0, atol=1e-4)
+    for mine, ref in zip(out["polygons"], ref_polys):
+        np.testing.assert_allclose(mine[0], ref[0], rtol=0, atol=1e-9)
+
+
+def test_test_time_scale_factor_is_per_axis_from_the_resized_size():
+    from worldtune.data.transforms import letterbox_for_test
+
+    img = np.zeros((751, 1001, 3), np.uint8)
+    out, (sx, sy), pad = letterbox_for_test(img, 640)
+    w1, h1 = int(1001 * 640 / 1001), int(751 * 640 / 1001)  # the keep-ratio image: 640 x 480
+    assert (sx, sy) == (w1 / 1001, h1 / 751) and sy != 640 / 1001  # upstream: w'/w and h'/h, not r
+    assert pad == [80, 80, 0, 0] and out.shape == (640, 640, 3)

@@ -24,8 +24,8 @@ from worldtune.data.image_cache import MosaicImageStore
 from worldtune.data.mix import load_sample, mixup
 from worldtune.data.stage1 import mosaic_copypaste_affine
 from worldtune.data.texts import sample_texts
-from worldtune.data.transforms import (hsv_augment, keep_ratio_resize, letterbox, letterbox_for_test, light_albu,
-                                       random_affine, random_hflip, scale_and_shift)
+from worldtune.data.transforms import (hsv_augment, letterbox_for_test, light_albu, random_affine, random_hflip,
+                                       resize_and_letterbox)
 
 _warned_bad_images = set()
 
@@ -122,11 +122,7 @@ class TrainDataset(torch.utils.data.Dataset):
                 other = self._mosaic_affine(partner, rng)
                 sample = mixup(sample, other, rng)
         else:
-            sample = load_sample(self.dataset, index, self.mask_refine)
-            img, r0 = keep_ratio_resize(sample["img"], self.imgsz)
-            img, scale, pad = letterbox(img, self.imgsz, allow_scale_up=True)
-            sample = scale_and_shift(sample, (r0 * scale[0], r0 * scale[1]), (pad[2], pad[0]))
-            sample["img"] = img
+            sample = resize_and_letterbox(load_sample(self.dataset, index, self.mask_refine), self.imgsz)
             sample = random_affine(sample, rng, self.affine_scale, border=0, min_area_ratio=self.min_area_ratio)
         sample["img"] = hsv_augment(light_albu(sample["img"], rng, self.albu_prob), rng, self.hsv_gains)
         sample = random_hflip(sample, rng, self.flip_prob)

@@ -208,21 +208,41 @@ def letterbox_for_test(img: np.ndarray, size: int = 640):
 
     Returns:
         (uint8 [size, size, 3], scale_factor (sx, sy) original -> network, pad [top, bottom, left, right]).
-        A network box maps back as (box - [left, top, left, top]) / [sx, sy, sx, sy].
+        A network box maps back as (box - [left, top, left, top]) / [sx, sy, sx, sy]. As upstream, the
+        factors are per axis, from the sizes the image actually got (w'/w, not the ratio r).
     """
-    resized, r0 = keep_ratio_resize(img, size)
+    h, w = img.shape[:2]
+    resized, _ = keep_ratio_resize(img, size)
     boxed, (sx, sy), pad = letterbox(resized, size, allow_scale_up=False)
-    return boxed, (r0 * sx, r0 * sy), pad
+    return boxed, (resized.shape[1] / w * sx, resized.shape[0] / h * sy), pad
 
 
-def scale_and_shift(sample: dict, scale_xy, shift_xy) -> dict:
-    """Apply x' = x·sx + dx, y' = y·sy + dy to boxes and polygons (after a resize/pad of the image)."""
-    factor = np.array(scale_xy, dtype=np.float32)
-    shift = np.array(shift_xy, dtype=np.float32)
+def resize_and_letterbox(sample: dict, size: int = 640) -> dict:
+    """Stage 2's YOLOv5KeepRatioResize + LetterResize (upscaling allowed) on image, boxes and polygons.
+
+    Boxes follow the image as upstream moves them: scaled per axis by w'/w and h'/h (the sizes the
+    image got) and clipped to it, then by the letterbox factors, shifted by the padding and clipped.
+    Polygons follow upstream's mask arithmetic, which rounds differently: the keep-ratio step
+    rescales them to (round(w·r), round(h·r)) (mmcv.rescale_size), the letterbox resizes that to
+    round(size × factor) and shifts them by the padding, clipping to the image only along an axis
+    that has padding.
+    """
+    img = sample["img"]
+    h, w = img.shape[:2]
+    resized, r = keep_ratio_resize(img, size)
+    h1, w1 = resized.shape[:2]
     out = dict(sample)
-    out["bboxes"] = sample["bboxes"] * np.tile(factor, 2) + np.tile(shift, 2)
+    out["img"], (sx, sy), (top, _, left, _) = letterbox(resized, size, allow_scale_up=True)
+    boxes = sample["bboxes"].astype(np.float32) * np.float32([w1 / w, h1 / h, w1 / w, h1 / h])
+    boxes = np.clip(boxes, 0, np.float32([w1, h1, w1, h1])) * np.float32([sx, sy, sx, sy])
+    out["bboxes"] = np.clip(boxes + np.float32([left, top, left, top]), 0, size).astype(np.float32)
     if sample.get("polygons") is not None:
-        out["polygons"] = [[p * factor + shift for p in inst] for inst in sample["polygons"]]
+        mask_w, mask_h = int(w * r + 0.5), int(h * r + 0.5)
+        letter_w, letter_h = int(round(mask_w * sx)), int(round(mask_h * sy))
+        factor = np.array([mask_w / w * (letter_w / mask_w), mask_h / h * (letter_h / mask_h)])
+        low = np.array([0 if left else -np.inf, 0 if top else -np.inf])
+        high = np.array([size if left else np.inf, size if top else np.inf])
+        out["polygons"] = [[np.clip(p * factor + (left, top), low, high) for p in inst] for inst in sample["polygons"]]
     return out
 
 
