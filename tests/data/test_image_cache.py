@@ -137,6 +137,27 @@ def test_interrupted_file_cache_build_leaves_nothing_behind(tiny_dataset, tmp_pa
     assert packed.count == len(tiny_dataset)
 
 
+def test_file_cache_cleans_a_killed_builders_leftovers_and_reports_a_full_disk(tiny_dataset, tmp_path, monkeypatch):
+    sizes = [mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))]
+
+    def decode(i):
+        return decode_for_mosaic(tiny_dataset, i, 64)
+
+    leftovers = [tmp_path / "images-k.u8.tmp99999", tmp_path / "images-k.idx.npy.tmp99999"]
+    for f in leftovers:
+        f.write_bytes(b"x" * 100)  # what a SIGKILLed builder leaves
+    pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k")
+    assert not any(f.exists() for f in leftovers)
+
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(DataError, match=rf"cannot write .* to {tmp_path}.*No space left.*data.cache_max_gb"):
+        pack_in_file(sizes, decode, 2**30, 1, tmp_path, "other")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["images-k.idx.npy", "images-k.u8"]  # no lock, no temp
+
+
 def test_file_cache_matches_the_uncached_pipeline_in_worker_processes(tiny_dataset, tmp_path):
     plain = build_train_loader(build_train_dataset(tiny_dataset, **KW), batch_size=4, workers=0, seed=1)
     cached = build_train_loader(build_train_dataset(tiny_dataset, **KW, cache_dir=str(tmp_path)),

@@ -170,6 +170,9 @@ def pack_in_file(sizes: list, decode, budget: int, threads: int, cache_dir, key:
 
 
 def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Path) -> None:
+    # We hold the lock, so temp files of this cache are leftovers of a killed builder: free their space.
+    for leftover in data_path.parent.glob(f"{data_path.stem}.*.tmp*"):
+        _remove(leftover)
     free = shutil.disk_usage(data_path.parent).free
     if budget > 0.9 * free:
         warnings.warn(f"image cache: {data_path.parent} has {free / 2**30:.1f} GiB free; caching at most "
@@ -181,7 +184,13 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
     tmp_index = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
     try:
         if nbytes:
-            buffer = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(nbytes,))
+            with open(tmp, "wb") as f:
+                # Reserve the space now: a memory-mapped write to a full disk kills the process (SIGBUS).
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, nbytes)
+                else:
+                    f.truncate(nbytes)
+            buffer = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(nbytes,))
             fill(buffer, table, decode, threads, f"caching images in {data_path.parent}")
             buffer.flush()
             del buffer
@@ -189,6 +198,9 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
         with open(tmp_index, "wb") as f:
             np.save(f, table)
         os.replace(tmp_index, index_path)  # last: its presence says the cache is complete
+    except OSError as e:
+        raise DataError(f"image cache: cannot write {nbytes / 2**30:.1f} GiB to {data_path.parent} ({e}); free "
+                        "space there, lower data.cache_max_gb or choose another data.cache_dir") from e
     finally:  # interrupted: leave no half-written file behind
         _remove(tmp)
         _remove(tmp_index)
