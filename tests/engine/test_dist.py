@@ -41,7 +41,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
            "--class-texts", d.class_texts, "--epochs", "1", "--batch-size", "2", "--imgsz", "64",
            "--device", "cpu", "--workers", "0", "--out", cfg.out,
            "--set", "data.num_texts=5", "--set", "train.min_warmup_iters=2", "--set", "train.log_interval=1",
-           "--set", "data.mixup_prob=0", "--set", "data.copypaste_prob=0"]
+           "--set", "data.mixup_prob=0", "--set", "data.copypaste_prob=0",
+           "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # both ranks start at once: one builds, one waits
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -60,3 +61,5 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # rank 0 alone logs, once per step
     train_records = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "train"' in line]
     assert len(train_records) == 2
+    # the two ranks share one image-cache file; the lock is gone
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".npy", ".u8"]
