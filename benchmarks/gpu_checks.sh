@@ -24,7 +24,11 @@ step() {  # name, time limit in seconds, command...
     echo "exit $?" >> "$OUT/$name.txt"
     grep -v "Warn" "$OUT/$name.txt" | tail -n 12
 }
-step gpu_tests 120 python3 -m pytest -q tests/engine/test_gpu.py
+if python3 -c "import pytest" 2>/dev/null; then
+    step gpu_tests 120 python3 -m pytest -q tests/engine/test_gpu.py
+else
+    echo "== gpu_tests skipped: pytest is not installed here (carry its wheel, and pluggy/iniconfig, in .whl/)"
+fi
 step train_step_bf16 120 python3 $B --device cuda --batch 16 --steps 10 --rounds 3 --warmup 3 --amp bf16 --variants s l
 step cuda_graph_bf16 120 python3 $B --device cuda --batch 16 --steps 10 --rounds 3 --warmup 3 --amp bf16 --variants s l --cuda-graph
 step train_step_fp16 60 python3 $B --device cuda --batch 16 --steps 10 --rounds 3 --warmup 3 --amp fp16 --variants s
