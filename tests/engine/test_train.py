@@ -78,6 +78,13 @@ def test_training_raises_ap_above_the_untrained_model(tmp_path):
     best = max(vals, key=lambda r: r["AP"])
     assert result["best_ap"] == best["AP"] and result["best_epoch"] == best["epoch"]
     assert best["AP"] > before["AP"] + 0.03, (before["AP"], [r["AP"] for r in vals])
+    # best.pt holds the weights that scored best_ap (here the EMA with precise BN statistics):
+    # evaluating the file on its own gives the same AP
+    from worldtune.model.loading import load_model
+
+    reloaded = load_model(run / "best.pt", text_model=cfg.model.text_model)
+    again = evaluate_model(reloaded, build_eval_loader(build_eval_dataset(coco, 64)), coco)
+    assert again["AP"] == pytest.approx(result["best_ap"], abs=1e-9)
     assert max(r["AP50"] for r in vals) > before["AP50"] + 0.1, (before["AP50"], [r["AP50"] for r in vals])
 
 

@@ -29,7 +29,7 @@ def setup(data: dict, text_folder: str, imgsz: int = 64, rank: int = 0, world_si
 
 def evaluate(coco, loader, ema) -> dict | None:
     cfg = SimpleNamespace(train=SimpleNamespace(precise_bn_batches=0))
-    return evaluate_ema(ema, coco, loader, cfg, None, 0, torch.device("cpu"))
+    return evaluate_ema(ema, coco, loader, cfg, None, 0, torch.device("cpu"))[0]
 
 
 def worker(rank: int, world_size: int, port: int, data: dict, text_folder: str, out: str) -> None:

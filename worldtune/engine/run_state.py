@@ -46,13 +46,15 @@ def set_rng_states(states: dict) -> None:
 
 
 
-def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg) -> dict:
+def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=None) -> dict:
     """Everything a resume needs.
 
     `ema` holds the averaged weights (what `extract_model_state` prefers, what validation measures
     and what `worldtune predict/eval` load), including the frozen text tower. The resume-only
     entries `model` (raw weights) and `ema_state` leave the tower out: it is frozen, so it is the
     same tensor values in all three, and storing it once keeps checkpoints half the size.
+    `evaluated`: the module validation scored, stored as `ema` instead (best.pt with precise BN:
+    the EMA weights with the recomputed BatchNorm statistics); resuming still uses `ema_state`.
     """
     from worldtune.config import to_dict
 
@@ -60,8 +62,9 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg) -> dict:
         return {k: v for k, v in sd.items() if not k.startswith(TEXT_PREFIX)}
 
     ema_state = ema.state_dict()
+    scored = evaluated if evaluated is not None else ema.module
     return {"format": "worldtune-train-1", "model": image_side(dist_unwrap(model).state_dict()),
-            "ema": ema.module.state_dict(), "ema_state": {**ema_state, "module": image_side(ema_state["module"])},
+            "ema": scored.state_dict(), "ema_state": {**ema_state, "module": image_side(ema_state["module"])},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": state["epoch"],
             "step_in_epoch": state["step_in_epoch"], "global_step": state["global_step"],
             "best_ap": state["best_ap"], "best_epoch": state["best_epoch"], "rng": rng_states(),

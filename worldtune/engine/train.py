@@ -256,9 +256,9 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     def schedule_fn(opt, epoch, global_step):
         apply_schedule(opt, epoch, global_step, iters, sched)
 
-    def save(name: str) -> None:
-        dist.save_on_master(save_checkpoint_atomic, make_checkpoint(model, ema, optimizer, scaler, state, cfg),
-                            out / name)
+    def save(name: str, evaluated=None) -> None:
+        dist.save_on_master(save_checkpoint_atomic,
+                            make_checkpoint(model, ema, optimizer, scaler, state, cfg, evaluated), out / name)
 
     def on_step_end(s):
         if t.save_every_steps > 0 and s["global_step"] % t.save_every_steps == 0:
@@ -282,7 +282,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 state["epoch"], state["step_in_epoch"] = epoch + 1, 0
                 logger.log("epoch", state["global_step"], epoch=epoch, **stats)
                 if val_loader is not None and validation_due(epoch + 1, cfg):
-                    metrics = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
+                    metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch,
+                                                      info.device)
                     if info.is_main:
                         last_metrics = metrics
                         ap = last_metrics["AP"] or 0.0
@@ -292,7 +293,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                             f"(EMA weights)")
                         if ap > state["best_ap"]:
                             state["best_ap"], state["best_epoch"] = ap, epoch
-                            save("best.pt")
+                            save("best.pt", evaluated)  # the weights that scored this AP
                     dist.barrier()
                 save("last.pt")
                 if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:

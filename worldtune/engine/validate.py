@@ -30,11 +30,13 @@ def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: to
     return model.eval()
 
 
-def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> dict | None:
+def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> tuple:
     """COCO metrics of the EMA weights (optionally with precise BN statistics, see the config).
 
-    Call on every rank with that rank's loader (`build_eval_loader(..., rank, world_size)`); returns `coco_evaluate`'s metrics on
-    rank 0 and None elsewhere.
+    Call on every rank with that rank's loader (`build_eval_loader(..., rank, world_size)`).
+    Returns (metrics, evaluated model): `coco_evaluate`'s metrics on rank 0 and None elsewhere, and
+    the module that was scored (the EMA module itself, or its copy with precise BN statistics), so
+    that `best.pt` can hold exactly the weights behind its AP.
     """
     from worldtune.eval.coco_eval import coco_evaluate
     from worldtune.eval.evaluate import collect_detections
@@ -59,5 +61,5 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
             dets = [d for part, _ in gathered for d in part]
             skipped = [i for _, part in gathered for i in part]
     if not dist.is_main_process():
-        return None
-    return {**coco_evaluate(val_coco.ann_file, dets, exclude_image_ids=skipped), "skipped_images": skipped}
+        return None, model
+    return {**coco_evaluate(val_coco.ann_file, dets, exclude_image_ids=skipped), "skipped_images": skipped}, model

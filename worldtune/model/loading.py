@@ -25,6 +25,15 @@ def infer_variant(state_dict: dict) -> str:
     return variant
 
 
+def cls_width(state_dict: dict) -> int:
+    """The head's classification hidden width, max(C0, min(num_classes, 100)), read off the weights.
+
+    Passed as `num_classes` it rebuilds the same head: a model trained with a small vocabulary
+    (e.g. 5 classes) has a narrower head than the default 80."""
+    weight = state_dict.get("bbox_head.head_module.cls_preds.0.0.conv.weight")
+    return int(weight.shape[0]) if weight is not None else 80
+
+
 def text_tower_shape(state_dict: dict) -> dict:
     """CLIP text tower sizes read off checkpoint weights (heads by CLIP's 64-wide convention)."""
     p = TEXT_PREFIX + "model.text_model."
@@ -74,7 +83,7 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
         tower = CLIPTextEncoder.from_config(tokenizer_dir=text_model, **text_tower_shape(state))
     else:
         tower = CLIPTextEncoder.from_pretrained(text_model)
-    model = build_model(variant, tower)
+    model = build_model(variant, tower, num_classes=cls_width(state))
     if not has_text and tower is not None:
         # The tower's own pretrained weights stand; the checkpoint covers the image side only.
         state = {**{TEXT_PREFIX + k: v for k, v in tower.state_dict().items()}, **state}
