@@ -83,6 +83,7 @@ def test_training_raises_ap_above_the_untrained_model(tmp_path):
     from worldtune.model.loading import load_model
 
     reloaded = load_model(run / "best.pt", text_model=cfg.model.text_model)
+    assert reloaded.trained_imgsz == 64  # the CLIs default --imgsz to it
     again = evaluate_model(reloaded, build_eval_loader(build_eval_dataset(coco, 64)), coco)
     assert again["AP"] == pytest.approx(result["best_ap"], abs=1e-9)
     assert max(r["AP50"] for r in vals) > before["AP50"] + 0.1, (before["AP50"], [r["AP50"] for r in vals])

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     model.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                        help="CLIP text tower: hub id or local folder")
-    model.add_argument("--imgsz", type=int, default=640)
+    model.add_argument("--imgsz", type=int, default=None,
+                       help="network input size (default: the checkpoint's training size, else 640)")
     model.add_argument("--batch-size", type=int, default=8)
     model.add_argument("--workers", type=int, default=2)
     model.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -61,10 +62,12 @@ def _score_model(args, ann: Path, images: Path) -> dict:
         raise ValueError("--weights needs --images DIR (or --data-root)")
     device = resolve_device(args.device or "auto")
     dataset = CocoDetection(ann, images, class_texts=args.class_texts, on_bad_data=args.on_bad_data)
-    loader = build_eval_loader(build_eval_dataset(dataset, imgsz=args.imgsz), batch_size=args.batch_size,
-                               workers=args.workers)
     model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,
                        allow_hash_mismatch=args.allow_hash_mismatch)
+    imgsz = args.imgsz or model.trained_imgsz or 640
+    print(f"evaluating at image size {imgsz}", file=sys.stderr)
+    loader = build_eval_loader(build_eval_dataset(dataset, imgsz=imgsz), batch_size=args.batch_size,
+                               workers=args.workers)
     return evaluate_model(model, loader, dataset, ann=ann, backend=args.backend,
                           out_detections=args.out_detections, progress=True)
 

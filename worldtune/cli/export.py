@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                         help="CLIP text tower: hub id or local folder; 'none' with --text-feats")
-    parser.add_argument("--imgsz", type=int, default=640, help="input size (multiple of 32)")
+    parser.add_argument("--imgsz", type=int, default=None,
+                        help="input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the graph (see --dynamic-batch)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--dynamic-batch", action="store_true", help="free batch dimension")
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             texts = list(model.vocabulary)
         if not texts:
             raise ValueError("empty vocabulary: give --classes 'person,car' or --class-texts FILE")
+        args.imgsz = args.imgsz or model.trained_imgsz or 640
         text_feats = _load_text_feats(args.text_feats, texts)
         if text_feats is None and model.text_model is None:
             raise ValueError("--text-model none needs --text-feats EMBEDDINGS.npy")

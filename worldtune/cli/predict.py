@@ -79,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                         help="CLIP text tower: hub id or local folder")
-    parser.add_argument("--imgsz", type=int, default=640, help="network input size (multiple of 32)")
+    parser.add_argument("--imgsz", type=int, default=None,
+                        help="network input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
     parser.add_argument("--score-thr", type=float, default=0.25,
                         help="keep detections above this score (the official 0.001 is for AP evaluation)")
     parser.add_argument("--iou-thr", type=float, default=0.7, help="class-aware NMS IoU threshold")
@@ -151,12 +152,13 @@ def run(args: argparse.Namespace) -> int:
     from worldtune.model.predict import letterbox_for_test, predict_batch, read_image_rgb
 
     try:
-        if args.imgsz % 32 or args.imgsz <= 0:
-            raise ValueError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
         texts = read_vocabulary(args.classes, args.class_texts)
         paths, skipped = expand_inputs(args.inputs)
         device = resolve_device(args.device)  # engine.dist: auto / cpu / cuda[:N]
         model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device)
+        args.imgsz = args.imgsz or model.trained_imgsz or 640
+        if args.imgsz % 32 or args.imgsz <= 0:
+            raise ValueError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
         if texts is None:
             texts = list(model.vocabulary)
             if not texts:

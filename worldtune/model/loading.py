@@ -65,7 +65,9 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
         if variant is None:
             raise ValueError("no weights given: name a variant (one of " + ", ".join(VARIANTS) + ")")
         tower = CLIPTextEncoder.from_pretrained(text_model) if text_model else None
-        return build_model(variant, tower).to(device).eval()
+        model = build_model(variant, tower).to(device).eval()
+        model.trained_imgsz = None
+        return model
 
     from worldtune.zoo import resolve_weights
 
@@ -90,6 +92,9 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     load_model_state(model, state, strict=strict, path=path)
     vocabulary = checkpoint.get("vocabulary") if isinstance(checkpoint, dict) else None
     model = model.to(device).eval()
+    # worldtune checkpoints carry their config: the CLIs default --imgsz to the training size
+    config = (checkpoint.get("config") or {}) if isinstance(checkpoint, dict) else {}
+    model.trained_imgsz = config.get("data", {}).get("imgsz")
     if vocabulary and tower is not None:
         model.set_vocabulary(list(vocabulary))
     return model
