@@ -57,6 +57,8 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
             needed; its weights only when the checkpoint carries none, its config when it is a local
             folder). None: no text tower.
         strict: refuse weights that do not match the model exactly (listing the differences).
+    The returned model has `trained_imgsz`: the training image size saved in a worldtune
+    checkpoint's config, or None (official files, random weights).
     """
     from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
     from worldtune.model.text_encoder import CLIPTextEncoder
