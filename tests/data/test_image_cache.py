@@ -77,6 +77,8 @@ def test_file_cache_is_built_once_and_shared(tiny_dataset, tmp_path, monkeypatch
     blob = pickle.dumps(second.cached)
     assert len(blob) < 10_000 < second.cached.nbytes
     np.testing.assert_array_equal(pickle.loads(blob).get(3)[0], second.get(3)[0])
+    MosaicImageStore(tiny_dataset, 64, cache_bytes=2**31, cache_dir=tmp_path)  # a larger budget, all fit already
+    assert len(calls) == len(tiny_dataset) and len(list(tmp_path.glob("*.u8"))) == 1  # the same file
     MosaicImageStore(tiny_dataset, 32, cache_bytes=2**30, cache_dir=tmp_path)  # another size: another file
     assert len(list(tmp_path.glob("*.u8"))) == 2
 

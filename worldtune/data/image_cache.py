@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import cv2
 
-from worldtune.data.packed_images import PackedImages, cache_key, pack_in_file, pack_in_ram
+from worldtune.data.packed_images import PackedImages, cache_key, pack_in_file, pack_in_ram, plan_table
 
 
 def mosaic_size(height: int, width: int, img_scale: int) -> tuple:
@@ -81,7 +81,10 @@ class MosaicImageStore:
             return decode_for_mosaic(self.dataset, index, self.img_scale)
 
         if cache_dir:
-            key = cache_key({"img_scale": self.img_scale, "budget": budget, "images": self._identity()})
+            # The key names how many images fit, not the budget: raising data.cache_max_gb past what
+            # the data needs reuses the file instead of building a second copy.
+            fitting = int((plan_table(sizes, budget)[:, 0] >= 0).sum())
+            key = cache_key({"img_scale": self.img_scale, "images": self._identity(), "fitting": fitting})
             cached = pack_in_file(sizes, decode, budget, threads, cache_dir, key)
         else:
             cached = pack_in_ram(sizes, decode, budget, threads)
