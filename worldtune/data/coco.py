@@ -18,6 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from worldtune.data.texts import load_class_texts
+from worldtune.jsonfile import load_json
 
 
 class DataError(ValueError):
@@ -28,8 +29,7 @@ def _load_json(path: Path):
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist")
     try:
-        with open(path) as f:
-            return json.load(f)
+        return load_json(path)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON ({e})") from None
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldtune.jsonfile import load_json
+
 
 def read_json(path: str | Path, what: str):
     """Parse a JSON file; FileNotFoundError / ValueError name the file."""
@@ -20,7 +22,7 @@ def read_json(path: str | Path, what: str):
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text())
+        return load_json(path)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 

@@ -1,0 +1,20 @@
+"""Reading large JSON files (COCO annotations, detection results) quickly.
+
+orjson parses a COCO train2017 annotation file about twice as fast as the json module. It rejects
+the non-standard NaN and Infinity that Python's json writes by default, so a file orjson refuses is
+read again with the json module before it is called malformed: a result file with a NaN score then
+reaches the checks that name the bad detection.
+"""
+import json
+from pathlib import Path
+
+import orjson
+
+
+def load_json(path: str | Path):
+    """Parsed contents of `path`; raises json.JSONDecodeError when the file is not JSON."""
+    data = Path(path).read_bytes()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
