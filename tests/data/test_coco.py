@@ -52,6 +52,15 @@ def test_crowd_rle_and_multipart(tiny_dataset):
     assert len(ds.get_record(3)["labels"]) == 0  # empty image kept (filter_empty_gt False)
 
 
+def test_categories_with_the_same_text_are_reported(tiny_coco, tmp_path):
+    def edit(d):
+        d["categories"][3]["name"] = d["categories"][1]["name"]
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    name = json.loads(tiny_coco["ann_file"].read_text())["categories"][1]["name"]
+    with pytest.warns(UserWarning, match=rf"share a text.*'{name}': category ids \[3, 9\]"):
+        CocoDetection(ann, img)
+
+
 def test_derived_texts_and_degenerate_ignored(tiny_coco, tmp_path):
     def edit(d):
         d["annotations"][0]["bbox"][2] = 0.5  # w < 1: kept but ignored

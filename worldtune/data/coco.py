@@ -100,6 +100,19 @@ def merge_polygon_parts(parts: list) -> list:
     return [np.concatenate(out + back[::-1]).astype(np.float32)]
 
 
+def _warn_same_texts(ann_file: Path, class_names: list, cat_ids: list) -> None:
+    """Warn when categories share their (first) text: an open-vocabulary head scores a class by
+    its text embedding, so such classes get identical scores and cannot be told apart."""
+    seen: dict = {}
+    for name, cat_id in zip(class_names, cat_ids):
+        seen.setdefault(name, []).append(cat_id)
+    clashes = {name: ids for name, ids in seen.items() if len(ids) > 1}
+    if clashes:
+        listed = "; ".join(f"{name!r}: category ids {ids}" for name, ids in list(clashes.items())[:10])
+        warnings.warn(f"{ann_file}: categories share a text, so the model cannot tell them apart ({listed}); "
+                      "give each its own name or class-text entry", stacklevel=3)
+
+
 class CocoDetection:
     """A COCO-format detection set.
 
@@ -140,6 +153,7 @@ class CocoDetection:
         self.category_names = [names_by_id[cid] for cid in self.cat_ids]
         self.class_texts = load_class_texts(class_texts, self.category_names)
         self.class_names = [t[0] for t in self.class_texts]
+        _warn_same_texts(self.ann_file, self.class_names, self.cat_ids)
 
         images = {}
         for img in data["images"]:
