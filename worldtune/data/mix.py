@@ -40,6 +40,11 @@ def load_sample(dataset, index: int, mask_refine: bool, image=None) -> dict:
             "polygons": polygons, "image_id": rec["image_id"], "orig_shape": orig_shape or img.shape[:2]}
 
 
+def sample_shape(sample: dict) -> tuple:
+    """(H, W) the sample's boxes refer to: `orig_shape` (set by `load_sample`), else the image's."""
+    return sample.get("orig_shape") or sample["img"].shape[:2]
+
+
 def mosaic_layout(shapes: list, rng: np.random.Generator, img_scale: int = 640) -> list:
     """Draw the centre and place four images of `shapes` [(h, w)] on the (2·s)x(2·s) canvas.
 
@@ -90,7 +95,7 @@ def mosaic_labels(samples: list, layout: list, img_scale: int = 640) -> dict:
         boxes.append(sample["bboxes"] * r + np.array([dx, dy, dx, dy], dtype=np.float32))
         labels.append(sample["labels"])
         if with_polys:
-            h0, w0 = sample.get("orig_shape") or sample["img"].shape[:2]
+            h0, w0 = sample_shape(sample)
             scale = np.array([int(w0 * r + 0.5) / w0, int(h0 * r + 0.5) / h0])
             polygons += [[np.clip(p * scale + (dx, dy), 0, canvas) for p in inst] for inst in sample["polygons"]]
     return {"bboxes": np.clip(np.concatenate(boxes), 0, canvas).astype(np.float32),
@@ -133,10 +138,6 @@ def resized_tiles(samples: list, layout: list) -> list:
             for sample, tile in zip(samples, layout)]
 
 
-def _shape(sample: dict) -> tuple:
-    return sample.get("orig_shape") or sample["img"].shape[:2]
-
-
 def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dict:
     """Four samples around a random centre on a (2·s)x(2·s) canvas padded with 114.
 
@@ -145,7 +146,7 @@ def mosaic(samples: list, rng: np.random.Generator, img_scale: int = 640) -> dic
     the centre, cropped at the canvas edge. Labels: see `mosaic_labels` (boxes clipped to the
     canvas, empty ones kept; polygons rescaled per axis and clipped).
     """
-    layout = mosaic_layout([_shape(x) for x in samples], rng, img_scale)
+    layout = mosaic_layout([sample_shape(x) for x in samples], rng, img_scale)
     out = mosaic_labels(samples, layout, img_scale)
     out["img"] = render_canvas(resized_tiles(samples, layout), layout, (0, 0, 2 * img_scale, 2 * img_scale))
     return out

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from worldtune.data.mix import (copy_paste_choice, copy_paste_labels, mosaic_labels, mosaic_layout, paste_objects,
-                                render_canvas, resized_tiles)
+                                render_canvas, resized_tiles, sample_shape)
 from worldtune.data.transforms import PAD_VALUE, affine_labels, affine_matrix
 
 
@@ -57,7 +57,7 @@ def mosaic_copypaste_affine(samples: list, rng: np.random.Generator, img_scale: 
         dict(img uint8 [2·s + 2·border, same, 3], bboxes float32 [N, 4], labels int64 [N],
         polygons (or None), image_id).
     """
-    layout = mosaic_layout([x.get("orig_shape") or x["img"].shape[:2] for x in samples], rng, img_scale)
+    layout = mosaic_layout([sample_shape(x) for x in samples], rng, img_scale)
     sample = mosaic_labels(samples, layout, img_scale)
     tiles = resized_tiles(samples, layout)
     size = (2 * img_scale, 2 * img_scale)

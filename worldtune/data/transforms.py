@@ -114,7 +114,7 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
         # inside and adds nothing to its instance's box (no part left: the zero box, dropped).
         # Skipping its 1000-point work changes no result.
         parts, owner = _flatten(polygons)
-        reach = _reaches_output(parts, s, matrix, w_out, h_out)
+        reach = _reaches_output(parts, matrix, w_out, h_out)
         parts, owner = [p for p, r in zip(parts, reach) if r], owner[reach]
         pts = resample_parts(parts)
         pts *= np.array([matrix[0, 0], matrix[1, 1]], dtype=np.float32)
@@ -142,14 +142,15 @@ def affine_labels(sample: dict, s: float, matrix: np.ndarray, out_size: tuple, m
     return out
 
 
-def _reaches_output(parts: list, s: float, matrix: np.ndarray, w_out: float, h_out: float) -> np.ndarray:
+def _reaches_output(parts: list, matrix: np.ndarray, w_out: float, h_out: float) -> np.ndarray:
     """bool [P]: the warped box of each part's vertices comes within a pixel of [0, W]x[0, H]."""
     if not parts:
         return np.zeros(0, dtype=bool)
     starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
     verts = np.concatenate(parts)
-    lo = np.minimum.reduceat(verts, starts) * s + matrix[:, 2]  # s vs its float32 entry: far inside the margin
-    hi = np.maximum.reduceat(verts, starts) * s + matrix[:, 2]
+    scale = matrix[[0, 1], [0, 1]]
+    lo = np.minimum.reduceat(verts, starts) * scale + matrix[:, 2]
+    hi = np.maximum.reduceat(verts, starts) * scale + matrix[:, 2]
     return (hi > -1).all(1) & (lo < np.array([w_out, h_out]) + 1).all(1)
 
 
@@ -237,9 +238,8 @@ def resize_and_letterbox(sample: dict, size: int = 640) -> dict:
     boxes = np.clip(boxes, 0, np.float32([w1, h1, w1, h1])) * np.float32([sx, sy, sx, sy])
     out["bboxes"] = np.clip(boxes + np.float32([left, top, left, top]), 0, size).astype(np.float32)
     if sample.get("polygons") is not None:
-        mask_w, mask_h = int(w * r + 0.5), int(h * r + 0.5)
-        letter_w, letter_h = int(round(mask_w * sx)), int(round(mask_h * sy))
-        factor = np.array([mask_w / w * (letter_w / mask_w), mask_h / h * (letter_h / mask_h)])
+        mask_w, mask_h = int(w * r + 0.5), int(h * r + 0.5)  # the keep-ratio step's mask size
+        factor = np.array([int(round(mask_w * sx)) / w, int(round(mask_h * sy)) / h])  # to the letterbox's
         low = np.array([0 if left else -np.inf, 0 if top else -np.inf])
         high = np.array([size if left else np.inf, size if top else np.inf])
         out["polygons"] = [[np.clip(p * factor + (left, top), low, high) for p in inst] for inst in sample["polygons"]]

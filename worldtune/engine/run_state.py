@@ -44,8 +44,6 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-
-
 def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=None) -> dict:
     """Everything a resume needs.
 

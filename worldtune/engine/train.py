@@ -31,6 +31,7 @@ from worldtune.engine.setup import build_datasets, build_text_model, load_start_
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema
 
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
