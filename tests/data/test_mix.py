@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from worldtune.data.mix import copy_paste, load_sample, mixup, mosaic
+from worldtune.data.mix import blend, copy_paste, load_sample, mixup, mosaic
 
 COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255)]
 
@@ -102,6 +102,8 @@ def test_mixup_blends_and_concatenates():
         r = np.random.default_rng(seed).beta(32, 32)
         out = mixup(a, b, np.random.default_rng(seed))
         np.testing.assert_array_equal(out["img"], (a["img"] * r + b["img"] * (1 - r)).astype(np.uint8))
+        # chunks that do not divide the image, and a last short one
+        np.testing.assert_array_equal(blend(a["img"], b["img"], r, chunk=1000), out["img"])
 
 
 def test_load_sample_falls_back_to_box_polygon(tiny_coco, tmp_path):

@@ -1,11 +1,24 @@
 """Batching: BGR HxWx3 numpy samples -> RGB uint8 [B, 3, H, W] tensors (official `yolow_collate` layout)."""
+import math
+
 import numpy as np
 import torch
 
 
 def _images_to_tensor(images: list) -> torch.Tensor:
     # BGR -> RGB here, once, so every transform before it keeps cv2's channel order.
-    return torch.from_numpy(np.stack([np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)) for img in images]))
+    h, w = images[0].shape[:2]
+    shape = (len(images), 3, h, w)
+    if torch.utils.data.get_worker_info() is not None:
+        # A DataLoader worker hands its batch over in shared memory: write it there directly instead
+        # of into a private buffer that the hand-over then copies (as torch's default_collate does).
+        out = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
+    else:
+        out = torch.empty(shape, dtype=torch.uint8)
+    batch = out.numpy()
+    for i, img in enumerate(images):
+        batch[i] = img[..., ::-1].transpose(2, 0, 1)
+    return out
 
 
 def collate_train(samples: list) -> dict:
