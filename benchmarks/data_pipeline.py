@@ -2,9 +2,12 @@
 
 Pipeline timed: load -> Mosaic(4) -> CopyPaste(0.3) -> RandomAffine with mask refinement
 (1000-point polygons) -> MixUp(0.15) -> Blur/MedianBlur/ToGray/CLAHE -> HSV -> flip ->
-RandomLoadText(80) -> collate, through the real DataLoader, for each worker count. Rows:
-the default (official sampling), `cache_images` (decoded images in RAM; identical samples),
-`cache_dir` (the same cache in a file on disk, mapped by every worker) and `mosaic_pool` = batch (mosaic/MixUp partners from the sample's batch; not official).
+RandomLoadText(80) -> collate, through the real DataLoader, for each worker count. Rows (all
+with the official uniform mosaic/MixUp partner sampling except the last; the caches change no sample):
+the default (`cache_images=auto`, which caches these images in RAM because they fit),
+`cache_images=false` (every image decoded each time it is used: what the default does on a set too
+big for the cache, e.g. COCO), `cache_dir` (the cache in a file on disk, mapped by every worker)
+and `mosaic_pool` = batch without a cache (partners from the sample's batch; not official).
 When `ultralytics` is importable (benchmark-only AGPL reference, the `bench` extra; worldtune
 never imports it), its YOLO-World training dataset (YOLOMultiModalDataset, mosaic 1.0,
 copy_paste 0.3, mixup 0.15, scale 0.5, polygon labels) is timed on the same images in the same
@@ -82,10 +85,12 @@ def bench_worldtune(paths: dict, args, **options) -> dict:
     ds = CocoDetection(paths["ann_file"], paths["image_dir"])
     start = time.perf_counter()
     train = build_train_dataset(ds, imgsz=args.imgsz, num_texts=80, **options)  # v2-S defaults
-    if options.get("cache_images") or options.get("cache_dir"):
-        where = f" in {options['cache_dir']}" if options.get("cache_dir") else ""
-        print(f"worldtune cache_images{where}: {train.images.cached_count} images, {train.images.cached.nbytes / 2**20:.0f} MiB,"
-              f" filled in {time.perf_counter() - start:.1f} s")
+    if train.cache_report:  # what cache_images=auto decided
+        print(f"worldtune {options or 'default'}: {train.cache_report}")
+    if train.images is not None and train.images.cached is not None:
+        where = f" in {options['cache_dir']}" if options.get("cache_dir") else " in RAM"
+        print(f"worldtune {options or 'default'}: {train.images.cached_count} images cached{where}, "
+              f"{train.images.cached.nbytes / 2**20:.0f} MiB, filled in {time.perf_counter() - start:.1f} s")
     out = {}
     for workers in args.workers:
         loader = build_train_loader(train, args.batch, workers=workers, seed=0)
@@ -136,12 +141,13 @@ def main() -> None:
           f" ({cv2.getNumThreads()} threads)")
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.images)
-        settings = [("worldtune (official sampling)", lambda: bench_worldtune(paths, args)),
-                    ("worldtune, data.cache_images", lambda: bench_worldtune(paths, args, cache_images=True)),
+        settings = [("worldtune, default (data.cache_images=auto: cached in RAM)", lambda: bench_worldtune(paths, args)),
+                    ("worldtune, data.cache_images=false (no cache)",
+                     lambda: bench_worldtune(paths, args, cache_images="false")),
                     ("worldtune, data.cache_dir (a file on disk)",
                      lambda: bench_worldtune(paths, args, cache_dir=str(Path(tmp) / "cache"))),
-                    (f"worldtune, data.mosaic_pool={args.batch}",
-                     lambda: bench_worldtune(paths, args, mosaic_pool=args.batch))]
+                    (f"worldtune, data.mosaic_pool={args.batch}, no cache",
+                     lambda: bench_worldtune(paths, args, mosaic_pool=args.batch, cache_images="false"))]
         try:
             import ultralytics
         except ImportError:

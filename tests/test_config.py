@@ -63,6 +63,9 @@ def test_set_overrides_parse_by_field_type():
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 3 and cfg.data.affine_scale == [0.5, 1.5]
     assert (cfg.train.amp, cfg.model.weights, cfg.data.mask_refine) == ("off", "none", False)
+    # a text choice that YAML would read as a boolean, from --set or from a YAML file
+    assert C.merge(C.Config(), C.parse_set(["data.cache_images=true"])).data.cache_images == "true"
+    assert C.merge(C.Config(), {"data": {"cache_images": False}}).data.cache_images == "false"
 
 
 def test_unknown_key_lists_valid_keys():
@@ -117,6 +120,7 @@ def test_batch_rule(world, batch, factor):
     ("data.imgsz=100", "multiple of 32"),
     ("data.affine_scale=[1.5, 0.5]", "affine_scale"),
     ("train.close_mosaic_epochs=-1", "close_mosaic_epochs"),
+    ("data.cache_images=ram", "data.cache_images='ram': choose one of auto, true, false"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

@@ -58,12 +58,13 @@ class DataConfig:
     min_area_ratio: float = 0.01  # 0.1 without mask refinement
     on_bad_data: str = "error"    # or "skip"
     min_size: int = 32
-    # Speed options, off by default (README "Faster data loading"). cache_images: keep the decoded
-    # training images, resized for the mosaic (same samples), at most cache_max_gb GiB: in each
-    # training process's RAM, or with cache_dir in one file there shared by all processes and runs.
+    # Speed options (README "Faster data loading"). cache_images: keep the decoded training images,
+    # resized for the mosaic (same samples), at most cache_max_gb GiB: in each training process's
+    # RAM, or with cache_dir in one file there shared by all processes and runs; "auto" caches in
+    # RAM when every image fits (and half the free memory holds a copy per process), "true" / "false".
     # mosaic_pool N > 0 (not official): mosaic/MixUp partners come from the N images around the
     # sample in the epoch's loading order; use the batch size or a divisor.
-    cache_images: bool = False
+    cache_images: str = "auto"
     cache_max_gb: float = 8.0
     cache_dir: str = ""
     mosaic_pool: int = 0
@@ -139,6 +140,8 @@ def _coerce(value, hint, key: str):
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"{key}: {str(value)!r} is not valid YAML ({e})") from None
+    if hint is str and isinstance(value, bool):  # a YAML true/false for a text choice (data.cache_images)
+        return "true" if value else "false"
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -282,7 +285,8 @@ def batch_rule(world_size: int, batch_per_gpu: int) -> tuple[float, str]:
 
 # Keys with a closed set of values; checked by `validate` (the model variant by build_model).
 CHOICES = {"train.optimizer": ("adamw", "sgd"), "train.amp": ("bf16", "fp16", "none"),
-           "train.bias_warmup": ("group2", "biases"), "data.on_bad_data": ("error", "skip")}
+           "train.bias_warmup": ("group2", "biases"), "data.on_bad_data": ("error", "skip"),
+           "data.cache_images": ("auto", "true", "false")}
 
 
 def validate(cfg: Config) -> Config:

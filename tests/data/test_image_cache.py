@@ -1,4 +1,4 @@
-"""Opt-in decoded-image stores (data.cache_images, data.cache_dir) and mosaic pools (data.mosaic_pool)."""
+"""Decoded-image stores (data.cache_images, data.cache_dir) and mosaic pools (data.mosaic_pool)."""
 import os
 import pickle
 import shutil
@@ -7,12 +7,14 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from worldtune.data.coco import CocoDetection, DataError
+from worldtune.data import image_cache
 from worldtune.data.image_cache import MosaicImageStore, decode_for_mosaic, mosaic_size
 from worldtune.data.packed_images import pack_in_file
 from worldtune.data.loader import build_train_loader
@@ -29,7 +31,8 @@ def _same(a, b):
 
 @pytest.mark.parametrize("where", ["ram", "file"])
 def test_image_cache_changes_no_sample(tiny_dataset, tmp_path, where):
-    plain = build_train_dataset(tiny_dataset, **KW)
+    plain = build_train_dataset(tiny_dataset, **KW, cache_images=False)
+    assert plain.images is None
     cached = build_train_dataset(tiny_dataset, **KW, cache_images=True,
                                  cache_dir=str(tmp_path) if where == "file" else "")
     assert cached.images.cached_count == len(tiny_dataset)
@@ -46,11 +49,11 @@ def test_image_cache_changes_no_sample(tiny_dataset, tmp_path, where):
 
 def test_image_cache_stays_within_budget(tiny_dataset):
     budget = 2 * 64 * 64 * 3 + 10  # room for two images at most
-    with pytest.warns(UserWarning, match="of 8 images cached"):
+    with pytest.warns(UserWarning, match="only 2 of 8 images fit"):
         store = MosaicImageStore(tiny_dataset, 64, cache_bytes=budget)
     assert 0 < store.cached_count <= 2 and store.cached.nbytes <= budget
-    plain = build_train_dataset(tiny_dataset, **KW)
-    with pytest.warns(UserWarning, match="cached"):
+    plain = build_train_dataset(tiny_dataset, **KW, cache_images=False)
+    with pytest.warns(UserWarning, match="images fit"):
         partial = build_train_dataset(tiny_dataset, **KW, cache_images=True, cache_max_gb=budget / 2**30)
     for i in range(len(plain)):
         _same(plain[i], partial[i])
@@ -91,8 +94,10 @@ def test_file_cache_follows_changed_images_and_skips_unreadable_ones(tiny_coco, 
     MosaicImageStore(dataset, 64, cache_bytes=2**30, cache_dir=cache)
     broken = dataset.image_path(2)
     broken.write_bytes(b"not a jpeg")
-    with pytest.warns(UserWarning, match="7 of 8 images cached"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the unreadable image is reported where it is used, not here
         store = MosaicImageStore(dataset, 64, cache_bytes=2**30, cache_dir=cache)
+    assert store.cached_count == 7
     assert len(list(cache.glob("*.u8"))) == 2  # the changed file made a new cache instead of reusing the old
     assert store.cached.get(2) is None  # left to the normal path, which reports it
     with pytest.raises(DataError, match=str(broken.name)):
@@ -161,7 +166,8 @@ def test_file_cache_cleans_a_killed_builders_leftovers_and_reports_a_full_disk(t
 
 
 def test_file_cache_matches_the_uncached_pipeline_in_worker_processes(tiny_dataset, tmp_path):
-    plain = build_train_loader(build_train_dataset(tiny_dataset, **KW), batch_size=4, workers=0, seed=1)
+    plain = build_train_loader(build_train_dataset(tiny_dataset, **KW, cache_images=False), batch_size=4, workers=0,
+                               seed=1)
     cached = build_train_loader(build_train_dataset(tiny_dataset, **KW, cache_dir=str(tmp_path)),
                                 batch_size=4, workers=2, seed=1)
     for loader in (plain, cached):
@@ -180,7 +186,7 @@ def test_recent_images_are_bounded_and_reused(tiny_dataset):
 
 
 def test_pool_partners_come_from_the_pool(tiny_dataset):
-    train = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4)
+    train = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4, cache_images=False)
     order = [5, 2, 7, 0, 1, 6, 3, 4]
     train.set_epoch(0)
     train.set_order(order)
@@ -196,7 +202,7 @@ def test_pool_partners_come_from_the_pool(tiny_dataset):
 
 
 def test_pool_is_deterministic_for_any_worker_count_and_cache_state(tiny_dataset):
-    train = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4)
+    train = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4, cache_images=False)
     serial = build_train_loader(train, batch_size=4, workers=0, seed=3)
     serial.set_epoch(0)
     assert train._order.tolist() == list(serial.sampler)  # the loader hands its order to the pools
@@ -204,7 +210,7 @@ def test_pool_is_deterministic_for_any_worker_count_and_cache_state(tiny_dataset
     assert train.images.decodes <= len(tiny_dataset)  # pool = batch: each image decoded about once
     parallel = build_train_loader(train, batch_size=4, workers=2, seed=3)
     parallel.set_epoch(0)
-    uncached = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4)
+    uncached = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4, cache_images=False)
     uncached.images = None  # decode every time: the buffer only saves time, it never changes a sample
     again = build_train_loader(uncached, batch_size=4, workers=0, seed=3)
     again.set_epoch(0)
@@ -215,3 +221,40 @@ def test_pool_is_deterministic_for_any_worker_count_and_cache_state(tiny_dataset
     default = build_train_loader(build_train_dataset(tiny_dataset, **KW), batch_size=4, workers=0, seed=3)
     default.set_epoch(0)
     assert not all(torch.equal(a["images"], b["images"]) for a, b in zip(run, default))  # pools: other partners
+
+
+def test_auto_caches_a_set_that_fits_in_memory(tiny_dataset, monkeypatch):
+    need = sum(3 * w * h for w, h in (mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))))
+    monkeypatch.setattr(image_cache, "available_memory", lambda: 2 * need)
+    auto = build_train_dataset(tiny_dataset, **KW)  # cache_images="auto" is the default
+    assert auto.images.cached_count == len(tiny_dataset) and auto.images.cached.path is None
+    assert auto.cache_report.startswith(f"image cache: the {len(tiny_dataset)} training images") and "auto" in auto.cache_report
+    plain = build_train_dataset(tiny_dataset, **KW, cache_images="false")
+    for i in range(len(plain)):
+        _same(plain[i], auto[i])
+    # one copy per training process on the machine must fit in half the available memory
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    two = build_train_dataset(tiny_dataset, **KW)
+    assert two.images is None and "x 2 processes more than half the available memory" in two.cache_report
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(image_cache, "available_memory", lambda: None)
+    assert build_train_dataset(tiny_dataset, **KW).images is None
+
+
+def test_auto_leaves_big_sets_and_stage_2_alone(tiny_dataset, monkeypatch):
+    monkeypatch.setattr(image_cache, "available_memory", lambda: 2**40)
+    big = build_train_dataset(tiny_dataset, **KW, cache_max_gb=1000 / 2**30)  # no partial cache under auto
+    assert big.images is None
+    assert "image cache off" in big.cache_report and "data.cache_max_gb=" in big.cache_report
+    assert "data.cache_dir" in big.cache_report  # says how to cache anyway
+    stage2 = build_train_dataset(tiny_dataset, **dict(KW, close_mosaic_epoch=0))  # only stage 2 runs
+    assert stage2.images is None and stage2.cache_report == ""
+    assert build_train_dataset(tiny_dataset, **KW, cache_images="true").images.cached_count == len(tiny_dataset)
+    with pytest.raises(ValueError, match="cache_images must be"):
+        build_train_dataset(tiny_dataset, **KW, cache_images="ram")
+
+
+def test_available_memory_reads_the_kernel_figure():
+    available = image_cache.available_memory()
+    if os.path.exists("/proc/meminfo"):
+        assert available is not None and 2**20 < available < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

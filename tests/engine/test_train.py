@@ -139,12 +139,16 @@ def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
 def test_data_speed_options_reach_the_training_dataset(tmp_path):
     cfg = tiny_config(tmp_path)
     info = dist.init_distributed("cpu")
+    assert cfg.data.cache_images == "auto"
+    auto = T.build_datasets(cfg, info)[0]  # the 6 small images fit: cached in RAM
+    assert auto.images.cached_count == 6 and auto.cache_report.startswith("image cache: the 6 training images")
+    cfg.data.cache_images = "false"
     plain = T.build_datasets(cfg, info)[0]
-    assert plain.mosaic_pool == 0 and plain.images is None
-    cfg.data.cache_images, cfg.data.cache_max_gb, cfg.data.mosaic_pool = True, 0.5, 3
+    assert plain.mosaic_pool == 0 and plain.images is None and plain.cache_report == ""
+    cfg.data.cache_images, cfg.data.cache_max_gb, cfg.data.mosaic_pool = "true", 0.5, 3
     fast = T.build_datasets(cfg, info)[0]
     assert fast.mosaic_pool == 3 and fast.images.cached_count == len(fast.dataset)  # all 6 images cached
     assert fast.images.cached.path is None  # in this process's RAM
-    cfg.data.cache_images, cfg.data.cache_dir = False, str(tmp_path / "cache")  # a folder turns the cache on
+    cfg.data.cache_images, cfg.data.cache_dir = "false", str(tmp_path / "cache")  # a folder turns the cache on
     shared = T.build_datasets(cfg, info)[0]
     assert shared.images.cached.path.parent == tmp_path / "cache" and shared.images.cached_count == 6

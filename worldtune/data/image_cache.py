@@ -1,4 +1,4 @@
-"""Opt-in stores of decoded training images for stage 1, so that each image is decoded less often.
+"""Stores of decoded training images for stage 1, so that each image is decoded less often.
 
 Every stored image is already resized to its mosaic size (r = min(s/h, s/w), bilinear, to
 (int(w·r), int(h·r))): exactly the resize `mosaic` does, which then has nothing left to do.
@@ -6,7 +6,8 @@ Using a store therefore changes no pixel of any sample; it only saves JPEG decod
 5 ms per 640 px image, four to eight times per stage-1 sample) and resizing.
 
 - Image cache (`data.cache_images`): every image, decoded once (`packed_images`), at most
-  `cache_bytes` of them, in index order. Without `cache_dir` it is filled at start-up in this
+  `cache_bytes` of them, in index order. By default (`auto`) it is used when the whole training
+  set fits (`auto_cache`). Without `cache_dir` it is filled at start-up in this
   process's RAM, before the DataLoader forks its workers, which then read the same pages
   (copy-on-write: nothing writes them, so nothing is copied); each DDP rank fills its own.
   With `cache_dir` it is one file that the first process builds and every process, rank and
@@ -17,6 +18,7 @@ Using a store therefore changes no pixel of any sample; it only saves JPEG decod
 Stage 2 and evaluation resize differently (area interpolation) and do not use the stores.
 """
 import hashlib
+import math
 import os
 import warnings
 from collections import OrderedDict
@@ -30,6 +32,44 @@ def mosaic_size(height: int, width: int, img_scale: int) -> tuple:
     """(w, h) of an image of `height` x `width` resized for a mosaic of `img_scale`."""
     r = min(img_scale / height, img_scale / width)
     return int(width * r), int(height * r)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory new allocations can get without swapping (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def auto_cache(dataset, img_scale: int, max_bytes: int, processes: int = 1) -> tuple[bool, str]:
+    """The `data.cache_images=auto` decision: cache in RAM when every image fits in `max_bytes` and
+    the `processes` copies (one per training process on this machine) in half the available memory.
+
+    Returns:
+        (cache or not, a line for the user saying what was decided and how to change it).
+    """
+    sizes = [mosaic_size(*dataset.image_size(i), img_scale) for i in range(len(dataset))]
+    need = sum(w * h * 3 for w, h in sizes)
+    available = available_memory()
+    copies = f"x {processes} processes " if processes > 1 else ""
+    if need <= max_bytes and available is not None and need * processes <= available // 2:
+        return True, (f"image cache: the {len(sizes)} training images, decoded once and resized for the mosaic, "
+                      f"take {need / 2**30:.2f} GiB {copies}of RAM (data.cache_images=auto; false turns it off)")
+    if need > max_bytes:
+        why = f"more than data.cache_max_gb={max_bytes / 2**30:g}"
+    elif available is None:
+        why = "and the available memory is unknown"
+    else:
+        why = f"{copies}more than half the available memory ({available / 2**30:.1f} GiB)"
+    return False, (f"image cache off: the {len(sizes)} training images need {need / 2**30:.1f} GiB resized for "
+                   f"the mosaic, {why}; every image is decoded each time it is used. To cache them, set "
+                   f"data.cache_dir (e.g. /dev/shm/worldtune: one copy per machine, or a local-disk folder) "
+                   f"and data.cache_max_gb={math.ceil(need / 2**30)}")
 
 
 def decode_for_mosaic(dataset, index: int, img_scale: int):
@@ -80,19 +120,17 @@ class MosaicImageStore:
         def decode(index):
             return decode_for_mosaic(self.dataset, index, self.img_scale)
 
+        fitting = int((plan_table(sizes, budget)[:, 0] >= 0).sum())
+        if fitting < len(sizes):  # (unreadable images are reported where they are used, by on_bad_data)
+            warnings.warn(f"image cache: only {fitting} of {len(sizes)} images fit in the "
+                          f"{budget / 2**30:.2f} GiB budget (data.cache_max_gb); the others are decoded each time",
+                          stacklevel=3)
         if cache_dir:
             # The key names how many images fit, not the budget: raising data.cache_max_gb past what
             # the data needs reuses the file instead of building a second copy.
-            fitting = int((plan_table(sizes, budget)[:, 0] >= 0).sum())
             key = cache_key({"img_scale": self.img_scale, "images": self._identity(), "fitting": fitting})
-            cached = pack_in_file(sizes, decode, budget, threads, cache_dir, key)
-        else:
-            cached = pack_in_ram(sizes, decode, budget, threads)
-        if cached.count < len(self.dataset):
-            warnings.warn(f"image cache: {cached.count} of {len(self.dataset)} images cached "
-                          f"({budget / 2**30:.2f} GiB budget, data.cache_max_gb); the others, and any the "
-                          "cache could not read, are decoded each time", stacklevel=3)
-        return cached
+            return pack_in_file(sizes, decode, budget, threads, cache_dir, key)
+        return pack_in_ram(sizes, decode, budget, threads)
 
     def _identity(self) -> str:
         """Hash of everything that decides the cached pixels: files, their sizes and modification times."""

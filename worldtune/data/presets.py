@@ -14,13 +14,14 @@ produced whatever the worker count, the order or a resume. With the opt-in `mosa
 the partners also depend on the epoch's loading order on the rank (so on the world size),
 still not on the worker count; `cache_images` changes no sample.
 """
+import os
 import warnings
 
 import numpy as np
 import torch
 
 from worldtune.data.coco import CocoDetection, DataError
-from worldtune.data.image_cache import MosaicImageStore
+from worldtune.data.image_cache import MosaicImageStore, auto_cache
 from worldtune.data.mix import load_sample, mixup
 from worldtune.data.stage1 import mosaic_copypaste_affine
 from worldtune.data.texts import sample_texts
@@ -51,6 +52,7 @@ class TrainDataset(torch.utils.data.Dataset):
         self.min_area_ratio, self.hsv_gains = min_area_ratio, tuple(hsv_gains)
         self.albu_prob, self.flip_prob = albu_prob, flip_prob
         self.epoch = 0
+        self.cache_report = ""  # what data.cache_images=auto decided, for the user
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (0-based): it seeds the augmentations and decides the stage."""
@@ -138,17 +140,19 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
                         close_mosaic_epoch: int = 70, num_texts: int = 80, seed: int = 0,
                         min_area_ratio: float | None = None, hsv_gains=(0.015, 0.7, 0.4),
                         albu_prob: float = 0.01, flip_prob: float = 0.5, mosaic_pool: int = 0,
-                        cache_images: bool = False, cache_max_gb: float = 8.0, cache_dir: str = "") -> TrainDataset:
+                        cache_images: bool | str = "auto", cache_max_gb: float = 8.0, cache_dir: str = "") -> TrainDataset:
     """Training pipeline with the official defaults of the v2-S mask-refine recipe.
 
     M: affine_scale (0.1, 1.9), mixup 0.1, copypaste 0.1; L/X: (0.1, 1.9), 0.15, 0.3;
     SGD 40e: mask_refine False, close_mosaic_epoch 10 (copy-paste is off without masks).
     `min_area_ratio` defaults to 0.01 with mask refinement and 0.1 without.
 
-    Speed options (off by default; see `image_cache`): `cache_images` keeps up to `cache_max_gb`
-    GiB of decoded, mosaic-resized images (same samples, fewer decodes): in this process's RAM, or
-    with `cache_dir` (which turns the cache on) in one file there that every process and later run
-    shares. `mosaic_pool` N > 0 is not official: the mosaic and MixUp partners of a sample come
+    Speed options (see `image_cache`; none changes a sample): `cache_images` keeps up to
+    `cache_max_gb` GiB of decoded, mosaic-resized images: in this process's RAM, or with `cache_dir`
+    (which turns the cache on) in one file there that every process and later run shares. "auto"
+    (default) caches in RAM only when stage 1 runs and every image fits in `cache_max_gb` and, once
+    per training process on the machine (LOCAL_WORLD_SIZE), in half the available memory; True or
+    "true" always, False or "false" never. The decision, in words, is the dataset's `cache_report`. `mosaic_pool` N > 0 is not official: the mosaic and MixUp partners of a sample come
     from the N images around it in the epoch's loading order (Ultralytics-like), so a worker
     decodes about one image per sample; use the per-process batch size or a divisor of it.
     """
@@ -160,15 +164,27 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
                       "(the official pipeline drops them)", stacklevel=2)
     if min_area_ratio is None:
         min_area_ratio = 0.01 if mask_refine else 0.1
-    images = None
-    cache_images = cache_images or bool(cache_dir)  # naming a cache folder asks for the cache
+    if cache_images not in (True, False, "auto", "true", "false"):
+        raise ValueError(f"cache_images must be true, false or 'auto', got {cache_images!r}")
+    images, report = None, ""
+    if cache_dir:  # naming a cache folder asks for the cache
+        cache_images = True
+    elif cache_images == "auto":
+        cache_images = False
+        if close_mosaic_epoch > 0:  # only stage 1 reads the cache
+            processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            cache_images, report = auto_cache(dataset, imgsz, int(cache_max_gb * 2**30), processes)
+    else:
+        cache_images = cache_images in (True, "true")
     if cache_images or mosaic_pool:
         # recent: two pools' worth covers pools that straddle batches
         images = MosaicImageStore(dataset, imgsz, cache_bytes=int(cache_max_gb * 2**30) if cache_images else 0,
                                   recent=2 * mosaic_pool, cache_dir=cache_dir or None)
-    return TrainDataset(dataset, imgsz, mask_refine, affine_scale, mixup_prob, copypaste_prob,
-                        close_mosaic_epoch, num_texts, seed, min_area_ratio, hsv_gains, albu_prob, flip_prob,
-                        mosaic_pool, images)
+    train = TrainDataset(dataset, imgsz, mask_refine, affine_scale, mixup_prob, copypaste_prob,
+                         close_mosaic_epoch, num_texts, seed, min_area_ratio, hsv_gains, albu_prob, flip_prob,
+                         mosaic_pool, images)
+    train.cache_report = report
+    return train
 
 
 class EvalDataset(torch.utils.data.Dataset):

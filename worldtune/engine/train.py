@@ -216,6 +216,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
     train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info)  # bad data fails here, early
+    if train_set.cache_report:
+        say(train_set.cache_report)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump(cfg, out / "config.yaml")
