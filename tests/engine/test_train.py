@@ -142,6 +142,8 @@ def test_data_speed_options_reach_the_training_dataset(tmp_path):
     assert cfg.data.cache_images == "auto"
     auto = T.build_datasets(cfg, info)[0]  # the 6 small images fit: cached in RAM
     assert auto.images.cached_count == 6 and auto.cache_report.startswith("image cache: the 6 training images")
+    resumed = T.build_datasets(cfg, info, start_epoch=cfg.train.epochs - cfg.train.close_mosaic_epochs)[0]
+    assert resumed.images is None  # resumed in stage 2, which never reads the cache: auto does not build it
     cfg.data.cache_images = "false"
     plain = T.build_datasets(cfg, info)[0]
     assert plain.mosaic_pool == 0 and plain.images is None and plain.cache_report == ""

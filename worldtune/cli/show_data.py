@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     train_set = build_train_dataset(dataset, imgsz=args.imgsz, mask_refine=not args.no_mask_refine,
                                     affine_scale=tuple(args.affine_scale), mixup_prob=args.mixup,
                                     copypaste_prob=args.copypaste, close_mosaic_epoch=args.close_mosaic_epoch,
-                                    num_texts=args.num_texts, seed=args.seed)
+                                    num_texts=args.num_texts, seed=args.seed,
+                                    cache_images=False)  # a few samples: caching every image would cost more
     train_set.set_epoch(args.epoch)
     indices = np.random.default_rng(args.seed).permutation(len(train_set))[:args.num]
     tiles = [draw_sample(train_set[int(i)]) for i in np.resize(indices, args.num)]

@@ -19,8 +19,9 @@ def build_text_model(name: str, seed: int = 0) -> nn.Module:
     return CLIPTextEncoder.from_pretrained(name)
 
 
-def build_datasets(cfg, info: dist.DistInfo):
-    """Train/val CocoDetection, the augmented TrainDataset and the loaders."""
+def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
+    """Train/val CocoDetection, the augmented TrainDataset and the loaders (`start_epoch`: 0-based
+    epoch a resumed run starts in; past the close-mosaic switch, `cache_images=auto` does not cache)."""
     from worldtune.data.coco import CocoDetection
     from worldtune.data.loader import build_eval_loader, build_train_loader
     from worldtune.data.presets import build_eval_dataset, build_train_dataset
@@ -31,11 +32,13 @@ def build_datasets(cfg, info: dist.DistInfo):
             raise ValueError(f"data.{key} is not set (use --data-root, or --train-ann and --train-images)")
     texts = d.class_texts or None
     train_coco = CocoDetection(d.train_ann, d.train_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+    close_mosaic_epoch = max(t.epochs - t.close_mosaic_epochs, 0)
+    cache_images = "false" if d.cache_images == "auto" and start_epoch >= close_mosaic_epoch else d.cache_images
     train_set = build_train_dataset(
         train_coco, imgsz=d.imgsz, mask_refine=d.mask_refine, affine_scale=tuple(d.affine_scale),
         mixup_prob=d.mixup_prob, copypaste_prob=d.copypaste_prob,
-        close_mosaic_epoch=max(t.epochs - t.close_mosaic_epochs, 0), num_texts=d.num_texts, seed=t.seed,
-        min_area_ratio=d.min_area_ratio, mosaic_pool=d.mosaic_pool, cache_images=d.cache_images,
+        close_mosaic_epoch=close_mosaic_epoch, num_texts=d.num_texts, seed=t.seed,
+        min_area_ratio=d.min_area_ratio, mosaic_pool=d.mosaic_pool, cache_images=cache_images,
         cache_max_gb=d.cache_max_gb, cache_dir=d.cache_dir)
     # More loader processes than cores only adds overhead; results do not depend on the count.
     workers = min(d.workers, os.cpu_count() or 1)

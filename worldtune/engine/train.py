@@ -215,7 +215,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # Gradients through the low-prior class bias (sigmoid(-11)) underflow to denormal floats,
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
-    train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info)  # bad data fails here, early
+    # bad data fails here, early
+    train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info, ckpt["epoch"] if ckpt else 0)
     if train_set.cache_report:
         say(train_set.cache_report)
     if info.is_main:
