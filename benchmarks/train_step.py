@@ -3,12 +3,18 @@
     python benchmarks/train_step.py                       # S and L, CPU, batch 2, 640 px
     python benchmarks/train_step.py --device cuda --batch 16 --amp bf16 --variants s l
 
-worldtune's step is the one `worldtune.engine.train.train_one_epoch` runs (official optimizer
-groups, schedule, criterion, ExpMomentumEMA). When `ultralytics` is importable, its YOLO-World-v2
-model (`yolov8{s,l}-worldv2.yaml`, random weights) is timed on the same batch in the same run with
-its own loss, an AdamW step, clip 10 and its ModelEMA: an AGPL benchmark-only reference that
-worldtune never imports. Both get the same 80 random L2-normalised text embeddings per image (the
-frozen text tower is cached in training, so it is not part of a step).
+Each step starts from the batch a DataLoader hands over (uint8 images in pinned host memory on GPU,
+targets on the host, 80 class names per image) and does what the trainer does per batch.
+worldtune: the body of `worldtune.engine.train.train_one_epoch` (schedule, upload and float
+conversion, the per-image text embeddings from the frozen, cached CLIP tower, forward, official
+criterion, backward, clip 10, the one host sync for logging and the NaN check, optimizer, EMA).
+When `ultralytics` is importable, its YOLO-World-v2 model (`yolov8{s,l}-worldv2.yaml`, random
+weights) runs on the same batch in the same run with what its `WorldTrainer` does per batch:
+`preprocess_batch` (upload, float conversion, text embeddings stacked from its per-name dictionary),
+its loss, the running mean of the loss items, backward, `optimizer_step` (unscale, clip 10, AdamW,
+ModelEMA) and the progress-bar line that prints the loss items (a host sync). It is an AGPL
+benchmark-only reference that worldtune never imports. Both use the same 512-d embedding per name
+(from a randomly initialised CLIP tower: the numbers do not matter, their shapes and traffic do).
 """
 import argparse
 import platform
@@ -28,7 +34,8 @@ from worldtune.model import build_model
 
 
 def make_batch(batch: int, imgsz: int, num_texts: int = 80, objects: int = 8, seed: int = 0) -> dict:
-    """Random image, 8 random boxes per image and text embeddings (B, K, 512)."""
+    """Host batch as the loader delivers it: random uint8 images, 8 random boxes per image, and per
+    image the `num_texts` class names in a random order (as RandomLoadText shuffles them)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (batch, 3, imgsz, imgsz), generator=g, dtype=torch.uint8)
     rows = []
@@ -37,8 +44,38 @@ def make_batch(batch: int, imgsz: int, num_texts: int = 80, objects: int = 8, se
         wh = 16 + torch.rand(objects, 2, generator=g) * imgsz * 0.3
         labels = torch.randint(0, num_texts, (objects, 1), generator=g).float()
         rows.append(torch.cat([torch.full((objects, 1), float(i)), labels, xy, (xy + wh).clamp(max=imgsz - 1)], 1))
-    text = torch.nn.functional.normalize(torch.randn(batch, num_texts, 512, generator=g), dim=-1)
-    return {"images": images, "bboxes_labels": torch.cat(rows), "text_feats": text}
+    names = [f"object class {k}" for k in range(num_texts)]
+    texts = [[names[k] for k in torch.randperm(num_texts, generator=g).tolist()] for _ in range(batch)]
+    return {"images": images, "bboxes_labels": torch.cat(rows), "texts": texts, "names": names}
+
+
+def host_batch(data: dict, device) -> dict:
+    """`data` with its images in pinned memory on GPU (both trainers' loaders pin)."""
+    return dict(data, images=data["images"].pin_memory() if device.type == "cuda" else data["images"])
+
+
+class FixedEmbeddings:
+    """Stand-in for the text tower where `transformers` is missing: one fixed random vector per name."""
+
+    def __init__(self, device, dim: int = 512):
+        self.device, self.dim, self.table = device, dim, {}
+
+    def encode(self, texts: list, per_string: bool = False) -> torch.Tensor:
+        for text in texts:
+            if text not in self.table:
+                self.table[text] = torch.nn.functional.normalize(torch.randn(self.dim), dim=0).to(self.device)
+        return torch.stack([self.table[t] for t in texts])
+
+
+def text_tower(device):
+    """worldtune's frozen CLIP text tower (ViT-B/32 shape, random weights), with its embedding cache."""
+    try:
+        from worldtune.engine.setup import build_text_model
+
+        return build_text_model("random").to(device).eval()
+    except ImportError as e:
+        print(f"text tower unavailable ({e}): fixed random embeddings per name instead")
+        return FixedEmbeddings(device)
 
 
 def _sync(device):
@@ -77,8 +114,10 @@ def rounds_img_s(steps: dict, batch: int, args, device) -> dict:
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: bool = False,
+def worldtune_step(variant: str, data: dict, device, amp: str, tower, official_groups: bool = False,
                    channels_last: bool = True, compile_mode: str | None = None):
+    from worldtune.engine.text_feats import batch_text_feats
+
     model = build_model(variant).to(device).train()
     memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=memory_format)  # train.channels_last (GPU only), as the training loop does
@@ -88,8 +127,8 @@ def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: 
     ema = ExpMomentumEMA(model)
     criterion = YOLOWorldCriterion()
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
-    images, text = data["images"].to(device), data["text_feats"].to(device)
-    targets = data["bboxes_labels"]  # host side, as in the loop: the criterion pads them without a sync
+    host = host_batch(data, device)
+    targets = host["bboxes_labels"]  # host side, as in the loop: the criterion pads them without a sync
     forward = torch.compile(model, mode=compile_mode) if compile_mode else model
     counter = [0]
 
@@ -97,7 +136,9 @@ def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: 
         if compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         apply_schedule(optimizer, 0, counter[0], 1000, ScheduleConfig())
-        x = images.to(torch.float32, memory_format=memory_format) / 255
+        x = host["images"].to(device, non_blocking=True).to(torch.float32, memory_format=memory_format)
+        x.div_(255)
+        text = batch_text_feats(tower, host["texts"], device)
         with _autocast(device, amp):
             out = forward(x, text)
         losses = criterion([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits], targets)
@@ -113,7 +154,7 @@ def worldtune_step(variant: str, data: dict, device, amp: str, official_groups: 
     return step
 
 
-def graphed_worldtune_step(variant: str, data: dict, device, amp: str, slots: int = 32):
+def graphed_worldtune_step(variant: str, data: dict, device, amp: str, tower, slots: int = 32):
     """EXPERIMENT, not a loop option: worldtune's whole step (forward, loss, backward, clip, AdamW,
     EMA) replayed from one CUDA graph, so the CPU launches one graph instead of ~2,000 kernels.
 
@@ -136,7 +177,9 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, slots: in
     ema_avgs, ema_news = ema.lerp_tensors(model)
     ema_weight = torch.zeros((), device=device)
     criterion = YOLOWorldCriterion()
-    images, text = data["images"].to(device), data["text_feats"].to(device)
+    from worldtune.engine.text_feats import batch_text_feats
+
+    images, text = data["images"].to(device), batch_text_feats(tower, data["texts"], device)  # static inputs
     gts = [t.to(device) for t in pad_targets(data["bboxes_labels"], batch, text.shape[1], min_slots=slots)]
     params = [p for p in model.parameters() if p.requires_grad]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -192,33 +235,52 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, slots: in
     return graphed_step
 
 
-def ultralytics_step(variant: str, data: dict, device, amp: str):
+def ultralytics_step(variant: str, data: dict, device, amp: str, tower):
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import WorldModel
     from ultralytics.utils.torch_utils import ModelEMA
 
     model = WorldModel(f"yolov8{variant}-worldv2.yaml", nc=80, verbose=False).to(device).train()
     model.args = get_cfg()  # box 7.5, cls 0.5, dfl 1.5 as in worldtune's criterion
-    imgsz = data["images"].shape[-1]
-    t = data["bboxes_labels"]
+    host = host_batch(data, device)
+    imgsz = host["images"].shape[-1]
+    t = host["bboxes_labels"]
     xyxy = t[:, 2:6] / imgsz
-    batch = {"img": data["images"].to(device).float() / 255, "txt_feats": data["text_feats"].to(device),
-             "batch_idx": t[:, 0].to(device), "cls": t[:, 1:2].to(device),
-             "bboxes": torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1).to(device)}
+    loaded = {"img": host["images"], "batch_idx": t[:, 0], "cls": t[:, 1:2],
+              "bboxes": torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1),
+              "texts": host["texts"]}
+    # its trainer's name -> embedding dictionary, on the device (the same vectors worldtune uses)
+    with torch.no_grad():
+        embeddings = dict(zip(host["names"], tower.encode(host["names"], per_string=True).to(device)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)
     ema = ModelEMA(model)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
+    state = {"tloss": None, "i": 0}
 
     def step():
         with _autocast(device, amp):
-            loss, _ = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss.sum()).backward()
-        scaler.unscale_(optimizer)
+            # WorldTrainer.preprocess_batch: tensors to the device, images to float, text embeddings
+            batch = {k: v.to(device, non_blocking=device.type == "cuda") if isinstance(v, torch.Tensor) else v
+                     for k, v in loaded.items()}
+            batch["img"] = batch["img"].float() / 255
+            names = [name for image_names in batch["texts"] for name in image_names]
+            feats = torch.stack([embeddings[name] for name in names]).to(device, non_blocking=device.type == "cuda")
+            batch["txt_feats"] = feats.reshape(len(batch["texts"]), -1, feats.shape[-1])
+            loss, items = model.loss(batch)
+            loss = loss.sum()
+            items = items if isinstance(items, dict) else {"items": items}
+            i, tloss = state["i"], state["tloss"]
+            state["tloss"] = items if tloss is None else {k: (tloss[k] * i + v) / (i + 1) for k, v in items.items()}
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # optimizer_step
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         scaler.step(optimizer)
         scaler.update()
+        optimizer.zero_grad()
         ema.update(model)
+        # the progress bar formats the running loss items every step: a device -> host copy
+        " ".join(f"{float(v):.4g}" for value in state["tloss"].values() for v in value.reshape(-1))
+        state["i"] += 1
     return step
 
 
@@ -277,15 +339,16 @@ def main() -> None:
     print(f"| variant | worldtune img/s | ultralytics {ul_version or '(not installed)'} img/s |{extra}")
     print("|---|---|---|" + "---|" * extra.count("img/s"))
     data = make_batch(args.batch, args.imgsz)
+    tower = text_tower(device)
     for variant in args.variants:
-        steps = {"ours": worldtune_step(variant, data, device, args.amp, channels_last=not args.no_channels_last,
-                                        compile_mode=args.compile)}
+        steps = {"ours": worldtune_step(variant, data, device, args.amp, tower,
+                                        channels_last=not args.no_channels_last, compile_mode=args.compile)}
         if ul_version:
-            steps["theirs"] = ultralytics_step(variant, data, device, args.amp)
+            steps["theirs"] = ultralytics_step(variant, data, device, args.amp, tower)
         if args.cuda_graph:
-            steps["graph"] = graphed_worldtune_step(variant, data, device, args.amp)
+            steps["graph"] = graphed_worldtune_step(variant, data, device, args.amp, tower)
         if args.official_groups:
-            steps["official"] = worldtune_step(variant, data, device, args.amp, official_groups=True,
+            steps["official"] = worldtune_step(variant, data, device, args.amp, tower, official_groups=True,
                                                channels_last=not args.no_channels_last)
         rates = rounds_img_s(steps, args.batch, args, device)
         row = f"| {variant} | {rates['ours']:.3g} | {rates['theirs']:.3g} |" if ul_version else \
