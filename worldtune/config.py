@@ -61,7 +61,8 @@ class DataConfig:
     # Speed options (README "Faster data loading"). cache_images: keep the decoded training images,
     # resized for the mosaic (same samples), at most cache_max_gb GiB: in each training process's
     # RAM, or with cache_dir in one file there shared by all processes and runs; "auto" caches in
-    # RAM when every image fits (and half the free memory holds a copy per process), "true" / "false".
+    # RAM when every image fits (half the free memory holding a copy per process; workers forked),
+    # "true" / "false".
     # mosaic_pool N > 0 (not official): mosaic/MixUp partners come from the N images around the
     # sample in the epoch's loading order; use the batch size or a divisor.
     cache_images: str = "auto"

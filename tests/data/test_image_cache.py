@@ -226,6 +226,7 @@ def test_pool_is_deterministic_for_any_worker_count_and_cache_state(tiny_dataset
 def test_auto_caches_a_set_that_fits_in_memory(tiny_dataset, monkeypatch):
     need = sum(3 * w * h for w, h in (mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))))
     monkeypatch.setattr(image_cache, "available_memory", lambda: 2 * need)
+    monkeypatch.setattr(image_cache, "worker_start_method", lambda: "fork")  # Linux before Python 3.14
     auto = build_train_dataset(tiny_dataset, **KW)  # cache_images="auto" is the default
     assert auto.images.cached_count == len(tiny_dataset) and auto.images.cached.path is None
     assert auto.cache_report.startswith(f"image cache: the {len(tiny_dataset)} training images") and "auto" in auto.cache_report
@@ -237,6 +238,11 @@ def test_auto_caches_a_set_that_fits_in_memory(tiny_dataset, monkeypatch):
     two = build_train_dataset(tiny_dataset, **KW)
     assert two.images is None and "x 2 processes more than half the available memory" in two.cache_report
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(image_cache, "worker_start_method", lambda: "spawn")  # each worker would get a copy
+    spawned = build_train_dataset(tiny_dataset, **KW)
+    assert spawned.images is None and "start by 'spawn'" in spawned.cache_report
+    assert "data.cache_dir" in spawned.cache_report  # a file is shared however workers start
+    monkeypatch.setattr(image_cache, "worker_start_method", lambda: "fork")
     monkeypatch.setattr(image_cache, "available_memory", lambda: None)
     assert build_train_dataset(tiny_dataset, **KW).images is None
 

@@ -7,6 +7,7 @@ import torch
 
 from tests.helpers.tiny_run import tiny_config, tiny_text_model
 from worldtune.config import Config
+from worldtune.data import image_cache
 from worldtune.engine import checkpoint as ckpt_io
 from worldtune.engine import dist
 from worldtune.engine import train as T
@@ -136,7 +137,8 @@ def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
     assert not RunLogger(None).enabled
 
 
-def test_data_speed_options_reach_the_training_dataset(tmp_path):
+def test_data_speed_options_reach_the_training_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_cache, "worker_start_method", lambda: "fork")  # auto caches only with forked workers
     cfg = tiny_config(tmp_path)
     info = dist.init_distributed("cpu")
     assert cfg.data.cache_images == "auto"

@@ -19,6 +19,7 @@ Stage 2 and evaluation resize differently (area interpolation) and do not use th
 """
 import hashlib
 import math
+import multiprocessing
 import os
 import warnings
 from collections import OrderedDict
@@ -46,9 +47,15 @@ def available_memory() -> int | None:
     return None
 
 
+def worker_start_method() -> str:
+    """How DataLoader workers start here by default ("fork" on Linux before Python 3.14)."""
+    return multiprocessing.get_context().get_start_method()
+
+
 def auto_cache(dataset, img_scale: int, max_bytes: int, processes: int = 1) -> tuple[bool, str]:
     """The `data.cache_images=auto` decision: cache in RAM when every image fits in `max_bytes` and
-    the `processes` copies (one per training process on this machine) in half the available memory.
+    the `processes` copies (one per training process on this machine) in half the available memory,
+    and only where DataLoader workers are forked (any other start method hands every worker a copy).
 
     Returns:
         (cache or not, a line for the user saying what was decided and how to change it).
@@ -57,15 +64,19 @@ def auto_cache(dataset, img_scale: int, max_bytes: int, processes: int = 1) -> t
     need = sum(w * h * 3 for w, h in sizes)
     available = available_memory()
     copies = f"x {processes} processes " if processes > 1 else ""
-    if need <= max_bytes and available is not None and need * processes <= available // 2:
+    method = worker_start_method()
+    fits = need <= max_bytes and available is not None and need * processes <= available // 2
+    if fits and method == "fork":
         return True, (f"image cache: the {len(sizes)} training images, decoded once and resized for the mosaic, "
                       f"take {need / 2**30:.2f} GiB {copies}of RAM (data.cache_images=auto; false turns it off)")
     if need > max_bytes:
         why = f"more than data.cache_max_gb={max_bytes / 2**30:g}"
     elif available is None:
         why = "and the available memory is unknown"
-    else:
+    elif not fits:
         why = f"{copies}more than half the available memory ({available / 2**30:.1f} GiB)"
+    else:
+        why = f"and DataLoader workers start by {method!r} here, which would give each worker its own copy"
     return False, (f"image cache off: the {len(sizes)} training images need {need / 2**30:.1f} GiB resized for "
                    f"the mosaic, {why}; every image is decoded each time it is used. To cache them, set "
                    f"data.cache_dir (e.g. /dev/shm/worldtune: one copy per machine, or a local-disk folder) "
