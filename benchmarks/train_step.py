@@ -11,8 +11,10 @@ criterion, backward, clip 10, the one host sync for logging and the NaN check, o
 When `ultralytics` is importable, its YOLO-World-v2 model (`yolov8{s,l}-worldv2.yaml`, random
 weights) runs on the same batch in the same run with what its `WorldTrainer` does per batch:
 `preprocess_batch` (upload, float conversion, text embeddings stacked from its per-name dictionary),
-its loss, the running mean of the loss items, backward, `optimizer_step` (unscale, clip 10, AdamW,
-ModelEMA) and the progress-bar line that prints the loss items (a host sync). It is an AGPL
+its loss, the running mean of the loss items, backward, and the progress-bar line that prints the
+loss items (a host sync); `optimizer_step` (unscale, clip 10, AdamW, ModelEMA) only every
+round(64 / batch) batches, as its gradient accumulation to a nominal batch of 64 does (time at
+least that many steps per round, or the reference never pays for it). It is an AGPL
 benchmark-only reference that worldtune never imports. Both use the same 512-d embedding per name
 (from a randomly initialised CLIP tower: the numbers do not matter, their shapes and traffic do).
 """
@@ -256,6 +258,9 @@ def ultralytics_step(variant: str, data: dict, device, amp: str, tower):
     ema = ModelEMA(model)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
     state = {"tloss": None, "i": 0}
+    # Its trainer accumulates gradients to a nominal batch of 64 (`nbs`): the optimizer step, clip and
+    # EMA run every round(64 / batch) batches (4 at batch 16, 32 at batch 2).
+    accumulate = max(round(64 / host["images"].shape[0]), 1)
 
     def step():
         with _autocast(device, amp):
@@ -272,12 +277,13 @@ def ultralytics_step(variant: str, data: dict, device, amp: str, tower):
             i, tloss = state["i"], state["tloss"]
             state["tloss"] = items if tloss is None else {k: (tloss[k] * i + v) / (i + 1) for k, v in items.items()}
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # optimizer_step
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad()
-        ema.update(model)
+        if (state["i"] + 1) % accumulate == 0:  # optimizer_step
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            ema.update(model)
         # the progress bar formats the running loss items every step: a device -> host copy
         " ".join(f"{float(v):.4g}" for value in state["tloss"].values() for v in value.reshape(-1))
         state["i"] += 1

@@ -66,6 +66,11 @@ def test_set_overrides_parse_by_field_type():
     # a text choice that YAML would read as a boolean, from --set or from a YAML file
     assert C.merge(C.Config(), C.parse_set(["data.cache_images=true"])).data.cache_images == "true"
     assert C.merge(C.Config(), {"data": {"cache_images": False}}).data.cache_images == "false"
+    with pytest.raises(C.ConfigError, match="data.cache_dir: expected str"):  # only for true/false choices
+        C.merge(C.Config(), {"data": {"cache_dir": False}})
+    cfg = C.Config()
+    cfg.data.cache_images = True  # set from Python
+    assert C.validate(cfg).data.cache_images == "true"
 
 
 def test_unknown_key_lists_valid_keys():

@@ -141,8 +141,8 @@ def _coerce(value, hint, key: str):
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"{key}: {str(value)!r} is not valid YAML ({e})") from None
-    if hint is str and isinstance(value, bool):  # a YAML true/false for a text choice (data.cache_images)
-        return "true" if value else "false"
+    if hint is str and isinstance(value, bool) and key in BOOL_LIKE_CHOICES:
+        return "true" if value else "false"  # YAML reads true/false as booleans
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -284,6 +284,8 @@ def batch_rule(world_size: int, batch_per_gpu: int) -> tuple[float, str]:
     return factor, msg
 
 
+# Text keys whose choices include "true" and "false" (a YAML boolean is taken as that text).
+BOOL_LIKE_CHOICES = ("data.cache_images",)
 # Keys with a closed set of values; checked by `validate` (the model variant by build_model).
 CHOICES = {"train.optimizer": ("adamw", "sgd"), "train.amp": ("bf16", "fp16", "none"),
            "train.bias_warmup": ("group2", "biases"), "data.on_bad_data": ("error", "skip"),
@@ -295,6 +297,9 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        if isinstance(value, bool) and key in BOOL_LIKE_CHOICES:  # set from Python as True/False
+            value = "true" if value else "false"
+            setattr(getattr(cfg, section), name, value)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
     t, d = cfg.train, cfg.data

@@ -242,6 +242,7 @@ def test_auto_caches_a_set_that_fits_in_memory(tiny_dataset, monkeypatch):
     spawned = build_train_dataset(tiny_dataset, **KW)
     assert spawned.images is None and "start by 'spawn'" in spawned.cache_report
     assert "data.cache_dir" in spawned.cache_report  # a file is shared however workers start
+    assert image_cache.auto_cache(tiny_dataset, 64, 2**30, workers=0)[0]  # no workers: nothing is copied
     monkeypatch.setattr(image_cache, "worker_start_method", lambda: "fork")
     monkeypatch.setattr(image_cache, "available_memory", lambda: None)
     assert build_train_dataset(tiny_dataset, **KW).images is None

@@ -1,5 +1,6 @@
 import cv2
 import numpy as np
+import pytest
 
 from worldtune.data.mix import blend, copy_paste, load_sample, mixup, mosaic
 
@@ -104,6 +105,8 @@ def test_mixup_blends_and_concatenates():
         np.testing.assert_array_equal(out["img"], (a["img"] * r + b["img"] * (1 - r)).astype(np.uint8))
         # chunks that do not divide the image, and a last short one
         np.testing.assert_array_equal(blend(a["img"], b["img"], r, chunk=1000), out["img"])
+    with pytest.raises(ValueError, match="different shapes"):
+        blend(a["img"], b["img"][:128], 0.5)
 
 
 def test_load_sample_falls_back_to_box_polygon(tiny_coco, tmp_path):

@@ -139,13 +139,19 @@ def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
 
 def test_data_speed_options_reach_the_training_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(image_cache, "worker_start_method", lambda: "fork")  # auto caches only with forked workers
+    monkeypatch.setattr(image_cache, "available_memory", lambda: 2**33)  # /proc/meminfo is Linux-only
     cfg = tiny_config(tmp_path)
     info = dist.init_distributed("cpu")
     assert cfg.data.cache_images == "auto"
     auto = T.build_datasets(cfg, info)[0]  # the 6 small images fit: cached in RAM
     assert auto.images.cached_count == 6 and auto.cache_report.startswith("image cache: the 6 training images")
-    resumed = T.build_datasets(cfg, info, start_epoch=cfg.train.epochs - cfg.train.close_mosaic_epochs)[0]
-    assert resumed.images is None  # resumed in stage 2, which never reads the cache: auto does not build it
+    stage2 = cfg.train.epochs - cfg.train.close_mosaic_epochs
+    resumed = T.build_datasets(cfg, info, start_epoch=stage2)[0]
+    assert resumed.images is None  # resumed in stage 2, which never reads the cache: none is built
+    with monkeypatch.context() as m:
+        m.setattr(dist, "all_true", lambda flag, device: False)  # another rank found too little memory
+        disagreed = T.build_datasets(cfg, info)[0]
+    assert disagreed.images is None and "another training process" in disagreed.cache_report
     cfg.data.cache_images = "false"
     plain = T.build_datasets(cfg, info)[0]
     assert plain.mosaic_pool == 0 and plain.images is None and plain.cache_report == ""
@@ -156,3 +162,4 @@ def test_data_speed_options_reach_the_training_dataset(tmp_path, monkeypatch):
     cfg.data.cache_images, cfg.data.cache_dir = "false", str(tmp_path / "cache")  # a folder turns the cache on
     shared = T.build_datasets(cfg, info)[0]
     assert shared.images.cached.path.parent == tmp_path / "cache" and shared.images.cached_count == 6
+    assert T.build_datasets(cfg, info, start_epoch=stage2)[0].images.cached is None  # not even a named folder

@@ -48,14 +48,16 @@ def available_memory() -> int | None:
 
 
 def worker_start_method() -> str:
-    """How DataLoader workers start here by default ("fork" on Linux before Python 3.14)."""
-    return multiprocessing.get_context().get_start_method()
+    """How DataLoader workers start here by default ("fork" on Linux before Python 3.14), without
+    fixing the start method as `multiprocessing.get_context()` would."""
+    return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
 
 
-def auto_cache(dataset, img_scale: int, max_bytes: int, processes: int = 1) -> tuple[bool, str]:
+def auto_cache(dataset, img_scale: int, max_bytes: int, processes: int = 1, workers: int = 1) -> tuple[bool, str]:
     """The `data.cache_images=auto` decision: cache in RAM when every image fits in `max_bytes` and
     the `processes` copies (one per training process on this machine) in half the available memory,
-    and only where DataLoader workers are forked (any other start method hands every worker a copy).
+    and, with DataLoader `workers`, only where they are forked (any other start method hands every
+    worker a copy).
 
     Returns:
         (cache or not, a line for the user saying what was decided and how to change it).
@@ -64,7 +66,7 @@ def auto_cache(dataset, img_scale: int, max_bytes: int, processes: int = 1) -> t
     need = sum(w * h * 3 for w, h in sizes)
     available = available_memory()
     copies = f"x {processes} processes " if processes > 1 else ""
-    method = worker_start_method()
+    method = worker_start_method() if workers > 0 else "fork"
     fits = need <= max_bytes and available is not None and need * processes <= available // 2
     if fits and method == "fork":
         return True, (f"image cache: the {len(sizes)} training images, decoded once and resized for the mosaic, "

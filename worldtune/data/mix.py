@@ -257,6 +257,8 @@ def blend(a: np.ndarray, b: np.ndarray, r: float, chunk: int = 1 << 16) -> np.nd
     Same operations, bit for bit, in chunks of `chunk` values: the float64 temporaries stay in
     the CPU cache (3.5x faster than whole-image temporaries of 8 bytes per value at 640 px).
     """
+    if a.shape != b.shape:
+        raise ValueError(f"blend: images of different shapes {a.shape} and {b.shape}")
     out = np.empty(a.shape, dtype=np.uint8)
     flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
     for start in range(0, flat_a.size, chunk):

@@ -152,7 +152,9 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
     (which turns the cache on) in one file there that every process and later run shares. "auto"
     (default) caches in RAM only when stage 1 runs and every image fits in `cache_max_gb` and, once
     per training process on the machine (LOCAL_WORLD_SIZE), in half the available memory, with
-    forked DataLoader workers (`image_cache.auto_cache`); True or "true" always, False or "false" never. The decision, in words, is the dataset's `cache_report`. `mosaic_pool` N > 0 is not official: the mosaic and MixUp partners of a sample come
+    forked DataLoader workers (`image_cache.auto_cache`); True or "true" always; False or "false"
+    only with `cache_dir` empty. The decision, in words, is the dataset's `cache_report`.
+    `mosaic_pool` N > 0 is not official: the mosaic and MixUp partners of a sample come
     from the N images around it in the epoch's loading order (Ultralytics-like), so a worker
     decodes about one image per sample; use the per-process batch size or a divisor of it.
     """

@@ -19,9 +19,32 @@ def build_text_model(name: str, seed: int = 0) -> nn.Module:
     return CLIPTextEncoder.from_pretrained(name)
 
 
+def resolve_image_cache(d, dataset, info: dist.DistInfo, workers: int, stage1_ahead: bool) -> tuple:
+    """(cache_images, cache_dir, report) to build the training set with.
+
+    No cache at all when no stage-1 epoch is left (a run resumed past the close-mosaic switch never
+    reads it). `auto` is decided here rather than in `build_train_dataset` so that all ranks agree:
+    each reads the free memory at its own moment, and a rank that looks while another fills its
+    copy could decide otherwise; they settle it (any "no" wins) before any of them fills.
+    """
+    from worldtune.data.image_cache import auto_cache
+
+    if not stage1_ahead:
+        return "false", "", ""
+    if d.cache_images != "auto" or d.cache_dir:
+        return d.cache_images, d.cache_dir, ""
+    # torchrun sets LOCAL_WORLD_SIZE; elsewhere assume every rank is on this machine (conservative)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    use, report = auto_cache(dataset, d.imgsz, int(d.cache_max_gb * 2**30), processes, workers)
+    agreed = dist.all_true(use, info.device)
+    if use and not agreed:
+        report = "image cache off: another training process found too little free memory (data.cache_images=auto)"
+    return ("true" if agreed else "false"), "", report
+
+
 def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     """Train/val CocoDetection, the augmented TrainDataset and the loaders (`start_epoch`: 0-based
-    epoch a resumed run starts in; past the close-mosaic switch, `cache_images=auto` does not cache)."""
+    epoch a resumed run starts in; see `resolve_image_cache`)."""
     from worldtune.data.coco import CocoDetection
     from worldtune.data.loader import build_eval_loader, build_train_loader
     from worldtune.data.presets import build_eval_dataset, build_train_dataset
@@ -33,15 +56,17 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     texts = d.class_texts or None
     train_coco = CocoDetection(d.train_ann, d.train_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
     close_mosaic_epoch = max(t.epochs - t.close_mosaic_epochs, 0)
-    cache_images = "false" if d.cache_images == "auto" and start_epoch >= close_mosaic_epoch else d.cache_images
+    # More loader processes than cores only adds overhead; results do not depend on the count.
+    workers = min(d.workers, os.cpu_count() or 1)
+    cache_images, cache_dir, report = resolve_image_cache(d, train_coco, info, workers,
+                                                          stage1_ahead=start_epoch < close_mosaic_epoch)
     train_set = build_train_dataset(
         train_coco, imgsz=d.imgsz, mask_refine=d.mask_refine, affine_scale=tuple(d.affine_scale),
         mixup_prob=d.mixup_prob, copypaste_prob=d.copypaste_prob,
         close_mosaic_epoch=close_mosaic_epoch, num_texts=d.num_texts, seed=t.seed,
         min_area_ratio=d.min_area_ratio, mosaic_pool=d.mosaic_pool, cache_images=cache_images,
-        cache_max_gb=d.cache_max_gb, cache_dir=d.cache_dir)
-    # More loader processes than cores only adds overhead; results do not depend on the count.
-    workers = min(d.workers, os.cpu_count() or 1)
+        cache_max_gb=d.cache_max_gb, cache_dir=cache_dir)
+    train_set.cache_report = report
     train_loader = build_train_loader(train_set, t.batch_size, workers, t.seed, info.rank, info.world_size,
                                       pin_memory=info.device.type == "cuda")
     val_coco = val_loader = None
