@@ -11,10 +11,11 @@ criterion, backward, clip 10, the one host sync for logging and the NaN check, o
 When `ultralytics` is importable, its YOLO-World-v2 model (`yolov8{s,l}-worldv2.yaml`, random
 weights) runs on the same batch in the same run with what its `WorldTrainer` does per batch:
 `preprocess_batch` (upload, float conversion, text embeddings stacked from its per-name dictionary),
-its loss, the running mean of the loss items, backward, and the progress-bar line that prints the
-loss items (a host sync); `optimizer_step` (unscale, clip 10, AdamW, ModelEMA) only every
-round(64 / batch) batches, as its gradient accumulation to a nominal batch of 64 does (time at
-least that many steps per round, or the reference never pays for it). It is an AGPL
+its loss, the running mean of the loss items, backward, `optimizer_step` (unscale, clip 10, AdamW,
+ModelEMA) and the progress-bar line that prints the loss items (a host sync). Both take an optimizer
+step every batch, the step being compared; Ultralytics' trainer by default accumulates gradients to
+a nominal batch of 64 and steps every round(64 / batch) batches (`--ultralytics-nbs 64` times that;
+use at least that many steps per round, or its optimizer step never falls inside the timing). It is an AGPL
 benchmark-only reference that worldtune never imports. Both use the same 512-d embedding per name
 (from a randomly initialised CLIP tower: the numbers do not matter, their shapes and traffic do).
 """
@@ -237,7 +238,7 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, tower, sl
     return graphed_step
 
 
-def ultralytics_step(variant: str, data: dict, device, amp: str, tower):
+def ultralytics_step(variant: str, data: dict, device, amp: str, tower, nbs: int = 0):
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import WorldModel
     from ultralytics.utils.torch_utils import ModelEMA
@@ -258,9 +259,10 @@ def ultralytics_step(variant: str, data: dict, device, amp: str, tower):
     ema = ModelEMA(model)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
     state = {"tloss": None, "i": 0}
-    # Its trainer accumulates gradients to a nominal batch of 64 (`nbs`): the optimizer step, clip and
-    # EMA run every round(64 / batch) batches (4 at batch 16, 32 at batch 2).
-    accumulate = max(round(64 / host["images"].shape[0]), 1)
+    # nbs = 0: an optimizer step per batch, the step this benchmark compares. Its trainer's default
+    # nbs = 64 accumulates gradients over round(64 / batch) batches per optimizer step, clip and EMA
+    # (4 at batch 16, 32 at batch 2).
+    accumulate = max(round(nbs / host["images"].shape[0]), 1) if nbs else 1
 
     def step():
         with _autocast(device, amp):
@@ -322,6 +324,9 @@ def main() -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time the experimental whole-step CUDA graph of worldtune (graphed_worldtune_step)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of worldtune's step")
+    p.add_argument("--ultralytics-nbs", type=int, default=0,
+                   help="Ultralytics' nominal batch: 64 (its trainer's default) steps its optimizer every "
+                        "round(64 / batch) batches; 0 (default): every batch, like worldtune")
     p.add_argument("--official-groups", action="store_true",
                    help="also time worldtune with the official one-param-group-per-parameter optimizer")
     args = p.parse_args()
@@ -350,7 +355,7 @@ def main() -> None:
         steps = {"ours": worldtune_step(variant, data, device, args.amp, tower,
                                         channels_last=not args.no_channels_last, compile_mode=args.compile)}
         if ul_version:
-            steps["theirs"] = ultralytics_step(variant, data, device, args.amp, tower)
+            steps["theirs"] = ultralytics_step(variant, data, device, args.amp, tower, args.ultralytics_nbs)
         if args.cuda_graph:
             steps["graph"] = graphed_worldtune_step(variant, data, device, args.amp, tower)
         if args.official_groups:
