@@ -42,6 +42,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
            "--device", "cpu", "--workers", "0", "--out", cfg.out,
            "--set", "data.num_texts=5", "--set", "train.min_warmup_iters=2", "--set", "train.log_interval=1",
            "--set", "data.mixup_prob=0", "--set", "data.copypaste_prob=0",
+           "--set", "train.close_mosaic_epochs=0",  # a stage-1 epoch, which reads the image cache
            "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # both ranks start at once: one builds, one waits
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
