@@ -30,9 +30,9 @@ def test_single_process_helpers():
             dist.resolve_device("cuda")
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
-    # 6 images, 2 ranks x batch 2 -> 2 iterations per rank (the sampler pads 6 -> 6 = 2 x 3 samples).
-    cfg = tiny_config(tmp_path, epochs=1, batch_size=2)
+def _torchrun_train(cfg, cwd: Path, *sets: str) -> str:
+    """Train `cfg`'s tiny set for one epoch with 2 CPU processes (batch 2 each, one stage-1 epoch);
+    returns the combined output."""
     d = cfg.data
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "worldtune", "train", "--recipe", "v2-s", "--variant", "n", "--weights", "none",
@@ -42,12 +42,20 @@ def test_torchrun_two_processes_gloo(tmp_path):
            "--device", "cpu", "--workers", "0", "--out", cfg.out,
            "--set", "data.num_texts=5", "--set", "train.min_warmup_iters=2", "--set", "train.log_interval=1",
            "--set", "data.mixup_prob=0", "--set", "data.copypaste_prob=0",
-           "--set", "train.close_mosaic_epochs=0",  # a stage-1 epoch, which reads the image cache
-           "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # both ranks start at once: one builds, one waits
+           "--set", "train.close_mosaic_epochs=0"]  # a stage-1 epoch, which reads the image cache
+    for item in sets:
+        cmd += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    # 6 images, 2 ranks x batch 2 -> 2 iterations per rank (the sampler pads 6 -> 6 = 2 x 3 samples).
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=2)
+    # both ranks start at once: one builds the cache file, one waits
+    out = _torchrun_train(cfg, tmp_path, f"data.cache_dir={tmp_path / 'cache'}")
     assert "batch 2 x 2 process(es)" in out
     assert out.count("batch rule: total batch 2 x 2 = 4") == 1  # printed by rank 0 only
     run = Path(cfg.out)
@@ -64,3 +72,10 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert len(train_records) == 2
     # the two ranks share one image-cache file; the lock is gone
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".npy", ".u8"]
+
+
+def test_torchrun_ranks_agree_on_the_automatic_cache(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=2)
+    out = _torchrun_train(cfg, tmp_path)  # data.cache_images=auto: both ranks decide, then agree
+    assert out.count("image cache: the 6 training images") == 1  # said by rank 0 only
+    assert "x 2 processes" in out and "epoch 1: AP" in out
