@@ -178,3 +178,34 @@ def test_bad_files_name_the_file(tmp_path):
         coco_evaluate(tmp_path / "noimages.json", [])
     with pytest.raises(ValueError, match="backend"):
         coco_evaluate(single_box_gt(), [], backend="nope")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ids", [[0, 0], [7, 7], [0, 1]])
+def test_annotation_ids_zero_or_repeated_do_not_cost_ap(backend, ids):
+    """The COCO APIs take id 0 for "unmatched" and index annotations by id: GT ids are renumbered."""
+    gt = {"images": [{"id": 1, "width": 400, "height": 400}, {"id": 2, "width": 400, "height": 400}],
+          "categories": [{"id": 5, "name": "box"}],
+          "annotations": [{"id": ids[k], "image_id": k + 1, "category_id": 5, "bbox": [100, 100, 100, 100]}
+                          for k in range(2)]}
+    dets = [{"image_id": k + 1, "category_id": 5, "bbox": [100, 100, 100, 100], "score": 0.9} for k in range(2)]
+    assert coco_evaluate(gt, dets, backend=backend)["AP"] == pytest.approx(1.0)
+    assert [a["id"] for a in gt["annotations"]] == ids  # the caller's dict is not modified
+
+
+@pytest.mark.parametrize("bbox,message", [
+    (None, "'bbox' must be 4 finite numbers"), ([100, 100, "5", 100], "'bbox' must be 4 finite numbers"),
+    ([100, 100, float("nan"), 100], "'bbox' must be 4 finite numbers"), ([100, 100, -5, 100], "negative"),
+])
+def test_bad_gt_annotations_name_the_annotation(tmp_path, bbox, message):
+    gt = single_box_gt()
+    gt["annotations"].append({"id": 7, "image_id": 1, "category_id": 5, "bbox": bbox})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with pytest.raises(ValueError, match=r"gt.json: annotation id 7: .*" + message):
+        coco_evaluate(tmp_path / "gt.json", [])
+    # left out by position (what a CocoDetection under on_bad_data="skip" dropped), it is not scored
+    dets = [{"image_id": 1, "category_id": 5, "bbox": [100, 100, 100, 100], "score": 0.9}]
+    assert coco_evaluate(tmp_path / "gt.json", dets, drop_annotations=[1])["AP"] == pytest.approx(1.0)
+    del gt["annotations"][1]["id"]
+    with pytest.raises(ValueError, match=r"annotation #1 \(no id\)"):
+        coco_evaluate(gt, [])

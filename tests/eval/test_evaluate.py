@@ -132,3 +132,30 @@ def test_unreadable_image_under_skip_is_left_out_of_the_scoring(demo_val, tmp_pa
     assert metrics["skipped_images"] == [lenient.image_ids[2]]
     # the other images are predicted perfectly; the unreadable one's objects do not count as misses
     assert metrics["AP"] == pytest.approx(1.0) and metrics["num_images"] == len(gt["images"]) - 1
+
+
+def test_missing_image_and_bad_annotation_under_skip_are_left_out_of_the_scoring(demo_val, tmp_path):
+    """What the dataset drops under on_bad_data="skip" (a missing file, a box outside its image) is
+    not scored either: the rest, predicted perfectly, scores AP 1."""
+    import shutil
+
+    dataset, _, gt = demo_val
+    images = tmp_path / "images"
+    shutil.copytree(dataset.image_dir, images)
+    missing = gt["images"][1]
+    (images / missing["file_name"]).unlink()
+    bad_gt = json.loads(json.dumps(gt))
+    kept = gt["images"][0]
+    bad_gt["annotations"].append({"id": 999, "image_id": kept["id"], "category_id": gt["categories"][0]["id"],
+                                  "bbox": [kept["width"] + 5, 0, 10, 10]})  # outside the image
+    (tmp_path / "val.json").write_text(json.dumps(bad_gt))
+    with pytest.warns(UserWarning, match="skipped"):
+        lenient = CocoDetection(tmp_path / "val.json", images, on_bad_data="skip")
+    assert lenient.dropped_image_ids == [missing["id"]]
+    assert lenient.dropped_annotations == [len(bad_gt["annotations"]) - 1]
+    scored = {"images": [i for i in gt["images"] if i["id"] != missing["id"]],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] != missing["id"]]}
+    loader = build_eval_loader(build_eval_dataset(lenient, imgsz=64), batch_size=2)
+    metrics = evaluate_model(FakeDetector(), loader, lenient, predict_fn=gt_predictor(scored, lenient.cat_id_to_label))
+    assert metrics["skipped_images"] == [missing["id"]] and metrics["num_images"] == len(gt["images"]) - 1
+    assert metrics["AP"] == pytest.approx(1.0)

@@ -93,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     if metrics.get("skipped_images"):
         ids = metrics["skipped_images"]
-        print(f"note: {len(ids)} unreadable image(s) left out of the scoring with their objects "
+        print(f"note: {len(ids)} unreadable or missing image(s) left out of the scoring with their objects "
               f"(--on-bad-data skip): image ids {ids[:10]}{' ...' if len(ids) > 10 else ''}")
+    if metrics.get("dropped_annotations"):
+        print(f"note: {metrics['dropped_annotations']} bad annotation(s) left out of the scoring (--on-bad-data skip)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics_to_json(metrics), indent=2))

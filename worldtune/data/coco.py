@@ -8,6 +8,7 @@ found at construction, with the file and annotation id in the message, so nothin
 fails later inside a DataLoader worker with a bare traceback.
 """
 import json
+import math
 import os
 import pickle
 import warnings
@@ -129,7 +130,9 @@ class CocoDetection:
         num_classes, class_names (first synonyms), class_texts (synonym lists),
         cat_ids (label -> COCO category id), cat_id_to_label, image_ids (index -> image id),
         skipped (dict reason -> count), num_without_polygons (trainable instances lacking a
-        usable segmentation).
+        usable segmentation); under on_bad_data="skip", dropped_image_ids (images whose file is
+        missing) and dropped_annotations (positions in the file's `annotations` list), which
+        scoring leaves out too (`coco_evaluate(exclude_image_ids=..., drop_annotations=...)`).
     """
 
     def __init__(self, ann_file, image_dir, class_texts=None, on_bad_data: str = "error", min_size: int = 32):
@@ -138,6 +141,8 @@ class CocoDetection:
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.on_bad_data = on_bad_data
         self.skipped: dict = {}
+        self.dropped_image_ids: list = []
+        self.dropped_annotations: list = []
         data = _load_json(self.ann_file)
         if not isinstance(data, dict) or "images" not in data or "categories" not in data:
             raise DataError(f"{self.ann_file}: not a COCO instances file (needs 'images' and 'categories' lists)")
@@ -160,11 +165,12 @@ class CocoDetection:
             _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
             images[int(img["id"])] = img
         anns_by_image = {i: [] for i in images}
-        for ann in data.get("annotations", []):
-            _require(ann, ("id", "image_id", "category_id", "bbox"), "annotation", self.ann_file)
+        for position, ann in enumerate(data.get("annotations", [])):
             problem = self._check_annotation(ann, images)
             if problem:
-                self._bad("bad annotation", f"{self.ann_file}: annotation id {ann['id']}: {problem}")
+                name = f"id {ann['id']}" if isinstance(ann, dict) and "id" in ann else f"#{position} (no id)"
+                self._bad("bad annotation", f"{self.ann_file}: annotation {name}: {problem}")
+                self.dropped_annotations.append(position)
                 continue
             anns_by_image[int(ann["image_id"])].append(ann)
 
@@ -175,6 +181,7 @@ class CocoDetection:
             path = self.image_dir / img["file_name"]
             if not os.path.isfile(path):
                 self._bad("missing image", f"{self.ann_file}: image id {image_id}: file {path} does not exist")
+                self.dropped_image_ids.append(image_id)
                 continue
             self.image_ids.append(image_id)
             entries.append((img, anns_by_image[image_id]))
@@ -194,14 +201,23 @@ class CocoDetection:
             warnings.warn(f"{self.ann_file}: skipped {self.skipped} (on_bad_data='skip')", stacklevel=2)
 
     # -- validation -------------------------------------------------------------------
-    def _check_annotation(self, ann: dict, images: dict) -> str:
-        if int(ann["image_id"]) not in images:
+    def _check_annotation(self, ann, images: dict) -> str:
+        if not isinstance(ann, dict):
+            return f"not an object: {str(ann)[:80]}"
+        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
+        if missing:
+            return f"lacks field(s) {missing}"
+        for key in ("image_id", "category_id"):
+            if not isinstance(ann[key], int) or isinstance(ann[key], bool):
+                return f"{key} must be an integer, got {ann[key]!r}"
+        if ann["image_id"] not in images:
             return f"unknown image_id {ann['image_id']}"
-        if int(ann["category_id"]) not in self.cat_id_to_label:
+        if ann["category_id"] not in self.cat_id_to_label:
             return f"unknown category_id {ann['category_id']} (known: {self.cat_ids})"
         box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            return f"bbox must be 4 numbers [x, y, w, h], got {box}"
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            return f"bbox must be 4 finite numbers [x, y, w, h], got {box}"
         x, y, w, h = box
         if w < 0 or h < 0:
             return f"bbox {box} has negative size"

@@ -95,7 +95,7 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> dict:
 
 
 def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend: str = "faster",
-                  exclude_image_ids=()) -> dict:
+                  exclude_image_ids=(), drop_annotations=()) -> dict:
     """COCO box metrics of `detections` against the GT `ann`.
 
     Args:
@@ -105,6 +105,8 @@ def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend
         backend: "faster" (faster-coco-eval) or "pycocotools".
         exclude_image_ids: images left out of the scoring with their GT (images that could not be
             read under on_bad_data="skip": scoring them would count their objects as misses).
+        drop_annotations: positions in the GT's `annotations` list to leave out (the annotations
+            a `CocoDetection` dropped as bad under on_bad_data="skip", `dataset.dropped_annotations`).
     Returns:
         dict with the fractions in [0, 1] `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl`, `AR1`, `AR10`,
         `AR100`, `ARs`, `ARm`, `ARl` (None when the GT has no object of that area range),
@@ -113,7 +115,7 @@ def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown COCO eval backend {backend!r}; choose one of {BACKENDS}")
-    gt = load_coco_gt(ann)
+    gt = load_coco_gt(ann, drop_annotations)
     excluded = set(exclude_image_ids)
     if excluded:
         gt["images"] = [img for img in gt["images"] if img["id"] not in excluded]

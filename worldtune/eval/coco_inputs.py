@@ -27,11 +27,15 @@ def read_json(path: str | Path, what: str):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def load_coco_gt(ann: str | Path | dict) -> dict:
+def load_coco_gt(ann: str | Path | dict, drop_annotations=()) -> dict:
     """Read and check a COCO instances annotation (path or already-parsed dict).
 
     Returns a copy safe to hand to the COCO APIs: annotations get `iscrowd` 0 and `area` = w*h
-    when absent (pycocotools needs both), and the caller's dict is never modified.
+    when absent (pycocotools needs both), and ids 1..N in file order (the COCO APIs take id 0 for
+    "unmatched" and look annotations up by id, so an id of 0 or a repeated id would turn a correct
+    detection into a false positive); the caller's dict is never modified.
+    `drop_annotations`: positions in the `annotations` list to leave out (those a `CocoDetection`
+    dropped under on_bad_data="skip").
     Raises FileNotFoundError / ValueError naming the file and the faulty field.
     """
     source = "<dict>"
@@ -49,13 +53,18 @@ def load_coco_gt(ann: str | Path | dict) -> dict:
     for cat in ann["categories"]:
         if not isinstance(cat, dict) or "id" not in cat:
             raise ValueError(f"{source}: an entry of 'categories' has no 'id': {str(cat)[:80]}")
+    dropped = set(drop_annotations)
     annotations = []
-    for a in ann["annotations"]:
-        bbox = a.get("bbox") if isinstance(a, dict) else None
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f"{source}: annotation id {a.get('id') if isinstance(a, dict) else '?'} "
-                             f"has no valid 'bbox' [x, y, w, h]")
+    for position, a in enumerate(ann["annotations"]):
+        if position in dropped:
+            continue
+        problem = _gt_annotation_problem(a)
+        if problem:
+            name = f"id {a['id']}" if isinstance(a, dict) and "id" in a else f"#{position} (no id)"
+            raise ValueError(f"{source}: annotation {name}: {problem}")
+        bbox = a["bbox"]
         a = dict(a)  # the COCO APIs write keys (e.g. 'ignore') into annotations
+        a["id"] = len(annotations) + 1
         a.setdefault("iscrowd", 0)
         a.setdefault("area", float(bbox[2]) * float(bbox[3]))
         annotations.append(a)
@@ -64,6 +73,21 @@ def load_coco_gt(ann: str | Path | dict) -> dict:
     out["categories"] = [dict(c) for c in ann["categories"]]
     out["annotations"] = annotations
     return out
+
+
+def _gt_annotation_problem(a) -> str:
+    """What makes a GT annotation unusable for scoring ("" if nothing)."""
+    if not isinstance(a, dict):
+        return f"not an object: {str(a)[:80]}"
+    missing = [k for k in ("image_id", "category_id", "bbox") if k not in a]
+    if missing:
+        return f"lacks field(s) {missing}"
+    bbox = a["bbox"]
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_finite(v) for v in bbox):
+        return f"'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:80]}"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"'bbox' {bbox} has a negative width or height"
+    return ""
 
 
 def _is_int(v) -> bool:

@@ -82,6 +82,16 @@ def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
     return results
 
 
+def dropped_by_dataset(dataset, ann) -> tuple[list, list]:
+    """(image ids, annotation positions) that `dataset` (a CocoDetection) dropped under
+    on_bad_data="skip", to leave out of scoring against `ann` too: its missing image files would
+    otherwise count their objects as misses, and its bad annotations would be scored (or fail).
+    Nothing when `ann` is not the dataset's own annotation file."""
+    if isinstance(ann, dict) or Path(ann).resolve() != Path(dataset.ann_file).resolve():
+        return [], []
+    return list(getattr(dataset, "dropped_image_ids", [])), list(getattr(dataset, "dropped_annotations", []))
+
+
 def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = None, backend: str = "faster",
                    predict_fn: Callable | None = None, out_detections: str | Path | None = None,
                    progress: bool = False) -> dict:
@@ -118,8 +128,12 @@ def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = No
         path = Path(out_detections)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dets))
-    metrics = coco_evaluate(ann, dets, backend=backend, exclude_image_ids=skipped)
+    dropped_images, dropped_annotations = dropped_by_dataset(base, ann)
+    skipped += dropped_images
+    metrics = coco_evaluate(ann, dets, backend=backend, exclude_image_ids=skipped,
+                            drop_annotations=dropped_annotations)
     metrics["skipped_images"] = skipped
+    metrics["dropped_annotations"] = len(dropped_annotations)
     num_images = len(loader.dataset) if hasattr(loader, "dataset") else None
     metrics["seconds"] = round(seconds, 3)
     metrics["images_per_second"] = round(num_images / seconds, 2) if num_images and seconds > 0 else None
