@@ -260,3 +260,30 @@ def test_load_weights_into_prefers_ema_and_names_file(tmp_path):
     bad = save_checkpoint_atomic({"epoch": 4}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="bad.pth.*no model weights"):
         load_weights_into(model, bad)
+
+
+def _build_on_global(module: str, name: str, attr: str, value: bytes) -> bytes:
+    """Protocol-2 pickle: push the global module.name, then BUILD (None, {attr: value}) on it,
+    i.e. setattr(global, attr, value): an attempt to change a shared object for the whole process."""
+    key = attr.encode()
+    return (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"N}X" + len(key).to_bytes(4, "little") + key
+            + value + b"s\x86b.")
+
+
+@pytest.mark.parametrize("module,name,attr,value,original", [
+    ("collections", "Counter", "most_common", b"K\x01", lambda: __import__("collections").Counter.most_common),
+    ("torch._utils", "_rebuild_tensor_v2", "__defaults__", b"K\x01\x85",
+     lambda: torch._utils._rebuild_tensor_v2.__defaults__),
+    ("torch", "Tensor", "add", b"K\x01", lambda: torch.Tensor.add),
+])
+def test_a_file_cannot_change_shared_objects(module, name, attr, value, original):
+    import io
+
+    from worldtune.engine.safe_pickle import RESTRICTED_PICKLE
+
+    before = original()
+    try:
+        RESTRICTED_PICKLE.load(io.BytesIO(_build_on_global(module, name, attr, value)))
+    except (pickle.UnpicklingError, AttributeError, TypeError):
+        pass  # refused outright is fine too
+    assert original() is before

@@ -48,15 +48,6 @@ class UnpickledObject:
         return f"<UnpickledObject {self.pickled_name}>"
 
 
-_PLACEHOLDERS: dict[str, type] = {}
-
-
-def _placeholder(qualname: str) -> type:
-    if qualname not in _PLACEHOLDERS:
-        _PLACEHOLDERS[qualname] = type(qualname.rsplit(".", 1)[-1], (UnpickledObject,), {"pickled_name": qualname})
-    return _PLACEHOLDERS[qualname]
-
-
 def _safe_reconstructor(cls, base, state):
     # copyreg._reconstructor (pickle protocol < 2) would call base.__new__/base.__init__ from the file.
     if isinstance(cls, type) and issubclass(cls, UnpickledObject):
@@ -64,10 +55,24 @@ def _safe_reconstructor(cls, base, state):
     raise pickle.UnpicklingError(f"refusing copyreg._reconstructor for {cls!r}")
 
 
+class _TensorType:
+    """What the file gets for `torch.Tensor`: the class itself would let the file's BUILD
+    instruction set attributes on it for the whole process. A token has no attribute to set."""
+    __slots__ = ()
+
+
+class _ParameterType:
+    """What the file gets for `nn.Parameter` (see `_TensorType`)."""
+    __slots__ = ()
+
+
+_TYPE_TOKENS = {_TensorType: torch.Tensor, _ParameterType: nn.Parameter}
+
+
 def _safe_rebuild_from_type_v2(func, new_type, args, state):
-    if new_type not in (torch.Tensor, nn.Parameter):
+    if type(new_type) not in _TYPE_TOKENS:
         raise pickle.UnpicklingError(f"refusing tensor subclass {new_type!r}")
-    return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)
+    return torch._tensor._rebuild_from_type_v2(func, _TYPE_TOKENS[type(new_type)], args, state)
 
 
 def _safe_np_reconstruct(subtype, shape, dtype):
@@ -91,9 +96,9 @@ _ALLOWED: dict[str, object] = {
     "_codecs.encode": __import__("codecs").encode,  # how protocol-2 pickles store bytes
     "copyreg._reconstructor": _safe_reconstructor,
     "torch.Size": torch.Size,
-    "torch.Tensor": torch.Tensor,
+    "torch.Tensor": _TensorType,
     "torch.device": torch.device,
-    "torch.nn.parameter.Parameter": nn.Parameter,
+    "torch.nn.parameter.Parameter": _ParameterType,
     "torch._tensor._rebuild_from_type_v2": _safe_rebuild_from_type_v2,
     "torch.serialization._get_layout": torch.serialization._get_layout,
     "numpy.ndarray": np.ndarray,
@@ -109,16 +114,39 @@ for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED[f"{_mod}.scalar"] = _NP_SCALAR
 
 
+def _immutable(obj) -> bool:
+    """A C type such as set or np.ndarray, or a torch dtype: nothing can be set on it."""
+    return isinstance(obj, torch.dtype) or (isinstance(obj, type) and bool(obj.__flags__ & (1 << 8)))
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose globals come only from ``_ALLOWED`` (or are torch dtypes); all else is inert."""
+    """Unpickler whose globals come only from ``_ALLOWED`` (or are torch dtypes); all else is inert.
+
+    Pickle's BUILD instruction sets attributes on any object the file holds, a global included.
+    So the file never gets a shared mutable object: immutable types as they are, a fresh token for
+    Tensor / Parameter, a fresh wrapper around each allowed function or Python class (whose
+    `__defaults__` or methods could otherwise be replaced for the whole process), and placeholder
+    classes private to this load.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._placeholders: dict[str, type] = {}
 
     def find_class(self, module: str, name: str):
         qualname = f"{module}.{name}"
-        if qualname in _ALLOWED:
-            return _ALLOWED[qualname]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        return _placeholder(qualname)
+        target = _ALLOWED.get(qualname)
+        if target is None and module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            target = getattr(torch, name)
+        if target is None:
+            if qualname not in self._placeholders:
+                self._placeholders[qualname] = type(name, (UnpickledObject,), {"pickled_name": qualname})
+            return self._placeholders[qualname]
+        if target in (_TensorType, _ParameterType):
+            return target()
+        if _immutable(target):
+            return target
+        return lambda *args, **kwargs: target(*args, **kwargs)
 
 
 def _restricted_load(file, **kwargs):
