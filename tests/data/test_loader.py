@@ -67,3 +67,19 @@ def test_corrupt_image_in_worker(tiny_coco, tmp_path):
 
 def tiny_dataset_id(ds, name):
     return next(i for k, i in enumerate(ds.image_ids) if ds.image_path(k).name == name)
+
+
+class _SigintHandler(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        import signal
+        return int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_workers_leave_ctrl_c_to_the_main_process():
+    from worldtune.data.loader import _worker_init
+
+    loader = torch.utils.data.DataLoader(_SigintHandler(), batch_size=2, num_workers=1, worker_init_fn=_worker_init)
+    assert next(iter(loader)).tolist() == [1, 1]

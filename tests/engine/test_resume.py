@@ -122,6 +122,48 @@ def test_ctrl_c_saves_and_resumes(tmp_path, reference, monkeypatch, capsys):
     _assert_same_final_state(reference, Path(cfg.out) / "last.pt")
 
 
+def test_abort_in_the_middle_of_an_update_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch, capsys):
+    """A second Ctrl-C after the optimizer step but before the EMA and the counters: saving then
+    would apply that batch twice on resume, so last.pt stays the end of epoch 1."""
+    from worldtune.engine.ema import ExpMomentumEMA
+
+    real, calls = ExpMomentumEMA.update, [0]
+
+    def abort_on_third_update(self, model):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real(self, model)
+
+    monkeypatch.setattr(ExpMomentumEMA, "update", abort_on_third_update)
+    cfg = _config(tmp_path)
+    assert fit(cfg)["status"] == "interrupted"
+    assert "aborted during a weight update" in capsys.readouterr().out
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 0, 2)
+    monkeypatch.setattr(ExpMomentumEMA, "update", real)
+    assert fit(cfg, resume=cfg.out)["status"] == "finished"
+    _assert_same_final_state(reference, Path(cfg.out) / "last.pt")
+
+
+def test_resume_with_a_scaler_the_saved_run_did_not_have():
+    """bf16/CPU runs save an empty scaler state; resuming with fp16 (e.g. on a GPU without bf16) must work."""
+    from torch import nn
+
+    from worldtune.config import Config
+    from worldtune.engine.ema import ExpMomentumEMA
+    from worldtune.engine.run_state import make_checkpoint, restore_checkpoint
+
+    model = nn.Linear(2, 2)
+    ema, optimizer = ExpMomentumEMA(model), torch.optim.SGD(model.parameters(), lr=0.1)
+    state = {"epoch": 1, "step_in_epoch": 0, "global_step": 2, "best_ap": 0.5, "best_epoch": 0}
+    ckpt = make_checkpoint(model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=False), state, Config())
+    assert ckpt["scaler"] == {}
+    restored = dict.fromkeys(state, None)
+    restore_checkpoint(ckpt, model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=True), restored)
+    assert restored == state
+
+
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):
     """The process dies while writing the end-of-epoch-2 checkpoint: last.pt is still the intact
     end-of-epoch-1 one, no temp file is left, and resuming from it ends where an uninterrupted run does."""

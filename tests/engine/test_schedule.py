@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from worldtune.engine.optim import OptimConfig, build_optimizer, sgd_config
-from worldtune.engine.schedule import ScheduleConfig, apply_schedule, lr_multiplier, warmup_iters
+from worldtune.engine.schedule import ScheduleConfig, apply_schedule, base_lr_group, lr_multiplier, warmup_iters
 
 S_ADAMW = "yolo_world_v2_s_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco"
 L_SGD = "yolo_world_v2_l_vlpan_bn_sgd_1e-3_40e_8gpus_finetune_coco"
@@ -117,6 +117,10 @@ def test_bias_warmup_options():
     assert all(g["lr"] == 0.0 for g in optimizer.param_groups)
     with pytest.raises(ValueError, match="bias_warmup"):
         apply_schedule(optimizer, 0, 0, 925, ScheduleConfig(bias_warmup="all"))
+    # the lr the loop reports comes from a group that follows the base rate, never a bias group
+    for mode in ("group2", "biases", "none"):
+        apply_schedule(optimizer, 0, 0, 925, ScheduleConfig(bias_warmup=mode))
+        assert optimizer.param_groups[base_lr_group(optimizer, mode)]["lr"] == 0.0, mode
 
 
 def test_plain_optimizer_gets_clear_error():

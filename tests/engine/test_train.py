@@ -117,6 +117,37 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def test_non_finite_gradient_stops_before_the_weights_change(tmp_path, monkeypatch):
+    """A finite loss with an infinite gradient (no fp16 scaler to skip the step) must not reach the weights."""
+    real, calls = torch.nn.utils.clip_grad_norm_, [0]
+
+    def inf_on_third_step(params, max_norm):
+        norm = real(params, max_norm)
+        calls[0] += 1
+        return norm * float("inf") if calls[0] == 3 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", inf_on_third_step)
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3)
+    with pytest.raises(T.NonFiniteLossError, match=r"non-finite gradient norm \(inf\) at epoch 2, step 1 \(global step 3\)"):
+        T.fit(cfg)
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert saved["global_step"] == 2 and saved["ema_state"]["steps"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(T.time, "monotonic", lambda: clock[0])
+    flag = T.StopFlag()
+    flag._handler(None, None)
+    assert flag.requested
+    clock[0] += 0.5
+    flag._handler(None, None)  # torchrun forwarding the same Ctrl-C: ignored
+    clock[0] += 2.0
+    with pytest.raises(KeyboardInterrupt):  # a real second press aborts
+        flag._handler(None, None)
+
+
 def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
     from worldtune.engine.logger import RunLogger, plot_curves, read_metrics, summary_table
 

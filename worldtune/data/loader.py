@@ -6,6 +6,7 @@ epoch e with `loader.set_epoch(e)` sees the same order and the same augmented im
 as the uninterrupted run.
 """
 import random
+import signal
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ def _worker_init(worker_id: int) -> None:
     # cv2.setNumThreads() is deliberately NOT called here: in a forked worker it can deadlock on
     # the thread pool copied from the parent (seen with OpenCV 5.0). To limit cv2 threads, call
     # it in the main process before building the loader.
+    # Ctrl-C is the main process's business (the training loop saves and stops, then shuts the
+    # workers down): a worker killed by it would fail the batch the loop is waiting for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Nothing in worldtune uses global RNGs; seed them anyway so third-party code stays reproducible.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -75,7 +75,8 @@ def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -
     dist_unwrap(model).load_state_dict({**text, **ckpt["model"]})
     ema.load_state_dict({**ckpt["ema_state"], "module": {**text, **ckpt["ema_state"]["module"]}})
     optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"]:  # empty when the saved run had no fp16 scaler (bf16, fp32, CPU)
+        scaler.load_state_dict(ckpt["scaler"])
     for key in ("epoch", "step_in_epoch", "global_step", "best_ap", "best_epoch"):
         state[key] = ckpt[key]
     set_rng_states(ckpt["rng"])

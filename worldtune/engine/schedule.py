@@ -58,6 +58,12 @@ def _interp(start: float, end: float, i: int, total: int) -> float:
     return (end - start) / total * i + start
 
 
+def base_lr_group(optimizer: torch.optim.Optimizer, mode: str) -> int:
+    """Index of a group that follows the base learning rate (not a warm-up-bias group): the lr to report."""
+    bias = _bias_warmup_groups(optimizer, mode)
+    return next((i for i in range(len(optimizer.param_groups)) if i not in bias), len(optimizer.param_groups) - 1)
+
+
 def _bias_warmup_groups(optimizer: torch.optim.Optimizer, mode: str) -> set[int]:
     if any("warmup_bias_start" in g for g in optimizer.param_groups):  # merged groups carry the flag
         return {i for i, g in enumerate(optimizer.param_groups) if g["warmup_bias_start"]}

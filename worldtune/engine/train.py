@@ -27,6 +27,7 @@ from worldtune.engine import dist
 from worldtune.engine.dist import dist_unwrap
 from worldtune.engine.logger import RunLogger
 from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
+from worldtune.engine.schedule import base_lr_group
 from worldtune.engine.setup import build_datasets, build_text_model, load_start_weights
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema
@@ -39,18 +40,23 @@ class NonFiniteLossError(RuntimeError):
 class StopFlag:
     """Set by the first Ctrl-C (SIGINT): the loop finishes the current step, saves and returns.
 
-    A second Ctrl-C raises KeyboardInterrupt at once (checkpoints are written atomically, so the
-    previous `last.pt` survives even then).
+    A second Ctrl-C (2 s or more after the first) raises KeyboardInterrupt at once; `last.pt` is
+    then written only if no weight update or validation was under way (else the previous one,
+    written atomically, stays).
     """
 
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._previous = None
 
     def _handler(self, signum, frame):
         if self.requested:
+            # torchrun forwards the terminal's Ctrl-C to ranks that already got it: not a second press
+            if time.monotonic() - self._first < 2.0:
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._first = True, time.monotonic()
         print("\nCtrl-C: finishing this step, saving last.pt and stopping (press again to abort)", flush=True)
 
     def __enter__(self):
@@ -101,6 +107,7 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
     bar = logger.progress(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                           initial=state["step_in_epoch"])
     memory_format = torch.channels_last if channels_last_on(cfg, device) else torch.contiguous_format
+    lr_group = base_lr_group(optimizer, cfg.train.bias_warmup)  # warm-up-bias groups start elsewhere
     for batch in bar:
         schedule_fn(optimizer, epoch, state["global_step"])
         # One kernel converts both the dtype and the layout (uint8 NCHW -> float32 NHWC on GPU).
@@ -118,35 +125,41 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.grad is not None], cfg.train.grad_clip)
 
-        # The step's one device->host copy: the logged values, which are also the NaN check. It comes
-        # after backward, so the GPU has the whole backward queued, and before the optimizer step, so a
-        # non-finite loss never reaches the weights. A NaN on any rank survives the cross-rank mean,
-        # so every rank stops together.
+        # The step's one device->host copy: the logged values and the gradient norm, which are also
+        # the NaN checks. It comes after backward, so the GPU has the whole backward queued, and
+        # before the optimizer step, so a non-finite loss or gradient never reaches the weights. A NaN
+        # on any rank survives the cross-rank mean (and gradients are already averaged), so every rank
+        # stops together.
         reduced = dist.reduce_dict({k: v.detach() for k, v in losses.items()})
-        logged = dict(zip(reduced, torch.stack([v.float() for v in reduced.values()]).tolist()))
+        *values, grad_norm = torch.stack([v.float() for v in reduced.values()] + [grad_norm.float()]).tolist()
+        logged = dict(zip(reduced, values))
+        where = (f"at epoch {epoch + 1}, step {state['step_in_epoch'] + 1} (global step {state['global_step'] + 1}); "
+                 f"{', '.join(f'{k}={v:.4g}' for k, v in logged.items())}")
         if not math.isfinite(logged["loss"]):
-            raise NonFiniteLossError(
-                f"non-finite loss ({logged['loss']}) at epoch {epoch + 1}, step {state['step_in_epoch'] + 1} "
-                f"(global step {state['global_step'] + 1}); {', '.join(f'{k}={v:.4g}' for k, v in logged.items())}")
+            raise NonFiniteLossError(f"non-finite loss ({logged['loss']}) {where}")
+        if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips such steps itself
+            raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}) {where}")
+        state["updating"] = True  # until the counters say this step happened (see fit's Ctrl-C handling)
         scaler.step(optimizer)
         scaler.update()
         ema.update(dist_unwrap(model))
         state["global_step"] += 1
         state["step_in_epoch"] += 1
+        state["updating"] = False
 
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1
         images_seen += images.shape[0] * dist.get_world_size()
         rate = images_seen / max(time.perf_counter() - start, 1e-9)
-        lr = optimizer.param_groups[-1]["lr"]  # a head parameter: the base lr (group 2 warms up differently)
+        lr = optimizer.param_groups[lr_group]["lr"]
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{logged['loss']:.2f}", cls=f"{logged['loss_cls']:.2f}",
                             bbox=f"{logged['loss_bbox']:.2f}", dfl=f"{logged['loss_dfl']:.2f}",
                             lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
         if state["global_step"] % cfg.train.log_interval == 0 or state["step_in_epoch"] == total:
             logger.log("train", state["global_step"], epoch=epoch, **logged,
-                       lr=lr, grad_norm=float(grad_norm), images_per_s=rate)  # a sync, every log_interval steps
+                       lr=lr, grad_norm=grad_norm, images_per_s=rate)
         if on_step_end is not None:
             on_step_end(state)
         if stop is not None and not dist.all_true(not stop.requested, device):
@@ -286,6 +299,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 state["epoch"], state["step_in_epoch"] = epoch + 1, 0
                 logger.log("epoch", state["global_step"], epoch=epoch, **stats)
                 if val_loader is not None and validation_due(epoch + 1, cfg):
+                    state["validating"] = True  # the epoch counts as done: an abort now must not save that
                     metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch,
                                                       info.device)
                     if info.is_main:
@@ -299,15 +313,22 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                             state["best_ap"], state["best_epoch"] = ap, epoch
                             save("best.pt", evaluated)  # the weights that scored this AP
                     dist.barrier()
+                    state["validating"] = False
                 save("last.pt")
                 if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:
                     save(f"epoch_{epoch + 1}.pt")
     except KeyboardInterrupt:
         # Counters describe the last completed step (a step is committed by its EMA update and the
-        # step count), so this checkpoint resumes exactly where training stopped.
-        save("last.pt")
-        say(f"\nstopped at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}: saved {out / 'last.pt'}; "
-            f"continue with: worldtune train --resume {out}")
+        # step count), so this checkpoint resumes exactly where training stopped; unless the abort
+        # came in the middle of a weight update or of the epoch's validation: then the previous
+        # last.pt is the consistent state to resume from.
+        if state.get("updating") or state.get("validating"):
+            say(f"\naborted during a {'weight update' if state.get('updating') else 'validation'}: "
+                f"{out / 'last.pt'} was left as it was; continue with: worldtune train --resume {out}")
+        else:
+            save("last.pt")
+            say(f"\nstopped at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}: saved {out / 'last.pt'}; "
+                f"continue with: worldtune train --resume {out}")
         status = "interrupted"
     except NonFiniteLossError as e:
         logger.close()
