@@ -26,3 +26,8 @@ def test_flops_scale_with_image_area():
     small, large = variant_summary("s", 320)["gflops"], variant_summary("s", 640)["gflops"]
     assert large / small == pytest.approx(4.0, rel=0.02)
     assert variant_summary("l")["gflops"] > variant_summary("m")["gflops"] > large
+
+
+def test_models_refuses_an_image_size_the_strides_cannot_divide(capsys):
+    assert main(["models", "--imgsz", "100"]) == 2
+    assert "multiple of 32" in capsys.readouterr().out

@@ -105,6 +105,18 @@ def test_missing_weights_give_a_message(tmp_path, capsys):
     assert "nope.pth" in capsys.readouterr().err
 
 
+def test_image_size_must_suit_the_strides(tmp_path, capsys):
+    from tests.helpers.clip_factory import make_clip_text_folder
+    from worldtune.data.demo_set import build_demo_dataset
+
+    data = build_demo_dataset(tmp_path / "demo", num_train=1, num_val=1, imgsz=96)
+    clip_dir = make_clip_text_folder(tmp_path / "clip", hidden=32, layers=1, heads=2, projection=512)
+    assert main(["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
+                 "--ann", str(data["val_ann"]), "--images", str(data["val_images"]), "--imgsz", "600",
+                 "--workers", "0", "--device", "cpu"]) == 1
+    assert "--imgsz must be a positive multiple of 32, got 600" in capsys.readouterr().err
+
+
 def test_unreadable_images_are_reported_under_skip(tmp_path, capsys):
     """--on-bad-data skip: a broken val image is named, left out of the scoring, and the run goes on."""
     from tests.helpers.clip_factory import make_clip_text_folder

@@ -170,3 +170,15 @@ def test_bad_arguments_get_clear_errors(setup, tmp_path):
     with pytest.raises(ValueError, match="multiple of 32"):
         export_onnx(model, TEXTS, tmp_path / "a.onnx", text_feats=feats, imgsz=100)
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_missing_onnx_and_repeated_texts_are_explained(setup, tmp_path, monkeypatch):
+    import importlib.util
+
+    model, feats, _ = setup
+    with pytest.warns(UserWarning, match=r"repeats \['cat'\]"):
+        build_export_module(model, ["cat", "cat"], torch.cat([feats[:1], feats[:1]]))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install onnx"):
+        export_onnx(model, TEXTS, tmp_path / "m.onnx", text_feats=feats, imgsz=IMGSZ)

@@ -65,6 +65,8 @@ def _score_model(args, ann: Path, images: Path) -> dict:
     model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,
                        allow_hash_mismatch=args.allow_hash_mismatch)
     imgsz = args.imgsz or model.trained_imgsz or 640
+    if imgsz <= 0 or imgsz % 32:
+        raise ValueError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
     print(f"evaluating at image size {imgsz}", file=sys.stderr)
     loader = build_eval_loader(build_eval_dataset(dataset, imgsz=imgsz), batch_size=args.batch_size,
                                workers=args.workers)

@@ -9,6 +9,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    if args.imgsz <= 0 or args.imgsz % 32:
+        print(f"worldtune models: --imgsz must be a positive multiple of 32, got {args.imgsz}")
+        return 2
     print(f"{'variant':<18}{'params (M)':>12}{'+ CLIP text (M)':>17}{f'GFLOPs @{args.imgsz}':>14}  note")
     for name in VARIANTS:
         s = variant_summary(name, args.imgsz, args.num_texts)

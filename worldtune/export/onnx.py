@@ -20,6 +20,7 @@ We use the TorchScript-based exporter (`dynamo=False`): it needs no `onnxscript`
 (same bytes for the same weights) and maps our one custom op (NMS) through a `symbolic`.
 """
 import copy
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from worldtune.export.nms import DetectorWithNMS
+from worldtune.model.detector import warn_repeated_texts
 from worldtune.model.postprocess import decode_outputs
 from worldtune.model.reparameterize import reparameterize
 
@@ -84,6 +86,7 @@ def build_export_module(model: nn.Module, texts: list[str], text_feats: Tensor |
             model.backbone.text_model = tower
         net.set_vocabulary(texts, text_feats)
     else:
+        warn_repeated_texts(texts)  # (set_vocabulary warns on the other branch)
         device = next(model.parameters()).device
         net = reparameterize(model, texts, text_feats.to(device))
         net.backbone.text_model = None
@@ -102,6 +105,9 @@ def export_onnx(model: nn.Module, texts: list[str], out: str | Path, *, text_fea
     Returns:
         the vocab.json content: paths, texts, input/output names and shapes, options.
     """
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError("ONNX export needs the onnx package: pip install onnx onnxruntime "
+                          "(or pip install -e '.[export]' in a worldtune checkout)")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: the graph needs opset >= {MIN_OPSET}")
     if imgsz % 32:

@@ -1,4 +1,6 @@
 """The YOLO-World detector: image backbone + text tower -> text-guided neck -> contrastive head."""
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -41,6 +43,7 @@ class YOLOWorld(nn.Module):
 
     def set_vocabulary(self, texts: list[str], text_feats: Tensor | None = None) -> None:
         """Fix the class vocabulary used by `predict`-style calls: label k <-> texts[k]."""
+        warn_repeated_texts(texts)
         if text_feats is None:
             if self.text_model is None:
                 raise RuntimeError("this model has no text tower: pass text_feats of shape (K, 512)")
@@ -80,3 +83,12 @@ class YOLOWorld(nn.Module):
         from worldtune.model.predict import predict
 
         return predict(self, images, imgsz=imgsz, **kwargs)
+
+
+def warn_repeated_texts(texts) -> None:
+    """Warn when a vocabulary repeats a text: the copies get identical embeddings, so identical
+    scores, and every such object is reported once per copy."""
+    repeated = sorted({t for t in texts if list(texts).count(t) > 1})
+    if repeated:
+        warnings.warn(f"the vocabulary repeats {repeated[:10]}: each copy scores the same, so every such "
+                      "object is reported once per copy; give each class its own text", stacklevel=3)

@@ -18,6 +18,8 @@ def read_image_rgb(source) -> np.ndarray:
         if img is None:
             raise ValueError(f"cannot read image {source}: missing file or not a decodable image")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if hasattr(source, "convert") and hasattr(source, "mode"):  # PIL: palette, CMYK, LA, 16-bit -> RGB
+        source = source.convert("RGB") if source.mode != "RGB" else source
     img = np.asarray(source)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)

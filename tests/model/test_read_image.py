@@ -1,0 +1,33 @@
+"""Inputs of the Python prediction API: paths, arrays and PIL images of any mode become RGB uint8."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from worldtune.model.detector import warn_repeated_texts
+from worldtune.model.predict import read_image_rgb
+
+RED = (255, 0, 0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.new("RGB", (3, 2), RED),
+    lambda: Image.new("RGB", (3, 2), RED).convert("P"),              # palette: indices, not colours
+    lambda: Image.new("RGB", (3, 2), RED).convert("CMYK"),           # four channels that are not RGBA
+    lambda: Image.new("RGBA", (3, 2), RED + (128,)),
+])
+def test_pil_images_of_any_mode_read_as_rgb(make):
+    img = read_image_rgb(make())
+    assert img.shape == (2, 3, 3) and img.dtype == np.uint8
+    assert tuple(img[0, 0]) == RED
+
+
+def test_grayscale_pil_and_arrays():
+    assert tuple(read_image_rgb(Image.new("L", (2, 2), 7))[0, 0]) == (7, 7, 7)
+    assert tuple(read_image_rgb(np.full((2, 2), 9, np.uint8))[1, 1]) == (9, 9, 9)
+    with pytest.raises(ValueError, match="uint8"):
+        read_image_rgb(np.zeros((2, 2, 3), np.float32))
+
+
+def test_repeated_vocabulary_texts_warn():
+    with pytest.warns(UserWarning, match=r"repeats \['cat'\]"):
+        warn_repeated_texts(["cat", "dog", "cat"])
