@@ -161,7 +161,7 @@ def test_resume_with_a_scaler_the_saved_run_did_not_have():
     assert ckpt["scaler"] == {}
     restored = dict.fromkeys(state, None)
     restore_checkpoint(ckpt, model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=True), restored)
-    assert restored == state
+    assert restored == {**state, "val_pending": False}
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):

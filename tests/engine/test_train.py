@@ -135,6 +135,29 @@ def test_non_finite_gradient_stops_before_the_weights_change(tmp_path, monkeypat
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def test_a_failed_validation_keeps_the_epoch_and_runs_again_on_resume(tmp_path, monkeypatch):
+    real, calls = T.evaluate_ema, [0]
+
+    def out_of_memory_once(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "evaluate_ema", out_of_memory_once)
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        T.fit(cfg)
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["global_step"], saved["val_pending"]) == (1, 2, True)  # the epoch is kept
+    result = T.fit(cfg, resume=cfg.out)
+    assert result["status"] == "finished" and calls[0] == 3  # epoch 1's validation first, then epoch 2's
+    val = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
+           if '"kind": "val"' in line]
+    assert [r["epoch"] for r in val] == [0, 1]
+    assert ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")["val_pending"] is False
+
+
 def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(T.time, "monotonic", lambda: clock[0])

@@ -65,7 +65,8 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
             "ema": scored.state_dict(), "ema_state": {**ema_state, "module": image_side(ema_state["module"])},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": state["epoch"],
             "step_in_epoch": state["step_in_epoch"], "global_step": state["global_step"],
-            "best_ap": state["best_ap"], "best_epoch": state["best_epoch"], "rng": rng_states(),
+            "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],
+            "val_pending": bool(state.get("val_pending", False)), "rng": rng_states(),
             "config": to_dict(cfg)}
 
 
@@ -79,6 +80,7 @@ def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -
         scaler.load_state_dict(ckpt["scaler"])
     for key in ("epoch", "step_in_epoch", "global_step", "best_ap", "best_epoch"):
         state[key] = ckpt[key]
+    state["val_pending"] = bool(ckpt.get("val_pending", False))  # absent before: validation had finished
     set_rng_states(ckpt["rng"])
 
 

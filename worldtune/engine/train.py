@@ -286,8 +286,28 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     say(f"training {cfg.model.variant} for {t.epochs} epochs x {iters} iterations "
         f"({len(train_set)} images, batch {t.batch_size} x {info.world_size} process(es)) on {info.device}; "
         f"run folder {out}")
+    def validate(epoch: int) -> None:
+        """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
+        nonlocal last_metrics
+        state["validating"] = True
+        metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
+        if info.is_main:
+            last_metrics = metrics
+            ap = last_metrics["AP"] or 0.0
+            logger.log("val", state["global_step"], epoch=epoch,
+                       **{k: last_metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
+            say(f"epoch {epoch + 1}: AP {100 * ap:.1f}  AP50 {100 * (last_metrics['AP50'] or 0):.1f} (EMA weights)")
+            if ap > state["best_ap"]:
+                state["best_ap"], state["best_epoch"] = ap, epoch
+                save("best.pt", evaluated)  # the weights that scored this AP
+        dist.barrier()
+        state["validating"] = state["val_pending"] = False
+
     try:
         with StopFlag() as stop:
+            if state.get("val_pending") and val_loader is not None:  # stopped during that validation
+                validate(state["epoch"] - 1)
+                save("last.pt")
             for epoch in range(state["epoch"], t.epochs):
                 state["epoch"] = epoch
                 train_loader.set_epoch(epoch)
@@ -299,21 +319,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 state["epoch"], state["step_in_epoch"] = epoch + 1, 0
                 logger.log("epoch", state["global_step"], epoch=epoch, **stats)
                 if val_loader is not None and validation_due(epoch + 1, cfg):
-                    state["validating"] = True  # the epoch counts as done: an abort now must not save that
-                    metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch,
-                                                      info.device)
-                    if info.is_main:
-                        last_metrics = metrics
-                        ap = last_metrics["AP"] or 0.0
-                        logger.log("val", state["global_step"], epoch=epoch,
-                                   **{k: last_metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
-                        say(f"epoch {epoch + 1}: AP {100 * ap:.1f}  AP50 {100 * (last_metrics['AP50'] or 0):.1f} "
-                            f"(EMA weights)")
-                        if ap > state["best_ap"]:
-                            state["best_ap"], state["best_epoch"] = ap, epoch
-                            save("best.pt", evaluated)  # the weights that scored this AP
-                    dist.barrier()
-                    state["validating"] = False
+                    # Saved first: if validation fails (out of memory, bad data) or is aborted, the trained
+                    # epoch is kept and a resume runs the validation before going on.
+                    state["val_pending"] = True
+                    save("last.pt")
+                    validate(epoch)
                 save("last.pt")
                 if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:
                     save(f"epoch_{epoch + 1}.pt")
@@ -323,8 +333,9 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # came in the middle of a weight update or of the epoch's validation: then the previous
         # last.pt is the consistent state to resume from.
         if state.get("updating") or state.get("validating"):
+            kept = "was left as it was" if state.get("updating") else "was saved before it and resumes with it"
             say(f"\naborted during a {'weight update' if state.get('updating') else 'validation'}: "
-                f"{out / 'last.pt'} was left as it was; continue with: worldtune train --resume {out}")
+                f"{out / 'last.pt'} {kept}; continue with: worldtune train --resume {out}")
         else:
             save("last.pt")
             say(f"\nstopped at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}: saved {out / 'last.pt'}; "
