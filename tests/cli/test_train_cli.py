@@ -59,3 +59,15 @@ def test_missing_annotation_file_is_named(tmp_path, capsys):
                  "--train-images", str(tmp_path), "--out", str(tmp_path / "run")])
     assert code == 2
     assert "nope.json does not exist" in capsys.readouterr().err
+
+
+def test_resume_names_ignored_flags_and_unreadable_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "--resume", str(run), "--epochs", "5", "--set", "train.lr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs, --set ignored" in err and "no checkpoint at" in err
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    assert main(["train", "--device", "cpu", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("worldtune train: error:") and "last.pt" in err and "Traceback" not in err

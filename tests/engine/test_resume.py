@@ -162,6 +162,8 @@ def test_resume_with_a_scaler_the_saved_run_did_not_have():
     restored = dict.fromkeys(state, None)
     restore_checkpoint(ckpt, model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=True), restored)
     assert restored == {**state, "val_pending": False}
+    from worldtune.engine.train import RESUME_KEYS
+    assert set(RESUME_KEYS) <= set(ckpt)  # what a resume requires is what a checkpoint holds
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):
@@ -195,3 +197,7 @@ def test_resume_refuses_other_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "official.pth")
     with pytest.raises(ValueError, match="not a worldtune training checkpoint"):
         fit(_config(tmp_path), resume=tmp_path / "official.pth")
+    cfg = _config(tmp_path)
+    torch.save({"ema_state": {}, "config": {}, "model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"partial.pt: this training checkpoint lacks \['ema', 'optimizer'"):
+        fit(cfg, resume=tmp_path / "partial.pt")

@@ -105,17 +105,26 @@ def run(args) -> int:
     from worldtune.engine.train import NonFiniteLossError, fit
     from worldtune.zoo import WeightsHashError, WeightsNotAvailableError
 
+    from worldtune.engine.checkpoint import CheckpointError
+
     try:
         if args.resume:
             cfg = load_recipe(args.recipe)  # replaced by the run's saved config; only where-to-run flags apply
             for flag in ("device", "workers"):
                 if getattr(args, flag) is not None:
                     set_value(cfg, FLAG_KEYS[flag], getattr(args, flag))
+            ignored = [f"--{flag.replace('_', '-')}" for flag in FLAG_KEYS
+                       if flag not in ("device", "workers") and getattr(args, flag, None) is not None]
+            ignored += ["--set"] if args.set else []
+            if ignored:
+                print(f"worldtune train: --resume continues the run with its saved config: {', '.join(ignored)} "
+                      "ignored (start a new run with --weights RUN/last.pt to change them)", file=sys.stderr)
             result = fit(cfg, resume=args.resume)
         else:
             cfg = build_config(args)
             result = fit(cfg)
-    except (ConfigError, DataError, WeightsNotAvailableError, WeightsHashError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, WeightsNotAvailableError, WeightsHashError, FileNotFoundError, ValueError,
+            CheckpointError) as e:
         print(f"worldtune train: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

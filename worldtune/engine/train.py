@@ -197,6 +197,11 @@ def fit(cfg, resume=None) -> dict:
         dist.cleanup()
 
 
+# What `make_checkpoint` writes and a resume reads.
+RESUME_KEYS = ("model", "ema", "ema_state", "optimizer", "scaler", "epoch", "step_in_epoch", "global_step",
+               "best_ap", "best_epoch", "rng", "config")
+
+
 def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     from worldtune.config import batch_rule, dump, from_dict, validate
     from worldtune.engine.checkpoint import load_checkpoint_file, save_checkpoint_atomic
@@ -215,6 +220,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         if not isinstance(ckpt, dict) or "ema_state" not in ckpt or "config" not in ckpt:
             raise ValueError(f"--resume {path}: not a worldtune training checkpoint (use --weights to start "
                              f"from other weights)")
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise ValueError(f"--resume {path}: this training checkpoint lacks {missing} (written by another "
+                             f"version, or damaged); use --weights {path} to start a new run from its weights")
         saved = from_dict(ckpt["config"], f"{path} (saved config)")
         # The recipe and data come from the run; where it runs may change.
         saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
