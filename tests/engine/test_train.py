@@ -158,6 +158,21 @@ def test_a_failed_validation_keeps_the_epoch_and_runs_again_on_resume(tmp_path, 
     assert ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")["val_pending"] is False
 
 
+def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path):
+    """Resumed from epoch_1.pt after the run went on: the folder's best.pt (logged AP) is not
+    replaced by a worse one just because the older checkpoint remembers a lower best AP."""
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3)
+    cfg.train.checkpoint_interval = 1
+    T.fit(cfg)
+    run = Path(cfg.out)
+    with (run / "metrics.jsonl").open("a") as f:  # a later, better validation than any real one
+        f.write(json.dumps({"kind": "val", "step": 99, "epoch": 1, "AP": 0.99}) + "\n")
+    before = (run / "best.pt").stat().st_mtime_ns
+    result = T.fit(cfg, resume=run / "epoch_1.pt")
+    assert result["status"] == "finished" and result["best_ap"] == 0.99
+    assert (run / "best.pt").stat().st_mtime_ns == before
+
+
 def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(T.time, "monotonic", lambda: clock[0])

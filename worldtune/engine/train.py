@@ -25,7 +25,7 @@ from torch import nn
 
 from worldtune.engine import dist
 from worldtune.engine.dist import dist_unwrap
-from worldtune.engine.logger import RunLogger
+from worldtune.engine.logger import RunLogger, read_metrics
 from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
 from worldtune.engine.schedule import base_lr_group
 from worldtune.engine.setup import build_datasets, build_text_model, load_start_weights
@@ -275,6 +275,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     if ckpt is not None:
         restore_checkpoint(ckpt, model, ema, optimizer, scaler, state)
         del ckpt
+        # Resumed from an older checkpoint (epoch_N.pt): best.pt may hold a better, later AP; keep it.
+        logged = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "val" and r.get("AP") is not None]
+        best = max(logged, key=lambda r: r["AP"], default=None)
+        if best is not None and (out / "best.pt").is_file() and best["AP"] > state["best_ap"]:
+            state["best_ap"], state["best_epoch"] = best["AP"], best["epoch"]
     sched = ScheduleConfig(max_epochs=t.epochs, lr_factor=t.lr_factor, warmup_epochs=t.warmup_epochs,
                            min_warmup_iters=t.min_warmup_iters, warmup_bias_lr=t.warmup_bias_lr,
                            warmup_momentum=t.warmup_momentum, bias_warmup=t.bias_warmup)
@@ -303,12 +308,13 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         if info.is_main:
             last_metrics = metrics
             ap = last_metrics["AP"] or 0.0
-            logger.log("val", state["global_step"], epoch=epoch,
-                       **{k: last_metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
-            say(f"epoch {epoch + 1}: AP {100 * ap:.1f}  AP50 {100 * (last_metrics['AP50'] or 0):.1f} (EMA weights)")
             if ap > state["best_ap"]:
                 state["best_ap"], state["best_epoch"] = ap, epoch
                 save("best.pt", evaluated)  # the weights that scored this AP
+            # logged after best.pt is written: a resume trusts the logged best AP (see above)
+            logger.log("val", state["global_step"], epoch=epoch,
+                       **{k: last_metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
+            say(f"epoch {epoch + 1}: AP {100 * ap:.1f}  AP50 {100 * (last_metrics['AP50'] or 0):.1f} (EMA weights)")
         dist.barrier()
         state["validating"] = state["val_pending"] = False
 
