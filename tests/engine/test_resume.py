@@ -164,6 +164,7 @@ def test_resume_with_a_scaler_the_saved_run_did_not_have():
     assert restored == {**state, "val_pending": False}
     from worldtune.engine.train import RESUME_KEYS
     assert set(RESUME_KEYS) <= set(ckpt)  # what a resume requires is what a checkpoint holds
+    assert ckpt["world_size"] == 1  # compared on resume: another process count changes the schedule
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):

@@ -158,17 +158,20 @@ def test_a_failed_validation_keeps_the_epoch_and_runs_again_on_resume(tmp_path, 
     assert ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")["val_pending"] is False
 
 
-def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path):
+def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path, capsys):
     """Resumed from epoch_1.pt after the run went on: the folder's best.pt (logged AP) is not
     replaced by a worse one just because the older checkpoint remembers a lower best AP."""
     cfg = tiny_config(tmp_path, epochs=2, batch_size=3)
     cfg.train.checkpoint_interval = 1
     T.fit(cfg)
     run = Path(cfg.out)
+    older = ckpt_io.load_checkpoint_file(run / "epoch_1.pt")
+    ckpt_io.save_checkpoint_atomic({**older, "world_size": 2}, run / "epoch_1.pt")  # as if trained on 2 GPUs
     with (run / "metrics.jsonl").open("a") as f:  # a later, better validation than any real one
         f.write(json.dumps({"kind": "val", "step": 99, "epoch": 1, "AP": 0.99}) + "\n")
     before = (run / "best.pt").stat().st_mtime_ns
     result = T.fit(cfg, resume=run / "epoch_1.pt")
+    assert "trained with 2 process(es), resumed with 1" in capsys.readouterr().out
     assert result["status"] == "finished" and result["best_ap"] == 0.99
     assert (run / "best.pt").stat().st_mtime_ns == before
 

@@ -6,6 +6,7 @@ files; the other ranks train their shard of every batch (DistributedSampler in t
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -51,8 +52,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world_size > 1 and not torch_dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
+        # 30 minutes (NCCL's default is 10): the other ranks wait at a barrier while rank 0 alone
+        # scores a validation, which on full COCO with precise BN and a busy CPU can take a while.
         torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://",
-                                      world_size=world_size, rank=rank)
+                                      world_size=world_size, rank=rank, timeout=datetime.timedelta(minutes=30))
     return DistInfo(rank, local_rank, world_size, dev)
 
 

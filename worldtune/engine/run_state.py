@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from worldtune.engine import dist
 from worldtune.engine.dist import dist_unwrap
 from worldtune.model.loading import TEXT_PREFIX
 
@@ -66,7 +67,8 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": state["epoch"],
             "step_in_epoch": state["step_in_epoch"], "global_step": state["global_step"],
             "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],
-            "val_pending": bool(state.get("val_pending", False)), "rng": rng_states(),
+            "val_pending": bool(state.get("val_pending", False)), "world_size": dist.get_world_size(),
+            "rng": rng_states(),
             "config": to_dict(cfg)}
 
 

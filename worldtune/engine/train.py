@@ -229,6 +229,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
         cfg = saved
         say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
+        saved_world = ckpt.get("world_size", info.world_size)
+        if saved_world != info.world_size:
+            say(f"warning: the run was trained with {saved_world} process(es), resumed with {info.world_size}: the "
+                f"total batch, so the weight-decay rule and the iterations per epoch, change"
+                + (", and the rest of this epoch skips a different set of images" if ckpt["step_in_epoch"] else ""))
     validate(cfg)
     out = Path(cfg.out)
     t = cfg.train
