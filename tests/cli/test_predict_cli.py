@@ -125,6 +125,8 @@ def test_read_vocabulary(tmp_path):
         read_vocabulary(None, tmp_path / "nope.json")
     with pytest.raises(ValueError, match="no class text"):
         read_vocabulary(" , ", None)
+    txt.write_bytes("\ufeffperson\ncar\n".encode("utf-8"))  # saved with a byte-order mark
+    assert read_vocabulary(None, txt) == ["person", "car"]
 
 
 def test_inputs_and_output_names(tmp_path):
@@ -138,8 +140,28 @@ def test_inputs_and_output_names(tmp_path):
     assert missing == [{"image": str(tmp_path / "c"), "error": "no such file or folder"}]
     used = {"predictions"}
     # Names never collide, with each other or with the summary predictions.json.
-    assert [_output_name(p, used) for p in paths] == [
+    out = tmp_path / "out"
+    assert [_output_name(p, used, out, set()) for p in paths] == [
         "predictions_1.png", "x.jpg", "x_1.jpg", "predictions_2.png", "x_2.jpg"]
+    # --out is an input folder: no input image is overwritten
+    (tmp_path / "a" / "x.jpg").write_bytes(b"")
+    inputs = {(tmp_path / "a" / "x.jpg").resolve()}
+    assert _output_name(tmp_path / "a" / "x.jpg", set(), tmp_path / "a", inputs) == "x_1.jpg"
+
+
+def test_a_thin_image_is_skipped_not_fatal(setup, tmp_path, capsys):
+    ckpt, clip, images = setup
+    cv2.imwrite(str(tmp_path / "strip.png"), np.zeros((1, 2000, 3), np.uint8))  # resizes to 0 rows
+    code = main(["predict", str(tmp_path / "strip.png"), str(images / "coffee.jpg"), "--weights", str(ckpt),
+                 "--text-model", str(clip), "--classes", "cat", "--imgsz", str(IMGSZ), "--out", str(tmp_path / "o")])
+    assert code == 0
+    summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert [s["image"] for s in summary["skipped"]] == [str(tmp_path / "strip.png")]
+    assert len(summary["images"]) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before anything loads
+        main(["predict", str(images), "--batch-size", "0"])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, option", [("predict", "--score-thr"), ("export", "--dynamic-vocab")])

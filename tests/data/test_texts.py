@@ -41,6 +41,11 @@ def test_load_class_texts_validation(tmp_path):
     assert load_class_texts(None, ["a", "b"]) == [["a"], ["b"]]
     with pytest.raises(DataError, match="entry 1 must be a non-empty list"):
         load_class_texts([["a"], []], ["a", "b"])
+    with pytest.raises(DataError, match="entry 1 must be a non-empty list of non-empty strings"):
+        load_class_texts([["a"], ["b", " "]], ["a", "b"])  # "" is the padding text
+    bom = tmp_path / "bom.json"
+    bom.write_bytes('[["a"], ["b"]]'.encode("utf-8-sig"))
+    assert load_class_texts(bom, ["a", "b"]) == [["a"], ["b"]]
     bad = tmp_path / "t.json"
     bad.write_text("[[")
     with pytest.raises(DataError, match="t.json: malformed JSON"):

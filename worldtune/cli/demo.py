@@ -153,9 +153,11 @@ def run(args) -> int:
     checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
     picture = draw_predictions(checkpoint, cfg, busiest_image(data["val_ann"], data["val_images"]),
                                data["class_names"], out / "demo_predictions.jpg")
-    print("\n            AP    AP50   AP75")
-    for name, m in (("untrained", before), ("fine-tuned", after)):
-        print(f"{name:<10} {100 * m['AP']:5.1f}  {100 * m['AP50']:5.1f}  {100 * m['AP75']:5.1f}")
-    print(f"\npredictions on a val image: {picture}\nrun folder (checkpoints, metrics.jsonl, curves.png): "
-          f"{run_dir}\ntook {time.perf_counter() - start:.0f} s")
+    print("\n                          AP    AP50   AP75")
+    for name, m in (("untrained", before), ("fine-tuned (last epoch)", after)):
+        print(f"{name:<24} {100 * m['AP']:5.1f}  {100 * m['AP50']:5.1f}  {100 * m['AP75']:5.1f}")
+    drawn = (f"best.pt, epoch {result['best_epoch'] + 1}, AP {100 * result['best_ap']:.1f}"
+             if checkpoint.name == "best.pt" else "last.pt")
+    print(f"\npredictions on a val image ({drawn}): {picture}\nrun folder (checkpoints, metrics.jsonl, "
+          f"curves.png): {run_dir}\ntook {time.perf_counter() - start:.0f} s")
     return 0

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from worldtune.cli.argtypes import positive_int
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # Distinct, saturated RGB colours; class k uses PALETTE[k % len(PALETTE)].
@@ -47,7 +49,7 @@ def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] 
     path = Path(class_texts)
     if not path.is_file():
         raise ValueError(f"class-text file {path} does not exist")
-    raw = path.read_text(encoding="utf-8")
+    raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark would end up in the first class
     if path.suffix.lower() != ".json":
         texts = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
     else:
@@ -86,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou-thr", type=float, default=0.7, help="class-aware NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=300, help="detections kept per image")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
 
 
 def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
@@ -127,10 +129,12 @@ def draw_detections(img_rgb: np.ndarray, det: dict, names: list[str]) -> np.ndar
     return out
 
 
-def _output_name(path: Path, used: set) -> str:
+def _output_name(path: Path, used: set, out: Path, inputs: set) -> str:
+    """File name of `path`'s drawing in `out`: unique, and never one of the input images."""
     suffix = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
     stem, k = path.stem, 1
-    while stem in used:  # same file name in two input folders
+    # same file name in two input folders, or --out is an input folder
+    while stem in used or (out / (stem + suffix)).resolve() in inputs or (out / (stem + ".json")).resolve() in inputs:
         stem, k = f"{path.stem}_{k}", k + 1
     used.add(stem)
     return stem + suffix
@@ -170,24 +174,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
     results, used = [], {"predictions"}  # that name is the summary's
+    inputs = {p.resolve() for p in paths}
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=len(paths) < 2)
     for start in range(0, len(paths), args.batch_size):
-        batch = []
+        batch, boxed = [], []
         for path in paths[start:start + args.batch_size]:
             try:
-                batch.append((path, read_image_rgb(path)))
-            except ValueError as e:
-                skipped.append({"image": str(path), "error": str(e)})  # reported at the end
+                img = read_image_rgb(path)
+                boxed.append(letterbox_for_test(img, args.imgsz))
+                batch.append((path, img))
+            except (ValueError, cv2.error) as e:  # unreadable, or too thin to resize (e.g. 1 x 2000 px)
+                skipped.append({"image": str(path), "error": (str(e).strip().splitlines() or [repr(e)])[-1]})
                 bar.update(1)
         if not batch:
             continue
-        boxed = [letterbox_for_test(img, args.imgsz) for _, img in batch]
         images = torch.from_numpy(np.stack([b[0] for b in boxed])).permute(0, 3, 1, 2)
         dets = predict_batch(model, images, [b[1] for b in boxed], [b[2] for b in boxed],
                              [img.shape[:2] for _, img in batch], cfg)
         for (path, img), det in zip(batch, dets):
             det = {k: v.cpu() for k, v in det.items()}
-            name = _output_name(path, used)
+            name = _output_name(path, used, args.out, inputs)
             cv2.imwrite(str(args.out / name), draw_detections(img, det, texts))
             record = {"image": str(path), "width": img.shape[1], "height": img.shape[0], "annotated": name,
                       "detections": _detections_json(det, texts)}

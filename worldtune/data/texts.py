@@ -29,7 +29,7 @@ def load_class_texts(source, category_names: list) -> list:
         if not Path(source).is_file():
             raise DataError(f"class-text file {where} does not exist")
         try:
-            source = json.loads(Path(source).read_text())
+            source = json.loads(Path(source).read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise DataError(f"class-text file {where}: malformed JSON ({e})") from None
     if not isinstance(source, list):
@@ -38,8 +38,9 @@ def load_class_texts(source, category_names: list) -> list:
     for i, entry in enumerate(source):
         if isinstance(entry, str):
             entry = [entry]
-        if not (isinstance(entry, list) and entry and all(isinstance(s, str) for s in entry)):
-            raise DataError(f"{where}: entry {i} must be a non-empty list of strings, got {entry!r}")
+        if not (isinstance(entry, list) and entry and all(isinstance(s, str) and s.strip() for s in entry)):
+            # ("" is the padding text, trained as a negative: a class named so could not be learnt)
+            raise DataError(f"{where}: entry {i} must be a non-empty list of non-empty strings, got {entry!r}")
         texts.append(list(entry))
     if len(texts) != len(category_names):
         n = max(len(texts), len(category_names))
