@@ -83,6 +83,12 @@ def test_class_text_count_mismatch(tiny_coco, tmp_path):
     (lambda d: d["annotations"][2].update(bbox=[5, 5, -3, 10]), r"annotation id 106: bbox .* negative size"),
     (lambda d: d["images"][0].update(file_name="nope.jpg"), r"nope.jpg does not exist"),
     (lambda d: d.update(images=[], annotations=[]), r"dataset is empty"),
+    (lambda d: d["images"][1].update(id=d["images"][0]["id"]), r"image id \d+ is used twice"),
+    (lambda d: d["annotations"][0].update(segmentation={"counts": "abc"}), r"annotation id 100: segmentation must"),
+    (lambda d: d["annotations"][0].update(segmentation=[1, 2, 3]), r"annotation id 100: segmentation must"),
+    (lambda d: d["annotations"][0].pop("bbox"), r"annotation id 100: lacks field\(s\) \['bbox'\]"),
+    (lambda d: d["annotations"][0].update(image_id=None), r"annotation id 100: image_id must be an integer"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 1, float("nan"), 4]), r"annotation id 100: bbox must be 4 finite"),
 ])
 def test_bad_data_messages(tiny_coco, tmp_path, edit, pattern):
     ann, img = _copy_set(tiny_coco, tmp_path, edit)
@@ -147,3 +153,36 @@ def test_records_carry_one_merged_polygon_per_instance(tmp_path):
     (parts,) = rec["polygons"]
     assert len(parts) == 1 and len(parts[0]) == 5 + 5
     np.testing.assert_array_equal(np.concatenate([parts[0].min(0), parts[0].max(0)]), [2, 2, 42, 22])
+
+
+def test_null_polygon_values_drop_the_part_not_the_box(tiny_coco, tmp_path):
+    def edit(d):
+        first = d["annotations"][0]
+        first["segmentation"] = [[None if i == 0 else v for i, v in enumerate(first["segmentation"][0])]]
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    record = CocoDetection(ann, img).get_record(0)
+    assert record["polygons"][0] == [] and np.isfinite(record["bboxes"]).all()  # mask-refine falls back to the box
+
+
+def test_a_set_without_trainable_instances_is_refused(tiny_coco, tmp_path):
+    from worldtune.data.presets import build_train_dataset
+
+    ann, img = _copy_set(tiny_coco, tmp_path, lambda d: [a.update(iscrowd=1) for a in d["annotations"]])
+    dataset = CocoDetection(ann, img)
+    assert dataset.num_trainable == 0
+    with pytest.raises(DataError, match="no trainable instance: every annotation .* is crowd or degenerate"):
+        build_train_dataset(dataset, imgsz=64, num_texts=8)
+
+
+def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, tmp_path):
+    ann, img = _copy_set(tiny_coco, tmp_path)
+    dataset = CocoDetection(ann, img)
+    path = dataset.image_path(0)
+    cv2.imwrite(str(path), np.zeros((dataset.image_size(0)[1], dataset.image_size(0)[0], 3), np.uint8))  # rotated
+    with pytest.warns(UserWarning, match=r"decoded \d+x\d+, but .*ann.json says .*EXIF rotation"):
+        dataset.load_image(0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset.load_image(0)  # said once per image
+        dataset.load_image(1)  # the others match

@@ -49,8 +49,9 @@ def polygons_from_segmentation(segm, height: int, width: int) -> list:
     traced with cv2.findContours (outer contours, parts with >= 3 points).
     """
     if isinstance(segm, list):
-        return [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in segm
-                if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+        parts = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in segm
+                 if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+        return [p for p in parts if np.isfinite(p).all()]  # a part with a null/NaN is dropped like a short one
     if isinstance(segm, dict) and "counts" in segm:
         rle = segm
         if isinstance(segm["counts"], list):
@@ -101,6 +102,12 @@ def merge_polygon_parts(parts: list) -> list:
     return [np.concatenate(out + back[::-1]).astype(np.float32)]
 
 
+def _ignored(ann: dict) -> bool:
+    """Crowd or degenerate (w or h < 1, area <= 0): kept for evaluation, not trained on (official)."""
+    return bool(ann.get("iscrowd", 0)) or ann["bbox"][2] < 1 or ann["bbox"][3] < 1 \
+        or ann.get("area", ann["bbox"][2] * ann["bbox"][3]) <= 0
+
+
 def _warn_same_texts(ann_file: Path, class_names: list, cat_ids: list) -> None:
     """Warn when categories share their (first) text: an open-vocabulary head scores a class by
     its text embedding, so such classes get identical scores and cannot be told apart."""
@@ -129,8 +136,8 @@ class CocoDetection:
     Attributes:
         num_classes, class_names (first synonyms), class_texts (synonym lists),
         cat_ids (label -> COCO category id), cat_id_to_label, image_ids (index -> image id),
-        skipped (dict reason -> count), num_without_polygons (trainable instances lacking a
-        usable segmentation); under on_bad_data="skip", dropped_image_ids (images whose file is
+        skipped (dict reason -> count), num_trainable (instances neither crowd nor degenerate),
+        num_without_polygons (trainable instances lacking a usable segmentation); under on_bad_data="skip", dropped_image_ids (images whose file is
         missing) and dropped_annotations (positions in the file's `annotations` list), which
         scoring leaves out too (`coco_evaluate(exclude_image_ids=..., drop_annotations=...)`).
     """
@@ -143,6 +150,7 @@ class CocoDetection:
         self.skipped: dict = {}
         self.dropped_image_ids: list = []
         self.dropped_annotations: list = []
+        self._size_warned: set = set()  # images whose decoded size differs from the annotation file's
         data = _load_json(self.ann_file)
         if not isinstance(data, dict) or "images" not in data or "categories" not in data:
             raise DataError(f"{self.ann_file}: not a COCO instances file (needs 'images' and 'categories' lists)")
@@ -163,6 +171,9 @@ class CocoDetection:
         images = {}
         for img in data["images"]:
             _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
+            if int(img["id"]) in images:  # which one would its annotations belong to?
+                raise DataError(f"{self.ann_file}: image id {img['id']} is used twice ({images[int(img['id'])]['file_name']}"
+                                f" and {img['file_name']}); image ids must be unique")
             images[int(img["id"])] = img
         anns_by_image = {i: [] for i in images}
         for position, ann in enumerate(data.get("annotations", [])):
@@ -188,6 +199,7 @@ class CocoDetection:
         if not self.image_ids:
             raise DataError(f"{self.ann_file}: dataset is empty (no usable image with min side >= {min_size}"
                             f" in {self.image_dir}; skipped: {self.skipped})")
+        self.num_trainable = sum(1 for _, anns in entries for a in anns if not _ignored(a))
         self.num_without_polygons = sum(
             1 for _, anns in entries for a in anns
             if not a.get("iscrowd", 0) and not self._has_segmentation(a))
@@ -204,6 +216,12 @@ class CocoDetection:
     def _check_annotation(self, ann, images: dict) -> str:
         if not isinstance(ann, dict):
             return f"not an object: {str(ann)[:80]}"
+        segm = ann.get("segmentation")
+        if not (segm is None or (isinstance(segm, list) and all(isinstance(p, list) for p in segm))
+                or (isinstance(segm, dict) and "counts" in segm and isinstance(segm.get("size"), list)
+                    and len(segm["size"]) == 2)):
+            return ("segmentation must be a list of polygons (lists of x, y numbers) or an RLE "
+                    f"{{'counts', 'size': [h, w]}}, got {str(segm)[:80]}")
         missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
         if missing:
             return f"lacks field(s) {missing}"
@@ -264,6 +282,16 @@ class CocoDetection:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
+        expected = self.image_size(index)
+        if img.shape[:2] != expected and index not in self._size_warned:
+            # The official pipeline uses the boxes as given too; say so, a few times per process.
+            self._size_warned.add(index)
+            if len(self._size_warned) <= 3:
+                warnings.warn(f"{path}: decoded {img.shape[1]}x{img.shape[0]}, but {self.ann_file} says "
+                              f"{expected[1]}x{expected[0]} (an EXIF rotation?); its boxes are used as given, "
+                              "so they may not match the pixels: fix the annotation or the file"
+                              + (" (further such images are not listed)" if len(self._size_warned) == 3 else ""),
+                              stacklevel=2)
         return img
 
     def get_record(self, index: int) -> dict:
@@ -280,8 +308,7 @@ class CocoDetection:
         h, w = int(img["height"]), int(img["width"])
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        ignore = np.array([bool(a.get("iscrowd", 0)) or a["bbox"][2] < 1 or a["bbox"][3] < 1
-                           or a.get("area", a["bbox"][2] * a["bbox"][3]) <= 0 for a in anns], dtype=bool)
+        ignore = np.array([_ignored(a) for a in anns], dtype=bool)
         polygons = [[] if a.get("iscrowd", 0) else merge_polygon_parts(
             polygons_from_segmentation(a.get("segmentation"), h, w)) for a in anns]
         return {
