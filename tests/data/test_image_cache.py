@@ -104,29 +104,55 @@ def test_file_cache_follows_changed_images_and_skips_unreadable_ones(tiny_coco, 
         store.get(2)
 
 
-def test_file_cache_waits_for_a_live_builder_and_takes_over_a_dead_ones_lock(tiny_dataset, tmp_path):
+def test_file_cache_waits_for_a_live_builder_and_ignores_a_dead_ones_lock(tiny_dataset, tmp_path):
+    import fcntl
+
     sizes = [mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))]
 
     def decode(i):
         return decode_for_mosaic(tiny_dataset, i, 64)
 
-    lock = tmp_path / "images-k1.lock"
-    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")  # held by a live process (this one)
+    holder = open(tmp_path / "images-k1.lock", "a")  # a live builder: it holds the lock
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
     result = []
     waiter = threading.Thread(target=lambda: result.append(pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k1",
                                                                         poll_s=0.02)))
     waiter.start()
     time.sleep(0.3)
     assert waiter.is_alive() and not result  # it waits while the lock is held
-    lock.unlink()
+    fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
+    holder.close()
     waiter.join(30)
     assert result and result[0].count == len(tiny_dataset)
+    assert not (tmp_path / "images-k1.lock").exists()  # removed once the cache is complete
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "images-k2.lock").write_text(f"{socket.gethostname()} {dead.pid}\n")
-    packed = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k2", poll_s=0.02)  # would hang if not taken over
+    (tmp_path / "images-k2.lock").write_text(f"{socket.gethostname()} {dead.pid}\n")  # its file, no lock held
+    packed = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k2", poll_s=0.02)  # would hang if it waited
     assert packed.count == len(tiny_dataset) and not (tmp_path / "images-k2.lock").exists()
+
+
+def test_two_builders_never_build_at_once(tiny_dataset, tmp_path):
+    """Processes that all find the cache missing (e.g. 8 ranks restarted after a killed build): one builds."""
+    sizes = [mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))]
+    builds = []
+
+    def slow_decode(i):
+        builds.append(threading.get_ident())
+        time.sleep(0.01)
+        return decode_for_mosaic(tiny_dataset, i, 64)
+
+    (tmp_path / "images-k.lock").write_text("elsewhere 1\n")  # left by a killed builder
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(pack_in_file(sizes, slow_decode, 2**30, 1, tmp_path,
+                                                                           "k", poll_s=0.01))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4 and all(r.count == len(tiny_dataset) for r in results)
+    assert len(builds) == len(tiny_dataset)  # every image decoded once: a single builder
 
 
 def test_interrupted_file_cache_build_leaves_nothing_behind(tiny_dataset, tmp_path):
@@ -139,9 +165,10 @@ def test_interrupted_file_cache_build_leaves_nothing_behind(tiny_dataset, tmp_pa
 
     with pytest.raises(KeyboardInterrupt):
         pack_in_file(sizes, interrupted, 2**30, 1, tmp_path, "k")
-    assert list(tmp_path.iterdir()) == []  # no lock, no temp file, no index that would claim a complete cache
+    # no temp file, no index that would claim a complete cache; the lock file stays, no longer locked
+    assert [p.name for p in tmp_path.iterdir()] == ["images-k.lock"]
     packed = pack_in_file(sizes, lambda i: decode_for_mosaic(tiny_dataset, i, 64), 2**30, 1, tmp_path, "k")
-    assert packed.count == len(tiny_dataset)
+    assert packed.count == len(tiny_dataset) and not (tmp_path / "images-k.lock").exists()
 
 
 def test_file_cache_cleans_a_killed_builders_leftovers_and_reports_a_full_disk(tiny_dataset, tmp_path, monkeypatch):
@@ -162,7 +189,8 @@ def test_file_cache_cleans_a_killed_builders_leftovers_and_reports_a_full_disk(t
     monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
     with pytest.raises(DataError, match=rf"cannot write .* to {tmp_path}.*No space left.*data.cache_max_gb"):
         pack_in_file(sizes, decode, 2**30, 1, tmp_path, "other")
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["images-k.idx.npy", "images-k.u8"]  # no lock, no temp
+    # no temp file; the failed build's lock file stays, unlocked
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["images-k.idx.npy", "images-k.u8", "images-other.lock"]
 
 
 def test_file_cache_matches_the_uncached_pipeline_in_worker_processes(tiny_dataset, tmp_path):

@@ -27,6 +27,11 @@ from tqdm import tqdm
 
 from worldtune.data.coco import DataError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no file cache (see pack_in_file)
+    fcntl = None
+
 FORMAT_VERSION = 1
 
 
@@ -133,35 +138,39 @@ def pack_in_file(sizes: list, decode, budget: int, threads: int, cache_dir, key:
                  poll_s: float = 1.0) -> PackedImages:
     """Open `cache_dir/images-KEY.*`, building it first if no process has.
 
-    The builder holds `images-KEY.lock` (created exclusively); the others wait for the index file,
-    which is renamed into place last, so a reader never sees a half-written cache. A lock left by
-    a dead process of this machine is taken over.
+    The builder holds an exclusive `flock` on `images-KEY.lock`; the others wait for it. The kernel
+    (and an NFS server) releases the lock when its holder dies, so a killed builder never blocks the
+    next run, and two processes can never both build. The index file is renamed into place last,
+    so a reader never sees a half-written cache; the lock file is removed once the cache is complete.
     """
+    if fcntl is None:
+        raise DataError("data.cache_dir needs POSIX file locks (fcntl), which this platform lacks; "
+                        "use data.cache_images without a cache_dir")
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     data_path, index_path = folder / f"images-{key}.u8", folder / f"images-{key}.idx.npy"
     lock_path = folder / f"images-{key}.lock"
     said_waiting = False
     while not index_path.is_file():
-        try:
-            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _stale(lock_path):
-                _remove(lock_path)
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said_waiting:
+                    print(f"image cache: waiting for the process that holds {lock_path} to finish building it",
+                          flush=True)
+                    said_waiting = True
+                time.sleep(poll_s)
                 continue
-            if not said_waiting:
-                print(f"image cache: waiting for the process holding {lock_path} to finish building it "
-                      "(delete that file if no such process is running)", flush=True)
-                said_waiting = True
-            time.sleep(poll_s)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}\n")
-        try:
-            if not index_path.is_file():  # another process may have finished between our checks
-                _build_file(sizes, decode, budget, threads, data_path, index_path)
-        finally:
-            _remove(lock_path)
+            try:
+                if not index_path.is_file():  # another process may have finished between our checks
+                    lock.truncate(0)
+                    lock.write(f"{socket.gethostname()} {os.getpid()}\n")  # who builds, for a curious reader
+                    lock.flush()
+                    _build_file(sizes, decode, budget, threads, data_path, index_path)
+                    _remove(lock_path)  # complete: a process still waiting on it finds the index
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     table = np.load(index_path, allow_pickle=False)
     if table.shape != (len(sizes), 5):
         raise DataError(f"image cache {index_path} does not match the dataset ({table.shape[0]} rows for "
@@ -204,20 +213,6 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
     finally:  # interrupted: leave no half-written file behind
         _remove(tmp)
         _remove(tmp_index)
-
-
-def _stale(lock_path: Path) -> bool:
-    """True if the lock names a process of this machine that no longer runs."""
-    try:
-        host, pid = lock_path.read_text().split()
-        if host != socket.gethostname():
-            return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError):  # being written, gone, or not ours to signal
-        return False
-    return False
 
 
 def _remove(path: Path) -> None:
