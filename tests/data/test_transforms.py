@@ -233,3 +233,19 @@ def test_test_time_scale_factor_is_per_axis_from_the_resized_size():
     w1, h1 = int(1001 * 640 / 1001), int(751 * 640 / 1001)  # the keep-ratio image: 640 x 480
     assert (sx, sy) == (w1 / 1001, h1 / 751) and sy != 640 / 1001  # upstream: w'/w and h'/h, not r
     assert pad == [80, 80, 0, 0] and out.shape == (640, 640, 3)
+
+
+def test_very_thin_images_still_resize():
+    """A side that would round to 0 px (which upstream cannot resize) gets 1 px, in training and evaluation."""
+    from worldtune.data.stage1 import mosaic_copypaste_affine
+    from worldtune.data.transforms import letterbox_for_test
+
+    strip = np.full((32, 25000, 3), 200, np.uint8)
+    resized, _ = keep_ratio_resize(strip, 640)
+    assert resized.shape == (1, 640, 3)
+    boxed, (sx, sy), pad = letterbox_for_test(strip, 640)
+    assert boxed.shape == (640, 640, 3) and sy > 0
+    sample = {"img": strip, "bboxes": np.array([[10, 2, 20000, 30]], np.float32), "labels": np.array([0]),
+              "polygons": [[np.array([[10, 2], [20000, 2], [20000, 30], [10, 30]], np.float32)]], "image_id": 1}
+    out = mosaic_copypaste_affine([sample] * 4, np.random.default_rng(0), 640)
+    assert out["img"].shape == (640, 640, 3)

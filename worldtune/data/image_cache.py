@@ -32,7 +32,7 @@ from worldtune.data.packed_images import PackedImages, cache_key, pack_in_file, 
 def mosaic_size(height: int, width: int, img_scale: int) -> tuple:
     """(w, h) of an image of `height` x `width` resized for a mosaic of `img_scale`."""
     r = min(img_scale / height, img_scale / width)
-    return int(width * r), int(height * r)
+    return max(int(width * r), 1), max(int(height * r), 1)  # as mix.mosaic_layout
 
 
 def available_memory() -> int | None:

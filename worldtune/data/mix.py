@@ -59,7 +59,7 @@ def mosaic_layout(shapes: list, rng: np.random.Generator, img_scale: int = 640) 
     layout = []
     for pos, (h0, w0) in enumerate(shapes):
         r = min(s / h0, s / w0)
-        w, h = int(w0 * r), int(h0 * r)
+        w, h = max(int(w0 * r), 1), max(int(h0 * r), 1)  # >= 1 px: see transforms.keep_ratio_resize
         if pos == 0:    # top-left: bottom-right corner at the centre
             x1, y1, x2, y2 = max(xc - w, 0), max(yc - h, 0), xc, yc
             cx1, cy1 = w - (x2 - x1), h - (y2 - y1)

@@ -178,7 +178,8 @@ def keep_ratio_resize(img: np.ndarray, size: int = 640):
     """
     h, w = img.shape[:2]
     r = size / max(h, w)
-    new_w, new_h = int(w * r), int(h * r)
+    # at least 1 px: a side of a very thin image (e.g. 32 x 25000) would round to 0, which upstream cannot resize
+    new_w, new_h = max(int(w * r), 1), max(int(h * r), 1)
     if (new_w, new_h) != (w, h):
         img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
     return img, r
@@ -194,7 +195,7 @@ def letterbox(img: np.ndarray, size: int = 640, allow_scale_up: bool = True):
     r = min(size / h, size / w)
     if not allow_scale_up:
         r = min(r, 1.0)
-    new_h, new_w = int(round(h * r)), int(round(w * r))
+    new_h, new_w = max(int(round(h * r)), 1), max(int(round(w * r)), 1)
     if (new_h, new_w) != (h, w):
         img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     pad_h, pad_w = size - new_h, size - new_w
