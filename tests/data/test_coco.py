@@ -186,3 +186,10 @@ def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, 
         warnings.simplefilter("error")
         dataset.load_image(0)  # said once per image
         dataset.load_image(1)  # the others match
+
+
+def test_images_under_min_size_are_counted(tiny_coco, tmp_path):
+    ann, img = _copy_set(tiny_coco, tmp_path, lambda d: d["images"].append(dict(d["images"][0], id=999, width=20)))
+    with pytest.warns(UserWarning, match=r"1 image\(s\) with a side under min_size=32 px left out"):
+        dataset = CocoDetection(ann, img)
+    assert len(dataset) == 8 and 999 not in dataset.image_ids

@@ -94,9 +94,12 @@ def test_file_cache_follows_changed_images_and_skips_unreadable_ones(tiny_coco, 
     MosaicImageStore(dataset, 64, cache_bytes=2**30, cache_dir=cache)
     broken = dataset.image_path(2)
     broken.write_bytes(b"not a jpeg")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the unreadable image is reported where it is used, not here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         store = MosaicImageStore(dataset, 64, cache_bytes=2**30, cache_dir=cache)
+    messages = [str(w.message) for w in caught]
+    assert not any(broken.name in m for m in messages)  # the unreadable image is reported where it is used
+    assert len(messages) == 1 and "also holds 1 other cache file(s)" in messages[0]  # the first, now stale
     assert store.cached_count == 7
     assert len(list(cache.glob("*.u8"))) == 2  # the changed file made a new cache instead of reusing the old
     assert store.cached.get(2) is None  # left to the normal path, which reports it

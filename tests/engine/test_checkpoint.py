@@ -287,3 +287,14 @@ def test_a_file_cannot_change_shared_objects(module, name, attr, value, original
     except (pickle.UnpicklingError, AttributeError, TypeError):
         pass  # refused outright is fine too
     assert original() is before
+
+
+def test_a_file_cannot_make_the_loader_allocate_at_will():
+    import io
+
+    from worldtune.engine.safe_pickle import RESTRICTED_PICKLE
+
+    huge = b"\x80\x02c" + b"builtins\nbytearray\n" + b"J\xff\xff\xff\x7f\x85R."  # bytearray(2**31 - 1)
+    with pytest.raises(pickle.UnpicklingError, match="bytearray"):
+        RESTRICTED_PICKLE.load(io.BytesIO(huge))
+    assert RESTRICTED_PICKLE.load(io.BytesIO(pickle.dumps(bytearray(b"ab"), protocol=4))) == bytearray(b"ab")

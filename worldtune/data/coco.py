@@ -185,9 +185,10 @@ class CocoDetection:
                 continue
             anns_by_image[int(ann["image_id"])].append(ann)
 
-        self.image_ids, entries = [], []
+        self.image_ids, entries, small = [], [], 0
         for image_id, img in images.items():
             if min(int(img["width"]), int(img["height"])) < min_size:
+                small += 1
                 continue
             path = self.image_dir / img["file_name"]
             if not os.path.isfile(path):
@@ -211,6 +212,9 @@ class CocoDetection:
         self._blob = np.frombuffer(b"".join(blobs), dtype=np.uint8)
         if self.skipped:
             warnings.warn(f"{self.ann_file}: skipped {self.skipped} (on_bad_data='skip')", stacklevel=2)
+        if small:  # the official rule; in evaluation their objects still count as missed
+            warnings.warn(f"{self.ann_file}: {small} image(s) with a side under min_size={min_size} px left out "
+                          "(the official filter)", stacklevel=2)
 
     # -- validation -------------------------------------------------------------------
     def _check_annotation(self, ann, images: dict) -> str:

@@ -171,6 +171,11 @@ def pack_in_file(sizes: list, decode, budget: int, threads: int, cache_dir, key:
                     _remove(lock_path)  # complete: a process still waiting on it finds the index
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    others = [f for f in folder.glob("images-*.u8") if f != data_path]
+    if others:  # caches of earlier image sets or sizes: nothing removes them (on /dev/shm they hold RAM)
+        warnings.warn(f"image cache: {folder} also holds {len(others)} other cache file(s), "
+                      f"{sum(f.stat().st_size for f in others) / 2**30:.2f} GiB, from other images or sizes; "
+                      "delete them if no run needs them", stacklevel=3)
     table = np.load(index_path, allow_pickle=False)
     if table.shape != (len(sizes), 5):
         raise DataError(f"image cache {index_path} does not match the dataset ({table.shape[0]} rows for "

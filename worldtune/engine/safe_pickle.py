@@ -81,6 +81,13 @@ def _safe_np_reconstruct(subtype, shape, dtype):
     return _NP_RECONSTRUCT(subtype, shape, dtype)
 
 
+def _no_size(args: tuple) -> tuple:
+    # pickles build a bytearray from its contents (bytes, or str + encoding), never from a size
+    if args and isinstance(args[0], int):
+        raise pickle.UnpicklingError("refusing bytearray(size) from a checkpoint")
+    return args
+
+
 # numpy.(_)core.multiarray._reconstruct / .scalar, taken from live objects whatever the numpy version
 _NP_RECONSTRUCT = np.empty(0).__reduce__()[0]
 _NP_SCALAR = np.float64(0).__reduce__()[0]
@@ -91,7 +98,7 @@ _ALLOWED: dict[str, object] = {
     "builtins.set": set,
     "builtins.frozenset": frozenset,
     "builtins.complex": complex,
-    "builtins.bytearray": bytearray,
+    "builtins.bytearray": lambda *args: bytearray(*_no_size(args)),  # bytearray(n) would allocate n bytes
     "builtins.slice": slice,
     "_codecs.encode": __import__("codecs").encode,  # how protocol-2 pickles store bytes
     "copyreg._reconstructor": _safe_reconstructor,
