@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.call_hooks import before_call
 from tests.helpers.tiny_run import tiny_config
 from worldtune.config import dump
 from worldtune.engine import checkpoint as ckpt_io
@@ -102,15 +103,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
 def test_ctrl_c_saves_and_resumes(tmp_path, reference, monkeypatch, capsys):
     from worldtune.engine import train as train_mod
 
-    real, calls = train_mod.batch_text_feats, [0]
-
-    def interrupt_on_third_step(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 3:  # a real SIGINT, delivered in the middle of step 3
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "batch_text_feats", interrupt_on_third_step)
+    real = train_mod.batch_text_feats
+    # a real SIGINT, delivered in the middle of step 3
+    monkeypatch.setattr(train_mod, "batch_text_feats", before_call(real, 3, lambda: os.kill(os.getpid(), signal.SIGINT)))
     cfg = _config(tmp_path)
     result = fit(cfg)
     assert result["status"] == "interrupted" and result["global_step"] == 3
@@ -127,15 +122,12 @@ def test_abort_in_the_middle_of_an_update_keeps_the_previous_checkpoint(tmp_path
     would apply that batch twice on resume, so last.pt stays the end of epoch 1."""
     from worldtune.engine.ema import ExpMomentumEMA
 
-    real, calls = ExpMomentumEMA.update, [0]
+    real = ExpMomentumEMA.update
 
-    def abort_on_third_update(self, model):
-        calls[0] += 1
-        if calls[0] == 3:
-            raise KeyboardInterrupt
-        return real(self, model)
+    def abort():
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(ExpMomentumEMA, "update", abort_on_third_update)
+    monkeypatch.setattr(ExpMomentumEMA, "update", before_call(real, 3, abort))
     cfg = _config(tmp_path)
     assert fit(cfg)["status"] == "interrupted"
     assert "aborted during a weight update" in capsys.readouterr().out

@@ -137,9 +137,10 @@ class CocoDetection:
         num_classes, class_names (first synonyms), class_texts (synonym lists),
         cat_ids (label -> COCO category id), cat_id_to_label, image_ids (index -> image id),
         skipped (dict reason -> count), num_trainable (instances neither crowd nor degenerate),
-        num_without_polygons (trainable instances lacking a usable segmentation); under on_bad_data="skip", dropped_image_ids (images whose file is
-        missing) and dropped_annotations (positions in the file's `annotations` list), which
-        scoring leaves out too (`coco_evaluate(exclude_image_ids=..., drop_annotations=...)`).
+        num_without_polygons (trainable instances lacking a usable segmentation); under
+        on_bad_data="skip", dropped_image_ids (images whose file is missing) and
+        dropped_annotations (positions in the file's `annotations` list), which scoring leaves out
+        too (`worldtune.eval.evaluate.score_detections`).
     """
 
     def __init__(self, ann_file, image_dir, class_texts=None, on_bad_data: str = "error", min_size: int = 32):
@@ -171,10 +172,11 @@ class CocoDetection:
         images = {}
         for img in data["images"]:
             _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
-            if int(img["id"]) in images:  # which one would its annotations belong to?
-                raise DataError(f"{self.ann_file}: image id {img['id']} is used twice ({images[int(img['id'])]['file_name']}"
-                                f" and {img['file_name']}); image ids must be unique")
-            images[int(img["id"])] = img
+            image_id = int(img["id"])
+            if image_id in images:  # which one would its annotations belong to?
+                raise DataError(f"{self.ann_file}: image id {image_id} is used twice ({images[image_id]['file_name']} "
+                                f"and {img['file_name']}); image ids must be unique")
+            images[image_id] = img
         anns_by_image = {i: [] for i in images}
         for position, ann in enumerate(data.get("annotations", [])):
             problem = self._check_annotation(ann, images)
@@ -210,6 +212,8 @@ class CocoDetection:
         blobs = [pickle.dumps(e, protocol=pickle.HIGHEST_PROTOCOL) for e in entries]
         self._offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
         self._blob = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        # (height, width) per index without unpickling an entry: read on every decode and by the caches
+        self._sizes = np.array([(int(img["height"]), int(img["width"])) for img, _ in entries], dtype=np.int64)
         if self.skipped:
             warnings.warn(f"{self.ann_file}: skipped {self.skipped} (on_bad_data='skip')", stacklevel=2)
         if small:  # the official rule; in evaluation their objects still count as missed
@@ -274,8 +278,8 @@ class CocoDetection:
 
     def image_size(self, index: int) -> tuple:
         """(height, width) of image `index` as the annotation file gives it (no decoding)."""
-        img = self._entry(index)[0]
-        return int(img["height"]), int(img["width"])
+        height, width = self._sizes[index].tolist()
+        return height, width
 
     def image_path(self, index: int) -> Path:
         return self.image_dir / self._entry(index)[0]["file_name"]

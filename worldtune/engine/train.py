@@ -305,6 +305,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     say(f"training {cfg.model.variant} for {t.epochs} epochs x {iters} iterations "
         f"({len(train_set)} images, batch {t.batch_size} x {info.world_size} process(es)) on {info.device}; "
         f"run folder {out}")
+
     def validate(epoch: int) -> None:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
         nonlocal last_metrics

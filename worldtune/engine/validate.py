@@ -38,8 +38,7 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
     the module that was scored (the EMA module itself, or its copy with precise BN statistics), so
     that `best.pt` can hold exactly the weights behind its AP.
     """
-    from worldtune.eval.coco_eval import coco_evaluate
-    from worldtune.eval.evaluate import collect_detections, dropped_by_dataset
+    from worldtune.eval.evaluate import collect_detections, score_detections
 
     model = ema.module
     if cfg.train.precise_bn_batches > 0:
@@ -62,7 +61,4 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
             skipped = [i for _, part in gathered for i in part]
     if not dist.is_main_process():
         return None, model
-    dropped_images, dropped_annotations = dropped_by_dataset(val_coco, val_coco.ann_file)
-    skipped += dropped_images
-    metrics = coco_evaluate(val_coco.ann_file, dets, exclude_image_ids=skipped, drop_annotations=dropped_annotations)
-    return {**metrics, "skipped_images": skipped}, model
+    return score_detections(val_coco, val_coco.ann_file, dets, skipped), model

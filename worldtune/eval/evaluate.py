@@ -82,14 +82,18 @@ def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
     return results
 
 
-def dropped_by_dataset(dataset, ann) -> tuple[list, list]:
-    """(image ids, annotation positions) that `dataset` (a CocoDetection) dropped under
-    on_bad_data="skip", to leave out of scoring against `ann` too: its missing image files would
-    otherwise count their objects as misses, and its bad annotations would be scored (or fail).
-    Nothing when `ann` is not the dataset's own annotation file."""
-    if isinstance(ann, dict) or Path(ann).resolve() != Path(dataset.ann_file).resolve():
-        return [], []
-    return list(getattr(dataset, "dropped_image_ids", [])), list(getattr(dataset, "dropped_annotations", []))
+def score_detections(dataset, ann, dets: list, skipped: list, backend: str = "faster") -> dict:
+    """`coco_evaluate` of `dets` against `ann`, leaving out what was not predicted: the images the
+    loader could not read (`skipped`) and, when `ann` is `dataset`'s own file, what the dataset
+    dropped under on_bad_data="skip" (missing image files would count their objects as misses,
+    bad annotations would be scored, or fail). Adds `skipped_images` and `dropped_annotations`."""
+    dropped_images, dropped_annotations = [], []
+    if not isinstance(ann, dict) and Path(ann).resolve() == Path(dataset.ann_file).resolve():
+        dropped_images, dropped_annotations = dataset.dropped_image_ids, dataset.dropped_annotations
+    skipped = list(skipped) + list(dropped_images)
+    metrics = coco_evaluate(ann, dets, backend=backend, exclude_image_ids=skipped,
+                            drop_annotations=dropped_annotations)
+    return {**metrics, "skipped_images": skipped, "dropped_annotations": len(dropped_annotations)}
 
 
 def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = None, backend: str = "faster",
@@ -128,12 +132,7 @@ def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = No
         path = Path(out_detections)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dets))
-    dropped_images, dropped_annotations = dropped_by_dataset(base, ann)
-    skipped += dropped_images
-    metrics = coco_evaluate(ann, dets, backend=backend, exclude_image_ids=skipped,
-                            drop_annotations=dropped_annotations)
-    metrics["skipped_images"] = skipped
-    metrics["dropped_annotations"] = len(dropped_annotations)
+    metrics = score_detections(base, ann, dets, skipped, backend)
     num_images = len(loader.dataset) if hasattr(loader, "dataset") else None
     metrics["seconds"] = round(seconds, 3)
     metrics["images_per_second"] = round(num_images / seconds, 2) if num_images and seconds > 0 else None
