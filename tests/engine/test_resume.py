@@ -103,9 +103,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
 def test_ctrl_c_saves_and_resumes(tmp_path, reference, monkeypatch, capsys):
     from worldtune.engine import train as train_mod
 
+    sigint = before_call(train_mod.batch_text_feats, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
     real = train_mod.batch_text_feats
-    # a real SIGINT, delivered in the middle of step 3
-    monkeypatch.setattr(train_mod, "batch_text_feats", before_call(real, 3, lambda: os.kill(os.getpid(), signal.SIGINT)))
+    monkeypatch.setattr(train_mod, "batch_text_feats", sigint)  # a real SIGINT, in the middle of step 3
     cfg = _config(tmp_path)
     result = fit(cfg)
     assert result["status"] == "interrupted" and result["global_step"] == 3
