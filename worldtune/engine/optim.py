@@ -124,9 +124,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, world_size: int = 1, mer
     if not groups:
         raise ValueError("build_optimizer: the model has no parameters")
     name = cfg.name.lower()
-    # On GPU, one fused kernel per group instead of a dozen multi-tensor launches (a GPU training step
-    # is launch-bound); None keeps PyTorch's default elsewhere, so CPU results stay as they were.
-    fused = True if all(p.is_cuda for g in groups for p in g["params"]) else None
+    # One fused kernel per group: on GPU instead of a dozen multi-tensor launches (a GPU step is
+    # launch-bound), on CPU instead of a Python loop of ~10 ops per parameter (3x faster, which is a
+    # third of a small-image CPU step). None (PyTorch's default) on other devices.
+    fused = True if all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]) else None
     if name == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                       weight_decay=weight_decay, fused=fused)
