@@ -196,6 +196,30 @@ def test_file_cache_cleans_a_killed_builders_leftovers_and_reports_a_full_disk(t
     assert sorted(f.name for f in tmp_path.iterdir()) == ["images-k.idx.npy", "images-k.u8", "images-other.lock"]
 
 
+def test_a_cache_cut_short_by_disk_space_says_so_when_reused(tiny_dataset, tmp_path, monkeypatch):
+    sizes = [mosaic_size(*tiny_dataset.image_size(i), 64) for i in range(len(tiny_dataset))]
+    one_image = sizes[0][0] * sizes[0][1] * 3
+
+    def decode(i):
+        return decode_for_mosaic(tiny_dataset, i, 64)
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=int(one_image * 1.5 / 0.9)))
+    with pytest.warns(UserWarning, match="GiB free; caching at most"):
+        short = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k")
+    assert 0 < short.count < len(sizes)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    with pytest.warns(UserWarning, match=rf"holds only {short.count} of {len(sizes)} images: .*short of space.*images-k"):
+        again = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k")
+    assert again.count == short.count  # reused as it is: another run may still be reading it
+    for f in tmp_path.glob("images-k.*"):  # what the message asks for
+        f.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k").count == len(sizes)
+        assert pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k").count == len(sizes)  # complete: no warning
+
+
 def test_file_cache_matches_the_uncached_pipeline_in_worker_processes(tiny_dataset, tmp_path):
     plain = build_train_loader(build_train_dataset(tiny_dataset, **KW, cache_images=False), batch_size=4, workers=0,
                                seed=1)

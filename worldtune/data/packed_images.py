@@ -150,7 +150,7 @@ def pack_in_file(sizes: list, decode, budget: int, threads: int, cache_dir, key:
     folder.mkdir(parents=True, exist_ok=True)
     data_path, index_path = folder / f"images-{key}.u8", folder / f"images-{key}.idx.npy"
     lock_path = folder / f"images-{key}.lock"
-    said_waiting = False
+    said_waiting, built_here = False, False
     while not index_path.is_file():
         with open(lock_path, "a") as lock:
             try:
@@ -168,6 +168,7 @@ def pack_in_file(sizes: list, decode, budget: int, threads: int, cache_dir, key:
                     lock.write(f"{socket.gethostname()} {os.getpid()}\n")  # who builds, for a curious reader
                     lock.flush()
                     _build_file(sizes, decode, budget, threads, data_path, index_path)
+                    built_here = True
                     _remove(lock_path)  # complete: a process still waiting on it finds the index
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
@@ -180,6 +181,10 @@ def pack_in_file(sizes: list, decode, budget: int, threads: int, cache_dir, key:
     if table.shape != (len(sizes), 5):
         raise DataError(f"image cache {index_path} does not match the dataset ({table.shape[0]} rows for "
                         f"{len(sizes)} images); delete its files and rerun")
+    if _cut_marker(data_path).is_file() and not built_here:  # its builder said so already
+        warnings.warn(f"image cache {data_path} holds only {int((table[:, 0] >= 0).sum())} of {len(sizes)} "
+                      f"images: it was built when the disk was short of space. The others are decoded each "
+                      f"time; delete {folder}/images-{key}.* (once no run uses it) to rebuild it", stacklevel=3)
     return PackedImages(table, None, data_path)
 
 
@@ -188,7 +193,8 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
     for leftover in data_path.parent.glob(f"{data_path.stem}.*.tmp*"):
         _remove(leftover)
     free = shutil.disk_usage(data_path.parent).free
-    if budget > 0.9 * free:
+    cut = budget > 0.9 * free
+    if cut:
         warnings.warn(f"image cache: {data_path.parent} has {free / 2**30:.1f} GiB free; caching at most "
                       f"{0.9 * free / 2**30:.1f} GiB instead of data.cache_max_gb", stacklevel=4)
         budget = int(0.9 * free)
@@ -209,6 +215,10 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
             buffer.flush()
             del buffer
             os.replace(tmp, data_path)
+        if cut:  # the key names the images that fit the budget, so a later run must learn it got fewer
+            _cut_marker(data_path).write_text(f"built with {free} bytes free\n")
+        else:
+            _remove(_cut_marker(data_path))
         with open(tmp_index, "wb") as f:
             np.save(f, table)
         os.replace(tmp_index, index_path)  # last: its presence says the cache is complete
@@ -218,6 +228,11 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
     finally:  # interrupted: leave no half-written file behind
         _remove(tmp)
         _remove(tmp_index)
+
+
+def _cut_marker(data_path: Path) -> Path:
+    """`images-KEY.cut`: present when the cache holds fewer images than its key says (disk space)."""
+    return data_path.with_suffix(".cut")
 
 
 def _remove(path: Path) -> None:
