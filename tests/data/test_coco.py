@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from worldtune.data.coco import CocoDetection, DataError, merge_polygon_parts
+from worldtune.data.coco import CocoDetection, DataError, _closest_pair, merge_polygon_parts
 
 
 def _copy_set(tiny_coco, tmp_path, edit=None):
@@ -140,6 +140,18 @@ def test_multi_part_polygons_are_merged_at_their_closest_vertices():
     assert {tuple(v) for v in merged} == {tuple(v) for p in (left, middle, right) for v in p}
     single = [left]
     assert merge_polygon_parts(single) is single and merge_polygon_parts([]) == []
+
+
+def test_closest_vertices_are_found_in_blocks_as_one_full_argmin_would():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        # integer coordinates on a small grid: many tied distances, where the first pair must win
+        a = rng.integers(0, 6, (int(rng.integers(1, 40)), 2)).astype(np.float32)
+        b = rng.integers(0, 6, (int(rng.integers(1, 40)), 2)).astype(np.float32)
+        full = ((a[:, None].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1)
+        expected = np.unravel_index(int(np.argmin(full)), full.shape)
+        for max_values in (1, 7, len(b), 10**6):
+            assert _closest_pair(a, b, max_values) == tuple(int(v) for v in expected)
 
 
 def test_records_carry_one_merged_polygon_per_instance(tmp_path):

@@ -80,11 +80,7 @@ def merge_polygon_parts(parts: list) -> list:
     """
     if len(parts) < 2:
         return parts
-    joins = []  # (exit vertex of part i, entry vertex of part i + 1)
-    for a, b in zip(parts[:-1], parts[1:]):
-        a, b = a.astype(np.float64), b.astype(np.float64)  # the official distances are float64
-        dist = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-        joins.append(np.unravel_index(int(np.argmin(dist)), dist.shape))
+    joins = [_closest_pair(a, b) for a, b in zip(parts[:-1], parts[1:])]  # (exit of part i, entry of i + 1)
 
     def loop(part, start):  # closed ring starting and ending at vertex `start`
         return np.concatenate([part[start:], part[:start], part[start:start + 1]])
@@ -100,6 +96,21 @@ def merge_polygon_parts(parts: list) -> list:
         back.append(ring[k:])
     out.append(loop(parts[-1], joins[-1][1]))
     return [np.concatenate(out + back[::-1]).astype(np.float32)]
+
+
+def _closest_pair(a: np.ndarray, b: np.ndarray, max_values: int = 1 << 22) -> tuple[int, int]:
+    """(i, j) minimising |a[i] - b[j]|^2, the first such pair in row-major order, as the official
+    argmin over the full float64 distance matrix, which is computed here in row blocks of at most
+    `max_values` entries (two 10,000-vertex parts would need 800 MB at once)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)  # the official distances are float64
+    rows = max(1, max_values // max(len(b), 1))
+    best, best_at = np.inf, (0, 0)
+    for start in range(0, len(a), rows):
+        dist = ((a[start:start + rows, None, :] - b[None, :, :]) ** 2).sum(-1)
+        flat = int(np.argmin(dist))
+        if dist.flat[flat] < best:  # strictly smaller: an earlier block keeps ties, as one argmin would
+            best, best_at = dist.flat[flat], (start + flat // len(b), flat % len(b))
+    return best_at
 
 
 def _ignored(ann: dict) -> bool:
