@@ -38,3 +38,30 @@ def test_two_process_validation_equals_one_process(tmp_path):
     assert split["num_detections"] == whole["num_detections"]
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         assert split[key] == pytest.approx(whole[key], abs=1e-12), key
+
+
+def test_precise_bn_copy_averages_batch_statistics_and_shares_the_text_tower():
+    from worldtune.engine.validate import precise_bn_copy
+    from worldtune.model import build_model
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    tower = CLIPTextEncoder.from_pretrained(str(tiny_text_model()))
+    torch.manual_seed(0)
+    model = build_model("n", tower, num_classes=2).train()
+    tower.eval()  # as a frozen tower may be while the detector trains
+    stem = model.backbone.image_model.stem
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    texts = [["cat", "dog"], ["dog", "cat"]]
+    batches = [{"images": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8), "texts": texts}
+               for _ in range(3)]
+    copy = precise_bn_copy(model, tower, batches, torch.device("cpu"))
+
+    assert copy.text_model is tower and not tower.training  # shared, its mode untouched
+    assert copy.backbone.image_model is not model.backbone.image_model and not copy.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the trained model is unchanged
+    # the stem BN's running mean is the plain average of the three batch means of its conv output
+    conv = stem.conv
+    means = [conv(b["images"].float() / 255).mean((0, 2, 3)) for b in batches]
+    torch.testing.assert_close(copy.backbone.image_model.stem.bn.running_mean, torch.stack(means).mean(0),
+                               rtol=1e-5, atol=1e-6)

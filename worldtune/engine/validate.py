@@ -18,16 +18,25 @@ from worldtune.engine.text_feats import batch_text_feats
 @torch.no_grad()
 def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: torch.device) -> nn.Module:
     """A copy of `model` whose BatchNorm running statistics are the plain average over `batches`
-    (training mode, no gradient). The trained model and its EMA are left untouched."""
-    model = copy.deepcopy(model)
+    (training mode, no gradient). The trained model and its EMA are left untouched.
+
+    The frozen text tower (a quarter of a billion bytes, no BatchNorm) is shared, not copied; its
+    train/eval mode is left as it was."""
+    tower = getattr(model, "text_model", None)
+    was_training = tower.training if tower is not None else False
+    model = copy.deepcopy(model, {id(tower): tower} if tower is not None else None)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average instead of an exponential one
-    model.train()
-    for batch in batches:
-        model(batch["images"].to(device).float() / 255, batch_text_feats(text_model, batch["texts"], device))
-    return model.eval()
+    try:
+        model.train()
+        for batch in batches:
+            model(batch["images"].to(device).float() / 255, batch_text_feats(text_model, batch["texts"], device))
+        return model.eval()
+    finally:
+        if tower is not None:
+            tower.train(was_training)
 
 
 def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> tuple:
