@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 import types
+import zipfile
 
 import numpy as np
 import pytest
@@ -81,6 +82,20 @@ def test_whole_file_payload_is_refused_clearly(tmp_path):
     with pytest.raises(CheckpointLoadError, match="raw.pkl"):
         load_checkpoint_file(raw)
     assert not marker.exists()
+
+
+def test_a_compressed_record_that_would_fill_the_memory_is_refused(tmp_path):
+    plain = tmp_path / "plain.pth"
+    torch.save({"w": torch.zeros(2**23)}, plain)  # 32 MiB of zeros
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for info in src.infolist():  # the same records, the tensor data deflated (~1000x smaller)
+            dst.writestr(info.filename, src.read(info.filename),
+                         compress_type=zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED)
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(CheckpointLoadError, match=r"bomb.pth: its compressed records would expand to 32 MiB"):
+        load_checkpoint_file(bomb)
+    assert load_checkpoint_file(plain)["w"].shape == (2**23,)  # the same content, uncompressed, loads
 
 
 @pytest.fixture()

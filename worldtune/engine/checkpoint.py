@@ -39,6 +39,9 @@ class CheckpointMismatchError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------- loading
+MAX_EXPANSION_SLACK = 16 * 2**20  # bytes a zip checkpoint may expand beyond twice its file size
+
+
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True
@@ -77,6 +80,13 @@ def load_checkpoint_file(path: str | Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             if any(n.endswith("constants.pkl") for n in archive.namelist()):
                 raise CheckpointLoadError(f"{path} is a TorchScript archive, not a checkpoint; refusing to run it")
+            # torch allocates each record's declared size and inflates it: a small file of compressed
+            # zeros could fill the memory. torch.save never compresses, so real files expand ~1x.
+            expanded, size = sum(info.file_size for info in archive.infolist()), path.stat().st_size
+            if expanded > 2 * size + MAX_EXPANSION_SLACK:
+                raise CheckpointLoadError(
+                    f"{path}: its compressed records would expand to {expanded / 2**20:.0f} MiB from a "
+                    f"{size / 2**20:.1f} MiB file; refusing to read it (torch.save writes uncompressed records)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
