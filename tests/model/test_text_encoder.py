@@ -147,8 +147,15 @@ def test_vocabulary_cache_hits_and_invalidation(tiny):
     with torch.no_grad():  # so does any in-place edit of a weight
         tiny.model.text_projection.weight.mul_(2.0)
         tiny.model.text_model.final_layer_norm.bias.add_(0.5)
-    assert not torch.allclose(tiny.encode_vocabulary(vocab), changed)
+    edited = tiny.encode_vocabulary(vocab)
+    assert not torch.allclose(edited, changed)
     assert len(calls) == 4
+    # a replaced parameter object, or a replaced tower, is seen too
+    tiny.model.text_projection.weight = torch.nn.Parameter(tiny.model.text_projection.weight.detach().flip(0))
+    assert not torch.allclose(tiny.encode_vocabulary(vocab), edited) and len(calls) == 5
+    tiny.model = copy.deepcopy(tiny.model)
+    tiny.encode_vocabulary(vocab)
+    assert len(calls) == 6
 
 
 def test_unfrozen_encoder_does_not_cache(tiny):
@@ -186,6 +193,9 @@ def test_deepcopy_for_ema(tiny):
     tiny.encode_vocabulary(["cat"])
     clone = copy.deepcopy(tiny)
     assert torch.allclose(clone.encode_vocabulary(["cat"]), tiny.encode_vocabulary(["cat"]))
+    with torch.no_grad():  # the copy watches its own weights, not the original's
+        clone.model.text_projection.weight.copy_(clone.model.text_projection.weight.flip(0))
+    assert not torch.allclose(clone.encode_vocabulary(["cat"]), tiny.encode_vocabulary(["cat"]))
 
 
 def test_missing_local_folder_error(tmp_path):
