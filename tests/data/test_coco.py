@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -79,7 +80,6 @@ def test_class_text_count_mismatch(tiny_coco, tmp_path):
 
 @pytest.mark.parametrize("edit, pattern", [
     (lambda d: d["annotations"][1].update(category_id=99), r"annotation id 103: unknown category_id 99"),
-    (lambda d: d["annotations"][0].update(bbox=[500, 500, 10, 10]), r"annotation id 100: bbox .* outside"),
     (lambda d: d["annotations"][2].update(bbox=[5, 5, -3, 10]), r"annotation id 106: bbox .* negative size"),
     (lambda d: d["images"][0].update(file_name="nope.jpg"), r"nope.jpg does not exist"),
     (lambda d: d.update(images=[], annotations=[]), r"dataset is empty"),
@@ -182,8 +182,23 @@ def test_a_set_without_trainable_instances_is_refused(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path, lambda d: [a.update(iscrowd=1) for a in d["annotations"]])
     dataset = CocoDetection(ann, img)
     assert dataset.num_trainable == 0
-    with pytest.raises(DataError, match="no trainable instance: every annotation .* is crowd or degenerate"):
+    with pytest.raises(DataError, match="no trainable instance: every annotation .* is crowd, degenerate .* or outside its image"):
         build_train_dataset(dataset, imgsz=64, num_texts=8)
+
+
+def test_boxes_outside_their_image_are_ignored_for_training_not_refused(tiny_coco, tmp_path):
+    def move_out(d):  # the official loader skips a box whose overlap with its image has no area
+        first = d["images"][0]
+        d["annotations"].append(dict(d["annotations"][0], id=901, image_id=first["id"],
+                                     bbox=[first["width"], 5.0, 10.0, 10.0]))  # touches the right edge
+        d["annotations"].append(dict(d["annotations"][0], id=902, image_id=first["id"],
+                                     bbox=[-20.0, 5.0, 20.5, 10.0]))  # overlaps by half a pixel: kept
+    ann, img = _copy_set(tiny_coco, tmp_path, move_out)
+    dataset = CocoDetection(ann, img)  # on_bad_data="error": nothing to report
+    index = dataset.image_ids.index(json.loads(Path(ann).read_text())["images"][0]["id"])
+    record = dataset.get_record(index)
+    flags = dict(zip(record["ann_ids"].tolist(), record["ignore"].tolist()))
+    assert flags[901] and not flags[902]
 
 
 def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, tmp_path):

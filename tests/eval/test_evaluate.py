@@ -135,7 +135,7 @@ def test_unreadable_image_under_skip_is_left_out_of_the_scoring(demo_val, tmp_pa
 
 
 def test_missing_image_and_bad_annotation_under_skip_are_left_out_of_the_scoring(demo_val, tmp_path):
-    """What the dataset drops under on_bad_data="skip" (a missing file, a box outside its image) is
+    """What the dataset drops under on_bad_data="skip" (a missing file, a box of negative size) is
     not scored either: the rest, predicted perfectly, scores AP 1."""
     import shutil
 
@@ -147,7 +147,7 @@ def test_missing_image_and_bad_annotation_under_skip_are_left_out_of_the_scoring
     bad_gt = json.loads(json.dumps(gt))
     kept = gt["images"][0]
     bad_gt["annotations"].append({"id": 999, "image_id": kept["id"], "category_id": gt["categories"][0]["id"],
-                                  "bbox": [kept["width"] + 5, 0, 10, 10]})  # outside the image
+                                  "bbox": [5, 0, -10, 10]})  # negative size
     (tmp_path / "val.json").write_text(json.dumps(bad_gt))
     with pytest.warns(UserWarning, match="skipped"):
         lenient = CocoDetection(tmp_path / "val.json", images, on_bad_data="skip")

@@ -113,10 +113,14 @@ def _closest_pair(a: np.ndarray, b: np.ndarray, max_values: int = 1 << 22) -> tu
     return best_at
 
 
-def _ignored(ann: dict) -> bool:
-    """Crowd or degenerate (w or h < 1, area <= 0): kept for evaluation, not trained on (official)."""
-    return bool(ann.get("iscrowd", 0)) or ann["bbox"][2] < 1 or ann["bbox"][3] < 1 \
-        or ann.get("area", ann["bbox"][2] * ann["bbox"][3]) <= 0
+def _ignored(ann: dict, img: dict) -> bool:
+    """Crowd, degenerate (w or h < 1, area <= 0) or not overlapping its image: kept for evaluation,
+    not trained on (the official loader skips them)."""
+    x, y, w, h = ann["bbox"]
+    overlap_w = min(x + w, img["width"]) - max(x, 0)
+    overlap_h = min(y + h, img["height"]) - max(y, 0)
+    return bool(ann.get("iscrowd", 0)) or w < 1 or h < 1 or ann.get("area", w * h) <= 0 \
+        or overlap_w <= 0 or overlap_h <= 0
 
 
 def _warn_same_texts(ann_file: Path, class_names: list, cat_ids: list) -> None:
@@ -213,7 +217,7 @@ class CocoDetection:
         if not self.image_ids:
             raise DataError(f"{self.ann_file}: dataset is empty (no usable image with min side >= {min_size}"
                             f" in {self.image_dir}; skipped: {self.skipped})")
-        self.num_trainable = sum(1 for _, anns in entries for a in anns if not _ignored(a))
+        self.num_trainable = sum(1 for img, anns in entries for a in anns if not _ignored(a, img))
         self.num_without_polygons = sum(
             1 for _, anns in entries for a in anns
             if not a.get("iscrowd", 0) and not self._has_segmentation(a))
@@ -255,12 +259,8 @@ class CocoDetection:
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
             return f"bbox must be 4 finite numbers [x, y, w, h], got {box}"
-        x, y, w, h = box
-        if w < 0 or h < 0:
+        if box[2] < 0 or box[3] < 0:
             return f"bbox {box} has negative size"
-        img = images[int(ann["image_id"])]
-        if x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0:
-            return f"bbox {box} lies outside the {img['width']}x{img['height']} image {img['file_name']}"
         return ""
 
     def _bad(self, reason: str, message: str):
@@ -319,7 +319,7 @@ class CocoDetection:
         Returns:
             dict(image_id, file_name (full path), height, width, ann_ids int64 [N],
             bboxes float32 [N, 4] xyxy from the annotation `bbox`, labels int64 [N] in 0..K-1,
-            ignore bool [N] (crowd or degenerate), polygons: list of N lists of float32 [P, 2]
+            ignore bool [N] (crowd, degenerate or outside the image), polygons: list of N lists of float32 [P, 2]
             parts (empty list for crowd instances or when the segmentation is unusable; multi-part
             polygons merged into one, `merge_polygon_parts`)).
         """
@@ -327,7 +327,7 @@ class CocoDetection:
         h, w = int(img["height"]), int(img["width"])
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        ignore = np.array([_ignored(a) for a in anns], dtype=bool)
+        ignore = np.array([_ignored(a, img) for a in anns], dtype=bool)
         polygons = [[] if a.get("iscrowd", 0) else merge_polygon_parts(
             polygons_from_segmentation(a.get("segmentation"), h, w)) for a in anns]
         return {
