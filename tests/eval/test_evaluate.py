@@ -61,8 +61,13 @@ def test_detections_to_coco_maps_labels_and_boxes():
              "scores": torch.tensor([0.9, 0.2]), "labels": torch.tensor([2, 0])},
             {"boxes_xyxy": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
     out = detections_to_coco(dets, [7, 8], cat_ids=[1, 17, 47])
-    assert out == [{"image_id": 7, "category_id": 47, "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.9},
-                   {"image_id": 7, "category_id": 1, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.2}]
+    assert out == [{"image_id": 7, "category_id": 47, "bbox": [10.0, 20.0, 20.0, 40.0], "score": pytest.approx(0.9)},
+                   {"image_id": 7, "category_id": 1, "bbox": [0.0, 0.0, 5.0, 5.0], "score": pytest.approx(0.2)}]
+    # nothing is rounded (the official metric does not round): close low scores keep their order
+    close = [{"boxes_xyxy": torch.tensor([[0.0, 0.0, 5.0, 5.0]] * 2), "scores": torch.tensor([0.0012347, 0.0012345]),
+              "labels": torch.tensor([0, 0])}]
+    low = detections_to_coco(close, [7], cat_ids=[1])
+    assert low[0]["score"] > low[1]["score"]
     with pytest.raises(ValueError, match="label 3 outside the vocabulary of 3"):
         detections_to_coco([dict(dets[0], labels=torch.tensor([3, 0]))], [7], cat_ids=[1, 17, 47])
 

@@ -37,7 +37,8 @@ def detections_to_coco(dets: list[dict], image_ids: list[int], cat_ids: list[int
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         for box, score, label in zip(xywh, det["scores"].detach().float().cpu().tolist(), labels.tolist()):
             out.append({"image_id": int(image_id), "category_id": int(cat_ids[label]),
-                        "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+                        "bbox": box, "score": score})  # unrounded, as the official metric: rounded
+                        # scores tie and reorder the low-score detections that AP sorts
     return out
 
 
