@@ -12,9 +12,13 @@ import orjson
 
 
 def load_json(path: str | Path):
-    """Parsed contents of `path`; raises json.JSONDecodeError when the file is not JSON."""
+    """Parsed contents of `path`; raises json.JSONDecodeError when the file is not JSON (an image
+    or other binary file included: the callers' message then names the file)."""
     data = Path(path).read_bytes()
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except UnicodeDecodeError as e:
+            raise json.JSONDecodeError(f"not UTF-8 text: {e.reason} at byte {e.start}", "", 0) from None

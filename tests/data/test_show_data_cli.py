@@ -16,4 +16,10 @@ def test_show_data_reports_bad_file(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text("{")
     rc = main(["show-data", "--ann", str(bad), "--images", str(tmp_path), "--out", str(tmp_path / "g.png")])
-    assert rc == 2 and "x.json: malformed JSON" in capsys.readouterr().out
+    assert rc == 2 and "x.json: malformed JSON" in capsys.readouterr().err
+
+
+def test_show_data_wants_a_picture_name(tiny_coco, tmp_path, capsys):
+    rc = main(["show-data", "--ann", str(tiny_coco["ann_file"]), "--images", str(tiny_coco["image_dir"]),
+               "--out", str(tmp_path / "grid"), "--num", "1"])
+    assert rc == 2 and "name a picture file" in capsys.readouterr().err

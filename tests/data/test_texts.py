@@ -50,3 +50,21 @@ def test_load_class_texts_validation(tmp_path):
     bad.write_text("[[")
     with pytest.raises(DataError, match="t.json: malformed JSON"):
         load_class_texts(bad, ["a"])
+    lines = tmp_path / "names.txt"  # one text per line, as `predict` takes them
+    lines.write_text("# my classes\nred car\n\nperson\n")
+    assert load_class_texts(lines, ["car", "person"]) == [["red car"], ["person"]]
+    photo = tmp_path / "photo.json"  # a binary file by mistake
+    photo.write_bytes(b"\xff\xd8\xff\xe0 JFIF")
+    with pytest.raises(DataError, match="photo.json: not a UTF-8 text file"):
+        load_class_texts(photo, ["a"])
+
+
+def test_binary_or_folder_annotation_files_are_named(tmp_path):
+    from worldtune.data.coco import CocoDetection
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 JFIF")
+    with pytest.raises(DataError, match=r"photo.jpg: malformed JSON \(not UTF-8 text"):
+        CocoDetection(photo, tmp_path)
+    with pytest.raises(DataError, match="is a folder, not a COCO JSON file"):
+        CocoDetection(tmp_path, tmp_path)

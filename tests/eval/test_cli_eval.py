@@ -136,3 +136,31 @@ def test_unreadable_images_are_reported_under_skip(tmp_path, capsys):
     assert main(common + ["--on-bad-data", "skip"]) == 0
     out = capsys.readouterr().out
     assert "(2 images," in out and f"image ids [{dataset.image_ids[1]}]" in out
+
+
+def test_an_error_the_command_does_not_catch_is_still_one_line(gt_and_dets, tmp_path, capsys, monkeypatch):
+    gt, dets = gt_and_dets
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path)]) == 2  # a folder
+    err = capsys.readouterr().err
+    assert err.startswith("worldtune eval: error: [Errno 21] Is a directory") and "Traceback" not in err
+    monkeypatch.setenv("WORLDTUNE_DEBUG", "1")  # the traceback, for whoever wants it
+    with pytest.raises(IsADirectoryError):
+        main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path)])
+
+
+def test_a_data_loader_workers_error_reads_as_the_original_message():
+    from torch._utils import ExceptionWrapper
+
+    from worldtune.cli.errors import user_message
+    from worldtune.data.coco import DataError
+
+    try:
+        raise DataError("cannot read image x.jpg (image id 3): missing or corrupt")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as info:
+        wrapped.reraise()
+    assert str(info.value).startswith("Caught DataError in DataLoader worker process 0")
+    assert user_message(info.value) == "cannot read image x.jpg (image id 3): missing or corrupt"
+    assert user_message(DataError("plain")) == "plain"

@@ -46,7 +46,15 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args._run(args) or 0)
+    from worldtune.cli.errors import debug, user_errors, user_message
+
+    try:
+        return int(args._run(args) or 0)
+    except user_errors() as e:  # what a command did not catch itself: still one line, not a traceback
+        if debug():
+            raise
+        print(f"worldtune {args.command}: error: {user_message(e)} (WORLDTUNE_DEBUG=1 shows where)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

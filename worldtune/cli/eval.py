@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             metrics = _score_model(args, ann, images)
     except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad files or data, missing weights
-        print(f"worldtune eval: {e}", file=sys.stderr)
+        from worldtune.cli.errors import user_message
+
+        print(f"worldtune eval: error: {user_message(e)}", file=sys.stderr)
         return 1
     print(f"COCO box metrics ({metrics['num_images']} images, {metrics['num_detections']} detections, "
           f"backend {metrics['backend']}), %:")

@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
                            nms=args.nms, score_thr=args.score_thr, iou_thr=args.iou_thr, max_det=args.max_det,
                            simplify=args.simplify)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
-        print(f"worldtune export: {e}", file=sys.stderr)
+        from worldtune.cli.errors import user_message
+
+        print(f"worldtune export: error: {user_message(e)}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, {len(texts)} classes, "
           f"opset {args.opset}) and {args.out.parent / info['vocab_file']}")

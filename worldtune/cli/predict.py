@@ -49,7 +49,10 @@ def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] 
     path = Path(class_texts)
     if not path.is_file():
         raise ValueError(f"class-text file {path} does not exist")
-    raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark would end up in the first class
+    try:
+        raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark would end up in the first class
+    except UnicodeDecodeError as e:
+        raise ValueError(f"class-text file {path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     if path.suffix.lower() != ".json":
         texts = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
     else:
@@ -170,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
         model.set_vocabulary(texts)
         args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
-        print(f"worldtune predict: {e}", file=sys.stderr)
+        from worldtune.cli.errors import user_message
+
+        print(f"worldtune predict: error: {user_message(e)}", file=sys.stderr)
         return 2
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
     results, used = [], {"predictions"}  # that name is the summary's

@@ -1,6 +1,7 @@
 """Write a PNG grid of augmented training samples: boxes, polygon outlines (before they are
 dropped) and the text of each box, with the sampled vocabulary listed under each tile."""
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,8 @@ from worldtune.cli.argtypes import positive_int
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", required=True, help="COCO instances JSON")
     parser.add_argument("--images", required=True, help="image folder the JSON's file_name entries are relative to")
-    parser.add_argument("--class-texts", default=None, help="JSON list of synonym lists (default: category names)")
+    parser.add_argument("--class-texts", default=None,
+                        help="JSON list of synonym lists, or a .txt file of one text per line (default: category names)")
     parser.add_argument("--out", default="show_data.png", help="output PNG")
     parser.add_argument("--num", type=positive_int, default=8, help="number of samples")
     parser.add_argument("--cols", type=positive_int, default=4, help="tiles per row")
@@ -76,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         dataset = CocoDetection(args.ann, args.images, args.class_texts, on_bad_data=args.on_bad_data)
     except DataError as e:
-        print(f"error: {e}")
+        print(f"worldtune show-data: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"):
+        print(f"worldtune show-data: error: --out {out}: name a picture file (.png or .jpg)", file=sys.stderr)
         return 2
     train_set = build_train_dataset(dataset, imgsz=args.imgsz, mask_refine=not args.no_mask_refine,
                                     affine_scale=tuple(args.affine_scale), mixup_prob=args.mixup,
@@ -86,10 +92,9 @@ def run(args: argparse.Namespace) -> int:
     train_set.set_epoch(args.epoch)
     indices = np.random.default_rng(args.seed).permutation(len(train_set))[:args.num]
     tiles = [draw_sample(train_set[int(i)]) for i in np.resize(indices, args.num)]
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), make_grid(tiles, min(args.cols, len(tiles)))):
-        print(f"error: could not write {out}")
+        print(f"worldtune show-data: error: could not write {out}", file=sys.stderr)
         return 1
     print(f"wrote {out}: {len(tiles)} samples, stage {train_set.stage}, epoch {args.epoch}")
     return 0

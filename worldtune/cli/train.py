@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-images", help="training image folder")
     parser.add_argument("--val-ann", help="validation COCO JSON")
     parser.add_argument("--val-images", help="validation image folder")
-    parser.add_argument("--class-texts", help="JSON list of synonym lists, one per category (default: names)")
+    parser.add_argument("--class-texts", help="JSON list of synonym lists, or a .txt file of one text per line; one per category in id "
+                             "order (default: the category names)")
     parser.add_argument("--text-model", help="CLIP text model: hub id or local folder ('random' for tests)")
     parser.add_argument("--weights", help="start weights: zoo name, official .pth, worldtune checkpoint, or none "
                                           "(default: the recipe's official pre-trained file)")
@@ -101,11 +102,8 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from worldtune.data.coco import DataError
+    from worldtune.cli.errors import debug, user_errors, user_message
     from worldtune.engine.train import NonFiniteLossError, fit
-    from worldtune.zoo import WeightsHashError, WeightsNotAvailableError
-
-    from worldtune.engine.checkpoint import CheckpointError
 
     try:
         if args.resume:
@@ -123,11 +121,12 @@ def run(args) -> int:
         else:
             cfg = build_config(args)
             result = fit(cfg)
-    except (ConfigError, DataError, WeightsNotAvailableError, WeightsHashError, FileNotFoundError, ValueError,
-            CheckpointError) as e:
-        print(f"worldtune train: error: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
         print(f"worldtune train: {e}", file=sys.stderr)
         return 1
+    except user_errors() as e:  # bad data, config, weights or text model (a DataLoader worker's too)
+        if debug():
+            raise
+        print(f"worldtune train: error: {user_message(e)}", file=sys.stderr)
+        return 2
     return 130 if result["status"] == "interrupted" else 0

@@ -28,7 +28,8 @@ class DataError(ValueError):
 
 def _load_json(path: Path):
     if not path.is_file():
-        raise DataError(f"annotation file {path} does not exist")
+        raise DataError(f"annotation file {path} " + ("is a folder, not a COCO JSON file" if path.is_dir()
+                                                      else "does not exist"))
     try:
         return load_json(path)
     except json.JSONDecodeError as e:

@@ -1,7 +1,8 @@
 """Class texts: the official JSON list of synonym lists, and per-image text sampling.
 
 Format: `[["person"], ["bicycle", "bike"], ...]`, one entry per class in category-id
-order. Training draws a random synonym per class, evaluation takes the first.
+order. Training draws a random synonym per class, evaluation takes the first. A `.txt` file holds
+one text per line (no synonyms; lines starting with # are skipped).
 """
 import json
 from pathlib import Path
@@ -29,9 +30,16 @@ def load_class_texts(source, category_names: list) -> list:
         if not Path(source).is_file():
             raise DataError(f"class-text file {where} does not exist")
         try:
-            source = json.loads(Path(source).read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"class-text file {where}: malformed JSON ({e})") from None
+            raw = Path(source).read_text(encoding="utf-8-sig")  # a byte-order mark would join the first text
+        except UnicodeDecodeError as e:
+            raise DataError(f"class-text file {where}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+        if Path(source).suffix.lower() == ".txt":  # one class per line, as `predict` reads it
+            source = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
+        else:
+            try:
+                source = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(f"class-text file {where}: malformed JSON ({e})") from None
     if not isinstance(source, list):
         raise DataError(f"{where}: expected a JSON list of synonym lists, got {type(source).__name__}")
     texts = []

@@ -7,15 +7,27 @@ from torch import nn
 from worldtune.engine import dist
 
 
-def build_text_model(name: str, seed: int = 0) -> nn.Module:
+def build_text_model(name: str, seed: int = 0, weights: dict | None = None) -> nn.Module:
     """CLIP text tower: a hub id or local folder, or "random" (ViT-B/32-shaped, random weights, with
-    the tokenizer shipped in the package) for offline demos and tests."""
+    the tokenizer shipped in the package) for offline demos and tests.
+
+    `weights`: the state_dict that will fill the tower afterwards (start weights or a resumed run).
+    When it carries the tower's weights, as official and worldtune checkpoints do, the tower is
+    built empty in their shape and only the tokenizer is looked up (it ships with worldtune for the
+    official ids), so training from such a file needs no download. A local folder with its own
+    config.json is still read as given."""
+    from pathlib import Path
+
+    from worldtune.model.loading import TEXT_PREFIX, text_tower_shape
     from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR, CLIPTextEncoder
 
     if name == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return CLIPTextEncoder.from_config(tokenizer_dir=str(BUNDLED_TOKENIZER_DIR))
+    if weights and any(k.startswith(TEXT_PREFIX) for k in weights) and not (Path(name) / "config.json").is_file():
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the seed's stream alone
+            return CLIPTextEncoder.from_config(tokenizer_dir=name, **text_tower_shape(weights))
     return CLIPTextEncoder.from_pretrained(name)
 
 
@@ -78,15 +90,36 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     return train_set, train_loader, val_coco, val_loader
 
 
-def load_start_weights(model: nn.Module, weights: str) -> str:
-    """Load `weights` (zoo name, official .pth, worldtune checkpoint) non-strictly, as the official
-    `load_from` does, and return a one-line report of what did not match."""
-    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
+def read_start_weights(weights: str, variant: str) -> tuple:
+    """(path, state_dict) of the start weights (zoo name, official .pth, worldtune checkpoint).
+
+    Raises CheckpointMismatchError when they are of another model size than `variant`: loaded
+    non-strictly, as the official `load_from` does, they would leave most of the model random."""
+    from worldtune.engine.checkpoint import CheckpointMismatchError, extract_model_state, load_checkpoint_file
+    from worldtune.model.loading import infer_variant
     from worldtune.zoo import resolve_weights
 
     path = resolve_weights(weights)
     state = extract_model_state(load_checkpoint_file(path))
+    try:
+        found = infer_variant(state)
+    except ValueError:
+        found = None  # not a detector's weights: the load report below says what fits
+    if found is not None and found != variant:
+        raise CheckpointMismatchError(
+            f"start weights {path} are a '{found}' model, the run builds '{variant}': pass --variant {found} "
+            f"(or a recipe of that size), or --weights none to start from random weights")
+    return path, state
+
+
+def load_start_weights(model: nn.Module, path, state: dict) -> str:
+    """Load start weights non-strictly, as the official `load_from` does (missing or extra keys are
+    reported), and return the report. Shape mismatches are an error: those tensors would stay random."""
+    from worldtune.engine.checkpoint import CheckpointMismatchError, load_model_state
+
     report = load_model_state(model, state, strict=False, path=path)
+    if report.mismatched:
+        raise CheckpointMismatchError(report.message(path))
     if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
         model.text_model.clear_cache()  # cached embeddings came from the old text weights
     return f"start weights: {path}" + ("" if report.ok else "\n" + report.message(path))

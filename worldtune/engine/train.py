@@ -28,7 +28,7 @@ from worldtune.engine.dist import dist_unwrap
 from worldtune.engine.logger import RunLogger, read_metrics
 from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
 from worldtune.engine.schedule import base_lr_group
-from worldtune.engine.setup import build_datasets, build_text_model, load_start_weights
+from worldtune.engine.setup import build_datasets, build_text_model, load_start_weights, read_start_weights
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema
 
@@ -183,6 +183,21 @@ def validation_due(completed: int, cfg) -> bool:
 
 # ----------------------------------------------------------------------------- the run
 
+def short_run_notes(t, iters_per_epoch: int, warmup: int) -> list[str]:
+    """What the recipe's schedule does to a run much shorter than the recipe's (official values are
+    kept, so a 5-epoch fine-tune otherwise learns at a tiny lr and never sees a mosaic, silently)."""
+    notes = []
+    total = t.epochs * iters_per_epoch
+    if warmup >= total:
+        notes.append(f"the lr warm-up lasts {warmup} iterations (max of train.warmup_epochs={t.warmup_epochs} "
+                     f"epochs and train.min_warmup_iters={t.min_warmup_iters}), the whole run {total}: the lr "
+                     f"never reaches train.lr={t.lr:g}. For a short run lower train.min_warmup_iters")
+    if t.close_mosaic_epochs >= t.epochs:
+        notes.append(f"train.close_mosaic_epochs={t.close_mosaic_epochs} covers all {t.epochs} epochs: every epoch "
+                     f"is the last stage, without mosaic, MixUp or copy-paste. Lower it for a short run")
+    return notes
+
+
 def fit(cfg, resume=None) -> dict:
     """Train `cfg` (a `worldtune.config.Config`) to the end, or continue the run of `resume`.
 
@@ -208,7 +223,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     from worldtune.engine.ema import ExpMomentumEMA
     from worldtune.engine.logger import plot_curves, summary_table
     from worldtune.engine.optim import OptimConfig, build_optimizer
-    from worldtune.engine.schedule import ScheduleConfig, apply_schedule
+    from worldtune.engine.schedule import ScheduleConfig, apply_schedule, warmup_iters
     from worldtune.loss.criterion import YOLOWorldCriterion
     from worldtune.model import build_model
 
@@ -228,7 +243,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # The recipe and data come from the run; where it runs may change.
         saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
         cfg = saved
-        say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
+        if ckpt["epoch"] >= cfg.train.epochs and not ckpt.get("val_pending"):
+            say(f"{path}: the run already finished its {cfg.train.epochs} epochs; nothing is left to train "
+                f"(start a new run with --weights {path} to train further)")
+        else:
+            say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
         saved_world = ckpt.get("world_size", info.world_size)
         if saved_world != info.world_size:
             say(f"warning: the run was trained with {saved_world} process(es), resumed with {info.world_size}: the "
@@ -236,14 +255,27 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 + (", and the rest of this epoch skips a different set of images" if ckpt["step_in_epoch"] else ""))
     validate(cfg)
     out = Path(cfg.out)
+    # Every rank looks before any can have written there (rank 0 writes config.yaml after the data
+    # and weights load, and the agreement below is a collective every rank reaches first).
+    taken = ckpt is None and any((out / name).exists() for name in ("last.pt", "metrics.jsonl", "config.yaml"))
+    if not dist.all_true(not taken, info.device):
+        raise ValueError(f"run folder {out} already holds a run: continue it with --resume {out}, or choose "
+                         f"another --out (a new run there would mix its logs and checkpoints with the old one's)")
     t = cfg.train
     torch.manual_seed(t.seed)
     if info.device.type == "cpu":
         # Gradients through the low-prior class bias (sigmoid(-11)) underflow to denormal floats,
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
-    # bad data fails here, early
+    # bad data and bad weights fail here, early, before the run folder exists
     train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info, ckpt["epoch"] if ckpt else 0)
+    start = None
+    if ckpt is None and cfg.model.weights.lower() != "none":
+        start = read_start_weights(cfg.model.weights, cfg.model.variant)
+    tower_weights = ckpt["ema"] if ckpt else start[1] if start else None
+    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights),
+                        num_classes=cfg.data.num_texts)
+    start_report = load_start_weights(model, *start) if start else None
     if train_set.cache_report:
         say(train_set.cache_report)
     if info.is_main:
@@ -251,10 +283,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         dump(cfg, out / "config.yaml")
     _, rule = batch_rule(info.world_size, t.batch_size)
     say(rule)
-    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed),
-                        num_classes=cfg.data.num_texts)
-    if ckpt is None and cfg.model.weights.lower() != "none":
-        say(load_start_weights(model, cfg.model.weights))
+    if start_report:
+        say(start_report)
     model.to(info.device)
     if channels_last_on(cfg, info.device):
         model.to(memory_format=torch.channels_last)
@@ -305,6 +335,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     say(f"training {cfg.model.variant} for {t.epochs} epochs x {iters} iterations "
         f"({len(train_set)} images, batch {t.batch_size} x {info.world_size} process(es)) on {info.device}; "
         f"run folder {out}")
+    for line in short_run_notes(t, iters, warmup_iters(iters, sched)):
+        say(f"note: {line}")
 
     def validate(epoch: int) -> None:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""

@@ -1,0 +1,58 @@
+"""How a training run starts: from whose weights, into which folder, and what it says first."""
+from types import SimpleNamespace
+
+import pytest
+
+from tests.helpers.tiny_run import tiny_config
+from worldtune.engine import train as T
+from worldtune.engine.checkpoint import CheckpointMismatchError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 1-epoch run of the `n` model on the tiny set (its last.pt carries the text tower)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("first"), epochs=1)
+    assert T.fit(cfg)["status"] == "finished"
+    return cfg
+
+
+def test_a_worldtune_checkpoint_starts_a_run_offline_with_the_hub_text_model_id(finished_run, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # no network, no cached CLIP: the tower is built in the checkpoint's shape, the tokenizer ships
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg.model.weights = finished_run.out + "/last.pt"
+    cfg.model.text_model = "openai/clip-vit-base-patch32"
+    assert T.fit(cfg)["status"] == "finished"
+
+
+def test_start_weights_of_another_size_stop_before_the_run_folder_exists(finished_run, tmp_path, capsys):
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg.model.weights, cfg.model.variant = finished_run.out + "/last.pt", "s"
+    with pytest.raises(CheckpointMismatchError, match=r"last.pt are a 'n' model, the run builds 's': pass --variant n"):
+        T.fit(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_holding_a_run_is_not_trained_into_again(finished_run):
+    with pytest.raises(ValueError, match="already holds a run: continue it with --resume"):
+        T.fit(finished_run)
+
+
+def test_resuming_a_finished_run_says_so(finished_run, capsys):
+    result = T.fit(finished_run, resume=finished_run.out)
+    assert result["status"] == "finished"
+    assert "already finished its 1 epochs; nothing is left to train" in capsys.readouterr().out
+
+
+def test_short_runs_are_told_what_the_recipe_schedule_does():
+    recipe_like = SimpleNamespace(epochs=5, warmup_epochs=3, min_warmup_iters=1000, lr=2e-4, close_mosaic_epochs=10)
+    warm, mosaic = T.short_run_notes(recipe_like, iters_per_epoch=20, warmup=1000)
+    assert "warm-up lasts 1000 iterations" in warm and "whole run 100" in warm
+    assert "close_mosaic_epochs=10 covers all 5 epochs" in mosaic
+    long_run = SimpleNamespace(**{**vars(recipe_like), "epochs": 80})
+    assert T.short_run_notes(long_run, iters_per_epoch=20, warmup=1000) == []
