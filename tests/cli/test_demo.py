@@ -39,3 +39,25 @@ def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
     runs = list(tmp_path.glob("run-*"))
     assert len(runs) == 1 and (runs[0] / "last.pt").is_file() and (runs[0] / "config.yaml").is_file()
     assert (Path(tmp_path) / "data" / "annotations" / "train.json").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-train", "0"], "--num-train: must be at least 1"),
+    (["--imgsz", "100"], "--imgsz: must be a multiple of 32"),
+    (["--epochs", "0"], "--epochs: must be at least 1"),
+])
+def test_demo_refuses_bad_arguments_before_building_anything(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "d"), *extra])
+    assert message in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_demo_refuses_a_missing_gpu_or_a_file_as_folder(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    (tmp_path / "f").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "f")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -98,6 +98,13 @@ def test_a_compressed_record_that_would_fill_the_memory_is_refused(tmp_path):
     assert load_checkpoint_file(plain)["w"].shape == (2**23,)  # the same content, uncompressed, loads
 
 
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    notes = tmp_path / "texts.txt"
+    notes.write_text("person\ncar\n")
+    with pytest.raises(CheckpointLoadError, match=r"texts.txt is not a checkpoint: neither a PyTorch file"):
+        load_checkpoint_file(notes)
+
+
 @pytest.fixture()
 def fake_mmengine(monkeypatch):
     """A HistoryBuffer class living in ``mmengine.logging.history_buffer`` only while saving."""

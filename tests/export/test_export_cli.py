@@ -51,11 +51,17 @@ def test_export_mismatched_or_empty_vocabulary(files, tmp_path, capsys):
     assert _export(files, out, "--classes", "person,car") == 2
     err = capsys.readouterr().err
     assert "feats.npy" in err and "(3, 512)" in err and "2 classes" in err
+    narrow = tmp_path / "narrow.npy"  # the right count, the wrong width
+    np.save(narrow, np.zeros((2, 256), np.float32))
+    assert main(["export", "--weights", str(files / "model.pth"), "--text-model", "none", "--text-feats",
+                 str(narrow), "--imgsz", "64", "--out", str(out), "--classes", "person,car"]) == 2
+    assert "shape (2, 256), expected (2, 512)" in capsys.readouterr().err
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     assert _export(files, out, "--class-texts", str(empty)) == 2
     assert f"class-text file {empty} holds no class text" in capsys.readouterr().err
     # No classes at all and a checkpoint without a vocabulary.
     assert _export(files, out) == 2
-    assert "empty vocabulary" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "empty vocabulary" in err and "still needed with --text-feats" in err
     assert not out.exists()

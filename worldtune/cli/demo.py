@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from worldtune.cli.argtypes import image_size, positive_int
+
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the example lines of the description as written, and shows defaults."""
@@ -24,15 +26,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def add_arguments(parser) -> None:
     parser.formatter_class = _HelpFormatter
     parser.add_argument("--out", default="runs/demo", help="folder for the data set, the run and the picture")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--imgsz", type=int, default=256, help="training and evaluation size (multiple of 32)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
+    parser.add_argument("--imgsz", type=image_size, default=256, help="training and evaluation size (multiple of 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW lr (the COCO recipes use 2e-4 from "
                                                                "pre-trained weights; random weights need more)")
-    parser.add_argument("--num-train", type=int, default=48, help="training images to generate")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=positive_int, default=48, help="training images to generate")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data set, the weights and the sampling")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0: torch's default). On a busy machine 1 can be much "
                              "faster: idle-waiting threads slow every layer down")
@@ -135,6 +137,15 @@ def run(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    try:
+        from worldtune.engine.dist import resolve_device
+
+        resolve_device(args.device)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a folder")
+    except (ValueError, RuntimeError) as e:  # RuntimeError: a device string torch does not know
+        print(f"worldtune demo: error: {e}", file=sys.stderr)
+        return 2
     print(f"building the demo data set in {out / 'data'} (photographs from scikit-image) ...", flush=True)
     data = build_demo_dataset(out / "data", num_train=args.num_train, num_val=12, seed=args.seed)
     run_dir = out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"

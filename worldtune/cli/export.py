@@ -15,6 +15,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from worldtune.cli.argtypes import image_size, positive_int
 from worldtune.cli.predict import add_vocabulary_arguments, read_vocabulary
 
 
@@ -29,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                         help="CLIP text tower: hub id or local folder; 'none' with --text-feats")
-    parser.add_argument("--imgsz", type=int, default=None,
+    parser.add_argument("--imgsz", type=image_size, default=None,
                         help="input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the graph (see --dynamic-batch)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the graph (see --dynamic-batch)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--dynamic-batch", action="store_true", help="free batch dimension")
     parser.add_argument("--dynamic-vocab", action="store_true",
@@ -39,13 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nms", action="store_true", help="score threshold + class-aware NMS in the graph")
     parser.add_argument("--score-thr", type=float, default=0.25, help="with --nms")
     parser.add_argument("--iou-thr", type=float, default=0.7, help="with --nms")
-    parser.add_argument("--max-det", type=int, default=300, help="with --nms: rows of the padded outputs")
+    parser.add_argument("--max-det", type=positive_int, default=300, help="with --nms: rows of the padded outputs")
     parser.add_argument("--simplify", action="store_true", help="run onnxsim when it is installed")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the onnxruntime vs PyTorch check on a test input")
 
 
-def _load_text_feats(path: Path | None, texts: list[str]):
+def _load_text_feats(path: Path | None, texts: list[str], width: int):
     if path is None:
         return None
     import numpy as np
@@ -55,9 +56,9 @@ def _load_text_feats(path: Path | None, texts: list[str]):
         feats = np.load(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"--text-feats {path}: cannot read a .npy array ({e})") from None
-    if feats.ndim != 2 or feats.shape[0] != len(texts):
-        raise ValueError(f"--text-feats {path} has shape {feats.shape} but the vocabulary has {len(texts)} "
-                         f"classes: expected ({len(texts)}, 512) in the same order")
+    if feats.ndim != 2 or feats.shape != (len(texts), width):
+        raise ValueError(f"--text-feats {path} has shape {feats.shape}, expected ({len(texts)}, {width}): one "
+                         f"{width}-d embedding per class of the vocabulary ({len(texts)} classes), in its order")
     return torch.from_numpy(np.asarray(feats, dtype=np.float32))
 
 
@@ -76,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
         if texts is None:
             texts = list(model.vocabulary)
         if not texts:
-            raise ValueError("empty vocabulary: give --classes 'person,car' or --class-texts FILE")
+            raise ValueError("empty vocabulary: give --classes 'person,car' or --class-texts FILE"
+                             + (" (the class names are still needed with --text-feats: they label the outputs)"
+                                if args.text_feats else ""))
         args.imgsz = args.imgsz or model.trained_imgsz or 640
-        text_feats = _load_text_feats(args.text_feats, texts)
+        text_feats = _load_text_feats(args.text_feats, texts, model.vocab_feats.shape[1])
         if text_feats is None and model.text_model is None:
             raise ValueError("--text-model none needs --text-feats EMBEDDINGS.npy")
         info = export_onnx(model, texts, args.out, text_feats=text_feats, imgsz=args.imgsz, batch=args.batch,

@@ -76,7 +76,13 @@ def load_checkpoint_file(path: str | Path) -> dict:
             return dict(load_file(str(path), device="cpu"))
         except Exception as err:  # noqa: BLE001
             raise CheckpointLoadError(f"cannot read safetensors file {path}: {err}") from err
-    if zipfile.is_zipfile(path):
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not is_zip and head[:1] != b"\x80":  # a pickle (PyTorch's pre-1.6 format) opens with PROTO
+        raise CheckpointLoadError(f"{path} is not a checkpoint: neither a PyTorch file (.pt/.pth) nor safetensors "
+                                  f"(it starts with {head!r})")
+    if is_zip:
         with zipfile.ZipFile(path) as archive:
             if any(n.endswith("constants.pkl") for n in archive.namelist()):
                 raise CheckpointLoadError(f"{path} is a TorchScript archive, not a checkpoint; refusing to run it")
