@@ -45,6 +45,8 @@ def test_default_run_folder_is_numbered(tmp_path, monkeypatch):
     (["--recipe", "v7-z"], "unknown recipe 'v7-z'"),
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
     (["--imgsz", "100", "--weights", "none"], "data.imgsz must be a positive multiple of 32"),
+    (["--weights", "none", "--train-ann", "a.json", "--train-images", ".", "--val-ann", "b.json"],
+     "data.val_ann is set but data.val_images is not"),
 ])
 def test_bad_input_gives_a_clear_error(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

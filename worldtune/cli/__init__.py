@@ -21,6 +21,16 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the example lines of a command's description as written, and shows the defaults that
+    say something (not None or False, and not where the help text already names its default)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def available_commands() -> dict:
     return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0])}
 
@@ -34,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in available_commands().items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

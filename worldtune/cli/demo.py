@@ -11,7 +11,6 @@ open-vocabulary transfer. For real fine-tuning use `worldtune train --recipe v2-
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,12 +18,7 @@ from pathlib import Path
 from worldtune.cli.argtypes import image_size, positive_int
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the example lines of the description as written, and shows defaults."""
-
-
 def add_arguments(parser) -> None:
-    parser.formatter_class = _HelpFormatter
     parser.add_argument("--out", default="runs/demo", help="folder for the data set, the run and the picture")
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
     parser.add_argument("--imgsz", type=image_size, default=256, help="training and evaluation size (multiple of 32)")

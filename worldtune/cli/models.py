@@ -1,6 +1,4 @@
 """List the model variants with their parameter counts and GFLOPs (image side, batch 1)."""
-from worldtune.model import VARIANTS
-from worldtune.model.summary import variant_summary
 
 
 def add_arguments(parser) -> None:
@@ -9,6 +7,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from worldtune.model import VARIANTS  # here, not at the top: `worldtune --help` must not wait for torch
+    from worldtune.model.summary import variant_summary
+
     if args.imgsz <= 0 or args.imgsz % 32:
         print(f"worldtune models: --imgsz must be a positive multiple of 32, got {args.imgsz}")
         return 2

@@ -11,19 +11,13 @@ Order of precedence: recipe < --config < flags < --set.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from worldtune.config import RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the example lines of the description as written, and shows defaults."""
-
-
 def add_arguments(parser) -> None:
-    parser.formatter_class = _HelpFormatter
     parser.add_argument("--recipe", default="v2-l", help=f"alias ({', '.join(RECIPE_ALIASES)}), official name or YAML")
     parser.add_argument("--config", help="a YAML file of overrides applied after the recipe")
     parser.add_argument("--data-root", help="COCO 2017 folder: annotations/instances_{train,val}2017.json, "

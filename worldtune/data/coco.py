@@ -266,7 +266,7 @@ class CocoDetection:
 
     def _bad(self, reason: str, message: str):
         if self.on_bad_data == "error":
-            raise DataError(message + " (pass on_bad_data='skip' to drop it)")
+            raise DataError(message + " (--on-bad-data skip, or on_bad_data='skip' in Python, drops it)")
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     @staticmethod

@@ -65,6 +65,10 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     for key in ("train_ann", "train_images"):
         if not getattr(d, key):
             raise ValueError(f"data.{key} is not set (use --data-root, or --train-ann and --train-images)")
+    if bool(d.val_ann) != bool(d.val_images):  # image paths would be looked up in the current folder
+        given, missing = ("val_ann", "val_images") if d.val_ann else ("val_images", "val_ann")
+        raise ValueError(f"data.{given} is set but data.{missing} is not: give both --val-ann and --val-images "
+                         f"(or neither, to train without validation)")
     texts = d.class_texts or None
     train_coco = CocoDetection(d.train_ann, d.train_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
     close_mosaic_epoch = max(t.epochs - t.close_mosaic_epochs, 0)

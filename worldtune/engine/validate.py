@@ -61,7 +61,7 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
                 torch.distributed.broadcast(buffer, src=0)
     skipped: list[int] = []
     dets = collect_detections(model, val_loader, list(val_coco.cat_ids), list(val_coco.class_names),
-                              skipped_ids=skipped)
+                              skipped_ids=skipped, progress=dist.is_main_process())
     if dist.is_dist():
         gathered = [None] * dist.get_world_size() if dist.is_main_process() else None
         torch.distributed.gather_object((dets, skipped), gathered, dst=0)

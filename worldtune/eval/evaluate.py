@@ -65,7 +65,7 @@ def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
     batches = loader
     if progress:
         from tqdm import tqdm
-        batches = tqdm(loader, desc="eval", unit="batch")
+        batches = tqdm(loader, desc="eval", unit="batch", leave=False)  # the metrics follow it
     try:
         for batch in batches:
             if batch["texts"] and list(batch["texts"][0]) != list(texts):
