@@ -1,5 +1,6 @@
 """Resume: a run killed (SIGKILL, Ctrl-C, failed save) and resumed ends with exactly the weights of an
 uninterrupted run (CPU, 2 epochs x 2 steps of the tiny `n` model)."""
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,13 @@ def _assert_same_final_state(a: Path, b: Path):
         diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
         assert not diff, f"{part}: {len(diff)} tensors differ, e.g. {diff[:3]}"
     assert sa["ema_state"]["steps"] == sb["ema_state"]["steps"] == 4
+    # the logged per-epoch mean losses cover the steps before the interruption too
+    epochs = [{r["epoch"]: r for r in map(json.loads, (p.parent / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "epoch"} for p in (a, b)]
+    assert epochs[0].keys() == epochs[1].keys() == {0, 1}
+    for epoch in (0, 1):
+        for key in ("loss", "loss_cls", "loss_bbox", "loss_dfl"):
+            assert epochs[0][epoch][key] == pytest.approx(epochs[1][epoch][key], rel=1e-12), (epoch, key)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +161,7 @@ def test_resume_with_a_scaler_the_saved_run_did_not_have():
     assert ckpt["scaler"] == {}
     restored = dict.fromkeys(state, None)
     restore_checkpoint(ckpt, model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=True), restored)
-    assert restored == {**state, "val_pending": False}
+    assert restored == {**state, "val_pending": False, "loss_sums": {}, "loss_count": 0}
     from worldtune.engine.train import RESUME_KEYS
     assert set(RESUME_KEYS) <= set(ckpt)  # what a resume requires is what a checkpoint holds
     assert ckpt["world_size"] == 1  # compared on resume: another process count changes the schedule

@@ -68,6 +68,7 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
             "step_in_epoch": state["step_in_epoch"], "global_step": state["global_step"],
             "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],
             "val_pending": bool(state.get("val_pending", False)), "world_size": dist.get_world_size(),
+            "loss_sums": dict(state.get("loss_sums", {})), "loss_count": int(state.get("loss_count", 0)),
             "rng": rng_states(),
             "config": to_dict(cfg)}
 
@@ -83,6 +84,8 @@ def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -
     for key in ("epoch", "step_in_epoch", "global_step", "best_ap", "best_epoch"):
         state[key] = ckpt[key]
     state["val_pending"] = bool(ckpt.get("val_pending", False))  # absent before: validation had finished
+    if "loss_sums" in ckpt:  # the epoch's logged-loss sums so far (absent before: the mean restarts)
+        state["loss_sums"], state["loss_count"] = dict(ckpt["loss_sums"]), int(ckpt["loss_count"])
     set_rng_states(ckpt["rng"])
 
 

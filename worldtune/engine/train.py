@@ -97,11 +97,13 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
         schedule_fn: (optimizer, epoch, global_step) -> None, sets lr/momentum for this iteration.
         on_step_end: optional (state) -> None after every completed step (used to save mid-epoch).
     Returns:
-        dict(mean losses over the steps run, 'interrupted': bool).
+        dict(mean losses over the epoch's steps (those before a resume included), 'interrupted': bool).
     """
     model.train()
     amp_on, amp_dtype = amp_settings(cfg.train.amp, device)
-    sums, count, images_seen, lr = {}, 0, 0, None
+    if state["step_in_epoch"] == 0 or "loss_sums" not in state:  # a resumed epoch keeps its sums
+        state["loss_sums"], state["loss_count"] = {}, 0
+    sums, images_seen, lr = state["loss_sums"], 0, None
     start = time.perf_counter()
     total = state["iters_per_epoch"]
     bar = logger.progress(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
@@ -149,7 +151,7 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
 
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + v
-        count += 1
+        state["loss_count"] += 1
         images_seen += images.shape[0] * dist.get_world_size()
         rate = images_seen / max(time.perf_counter() - start, 1e-9)
         lr = optimizer.param_groups[lr_group]["lr"]
@@ -163,10 +165,10 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
         if on_step_end is not None:
             on_step_end(state)
         if stop is not None and not dist.all_true(not stop.requested, device):
-            return {**{k: v / max(count, 1) for k, v in sums.items()}, "interrupted": True}
+            return {**{k: v / max(state["loss_count"], 1) for k, v in sums.items()}, "interrupted": True}
     if hasattr(bar, "close"):
         bar.close()
-    return {**{k: v / max(count, 1) for k, v in sums.items()}, "interrupted": False, "lr": lr}
+    return {**{k: v / max(state["loss_count"], 1) for k, v in sums.items()}, "interrupted": False, "lr": lr}
 
 
 def validation_due(completed: int, cfg) -> bool:
