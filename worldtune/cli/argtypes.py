@@ -19,3 +19,14 @@ def image_size(text: str) -> int:
     if value % 32:
         raise argparse.ArgumentTypeError(f"must be a multiple of 32, got {value}")
     return value
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1] (a probability or a score / IoU threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value

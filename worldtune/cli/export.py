@@ -15,7 +15,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import image_size, positive_int
+from worldtune.cli.argtypes import image_size, positive_int, probability
 from worldtune.cli.predict import add_vocabulary_arguments, read_vocabulary
 
 
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic-vocab", action="store_true",
                         help="text embeddings as a second input (the vocabulary can change after export)")
     parser.add_argument("--nms", action="store_true", help="score threshold + class-aware NMS in the graph")
-    parser.add_argument("--score-thr", type=float, default=0.25, help="with --nms")
-    parser.add_argument("--iou-thr", type=float, default=0.7, help="with --nms")
+    parser.add_argument("--score-thr", type=probability, default=0.25, help="with --nms")
+    parser.add_argument("--iou-thr", type=probability, default=0.7, help="with --nms")
     parser.add_argument("--max-det", type=positive_int, default=300, help="with --nms: rows of the padded outputs")
     parser.add_argument("--simplify", action="store_true", help="run onnxsim when it is installed")
     parser.add_argument("--no-verify", action="store_true",
@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from worldtune.model.loading import load_model
 
     text_model = None if str(args.text_model).lower() == "none" else args.text_model
+    given = (("--score-thr", args.score_thr, 0.25), ("--iou-thr", args.iou_thr, 0.7), ("--max-det", args.max_det, 300))
+    nms_only = [flag for flag, value, default in given if value != default]
+    if nms_only and not args.nms:
+        print(f"worldtune export: {', '.join(nms_only)} only apply with --nms (the graph without it outputs "
+              "every candidate box and its scores)", file=sys.stderr)
     if args.simplify and importlib.util.find_spec("onnxsim") is None:
         print("worldtune export: --simplify skipped, onnxsim is not installed (pip install onnxsim)", file=sys.stderr)
         args.simplify = False

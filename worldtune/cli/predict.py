@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import positive_int
+from worldtune.cli.argtypes import image_size, positive_int, probability
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -84,12 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                         help="CLIP text tower: hub id or local folder")
-    parser.add_argument("--imgsz", type=int, default=None,
+    parser.add_argument("--imgsz", type=image_size, default=None,
                         help="network input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
-    parser.add_argument("--score-thr", type=float, default=0.25,
+    parser.add_argument("--score-thr", type=probability, default=0.25,
                         help="keep detections above this score (the official 0.001 is for AP evaluation)")
-    parser.add_argument("--iou-thr", type=float, default=0.7, help="class-aware NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    parser.add_argument("--iou-thr", type=probability, default=0.7, help="class-aware NMS IoU threshold")
+    parser.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when available)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
 

@@ -7,28 +7,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import positive_int
+from worldtune.cli.argtypes import image_size, positive_int, probability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", required=True, help="COCO instances JSON")
     parser.add_argument("--images", required=True, help="image folder the JSON's file_name entries are relative to")
     parser.add_argument("--class-texts", default=None,
-                        help="JSON list of synonym lists, or a .txt file of one text per line (default: category names)")
+                        help="JSON list of synonym lists, or a .txt file of one text per line "
+                             "(default: category names)")
     parser.add_argument("--out", default="show_data.png", help="output PNG")
     parser.add_argument("--num", type=positive_int, default=8, help="number of samples")
     parser.add_argument("--cols", type=positive_int, default=4, help="tiles per row")
     parser.add_argument("--epoch", type=int, default=0, help="epoch (stage 2 from --close-mosaic-epoch on)")
     parser.add_argument("--close-mosaic-epoch", type=int, default=70)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--imgsz", type=image_size, default=640)
     parser.add_argument("--no-mask-refine", action="store_true",
                         help="boxes only, no copy-paste, as the SGD recipe (which also uses --affine-scale 0.1 1.9 "
                              "and --close-mosaic-epoch 10)")
     parser.add_argument("--affine-scale", type=float, nargs=2, default=(0.5, 1.5))
-    parser.add_argument("--mixup", type=float, default=0.15)
-    parser.add_argument("--copypaste", type=float, default=0.3)
-    parser.add_argument("--num-texts", type=int, default=80)
+    parser.add_argument("--mixup", type=probability, default=0.15)
+    parser.add_argument("--copypaste", type=probability, default=0.3)
+    parser.add_argument("--num-texts", type=positive_int, default=80)
     parser.add_argument("--on-bad-data", choices=("error", "skip"), default="error")
 
 
