@@ -154,8 +154,8 @@ def _missing_message(filename: str, reason: str) -> str:
             f"  - download it elsewhere from https://huggingface.co/{HF_REPO} and pass its local path, or\n"
             f"  - put it in the hub cache: {cache}/models--{HF_REPO.replace('/', '--')}/snapshots/<commit>/"
             f"{filename} (e.g. `huggingface-cli download {HF_REPO} {filename}` on a machine with network, "
-            f"then copy the cache folder), or\n"
-            f"  - unset HF_HUB_OFFLINE if you meant to go online.")
+            f"then copy the cache folder)"
+            + (", or\n  - unset HF_HUB_OFFLINE if you meant to go online." if _offline() else "."))
 
 
 def resolve_weights(name_or_path: str | Path, *, allow_hash_mismatch: bool = False,
