@@ -270,6 +270,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
     # bad data and bad weights fail here, early, before the run folder exists
+    say(f"reading {cfg.data.train_ann}" + (f" and {cfg.data.val_ann}" if cfg.data.val_ann else "") + " ...")
     train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info, ckpt["epoch"] if ckpt else 0)
     start = None
     if ckpt is None and cfg.model.weights.lower() != "none":
