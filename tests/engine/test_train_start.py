@@ -56,3 +56,20 @@ def test_short_runs_are_told_what_the_recipe_schedule_does():
     assert "close_mosaic_epochs=10 covers all 5 epochs" in mosaic
     long_run = SimpleNamespace(**{**vars(recipe_like), "epochs": 80})
     assert T.short_run_notes(long_run, iters_per_epoch=20, warmup=1000) == []
+
+
+def test_the_efficient_neck_recipe_may_start_from_plain_l_weights(tmp_path):
+    """The official L efficient-neck fine-tune starts from the plain L pre-trained file: same size,
+    its attention weights (guide_fc) are simply not used."""
+    import torch
+
+    from worldtune.engine.setup import load_start_weights, read_start_weights
+    from worldtune.model import build_model
+
+    plain = tmp_path / "l.pth"
+    torch.save({"state_dict": build_model("l", None).state_dict()}, plain)
+    path, state = read_start_weights(str(plain), "l_efficient_neck")
+    report = load_start_weights(build_model("l_efficient_neck", None), path, state)
+    assert "unexpected keys (12)" in report and "guide_fc" in report
+    with pytest.raises(CheckpointMismatchError, match="are a 'l' model, the run builds 'm'"):
+        read_start_weights(str(plain), "m")

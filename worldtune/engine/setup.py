@@ -100,8 +100,13 @@ def read_start_weights(weights: str, variant: str) -> tuple:
     Raises CheckpointMismatchError when they are of another model size than `variant`: loaded
     non-strictly, as the official `load_from` does, they would leave most of the model random."""
     from worldtune.engine.checkpoint import CheckpointMismatchError, extract_model_state, load_checkpoint_file
+    from worldtune.model import VARIANTS
     from worldtune.model.loading import infer_variant
     from worldtune.zoo import resolve_weights
+
+    def size(name):  # the efficient-neck L starts from the plain L's weights (official recipe)
+        v = VARIANTS[name]
+        return v.deepen_factor, v.widen_factor, v.last_stage_out_channels
 
     path = resolve_weights(weights)
     state = extract_model_state(load_checkpoint_file(path))
@@ -109,7 +114,7 @@ def read_start_weights(weights: str, variant: str) -> tuple:
         found = infer_variant(state)
     except ValueError:
         found = None  # not a detector's weights: the load report below says what fits
-    if found is not None and found != variant:
+    if found is not None and variant in VARIANTS and size(found) != size(variant):
         raise CheckpointMismatchError(
             f"start weights {path} are a '{found}' model, the run builds '{variant}': pass --variant {found} "
             f"(or a recipe of that size), or --weights none to start from random weights")
