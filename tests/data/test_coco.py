@@ -201,6 +201,16 @@ def test_boxes_outside_their_image_are_ignored_for_training_not_refused(tiny_coc
     assert flags[901] and not flags[902]
 
 
+def test_files_that_are_not_pictures_are_found_without_decoding(tiny_coco, tmp_path):
+    ann, img = _copy_set(tiny_coco, tmp_path)
+    dataset = CocoDetection(ann, img)
+    assert dataset.files_not_like_images() == (0, [])  # the generated JPEG / PNG files
+    dataset.image_path(1).write_text("<html>404 not found</html>")
+    dataset.image_path(3).write_bytes(b"")
+    count, first = dataset.files_not_like_images(limit=1)
+    assert count == 2 and first == [str(dataset.image_path(1))]
+
+
 def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path)
     dataset = CocoDetection(ann, img)

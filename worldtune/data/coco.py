@@ -114,6 +114,12 @@ def _closest_pair(a: np.ndarray, b: np.ndarray, max_values: int = 1 << 22) -> tu
     return best_at
 
 
+# First bytes of JPEG, PNG, BMP, GIF, TIFF, JPEG 2000, portable any-maps, Sun raster and OpenEXR files.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP",
+                b"\xff\x4f\xff\x51", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"Pf", b"PF",
+                b"\x59\xa6\x6a\x95", b"\x76\x2f\x31\x01")
+
+
 def _ignored(ann: dict, img: dict) -> bool:
     """Crowd, degenerate (w or h < 1, area <= 0) or not overlapping its image: kept for evaluation,
     not trained on (the official loader skips them)."""
@@ -295,6 +301,24 @@ class CocoDetection:
 
     def image_path(self, index: int) -> Path:
         return self.image_dir / self._entry(index)[0]["file_name"]
+
+    def files_not_like_images(self, limit: int = 5) -> tuple[int, list]:
+        """(count, first `limit` paths) of image files whose first bytes match no picture format
+        OpenCV commonly reads (a text or HTML file saved as .jpg, an empty file). A quick look,
+        16 bytes per file, not a decode: truncated pictures pass."""
+        count, first = 0, []
+        for index in range(len(self)):
+            path = self.image_path(index)
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(16)
+            except OSError:
+                head = b""
+            if not head.startswith(_IMAGE_MAGIC) and head[8:12] != b"WEBP":
+                count += 1
+                if len(first) < limit:
+                    first.append(str(path))
+        return count, first
 
     def load_image(self, index: int) -> np.ndarray:
         """uint8 [H, W, 3] BGR (grayscale files are expanded). Raises DataError naming the file."""

@@ -1,5 +1,6 @@
 """What a training run is built from: the text tower, the data sets and loaders, the start weights."""
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -88,6 +89,13 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     val_coco = val_loader = None
     if d.val_ann:
         val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+        # A bad val image would otherwise surface only at the first validation, epochs later.
+        count, first = val_coco.files_not_like_images() if info.is_main else (0, [])
+        if count:
+            then = ("the first validation will stop on them (--on-bad-data skip leaves them out)"
+                    if d.on_bad_data == "error" else "validation will leave them out")
+            warnings.warn(f"{count} validation image file(s) do not look like pictures, e.g. {', '.join(first)}: "
+                          f"{then}", stacklevel=2)
         # Each process predicts its share of it (strided); rank 0 scores them all (engine.validate).
         val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2),
                                        info.rank, info.world_size)
