@@ -214,6 +214,13 @@ def test_a_cache_cut_short_by_disk_space_says_so_when_reused(tiny_dataset, tmp_p
     assert again.count == short.count  # reused as it is: another run may still be reading it
     for f in tmp_path.glob("images-k.*"):  # what the message asks for
         f.unlink()
+    # a budget far above the free space that still holds every image is no cut
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=one_image * len(sizes) * 4))
+    pack_in_file(sizes, decode, 2**40, 1, tmp_path, "k")
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    assert not (tmp_path / "images-k.cut").exists()
+    for f in tmp_path.glob("images-k.*"):
+        f.unlink()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k").count == len(sizes)

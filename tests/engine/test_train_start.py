@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.helpers.tiny_run import tiny_config
 from worldtune.engine import train as T
@@ -28,6 +29,20 @@ def test_a_worldtune_checkpoint_starts_a_run_offline_with_the_hub_text_model_id(
     cfg.model.weights = finished_run.out + "/last.pt"
     cfg.model.text_model = "openai/clip-vit-base-patch32"
     assert T.fit(cfg)["status"] == "finished"
+    # the tower so built computes the trained tower's embeddings (its head count comes from the file)
+    from worldtune.engine.checkpoint import load_checkpoint_file
+    from worldtune.engine.setup import build_text_model
+    from worldtune.model.loading import TEXT_PREFIX
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    saved = load_checkpoint_file(finished_run.out + "/last.pt")
+    assert saved["text_tower"] == {"num_heads": 2}
+    text = {k[len(TEXT_PREFIX):]: v for k, v in saved["ema"].items() if k.startswith(TEXT_PREFIX)}
+    rebuilt = build_text_model(cfg.model.text_model, weights=saved["ema"], num_heads=2)
+    rebuilt.load_state_dict(text)
+    original = CLIPTextEncoder.from_pretrained(finished_run.model.text_model)
+    original.load_state_dict(text)
+    torch.testing.assert_close(rebuilt.encode(["red square"]), original.encode(["red square"]))
 
 
 def test_start_weights_of_another_size_stop_before_the_run_folder_exists(finished_run, tmp_path, capsys):
@@ -68,8 +83,26 @@ def test_the_efficient_neck_recipe_may_start_from_plain_l_weights(tmp_path):
 
     plain = tmp_path / "l.pth"
     torch.save({"state_dict": build_model("l", None).state_dict()}, plain)
-    path, state = read_start_weights(str(plain), "l_efficient_neck")
+    path, state, _ = read_start_weights(str(plain), "l_efficient_neck")
     report = load_start_weights(build_model("l_efficient_neck", None), path, state)
     assert "unexpected keys (12)" in report and "guide_fc" in report
     with pytest.raises(CheckpointMismatchError, match="are a 'l' model, the run builds 'm'"):
         read_start_weights(str(plain), "m")
+
+
+def test_only_the_class_branch_may_differ_in_shape(tmp_path):
+    """For `n` the class-embedding width follows the vocabulary size: weights saved with 80 texts
+    start a 5-text run (that branch stays random, reported); any other shape mismatch stops."""
+    import torch
+
+    from worldtune.engine.setup import load_start_weights, read_start_weights
+    from worldtune.model import build_model
+
+    wide = tmp_path / "n80.pth"
+    torch.save({"state_dict": build_model("n", None, num_classes=80).state_dict()}, wide)
+    path, state, _ = read_start_weights(str(wide), "n")
+    report = load_start_weights(build_model("n", None, num_classes=5), path, state)
+    assert "shape mismatches" in report and "cls_preds" in report
+    state["backbone.image_model.stem.conv.weight"] = torch.zeros(16, 3, 5, 5)
+    with pytest.raises(CheckpointMismatchError, match="stem.conv.weight"):
+        load_start_weights(build_model("n", None, num_classes=80), path, state)

@@ -164,3 +164,10 @@ def test_a_data_loader_workers_error_reads_as_the_original_message():
     assert str(info.value).startswith("Caught DataError in DataLoader worker process 0")
     assert user_message(info.value) == "cannot read image x.jpg (image id 3): missing or corrupt"
     assert user_message(DataError("plain")) == "plain"
+    try:
+        raise DataError("first line\nsecond line")  # a message of several lines stays whole
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 1")
+    with pytest.raises(DataError) as info:
+        wrapped.reraise()
+    assert user_message(info.value) == "first line\nsecond line"

@@ -156,6 +156,9 @@ def test_vocabulary_cache_hits_and_invalidation(tiny):
     tiny.model = copy.deepcopy(tiny.model)
     tiny.encode_vocabulary(vocab)
     assert len(calls) == 6
+    replaced = tiny.encode_vocabulary(vocab)  # cached again
+    tiny.model.text_projection = torch.nn.Linear(32, 32, bias=False)  # a replaced submodule
+    assert not torch.allclose(tiny.encode_vocabulary(vocab), replaced)
 
 
 def test_unfrozen_encoder_does_not_cache(tiny):

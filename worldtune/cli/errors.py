@@ -1,5 +1,6 @@
 """What a command prints for a user's mistake: one line naming the problem, not a traceback."""
 import os
+import re
 
 # Problems with the user's input or environment. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (OSError, ValueError, ImportError)
@@ -18,9 +19,10 @@ def user_message(error: BaseException) -> str:
     DataLoader worker process 0. Original Traceback ..."), the original message alone."""
     text = str(error)
     if text.startswith("Caught ") and "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]  # "[module.]Name: message"
-        head, sep, message = last.partition(": ")
-        return message if sep and head.rpartition(".")[2] == type(error).__name__ else last
+        # the traceback ends with the line "[module.]Name: message", the message maybe several lines
+        name = type(error).__name__
+        marks = list(re.finditer(rf"\n(?:[\w.]+\.)?{re.escape(name)}: ", text))
+        return text[marks[-1].end():].strip() if marks else text.splitlines()[-1]
     if isinstance(error, UnicodeDecodeError):
         return f"not a UTF-8 text file ({error})"
     return text or type(error).__name__

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--images", type=Path, help="image folder (with --weights)")
     data.add_argument("--data-root", type=Path,
                       help="COCO folder: annotations/instances_val2017.json and val2017/")
-    data.add_argument("--class-texts", type=Path, help="JSON list of synonym lists, one per category")
+    data.add_argument("--class-texts", type=Path,
+                      help="JSON list of synonym lists, or a text file of one text per line; one per category")
     data.add_argument("--on-bad-data", choices=("error", "skip"), default="error",
                       help="skip: drop bad annotations, and leave unreadable images (with their objects) out "
                            "of the scoring, reporting them; error: stop at the first problem, naming it")

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", required=True, help="COCO instances JSON")
     parser.add_argument("--images", required=True, help="image folder the JSON's file_name entries are relative to")
     parser.add_argument("--class-texts", default=None,
-                        help="JSON list of synonym lists, or a .txt file of one text per line "
+                        help="JSON list of synonym lists, or a text file (not .json) of one text per line "
                              "(default: category names)")
     parser.add_argument("--out", default="show_data.png", help="output PNG")
     parser.add_argument("--num", type=positive_int, default=8, help="number of samples")

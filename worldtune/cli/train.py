@@ -26,8 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-images", help="training image folder")
     parser.add_argument("--val-ann", help="validation COCO JSON")
     parser.add_argument("--val-images", help="validation image folder")
-    parser.add_argument("--class-texts", help="JSON list of synonym lists, or a .txt file of one text per line; one per category in id "
-                             "order (default: the category names)")
+    parser.add_argument("--class-texts", help="JSON list of synonym lists, or a text file (not .json) of one text "
+                                              "per line; one per category in id order (default: the category names)")
     parser.add_argument("--text-model", help="CLIP text model: hub id or local folder ('random' for tests)")
     parser.add_argument("--weights", help="start weights: zoo name, official .pth, worldtune checkpoint, or none "
                                           "(default: the recipe's official pre-trained file)")

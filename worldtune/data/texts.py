@@ -1,8 +1,8 @@
 """Class texts: the official JSON list of synonym lists, and per-image text sampling.
 
 Format: `[["person"], ["bicycle", "bike"], ...]`, one entry per class in category-id
-order. Training draws a random synonym per class, evaluation takes the first. A `.txt` file holds
-one text per line (no synonyms; lines starting with # are skipped).
+order. Training draws a random synonym per class, evaluation takes the first. A file not named
+.json holds one text per line (no synonyms; lines starting with # are skipped).
 """
 import json
 from pathlib import Path
@@ -33,7 +33,7 @@ def load_class_texts(source, category_names: list) -> list:
             raw = Path(source).read_text(encoding="utf-8-sig")  # a byte-order mark would join the first text
         except UnicodeDecodeError as e:
             raise DataError(f"class-text file {where}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-        if Path(source).suffix.lower() == ".txt":  # one class per line, as `predict` reads it
+        if Path(source).suffix.lower() != ".json":  # one class per line, as `predict` reads it
             source = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
         else:
             try:

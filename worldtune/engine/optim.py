@@ -107,6 +107,11 @@ def merge_param_groups(groups: list[dict], bias_warmup: str = "group2") -> list[
     return list(merged.values())
 
 
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, world_size: int = 1, merge_groups: bool = False,
                     bias_warmup: str = "group2") -> torch.optim.Optimizer:
     """AdamW or SGD over `build_param_groups`, default weight decay scaled for the total batch.
@@ -127,7 +132,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, world_size: int = 1, mer
     # One fused kernel per group: on GPU instead of a dozen multi-tensor launches (a GPU step is
     # launch-bound), on CPU instead of a Python loop of ~10 ops per parameter (3x faster, which is a
     # third of a small-image CPU step). None (PyTorch's default) on other devices.
-    fused = True if all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]) else None
+    fused_devices = ("cpu", "cuda") if _torch_version() >= (2, 4) else ("cuda",)  # CPU kernels came in 2.4
+    fused = True if all(p.device.type in fused_devices for g in groups for p in g["params"]) else None
     if name == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                       weight_decay=weight_decay, fused=fused)

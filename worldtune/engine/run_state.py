@@ -45,6 +45,12 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def text_tower_info(model) -> dict:
+    """What rebuilding the text tower from the checkpoint's weights cannot read off their shapes."""
+    config = getattr(getattr(getattr(model, "text_model", None), "model", None), "config", None)
+    return {"num_heads": int(config.num_attention_heads)} if config is not None else {}
+
+
 def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=None) -> dict:
     """Everything a resume needs.
 
@@ -70,6 +76,7 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
             "val_pending": bool(state.get("val_pending", False)), "world_size": dist.get_world_size(),
             "loss_sums": dict(state.get("loss_sums", {})), "loss_count": int(state.get("loss_count", 0)),
             "rng": rng_states(),
+            "text_tower": text_tower_info(dist_unwrap(model)),
             "config": to_dict(cfg)}
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from worldtune.engine import dist
 
 
-def build_text_model(name: str, seed: int = 0, weights: dict | None = None) -> nn.Module:
+def build_text_model(name: str, seed: int = 0, weights: dict | None = None, num_heads: int | None = None) -> nn.Module:
     """CLIP text tower: a hub id or local folder, or "random" (ViT-B/32-shaped, random weights, with
     the tokenizer shipped in the package) for offline demos and tests.
 
@@ -16,7 +16,8 @@ def build_text_model(name: str, seed: int = 0, weights: dict | None = None) -> n
     When it carries the tower's weights, as official and worldtune checkpoints do, the tower is
     built empty in their shape and only the tokenizer is looked up (it ships with worldtune for the
     official ids), so training from such a file needs no download. A local folder with its own
-    config.json is still read as given."""
+    config.json is still read as given. `num_heads`: the tower's head count when known (worldtune
+    checkpoints record it), else CLIP's 64-wide heads are assumed."""
     from pathlib import Path
 
     from worldtune.model.loading import TEXT_PREFIX, text_tower_shape
@@ -28,7 +29,8 @@ def build_text_model(name: str, seed: int = 0, weights: dict | None = None) -> n
             return CLIPTextEncoder.from_config(tokenizer_dir=str(BUNDLED_TOKENIZER_DIR))
     if weights and any(k.startswith(TEXT_PREFIX) for k in weights) and not (Path(name) / "config.json").is_file():
         with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the seed's stream alone
-            return CLIPTextEncoder.from_config(tokenizer_dir=name, **text_tower_shape(weights))
+            shape = text_tower_shape(weights)
+            return CLIPTextEncoder.from_config(tokenizer_dir=name, **{**shape, "num_heads": num_heads or shape["num_heads"]})
     return CLIPTextEncoder.from_pretrained(name)
 
 
@@ -103,7 +105,8 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
 
 
 def read_start_weights(weights: str, variant: str) -> tuple:
-    """(path, state_dict) of the start weights (zoo name, official .pth, worldtune checkpoint).
+    """(path, state_dict, text-tower head count or None) of the start weights (zoo name, official
+    .pth, worldtune checkpoint).
 
     Raises CheckpointMismatchError when they are of another model size than `variant`: loaded
     non-strictly, as the official `load_from` does, they would leave most of the model random."""
@@ -117,7 +120,10 @@ def read_start_weights(weights: str, variant: str) -> tuple:
         return v.deepen_factor, v.widen_factor, v.last_stage_out_channels
 
     path = resolve_weights(weights)
-    state = extract_model_state(load_checkpoint_file(path))
+    checkpoint = load_checkpoint_file(path)
+    state = extract_model_state(checkpoint)
+    heads = (checkpoint.get("text_tower") or {}).get("num_heads") if isinstance(checkpoint, dict) else None
+    del checkpoint  # optimizer state and the raw weights of a training checkpoint are not needed
     try:
         found = infer_variant(state)
     except ValueError:
@@ -126,7 +132,7 @@ def read_start_weights(weights: str, variant: str) -> tuple:
         raise CheckpointMismatchError(
             f"start weights {path} are a '{found}' model, the run builds '{variant}': pass --variant {found} "
             f"(or a recipe of that size), or --weights none to start from random weights")
-    return path, state
+    return path, state, heads
 
 
 def load_start_weights(model: nn.Module, path, state: dict) -> str:
@@ -135,7 +141,9 @@ def load_start_weights(model: nn.Module, path, state: dict) -> str:
     from worldtune.engine.checkpoint import CheckpointMismatchError, load_model_state
 
     report = load_model_state(model, state, strict=False, path=path)
-    if report.mismatched:
+    # The head's class-embedding branch is max(C0, min(num_texts, 100)) wide: for the small `n` model
+    # its width follows data.num_texts, so those tensors may differ and stay random (reported).
+    if any(not key.startswith("bbox_head.head_module.cls_preds.") for key, _, _ in report.mismatched):
         raise CheckpointMismatchError(report.message(path))
     if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
         model.text_model.clear_cache()  # cached embeddings came from the old text weights

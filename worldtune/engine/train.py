@@ -259,7 +259,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     out = Path(cfg.out)
     # Every rank looks before any can have written there (rank 0 writes config.yaml after the data
     # and weights load, and the agreement below is a collective every rank reaches first).
-    taken = ckpt is None and any((out / name).exists() for name in ("last.pt", "metrics.jsonl", "config.yaml"))
+    taken = ckpt is None and (any((out / name).exists() for name in ("last.pt", "best.pt"))
+                              or any(out.glob("epoch_*.pt")))
     if not dist.all_true(not taken, info.device):
         raise ValueError(f"run folder {out} already holds a run: continue it with --resume {out}, or choose "
                          f"another --out (a new run there would mix its logs and checkpoints with the old one's)")
@@ -276,14 +277,19 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     if ckpt is None and cfg.model.weights.lower() != "none":
         start = read_start_weights(cfg.model.weights, cfg.model.variant)
     tower_weights = ckpt["ema"] if ckpt else start[1] if start else None
-    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights),
+    heads = (ckpt.get("text_tower") or {}).get("num_heads") if ckpt else start[2] if start else None
+    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights, heads),
                         num_classes=cfg.data.num_texts)
-    start_report = load_start_weights(model, *start) if start else None
+    start_report = load_start_weights(model, start[0], start[1]) if start else None
+    del start, tower_weights  # the file's tensors (~0.5 GB for L): the model holds its own copies now
     if train_set.cache_report:
         say(train_set.cache_report)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump(cfg, out / "config.yaml")
+        if ckpt is None and (out / "metrics.jsonl").exists():  # from a start that failed before any checkpoint
+            say(f"{out / 'metrics.jsonl'}: the log of an earlier attempt that saved no checkpoint is replaced")
+            (out / "metrics.jsonl").unlink()
     _, rule = batch_rule(info.world_size, t.batch_size)
     say(rule)
     if start_report:

@@ -321,9 +321,13 @@ class CLIPTextEncoder(nn.Module):
         # counter; replacing or moving a tensor changes its data pointer. Either invalidates the cache.
         # This runs every training step: the parameters are read from their modules' tables (found
         # once per `self.model`) instead of walking the module tree (1.7 ms per step on a CPU).
+        # A replaced submodule is seen by comparing each module's children with those found then.
         tables = getattr(self, "_parameter_tables", None)
-        if tables is None or tables[0] is not self.model:
-            tables = (self.model, [(m._parameters, name) for m in self.model.modules() for name in m._parameters])
+        if (tables is None or tables[0] is not self.model
+                or any(tuple(m._modules.values()) != children for m, children in tables[2])):
+            modules = list(self.model.modules())
+            tables = (self.model, [(m._parameters, name) for m in modules for name in m._parameters],
+                      [(m, tuple(m._modules.values())) for m in modules])
             self._parameter_tables = tables
         params = [table[name] for table, name in tables[1]]
         fingerprint = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params if p is not None)
