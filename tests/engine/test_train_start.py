@@ -106,3 +106,20 @@ def test_only_the_class_branch_may_differ_in_shape(tmp_path):
     state["backbone.image_model.stem.conv.weight"] = torch.zeros(16, 3, 5, 5)
     with pytest.raises(CheckpointMismatchError, match="stem.conv.weight"):
         load_start_weights(build_model("n", None, num_classes=80), path, state)
+
+
+def test_a_start_that_failed_before_any_checkpoint_can_be_retried(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, epochs=1)
+
+    def fails(*args, **kwargs):
+        raise T.NonFiniteLossError("non-finite loss (nan) at epoch 1, step 1")
+
+    monkeypatch.setattr(T, "train_one_epoch", fails)
+    with pytest.raises(T.NonFiniteLossError):
+        T.fit(cfg)
+    out = tmp_path / "run"
+    assert (out / "config.yaml").is_file() and not (out / "last.pt").exists()
+    (out / "metrics.jsonl").write_text('{"kind": "train", "note": "from the failed attempt"}\n')
+    monkeypatch.undo()
+    assert T.fit(cfg)["status"] == "finished"  # not "already holds a run", which --resume could not continue
+    assert "failed attempt" not in (out / "metrics.jsonl").read_text()
