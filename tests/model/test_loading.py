@@ -105,3 +105,21 @@ def test_variant_is_recognised_from_official_key_lists(spec_fixtures, name, vari
     keys = json.loads((spec_fixtures / f"official_keys_{name}.json").read_text())["keys"]
     state = {k["name"]: torch.empty(k["shape"], device="meta") for k in keys}
     assert infer_variant(state) == variant
+
+
+def test_text_model_random_and_a_recorded_head_count(official_layout_checkpoint, tiny_text_folder, tmp_path):
+    """`--text-model random` works wherever a tower is built; a head count recorded in a worldtune
+    checkpoint beats the 64-wide convention (a 2-head, 64-wide tower is read back exactly)."""
+    from tests.helpers.clip_factory import make_clip_text_folder
+    from worldtune.model.loading import load_model
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    assert load_model(None, variant="n", text_model="random").text_model.embed_dim == 512
+    two_heads = CLIPTextEncoder.from_pretrained(str(make_clip_text_folder(tmp_path / "clip2", hidden=64, layers=1,
+                                                                          heads=2, projection=512)))
+    model = build_model("n", two_heads).eval()
+    path = tmp_path / "run.pt"
+    torch.save({"ema": model.state_dict(), "text_tower": {"num_heads": 2}}, path)
+    loaded = load_model(path, text_model="random")
+    assert loaded.text_model.model.config.num_attention_heads == 2
+    torch.testing.assert_close(loaded.text_model.encode(["a red square"]), two_heads.encode(["a red square"]))

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
-                        help="CLIP text tower: hub id or local folder; 'none' with --text-feats")
+                        help="CLIP text tower: hub id or local folder, 'random' (tests), or 'none' with --text-feats")
     parser.add_argument("--imgsz", type=image_size, default=None,
                         help="input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the graph (see --dynamic-batch)")

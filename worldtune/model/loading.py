@@ -55,18 +55,24 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
         variant: a key of VARIANTS; inferred from the weights when omitted.
         text_model: Hugging Face id or local folder of the CLIP text model (its tokenizer is always
             needed; its weights only when the checkpoint carries none, its config when it is a local
-            folder). None: no text tower.
+            folder), "random" (the bundled tokenizer, random weights where the checkpoint has none),
+            or None: no text tower.
         strict: refuse weights that do not match the model exactly (listing the differences).
     The returned model has `trained_imgsz`: the training image size saved in a worldtune
     checkpoint's config, or None (official files, random weights).
     """
     from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
-    from worldtune.model.text_encoder import CLIPTextEncoder
+    from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR, CLIPTextEncoder
+
+    def pretrained_tower():  # "random": ViT-B/32-shaped random weights, the bundled tokenizer (tests, demos)
+        if text_model == "random":
+            return CLIPTextEncoder.from_config(tokenizer_dir=str(BUNDLED_TOKENIZER_DIR))
+        return CLIPTextEncoder.from_pretrained(text_model)
 
     if weights is None or str(weights).lower() == "none":
         if variant is None:
             raise ValueError("no weights given: name a variant (one of " + ", ".join(VARIANTS) + ")")
-        tower = CLIPTextEncoder.from_pretrained(text_model) if text_model else None
+        tower = pretrained_tower() if text_model else None
         model = build_model(variant, tower).to(device).eval()
         model.trained_imgsz = None
         return model
@@ -84,9 +90,13 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
         state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
     elif has_text and not (Path(text_model) / "config.json").is_file():
         # The checkpoint carries the text weights: build the tower empty, only the tokenizer is fetched.
-        tower = CLIPTextEncoder.from_config(tokenizer_dir=text_model, **text_tower_shape(state))
+        shape = text_tower_shape(state)
+        heads = (checkpoint.get("text_tower") or {}).get("num_heads") if isinstance(checkpoint, dict) else None
+        tower = CLIPTextEncoder.from_config(
+            tokenizer_dir=str(BUNDLED_TOKENIZER_DIR) if text_model == "random" else text_model,
+            **{**shape, "num_heads": heads or shape["num_heads"]})
     else:
-        tower = CLIPTextEncoder.from_pretrained(text_model)
+        tower = pretrained_tower()
     model = build_model(variant, tower, num_classes=cls_width(state))
     if not has_text and tower is not None:
         # The tower's own pretrained weights stand; the checkpoint covers the image side only.
