@@ -68,3 +68,7 @@ def test_binary_or_folder_annotation_files_are_named(tmp_path):
         CocoDetection(photo, tmp_path)
     with pytest.raises(DataError, match="is a folder, not a COCO JSON file"):
         CocoDetection(tmp_path, tmp_path)
+    with pytest.raises(DataError, match="image folder .*photo.jpg is a file, not a folder"):
+        CocoDetection(photo, photo)
+    with pytest.raises(DataError, match="class-text file .* is a folder"):
+        load_class_texts(tmp_path, ["a"])

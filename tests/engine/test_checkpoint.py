@@ -103,6 +103,9 @@ def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
     notes.write_text("person\ncar\n")
     with pytest.raises(CheckpointLoadError, match=r"texts.txt is not a checkpoint: neither a PyTorch file"):
         load_checkpoint_file(notes)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "best.pt")
+    with pytest.raises(FileNotFoundError, match=r"is a folder; name a file in it, e.g. .*best.pt"):
+        load_checkpoint_file(tmp_path)  # a run folder
 
 
 @pytest.fixture()

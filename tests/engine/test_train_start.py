@@ -1,4 +1,5 @@
 """How a training run starts: from whose weights, into which folder, and what it says first."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -59,9 +60,12 @@ def test_a_folder_holding_a_run_is_not_trained_into_again(finished_run):
 
 
 def test_resuming_a_finished_run_says_so(finished_run, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in Path(finished_run.out).rglob("*")}
     result = T.fit(finished_run, resume=finished_run.out)
-    assert result["status"] == "finished"
-    assert "already finished its 1 epochs; nothing is left to train" in capsys.readouterr().out
+    assert result["status"] == "finished" and result["epochs"] == 1
+    out = capsys.readouterr().out
+    assert "already finished its 1 epochs; nothing is left to train" in out and "training n" not in out
+    assert {p.name: p.stat().st_mtime_ns for p in Path(finished_run.out).rglob("*")} == before  # nothing rewritten
 
 
 def test_short_runs_are_told_what_the_recipe_schedule_does():

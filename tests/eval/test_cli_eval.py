@@ -138,15 +138,32 @@ def test_unreadable_images_are_reported_under_skip(tmp_path, capsys):
     assert "(2 images," in out and f"image ids [{dataset.image_ids[1]}]" in out
 
 
-def test_an_error_the_command_does_not_catch_is_still_one_line(gt_and_dets, tmp_path, capsys, monkeypatch):
+def test_output_paths_are_checked_before_any_work(gt_and_dets, tmp_path, capsys):
     gt, dets = gt_and_dets
+    for flag, bad, message in (("--json", tmp_path, "is a folder; name a file in it"),
+                               ("--json", gt / "m.json", "is a file, not a folder")):
+        with pytest.raises(SystemExit):
+            main(["eval", "--detections", str(dets), "--ann", str(gt), flag, str(bad)])
+        err = capsys.readouterr().err
+        assert message in err and "COCO box metrics" not in err
+
+
+def test_an_error_the_command_does_not_catch_is_still_one_line(gt_and_dets, tmp_path, capsys, monkeypatch):
+    import worldtune.cli.eval as eval_cli
+
+    gt, dets = gt_and_dets
+
+    def unwritable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "m.json"))
+
+    monkeypatch.setattr(eval_cli, "metrics_to_json", unwritable)  # fails after scoring, outside its try
     monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
-    assert main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path)]) == 2  # a folder
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path / "m.json")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("worldtune eval: error: [Errno 21] Is a directory") and "Traceback" not in err
+    assert err.startswith("worldtune eval: error: [Errno 13] Permission denied") and "Traceback" not in err
     monkeypatch.setenv("WORLDTUNE_DEBUG", "1")  # the traceback, for whoever wants it
-    with pytest.raises(IsADirectoryError):
-        main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path)])
+    with pytest.raises(PermissionError):
+        main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path / "m.json")])
 
 
 def test_a_data_loader_workers_error_reads_as_the_original_message():

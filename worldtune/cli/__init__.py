@@ -26,7 +26,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     say something (not None or False, and not where the help text already names its default)."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default == [] \
+                or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from worldtune.cli.argtypes import image_size, positive_int
+from worldtune.cli.argtypes import image_size, non_negative_int, positive_float, positive_int
 
 
 def add_arguments(parser) -> None:
@@ -23,14 +23,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
     parser.add_argument("--imgsz", type=image_size, default=256, help="training and evaluation size (multiple of 32)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
-    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW lr (the COCO recipes use 2e-4 from "
+    parser.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW lr (the COCO recipes use 2e-4 from "
                                                                "pre-trained weights; random weights need more)")
     parser.add_argument("--num-train", type=positive_int, default=48, help="training images to generate")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data set, the weights and the sampling")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch (0: torch's default). On a busy machine 1 can be much "
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="CPU threads for torch (default 0: torch's own choice). On a busy machine 1 can be much "
                              "faster: idle-waiting threads slow every layer down")
 
 

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from worldtune.cli.argtypes import output_file
 from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
 
 
@@ -40,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="accept a zoo file whose SHA-256 disagrees with its name")
     out = parser.add_argument_group("output")
     out.add_argument("--backend", choices=BACKENDS, default="faster", help="COCO matching implementation")
-    out.add_argument("--json", type=Path, help="write the metrics here")
-    out.add_argument("--out-detections", type=Path, help="write the model's COCO results JSON here")
+    out.add_argument("--json", type=output_file, help="write the metrics here")
+    out.add_argument("--out-detections", type=output_file, help="write the model's COCO results JSON here")
 
 
 def _gt_and_images(args) -> tuple:

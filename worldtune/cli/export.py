@@ -15,7 +15,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import image_size, positive_int, probability
+from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
 from worldtune.cli.predict import add_vocabulary_arguments, read_vocabulary
 
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-feats", type=Path,
                         help=".npy (K, 512) embeddings of the classes, instead of running the text tower")
     parser.add_argument("--format", choices=["onnx"], default="onnx")
-    parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    parser.add_argument("--out", type=output_file, required=True, help="output .onnx file")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                         help="CLIP text tower: hub id or local folder, 'random' (tests), or 'none' with --text-feats")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     given = (("--score-thr", args.score_thr, 0.25), ("--iou-thr", args.iou_thr, 0.7), ("--max-det", args.max_det, 300))
     nms_only = [flag for flag, value, default in given if value != default]
     if nms_only and not args.nms:
-        print(f"worldtune export: {', '.join(nms_only)} only apply with --nms (the graph without it outputs "
+        print(f"worldtune export: {', '.join(nms_only)} only take effect with --nms (the graph without it outputs "
               "every candidate box and its scores)", file=sys.stderr)
     if args.simplify and importlib.util.find_spec("onnxsim") is None:
         print("worldtune export: --simplify skipped, onnxsim is not installed (pip install onnxsim)", file=sys.stderr)
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"worldtune export: error: {user_message(e)}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, {len(texts)} classes, "
+    classes = f"{len(texts)} class" + ("es" if len(texts) != 1 else "")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, {classes}, "
           f"opset {args.opset}) and {args.out.parent / info['vocab_file']}")
     if not args.no_verify:
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import image_size, positive_int, probability
+from worldtune.cli.argtypes import image_size, output_folder, positive_int, probability
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True,
                         help="checkpoint path, zoo name (see `worldtune zoo`) or 'none' (random, with --variant)")
     add_vocabulary_arguments(parser)
-    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    parser.add_argument("--out", type=output_folder, default=Path("predictions"), help="output folder")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                         help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint carries the "

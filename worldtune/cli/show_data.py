@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import image_size, positive_int, probability
+from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-texts", default=None,
                         help="JSON list of synonym lists, or a text file (not .json) of one text per line "
                              "(default: category names)")
-    parser.add_argument("--out", default="show_data.png", help="output PNG")
+    parser.add_argument("--out", type=output_file, default="show_data.png", help="output picture (.png or .jpg)")
     parser.add_argument("--num", type=positive_int, default=8, help="number of samples")
     parser.add_argument("--cols", type=positive_int, default=4, help="tiles per row")
     parser.add_argument("--epoch", type=int, default=0, help="epoch (stage 2 from --close-mosaic-epoch on)")
@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         dataset = CocoDetection(args.ann, args.images, args.class_texts, on_bad_data=args.on_bad_data)
     except DataError as e:
         print(f"worldtune show-data: error: {e}", file=sys.stderr)
+        return 2
+    if args.affine_scale[0] > args.affine_scale[1] or args.affine_scale[0] <= 0:
+        print(f"worldtune show-data: error: --affine-scale wants MIN MAX with 0 < MIN <= MAX, got "
+              f"{args.affine_scale[0]} {args.affine_scale[1]}", file=sys.stderr)
         return 2
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"):

@@ -169,6 +169,8 @@ class CocoDetection:
         if on_bad_data not in ("error", "skip"):
             raise ValueError(f"on_bad_data must be 'error' or 'skip', got {on_bad_data!r}")
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        if self.image_dir.exists() and not self.image_dir.is_dir():
+            raise DataError(f"image folder {self.image_dir} is a file, not a folder")
         self.on_bad_data = on_bad_data
         self.skipped: dict = {}
         self.dropped_image_ids: list = []

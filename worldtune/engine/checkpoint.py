@@ -67,6 +67,10 @@ def load_checkpoint_file(path: str | Path) -> dict:
         FileNotFoundError, CheckpointLoadError (naming the file).
     """
     path = Path(path)
+    if path.is_dir():
+        found = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        raise FileNotFoundError(f"checkpoint {path} is a folder; name a file in it"
+                                + (f", e.g. {path / found[0]}" if found else ""))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if _is_safetensors(path):

@@ -248,8 +248,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         if ckpt["epoch"] >= cfg.train.epochs and not ckpt.get("val_pending"):
             say(f"{path}: the run already finished its {cfg.train.epochs} epochs; nothing is left to train "
                 f"(start a new run with --weights {path} to train further)")
-        else:
-            say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
+            return {"status": "finished", "out": Path(cfg.out), "best_ap": ckpt["best_ap"],
+                    "best_epoch": ckpt["best_epoch"], "last_metrics": None, "epochs": ckpt["epoch"],
+                    "global_step": ckpt["global_step"]}
+        say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
         saved_world = ckpt.get("world_size", info.world_size)
         if saved_world != info.world_size:
             say(f"warning: the run was trained with {saved_world} process(es), resumed with {info.world_size}: the "
@@ -271,7 +273,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
     # bad data and bad weights fail here, early, before the run folder exists
-    say(f"reading {cfg.data.train_ann}" + (f" and {cfg.data.val_ann}" if cfg.data.val_ann else "") + " ...")
+    if cfg.data.train_ann:
+        say(f"reading {cfg.data.train_ann}" + (f" and {cfg.data.val_ann}" if cfg.data.val_ann else "") + " ...")
     train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info, ckpt["epoch"] if ckpt else 0)
     start = None
     if ckpt is None and cfg.model.weights.lower() != "none":
