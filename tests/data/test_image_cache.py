@@ -209,7 +209,8 @@ def test_a_cache_cut_short_by_disk_space_says_so_when_reused(tiny_dataset, tmp_p
         short = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k")
     assert 0 < short.count < len(sizes)
     monkeypatch.setattr(shutil, "disk_usage", real_usage)
-    with pytest.warns(UserWarning, match=rf"holds only {short.count} of {len(sizes)} images: .*short of space.*images-k"):
+    reused = rf"holds only {short.count} of {len(sizes)} images: .*short of space.*images-k"
+    with pytest.warns(UserWarning, match=reused):
         again = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k")
     assert again.count == short.count  # reused as it is: another run may still be reading it
     for f in tmp_path.glob("images-k.*"):  # what the message asks for

@@ -83,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=output_folder, default=Path("predictions"), help="output folder")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
-                        help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint carries the "
+                        help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint "
+                             "carries the "
                              "tower), or 'random' (tests)")
     parser.add_argument("--imgsz", type=image_size, default=None,
                         help="network input size, a multiple of 32 (default: the checkpoint's training size, else 640)")

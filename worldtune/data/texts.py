@@ -28,7 +28,8 @@ def load_class_texts(source, category_names: list) -> list:
     if isinstance(source, (str, Path)):
         where = str(source)
         if not Path(source).is_file():
-            raise DataError(f"class-text file {where} " + ("is a folder" if Path(source).is_dir() else "does not exist"))
+            problem = "is a folder" if Path(source).is_dir() else "does not exist"
+            raise DataError(f"class-text file {where} {problem}")
         try:
             raw = Path(source).read_text(encoding="utf-8-sig")  # a byte-order mark would join the first text
         except UnicodeDecodeError as e:

@@ -30,7 +30,8 @@ def build_text_model(name: str, seed: int = 0, weights: dict | None = None, num_
     if weights and any(k.startswith(TEXT_PREFIX) for k in weights) and not (Path(name) / "config.json").is_file():
         with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the seed's stream alone
             shape = text_tower_shape(weights)
-            return CLIPTextEncoder.from_config(tokenizer_dir=name, **{**shape, "num_heads": num_heads or shape["num_heads"]})
+            shape["num_heads"] = num_heads or shape["num_heads"]
+            return CLIPTextEncoder.from_config(tokenizer_dir=name, **shape)
     return CLIPTextEncoder.from_pretrained(name)
 
 
