@@ -7,6 +7,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import warnings
 
 # name -> (module, one-line help). Commands whose module is absent are not offered.
 COMMANDS = {
@@ -59,6 +60,9 @@ def main(argv=None) -> int:
         return 0
     from worldtune.cli.errors import debug, user_errors, user_message
 
+    library_format = warnings.formatwarning
+    if not debug():  # "warning: ..." for a user, not the library's file, line and source line
+        warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         return int(args._run(args) or 0)
     except user_errors() as e:  # what a command did not catch itself: still one line, not a traceback
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
             raise
         print(f"worldtune {args.command}: error: {user_message(e)} (WORLDTUNE_DEBUG=1 shows where)", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = library_format
 
 
 if __name__ == "__main__":

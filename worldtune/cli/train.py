@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from worldtune.cli.argtypes import non_negative_int, positive_int
 from worldtune.config import RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value
 
 
@@ -32,14 +33,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--weights", help="start weights: zoo name, official .pth, worldtune checkpoint, or none "
                                           "(default: the recipe's official pre-trained file)")
     parser.add_argument("--variant", help="model variant override (n, s, m, l, x, xl, l_efficient_neck)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int, help="images per GPU/process (recipe: 16)")
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int, help="images per GPU/process (recipe: 16)")
     parser.add_argument("--imgsz", type=int, help="training and validation size (recipe: 640)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, help="data-loading processes per training process")
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process")
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
-    parser.add_argument("--save-every-steps", type=int, help="also save last.pt every N steps")
+    parser.add_argument("--save-every-steps", type=non_negative_int, help="also save last.pt every N steps")
     parser.add_argument("--on-bad-data", choices=("error", "skip"),
                         help="error (default): stop at the first bad image or annotation, naming it; skip: drop "
                              "and count them (unreadable val images are left out of the scoring)")
