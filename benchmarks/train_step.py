@@ -73,7 +73,7 @@ class FixedEmbeddings:
 def text_tower(device):
     """worldtune's frozen CLIP text tower (ViT-B/32 shape, random weights), with its embedding cache."""
     try:
-        from worldtune.engine.setup import build_text_model
+        from worldtune.model.loading import build_text_model
 
         return build_text_model("random").to(device).eval()
     except ImportError as e:

@@ -59,6 +59,15 @@ def _assert_same_final_state(a: Path, b: Path):
             assert epochs[0][epoch][key] == pytest.approx(epochs[1][epoch][key], rel=1e-12), (epoch, key)
 
 
+def _resume_from_and_compare(cfg, position: tuple, reference: Path):
+    """last.pt of the interrupted run is at (epoch, step_in_epoch, global_step) == `position`, and
+    resuming it ends with the uninterrupted run's state."""
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == position
+    assert fit(cfg, resume=cfg.out)["status"] == "finished"
+    _assert_same_final_state(reference, Path(cfg.out) / "last.pt")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
@@ -118,11 +127,8 @@ def test_ctrl_c_saves_and_resumes(tmp_path, reference, monkeypatch, capsys):
     result = fit(cfg)
     assert result["status"] == "interrupted" and result["global_step"] == 3
     assert "continue with: worldtune train --resume" in capsys.readouterr().out
-    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 1, 3)
     monkeypatch.setattr(train_mod, "batch_text_feats", real)
-    assert fit(cfg, resume=cfg.out)["status"] == "finished"
-    _assert_same_final_state(reference, Path(cfg.out) / "last.pt")
+    _resume_from_and_compare(cfg, (1, 1, 3), reference)
 
 
 def test_abort_in_the_middle_of_an_update_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch, capsys):
@@ -139,11 +145,8 @@ def test_abort_in_the_middle_of_an_update_keeps_the_previous_checkpoint(tmp_path
     cfg = _config(tmp_path)
     assert fit(cfg)["status"] == "interrupted"
     assert "aborted during a weight update" in capsys.readouterr().out
-    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 0, 2)
     monkeypatch.setattr(ExpMomentumEMA, "update", real)
-    assert fit(cfg, resume=cfg.out)["status"] == "finished"
-    _assert_same_final_state(reference, Path(cfg.out) / "last.pt")
+    _resume_from_and_compare(cfg, (1, 0, 2), reference)
 
 
 def test_resume_with_a_scaler_the_saved_run_did_not_have():

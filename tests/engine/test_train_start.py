@@ -32,7 +32,7 @@ def test_a_worldtune_checkpoint_starts_a_run_offline_with_the_hub_text_model_id(
     assert T.fit(cfg)["status"] == "finished"
     # the tower so built computes the trained tower's embeddings (its head count comes from the file)
     from worldtune.engine.checkpoint import load_checkpoint_file
-    from worldtune.engine.setup import build_text_model
+    from worldtune.model.loading import build_text_model
     from worldtune.model.loading import TEXT_PREFIX
     from worldtune.model.text_encoder import CLIPTextEncoder
 

@@ -67,7 +67,7 @@ def untrained_metrics(cfg) -> dict:
     from worldtune.data.coco import CocoDetection
     from worldtune.data.loader import build_eval_loader
     from worldtune.data.presets import build_eval_dataset
-    from worldtune.engine.setup import build_text_model
+    from worldtune.model.loading import build_text_model
     from worldtune.eval.evaluate import evaluate_model
     from worldtune.model import build_model
 
@@ -86,7 +86,7 @@ def draw_predictions(checkpoint: Path, cfg, image_path: Path, class_names: list,
     import torch
 
     from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
-    from worldtune.engine.setup import build_text_model
+    from worldtune.model.loading import build_text_model
     from worldtune.model import build_model
     from worldtune.model.predict import predict
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from worldtune.cli.argtypes import image_size, output_folder, positive_int, probability
+from worldtune.data.texts import load_class_texts
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -47,29 +48,7 @@ def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] 
     if class_texts is None:
         return None
     path = Path(class_texts)
-    if not path.is_file():
-        raise ValueError(f"class-text file {path} does not exist")
-    try:
-        raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark would end up in the first class
-    except UnicodeDecodeError as e:
-        raise ValueError(f"class-text file {path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    if path.suffix.lower() != ".json":
-        texts = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
-    else:
-        try:
-            entries = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"class-text file {path}: malformed JSON ({e})") from None
-        if not isinstance(entries, list):
-            raise ValueError(f"class-text file {path}: expected a JSON list of synonym lists, "
-                             f"got {type(entries).__name__}")
-        texts = []
-        for i, entry in enumerate(entries):
-            first = entry if isinstance(entry, str) else entry[0] if isinstance(entry, list) and entry else None
-            if not isinstance(first, str) or not first.strip():
-                raise ValueError(f"class-text file {path}: entry {i} must be a non-empty list of strings, "
-                                 f"got {entry!r}")
-            texts.append(first.strip())
+    texts = [entry[0].strip() for entry in load_class_texts(path, None)]  # the first synonym of each class
     if not texts:
         raise ValueError(f"class-text file {path} holds no class text")
     return texts

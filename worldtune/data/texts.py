@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 
-def load_class_texts(source, category_names: list) -> list:
+def load_class_texts(source, category_names: list | None) -> list:
     """Resolve class texts to a list (one per class) of non-empty lists of strings.
 
     Args:
         source: None (use `[[name]]` from `category_names`), a path to a JSON file, or a list.
-        category_names: names of the categories in label order (used for None and messages).
+        category_names: names of the categories in label order (used for None and messages), or
+            None to take the file's entries as they are, however many (a vocabulary for `predict`).
     Raises:
         ValueError (DataError) naming the file and the mismatch when the entry count differs
         from the number of categories or an entry is not a list of strings.
@@ -34,7 +35,7 @@ def load_class_texts(source, category_names: list) -> list:
             raw = Path(source).read_text(encoding="utf-8-sig")  # a byte-order mark would join the first text
         except UnicodeDecodeError as e:
             raise DataError(f"class-text file {where}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-        if Path(source).suffix.lower() != ".json":  # one class per line, as `predict` reads it
+        if Path(source).suffix.lower() != ".json":  # one class per line
             source = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
         else:
             try:
@@ -51,7 +52,7 @@ def load_class_texts(source, category_names: list) -> list:
             # ("" is the padding text, trained as a negative: a class named so could not be learnt)
             raise DataError(f"{where}: entry {i} must be a non-empty list of non-empty strings, got {entry!r}")
         texts.append(list(entry))
-    if len(texts) != len(category_names):
+    if category_names is not None and len(texts) != len(category_names):
         n = max(len(texts), len(category_names))
         rows = [f"  {i}: category {category_names[i] if i < len(category_names) else '<none>'!r}"
                 f" <-> texts {texts[i] if i < len(texts) else '<none>'}" for i in range(n)

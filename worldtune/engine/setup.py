@@ -1,38 +1,11 @@
-"""What a training run is built from: the text tower, the data sets and loaders, the start weights."""
+"""What a training run is built from: the data sets and loaders, the start weights (the text tower:
+`worldtune.model.loading.build_text_model`)."""
 import os
 import warnings
 
-import torch
 from torch import nn
 
 from worldtune.engine import dist
-
-
-def build_text_model(name: str, seed: int = 0, weights: dict | None = None, num_heads: int | None = None) -> nn.Module:
-    """CLIP text tower: a hub id or local folder, or "random" (ViT-B/32-shaped, random weights, with
-    the tokenizer shipped in the package) for offline demos and tests.
-
-    `weights`: the state_dict that will fill the tower afterwards (start weights or a resumed run).
-    When it carries the tower's weights, as official and worldtune checkpoints do, the tower is
-    built empty in their shape and only the tokenizer is looked up (it ships with worldtune for the
-    official ids), so training from such a file needs no download. A local folder with its own
-    config.json is still read as given. `num_heads`: the tower's head count when known (worldtune
-    checkpoints record it), else CLIP's 64-wide heads are assumed."""
-    from pathlib import Path
-
-    from worldtune.model.loading import TEXT_PREFIX, text_tower_shape
-    from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR, CLIPTextEncoder
-
-    if name == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return CLIPTextEncoder.from_config(tokenizer_dir=str(BUNDLED_TOKENIZER_DIR))
-    if weights and any(k.startswith(TEXT_PREFIX) for k in weights) and not (Path(name) / "config.json").is_file():
-        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the seed's stream alone
-            shape = text_tower_shape(weights)
-            shape["num_heads"] = num_heads or shape["num_heads"]
-            return CLIPTextEncoder.from_config(tokenizer_dir=name, **shape)
-    return CLIPTextEncoder.from_pretrained(name)
 
 
 def resolve_image_cache(d, dataset, info: dist.DistInfo, workers: int, stage1_ahead: bool) -> tuple:

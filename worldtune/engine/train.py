@@ -28,9 +28,10 @@ from worldtune.engine.dist import dist_unwrap
 from worldtune.engine.logger import RunLogger, read_metrics
 from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
 from worldtune.engine.schedule import base_lr_group
-from worldtune.engine.setup import build_datasets, build_text_model, load_start_weights, read_start_weights
+from worldtune.engine.setup import build_datasets, load_start_weights, read_start_weights
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema
+from worldtune.model.loading import build_text_model
 
 
 class NonFiniteLossError(RuntimeError):

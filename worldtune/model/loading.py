@@ -44,6 +44,33 @@ def text_tower_shape(state_dict: dict) -> dict:
             "projection_dim": state_dict[TEXT_PREFIX + "model.text_projection.weight"].shape[0]}
 
 
+def build_text_model(name: str, seed: int = 0, weights: dict | None = None, num_heads: int | None = None):
+    """CLIP text tower: a hub id or local folder, or "random" (ViT-B/32-shaped, random weights, with
+    the tokenizer shipped in the package) for offline demos and tests.
+
+    `weights`: the state_dict that will fill the tower afterwards (start weights, a resumed run, a
+    checkpoint to predict with). When it carries the tower's weights, as official and worldtune
+    checkpoints do, the tower is built empty in their shape and only the tokenizer is looked up (it
+    ships with worldtune for the official ids), so no download is needed. A local folder with its
+    own config.json is still read as given. `num_heads`: the tower's head count when known
+    (worldtune checkpoints record it), else CLIP's 64-wide heads are assumed. Random initial
+    weights come from `seed` and leave the global random stream alone.
+    """
+    from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR, CLIPTextEncoder
+
+    tokenizer = str(BUNDLED_TOKENIZER_DIR) if name == "random" else name
+    carried = weights and any(k.startswith(TEXT_PREFIX) for k in weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if carried and not (Path(name) / "config.json").is_file():
+            shape = text_tower_shape(weights)
+            shape["num_heads"] = num_heads or shape["num_heads"]
+            return CLIPTextEncoder.from_config(tokenizer_dir=tokenizer, **shape)
+        if name == "random":
+            return CLIPTextEncoder.from_config(tokenizer_dir=tokenizer)
+    return CLIPTextEncoder.from_pretrained(name)
+
+
 def load_model(weights: str | Path | None = None, variant: str | None = None,
                text_model: str | None = DEFAULT_TEXT_MODEL, device: str | torch.device = "cpu",
                strict: bool = True, allow_hash_mismatch: bool = False) -> YOLOWorld:
@@ -62,17 +89,11 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     checkpoint's config, or None (official files, random weights).
     """
     from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
-    from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR, CLIPTextEncoder
-
-    def pretrained_tower():  # "random": ViT-B/32-shaped random weights, the bundled tokenizer (tests, demos)
-        if text_model == "random":
-            return CLIPTextEncoder.from_config(tokenizer_dir=str(BUNDLED_TOKENIZER_DIR))
-        return CLIPTextEncoder.from_pretrained(text_model)
 
     if weights is None or str(weights).lower() == "none":
         if variant is None:
             raise ValueError("no weights given: name a variant (one of " + ", ".join(VARIANTS) + ")")
-        tower = pretrained_tower() if text_model else None
+        tower = build_text_model(text_model) if text_model else None
         model = build_model(variant, tower).to(device).eval()
         model.trained_imgsz = None
         return model
@@ -88,15 +109,9 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     if text_model is None:
         tower = None
         state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
-    elif has_text and not (Path(text_model) / "config.json").is_file():
-        # The checkpoint carries the text weights: build the tower empty, only the tokenizer is fetched.
-        shape = text_tower_shape(state)
-        heads = (checkpoint.get("text_tower") or {}).get("num_heads") if isinstance(checkpoint, dict) else None
-        tower = CLIPTextEncoder.from_config(
-            tokenizer_dir=str(BUNDLED_TOKENIZER_DIR) if text_model == "random" else text_model,
-            **{**shape, "num_heads": heads or shape["num_heads"]})
     else:
-        tower = pretrained_tower()
+        heads = (checkpoint.get("text_tower") or {}).get("num_heads") if isinstance(checkpoint, dict) else None
+        tower = build_text_model(text_model, weights=state, num_heads=heads)
     model = build_model(variant, tower, num_classes=cls_width(state))
     if not has_text and tower is not None:
         # The tower's own pretrained weights stand; the checkpoint covers the image side only.
