@@ -21,3 +21,20 @@ def test_warnings_print_as_one_line_and_the_library_format_is_restored(monkeypat
     monkeypatch.setenv("WORLDTUNE_DEBUG", "1")  # the full format, with the file and line
     assert main(["zoo"]) == 0
     assert "/x/worldtune/y.py:7: UserWarning" in shown[1]
+
+
+def test_user_error_and_ctrl_c_give_one_line_and_their_exit_status(monkeypatch, capsys):
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+
+    def bad_input(args):
+        raise ValueError("instances.json: 'annotations' is not a list")
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo_cli, "run", bad_input)
+    assert main(["zoo"]) == 2
+    assert capsys.readouterr().err.startswith("worldtune zoo: error: instances.json: 'annotations' is not a list")
+    monkeypatch.setattr(zoo_cli, "run", ctrl_c)
+    assert main(["zoo"]) == 130
+    assert capsys.readouterr().err == "worldtune zoo: interrupted\n"

@@ -47,10 +47,10 @@ def test_bad_results_give_a_message_not_a_traceback(gt_and_dets, tmp_path, capsy
     gt, _ = gt_and_dets
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": 5, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 1.0}]))
-    assert main(["eval", "--detections", str(bad), "--ann", str(gt)]) == 1
+    assert main(["eval", "--detections", str(bad), "--ann", str(gt)]) == 2
     err = capsys.readouterr().err
     assert "unknown image_id 5" in err and "bad.json" in err
-    assert main(["eval", "--detections", str(tmp_path / "nope.json"), "--ann", str(gt)]) == 1
+    assert main(["eval", "--detections", str(tmp_path / "nope.json"), "--ann", str(gt)]) == 2
     assert "nope.json" in capsys.readouterr().err
 
 
@@ -101,7 +101,7 @@ def test_missing_weights_give_a_message(tmp_path, capsys):
 
     data = build_demo_dataset(tmp_path / "demo", num_train=1, num_val=1, imgsz=96)
     assert main(["eval", "--weights", str(tmp_path / "nope.pth"), "--ann", str(data["val_ann"]),
-                 "--images", str(data["val_images"]), "--workers", "0"]) == 1
+                 "--images", str(data["val_images"]), "--workers", "0"]) == 2
     assert "nope.pth" in capsys.readouterr().err
 
 
@@ -113,7 +113,7 @@ def test_image_size_must_suit_the_strides(tmp_path, capsys):
     clip_dir = make_clip_text_folder(tmp_path / "clip", hidden=32, layers=1, heads=2, projection=512)
     assert main(["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
                  "--ann", str(data["val_ann"]), "--images", str(data["val_images"]), "--imgsz", "600",
-                 "--workers", "0", "--device", "cpu"]) == 1
+                 "--workers", "0", "--device", "cpu"]) == 2
     assert "--imgsz must be a positive multiple of 32, got 600" in capsys.readouterr().err
 
 
@@ -131,7 +131,7 @@ def test_unreadable_images_are_reported_under_skip(tmp_path, capsys):
     common = ["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
               "--ann", str(paths["val_ann"]), "--images", str(paths["val_images"]), "--imgsz", "64",
               "--workers", "0", "--device", "cpu"]
-    assert main(common) == 1
+    assert main(common) == 2
     assert name in capsys.readouterr().err
     assert main(common + ["--on-bad-data", "skip"]) == 0
     out = capsys.readouterr().out

@@ -70,6 +70,11 @@ def main(argv=None) -> int:
             raise
         print(f"worldtune {args.command}: error: {user_message(e)} (WORLDTUNE_DEBUG=1 shows where)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in a command without its own handling (train saves first)
+        if debug():
+            raise
+        print(f"worldtune {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         warnings.formatwarning = library_format
 

@@ -86,16 +86,18 @@ def run(args: argparse.Namespace) -> int:
     if ann is None:
         print("worldtune eval: give --ann VAL.json (or --data-root COCO_DIR)", file=sys.stderr)
         return 2
+    from worldtune.cli.errors import debug, user_errors, user_message
+
     try:
         if args.detections is not None:
             metrics = coco_evaluate(ann, args.detections, backend=args.backend)
         else:
             metrics = _score_model(args, ann, images)
-    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad files or data, missing weights
-        from worldtune.cli.errors import user_message
-
+    except (RuntimeError, *user_errors()) as e:  # bad files or data, missing weights: exit 2, as every command
+        if debug():
+            raise
         print(f"worldtune eval: error: {user_message(e)}", file=sys.stderr)
-        return 1
+        return 2
     print(f"COCO box metrics ({metrics['num_images']} images, {metrics['num_detections']} detections, "
           f"backend {metrics['backend']}), %:")
     print(format_metrics(metrics))
