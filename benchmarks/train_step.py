@@ -114,6 +114,10 @@ def rounds_img_s(steps: dict, batch: int, args, device) -> dict:
     for _ in range(args.rounds):
         for name, step in steps.items():
             rates[name].append(batch / time_steps(step, args.steps, device, warmup=0))
+    if "theirs" in rates and args.rounds > 1:  # the same round's pair, so a slow spell hits both
+        ratios = sorted(o / t for o, t in zip(rates["ours"], rates["theirs"]))
+        print(f"  worldtune / ultralytics per round: {', '.join(f'{r:.3f}' for r in ratios)} "
+              f"(faster in {sum(r > 1 for r in ratios)} of {len(ratios)} rounds)", flush=True)
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
