@@ -60,7 +60,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert out.count("batch rule: total batch 2 x 2 = 4") == 1  # printed by rank 0 only
     run = Path(cfg.out)
     assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["best.pt", "config.yaml", "curves.png",
-                                                                   "last.pt", "metrics.jsonl"]
+                                                                   "last.pt", "last_val.png", "metrics.jsonl"]
     # validation split over the two processes, scored once by rank 0
     assert out.count("epoch 1: AP") == 1
     val_records = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "val"' in line]

@@ -70,7 +70,7 @@ def test_training_raises_ap_above_the_untrained_model(tmp_path):
     result = T.fit(cfg)
     assert result["status"] == "finished" and result["global_step"] == 30 * 3
     run = Path(cfg.out)
-    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "curves.png"):
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "curves.png", "last_val.png"):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} == {"train", "epoch", "val"}

@@ -188,3 +188,29 @@ def test_a_data_loader_workers_error_reads_as_the_original_message():
     with pytest.raises(DataError) as info:
         wrapped.reraise()
     assert user_message(info.value) == "first line\nsecond line"
+
+
+def test_plot_writes_the_pr_curves_and_class_bars(gt_and_dets, tmp_path, capsys):
+    import cv2
+
+    gt, dets = gt_and_dets
+    out = tmp_path / "plots" / "pr.png"
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt), "--plot", str(out)]) == 0
+    assert f"plot written to {out}" in capsys.readouterr().out
+    image = cv2.imread(str(out))
+    assert image is not None and image.shape[1] == 12 * 90  # 12 in at 90 dpi
+
+
+def test_plot_of_many_classes_shows_the_best_and_worst_only(tmp_path):
+    import cv2
+
+    from worldtune.eval.plots import MAX_CLASS_BARS, plot_eval
+
+    recall = [r / 100 for r in range(101)]
+    metrics = {"AP": 0.4, "AP50": 0.6, "AP75": 0.4, "pr_curves": {"recall": recall, "AP": [0.4] * 101,
+                                                                   "AP50": [0.6] * 101, "AP75": [None] * 101},
+               "per_class": {f"class {i}": i / 200 for i in range(150)} | {"no gt": None}}
+    height = cv2.imread(str(plot_eval(metrics, tmp_path / "many.png"))).shape[0]
+    assert height == round((0.2 * (MAX_CLASS_BARS + 1) + 1.2) * 90)  # the rows shown plus the gap row
+    few = dict(metrics, per_class={f"class {i}": i / 10 for i in range(5)})
+    assert cv2.imread(str(plot_eval(few, tmp_path / "few.png"))).shape[0] == 4 * 90  # the minimum height

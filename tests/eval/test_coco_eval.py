@@ -209,3 +209,32 @@ def test_bad_gt_annotations_name_the_annotation(tmp_path, bbox, message):
     del gt["annotations"][1]["id"]
     with pytest.raises(ValueError, match=r"annotation #1 \(no id\)"):
         coco_evaluate(gt, [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pr_curves_are_the_interpolated_precision_and_average_to_ap(backend):
+    gt = single_box_gt()
+    gt["images"].append({"id": 2, "width": 400, "height": 400})
+    gt["annotations"].append({"id": 2, "image_id": 2, "category_id": 5, "bbox": [100, 100, 100, 100],
+                              "area": 10000, "iscrowd": 0})
+    # By score: a hit on image 1, a miss, then image 2's box shifted by 30 px (IoU 0.538: a hit at .50 only).
+    dets = [{"image_id": 1, "category_id": 5, "bbox": [100, 100, 100, 100], "score": 0.9},
+            {"image_id": 1, "category_id": 5, "bbox": [300, 300, 50, 50], "score": 0.8},
+            {"image_id": 2, "category_id": 5, "bbox": [130, 100, 100, 100], "score": 0.7}]
+    m = coco_evaluate(gt, dets, backend=backend)
+    curves = m["pr_curves"]
+    assert len(curves["recall"]) == 101 and curves["recall"][50] == 0.5
+    # At IoU .50, precisions 1, 1/2, 2/3 at recalls 1/2, 1/2, 1: interpolated 1 up to recall .5, then 2/3.
+    assert curves["AP50"] == pytest.approx([1.0] * 51 + [2 / 3] * 50)
+    assert curves["AP75"] == pytest.approx([1.0] * 51 + [0.0] * 50)  # image 2 is never found at .75
+    assert curves["AP"] == pytest.approx([1.0] * 51 + [2 / 3 / 10] * 50)  # found at 1 of 10 thresholds
+    for key in ("AP", "AP50", "AP75"):  # the metric is the mean of its curve over the 101 recall points
+        assert np.mean(curves[key]) == pytest.approx(m[key])
+
+
+def test_pr_curves_leave_out_classes_without_gt():
+    gt = random_gt(20)
+    m = coco_evaluate(gt, random_detections(gt))
+    assert m["per_class"]["toothbrush"] is None  # no GT: its -1 precision must not pull the mean down
+    assert np.mean(m["pr_curves"]["AP"]) == pytest.approx(m["AP"])
+    assert all(0.0 <= p <= 1.0 for p in m["pr_curves"]["AP"])

@@ -164,5 +164,5 @@ def run(args) -> int:
     drawn = (f"best.pt, epoch {result['best_epoch'] + 1}, AP {100 * result['best_ap']:.1f}"
              if checkpoint.name == "best.pt" else "last.pt")
     print(f"\npredictions on a val image ({drawn}): {picture}\nrun folder (checkpoints, metrics.jsonl, "
-          f"curves.png): {run_dir}\ntook {time.perf_counter() - start:.0f} s")
+          f"curves.png, last_val.png): {run_dir}\ntook {time.perf_counter() - start:.0f} s")
     return 0

@@ -1,6 +1,6 @@
 """COCO box AP of a detections file, or of a checkpoint run over a COCO-format image set.
 
-  worldtune eval --detections results.json --ann instances_val2017.json [--json metrics.json]
+  worldtune eval --detections results.json --ann instances_val2017.json [--json metrics.json] [--plot pr.png]
   worldtune eval --weights v2-l-coco --data-root data/coco [--out-detections dets.json]
   worldtune eval --weights run/best.pth --ann val.json --images val/ --class-texts texts.json
 """
@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--backend", choices=BACKENDS, default="faster", help="COCO matching implementation")
     out.add_argument("--json", type=output_file, help="write the metrics here")
     out.add_argument("--out-detections", type=output_file, help="write the model's COCO results JSON here")
+    out.add_argument("--plot", type=output_file,
+                     help="write a PNG here: precision-recall curves and the per-class AP, sorted")
 
 
 def _gt_and_images(args) -> tuple:
@@ -111,4 +113,11 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics_to_json(metrics), indent=2))
         print(f"metrics written to {args.json}")
+    if args.plot is not None:
+        from worldtune.eval.plots import plot_eval
+
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        source = args.weights if args.weights is not None else args.detections.name
+        plot_eval(metrics, args.plot, title=f"{source} on {Path(ann).name}")
+        print(f"plot written to {args.plot}")
     return 0

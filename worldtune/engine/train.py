@@ -419,6 +419,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         say("\n" + summary_table(out / "metrics.jsonl"))
         if png:
             say(f"curves: {png}")
+        if last_metrics and last_metrics.get("pr_curves"):  # validated in this process: its PR curves and classes
+            from worldtune.eval.plots import plot_eval
+
+            say(f"last validation, PR curves and per-class AP: "
+                f"{plot_eval(last_metrics, out / 'last_val.png', title=f'{out.name}: last validation, EMA weights')}")
         if state["best_epoch"] >= 0:
             say(f"best AP {100 * state['best_ap']:.1f} after epoch {state['best_epoch'] + 1} ({out / 'best.pt'})")
     return {"status": status, "out": out, "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],

@@ -110,7 +110,8 @@ def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend
     Returns:
         dict with the fractions in [0, 1] `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl`, `AR1`, `AR10`,
         `AR100`, `ARs`, `ARm`, `ARl` (None when the GT has no object of that area range),
-        `per_class` {category name: AP or None when the class has no GT}, `num_images`,
+        `per_class` {category name: AP or None when the class has no GT}, `pr_curves` (see
+        `pr_curves`), `num_images`,
         `num_detections`, `backend`.
     """
     if backend not in BACKENDS:
@@ -130,6 +131,7 @@ def coco_evaluate(ann: str | Path | dict, detections: list | str | Path, backend
     precision, recall = accumulate(gt, dets, backend)
     metrics = summarize(precision, recall)
     metrics["per_class"] = per_class_ap(precision, gt["categories"])
+    metrics["pr_curves"] = pr_curves(precision)
     metrics.update(num_images=len(gt["images"]), num_detections=len(dets), backend=backend)
     return metrics
 
@@ -146,6 +148,21 @@ def per_class_ap(precision: np.ndarray, categories: list[dict]) -> dict:
         key = name if names.count(name) == 1 else f"{name} ({cat['id']})"
         out[key] = _mean_defined(precision[:, :, k, 0, -1])
     return out
+
+
+def pr_curves(precision: np.ndarray) -> dict:
+    """Precision at the 101 COCO recall points, averaged over the classes with GT (area all, 100
+    detections): `AP50` and `AP75` at one IoU threshold, `AP` over all ten. The area under each
+    curve is the metric of that name. None at a recall point no class defines."""
+    def curve(p):  # p: [T, R, K]
+        p = np.where(p > -1, p, np.nan)
+        counts = np.sum(~np.isnan(p), axis=(0, 2))
+        sums = np.nansum(p, axis=(0, 2))
+        return [float(s / c) if c else None for s, c in zip(sums, counts)]
+
+    p = precision[:, :, :, _AREA_INDEX["all"], -1]
+    return {"recall": [round(r, 2) for r in np.linspace(0, 1, p.shape[1]).tolist()],
+            "AP": curve(p), "AP50": curve(p[0:1]), "AP75": curve(p[5:6])}
 
 
 def format_metrics(metrics: dict) -> str:
