@@ -114,6 +114,17 @@ def test_custom_key_longest_match_and_trainable_text_tower():
     assert optimizer.param_groups[0]["weight_decay"] == 0.05 and optimizer.defaults["weight_decay"] == 0.1
 
 
+def test_longer_custom_key_wins_even_when_the_shorter_sorts_first():
+    # "model" sorts before "text_model" alphabetically and both are substrings of the name,
+    # so only longest-first matching gives text_model's lr_mult: 2e-4 * 0.01 = 2e-6 (not 1e-4).
+    model = nn.Module()
+    model.text_model = nn.Linear(2, 2)
+    cfg = OptimConfig(custom_keys={"model": {"lr_mult": 0.5}, "text_model": {"lr_mult": 0.01}})
+    groups = {g["param_names"][0]: g for g in build_param_groups(model, cfg)}
+    assert groups["text_model.weight"]["lr"] == pytest.approx(2e-6)
+    assert groups["text_model.bias"]["lr"] == pytest.approx(2e-6)
+
+
 def test_frozen_groups_never_move_and_sgd_is_nesterov():
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
     model[1].weight.requires_grad_(False)

@@ -58,6 +58,25 @@ def test_prior_claimed_by_two_gts_goes_to_larger_overlap():
     assert bool((res.labels[0, fg] == 1).all())
 
 
+def test_contested_prior_goes_to_larger_overlap_even_when_alignment_prefers_the_other_gt():
+    priors, _ = _grid_priors()
+    # Same two gts as above, predictions equal gt B (CIoU 1 with B, about 0.88 with A). Class 0 (gt A)
+    # scores 1 and class 1 (gt B) 0.01, so alignment = score^0.5 * ciou^6 is about 0.47 for A and
+    # 0.1 for B: alignment prefers A, overlap prefers B, and the rule says overlap decides.
+    gt_a, gt_b = [8.0, 8.0, 40.0, 40.0], [9.0, 9.0, 41.0, 41.0]
+    pred_boxes = torch.tensor(gt_b).expand(1, 64, 4).clone()
+    pred_scores = torch.tensor([1.0, 0.01]).expand(1, 64, 2).clone()
+    ciou = box_ciou(torch.tensor(gt_b), torch.tensor([gt_a, gt_b]))
+    align = torch.tensor([1.0, 0.01]).sqrt() * ciou.pow(6)
+    assert ciou[1] > ciou[0] and align[0] > align[1]  # the premise of the test
+    # Both gts hold the same 16 inside centres (12, 20, 28, 36 squared); topk=16 makes both claim all.
+    res = _assign(pred_scores, pred_boxes, priors, [gt_a, gt_b], [0, 1], topk=16)
+    fg = res.fg_mask[0]
+    assert int(fg.sum()) == 16
+    assert bool((res.gt_index[0, fg] == 1).all())
+    assert bool((res.labels[0, fg] == 1).all())
+
+
 def test_padded_gts_are_ignored_and_no_gt_gives_background():
     priors, _ = _grid_priors()
     pred_boxes = distance_to_bbox(priors, torch.full((64, 4), 12.0)).unsqueeze(0).repeat(2, 1, 1)
