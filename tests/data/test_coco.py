@@ -71,6 +71,28 @@ def test_derived_texts_and_degenerate_ignored(tiny_coco, tmp_path):
     assert ds.get_record(0)["ignore"].tolist() == [True, False, False]
 
 
+@pytest.mark.parametrize("side", [2, 3])
+def test_boxes_under_one_pixel_wide_or_high_are_ignored(tiny_coco, tmp_path, side):
+    def edit(d):
+        d["annotations"][0]["bbox"][side] = 0.5  # w (2) or h (3) < 1; the stored area stays positive
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    assert CocoDetection(ann, img).get_record(0)["ignore"].tolist() == [True, False, False]
+
+
+def test_labels_follow_sorted_category_ids_whatever_the_listing_order(tiny_coco, tiny_dataset, tmp_path):
+    # The official loader numbers classes by sorted category id: listing the categories in reverse
+    # (17, 9, 4, 3, 1) must give the same ids, names and labels as the sorted file.
+    def edit(d):
+        d["categories"].reverse()
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    assert [c["id"] for c in json.loads(ann.read_text())["categories"]] == [17, 9, 4, 3, 1]
+    ds = CocoDetection(ann, img)
+    assert ds.cat_ids == [1, 3, 4, 9, 17] and ds.cat_id_to_label[1] == 0 and ds.cat_id_to_label[17] == 4
+    assert ds.class_names == tiny_coco["category_names"]
+    for i in range(len(ds)):
+        assert ds.get_record(i)["labels"].tolist() == tiny_dataset.get_record(i)["labels"].tolist()
+
+
 def test_class_text_count_mismatch(tiny_coco, tmp_path):
     bad = tmp_path / "texts.json"
     bad.write_text(json.dumps([["a"], ["b"], ["c"], ["d"]]))

@@ -86,7 +86,19 @@ def test_copy_paste_skips_objects_whose_mirror_overlaps():
     sample["bboxes"][1] = [95, 40, 105, 50]  # straddles the middle: its mirror covers itself
     out = copy_paste(sample, np.random.default_rng(0), 1.0)
     assert len(out["bboxes"]) == 3 and np.allclose(out["bboxes"][2], [186, 4, 196, 14])
-    assert copy_paste(dict(sample, polygons=None), np.random.default_rng(0), 1.0) is not None
+    no_masks = dict(sample, polygons=None)
+    assert copy_paste(no_masks, np.random.default_rng(0), 1.0) is no_masks  # nothing to paste: unchanged
+
+
+def test_copy_paste_candidates_are_judged_by_their_mirror_against_every_box():
+    from worldtune.data.mix import copy_paste_choice
+
+    # Width 100. A's mirror [80, 10, 90, 20] covers 100/900 = 0.11 of B (< 0.3): A is a candidate.
+    # B's mirror [0, 0, 30, 30] covers all of A (IoA 1): B is not, although nothing covers B itself much.
+    boxes = np.array([[10, 10, 20, 20], [70, 0, 100, 30]], np.float32)
+    chosen, mirrored = copy_paste_choice(boxes, 100, np.random.default_rng(0), fraction=1.0)
+    assert chosen.tolist() == [0]
+    np.testing.assert_array_equal(mirrored, [[80, 10, 90, 20], [0, 0, 30, 30]])
 
 
 def test_mixup_blends_and_concatenates():

@@ -82,6 +82,22 @@ def test_same_seed_same_sample_and_no_mask_refine(tiny_dataset):
     assert sgd.min_area_ratio == 0.1 and sgd[5]["polygons"] is None
 
 
+def test_epoch_seeds_the_augmentation(tiny_dataset):
+    # Samples are seeded by (seed, epoch, index): the same index differs from one epoch to the next
+    # (both stage 1 here) and is drawn again bit for bit when its epoch comes back.
+    train = build_train_dataset(tiny_dataset, imgsz=64, seed=3, num_texts=8)
+    first = train[5]
+    train.set_epoch(1)
+    assert train.stage == 1
+    second = train[5]
+    train.set_epoch(0)
+    again = train[5]
+    np.testing.assert_array_equal(first["img"], again["img"])
+    np.testing.assert_array_equal(first["bboxes"], again["bboxes"])
+    assert first["texts"] == again["texts"]
+    assert not np.array_equal(first["img"], second["img"])
+
+
 def test_missing_polygons_warn_once_with_count(tiny_coco, tmp_path):
     import json
     import shutil

@@ -29,6 +29,17 @@ def test_sample_texts_pads_and_subsamples():
     assert [texts[n] for n in new_labels] == [f"c{i}" for i in labels[keep]]
 
 
+def test_sample_texts_caps_negatives_at_num_neg():
+    # 1 positive + at most num_neg=3 negatives = 4 real texts, although num_texts=10 and 19 other
+    # classes would allow 9; the rest is padding.
+    class_texts = [[f"c{i}"] for i in range(20)]
+    texts, new_labels, keep = sample_texts(np.array([7, 7]), class_texts, np.random.default_rng(0),
+                                           num_texts=10, num_neg=3)
+    assert len(texts) == 10 and texts[4:] == [""] * 6
+    assert len(set(texts[:4])) == 4 and "c7" in texts[:4]
+    assert keep.all() and [texts[n] for n in new_labels] == ["c7", "c7"]
+
+
 def test_coco_asset_has_80_names():
     from importlib.resources import files
 

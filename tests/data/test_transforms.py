@@ -57,6 +57,16 @@ def test_affine_filters_small_and_outside_boxes():
     assert len(keep["bboxes"]) == 1 and len(drop["bboxes"]) == 0
 
 
+def test_affine_drops_boxes_with_aspect_ratio_of_100_or_more():
+    # scale 1, no translation jitter, no border: the matrix is the identity, so boxes come out as they go in
+    # and only the aspect test (max(w/h, h/w) < 100) can drop one: 350 x 3 is 116.7, 280 x 3 is 93.3.
+    boxes = np.array([[10, 100, 360, 103], [10, 150, 290, 153]], np.float32)
+    s = {"img": np.zeros((200, 400, 3), np.uint8), "bboxes": boxes, "labels": np.array([0, 1]), "polygons": None}
+    out = random_affine(s, np.random.default_rng(0), (1, 1), border=0, translate=0.0)
+    assert out["labels"].tolist() == [1]
+    np.testing.assert_allclose(out["bboxes"], boxes[1:], atol=1e-4)
+
+
 def test_affine_random_boxes_stay_inside():
     rng = np.random.default_rng(1)
     for _ in range(20):
@@ -87,6 +97,23 @@ def test_hsv_identity_and_range():
     assert hsv_augment(img, np.random.default_rng(0), (0, 0, 0)) is img
     out = hsv_augment(img, np.random.default_rng(0))
     assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
+    # A grey pixel is (H 0, S 0, V 100): hue and saturation gains leave 0 at 0, and the value gain
+    # 1 + U(-1, 1)·0.4 (third draw of seed 0: -0.918) gives int(100 · 0.6328) = 63, grey again.
+    gains = np.random.default_rng(0).uniform(-1, 1, 3) * np.array([0.015, 0.7, 0.4]) + 1
+    assert int(100 * gains[2]) == 63
+    grey = hsv_augment(np.full((4, 4, 3), 100, np.uint8), np.random.default_rng(0))
+    np.testing.assert_array_equal(grey, np.full((4, 4, 3), 63, np.uint8))
+
+
+def test_hsv_hue_wraps_around_180():
+    # BGR (42, 0, 255) is OpenCV hue 175 (of 0..179). Seed 4's first draw (0.886) with hue gain 0.1 gives
+    # 1.0886; 175 · 1.0886 = 190.5 wraps to 10.5, truncated to 10 (a clipped table would give 179 or 180).
+    img = np.full((2, 2, 3), (42, 0, 255), np.uint8)
+    assert cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[0, 0].tolist() == [175, 255, 255]
+    gain = 1 + np.random.default_rng(4).uniform(-1, 1, 3)[0] * 0.1
+    assert int((175 * gain) % 180) == 10
+    out = hsv_augment(img, np.random.default_rng(4), (0.1, 0, 0))
+    np.testing.assert_array_equal(out, cv2.cvtColor(np.full((2, 2, 3), (10, 255, 255), np.uint8), cv2.COLOR_HSV2BGR))
 
 
 def test_light_albu_probabilities():
@@ -94,6 +121,21 @@ def test_light_albu_probabilities():
     assert light_albu(img, np.random.default_rng(0), p=0.0) is img
     out = light_albu(img, np.random.default_rng(0), p=1.0)  # all four applied: the last is CLAHE
     assert out.shape == img.shape and not np.array_equal(out, img)
+    # The same four steps by hand, in order, with the same draws (4 uniforms, then blur kernel,
+    # median kernel, CLAHE clip limit), on the BGR array taken for RGB as albumentations does.
+    # Seed 6 draws kernels 5 and 7 (seed 0 draws blur 3, which a fixed 3x3 blur would also give); at
+    # 256 px a CLAHE tile holds 1024 pixels, enough for the drawn clip limit to matter (not at 32 px).
+    img = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    out = light_albu(img, np.random.default_rng(6), p=1.0)
+    rng = np.random.default_rng(6)
+    rng.random(4)
+    blur_k, median_k, clip = int(rng.choice([3, 5, 7])), int(rng.choice([3, 5, 7])), float(rng.uniform(1, 4))
+    assert (blur_k, median_k) == (5, 7)
+    expected = cv2.medianBlur(cv2.blur(img, (blur_k, blur_k)), median_k)
+    expected = cv2.cvtColor(cv2.cvtColor(expected, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    lab = cv2.cvtColor(expected, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=clip, tileGridSize=(8, 8)).apply(np.ascontiguousarray(lab[..., 0]))
+    np.testing.assert_array_equal(out, cv2.cvtColor(lab, cv2.COLOR_LAB2RGB))
 
 
 def test_light_albu_treats_bgr_as_rgb_like_the_official_albumentations_call():
