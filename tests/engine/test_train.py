@@ -235,3 +235,16 @@ def test_data_speed_options_reach_the_training_dataset(tmp_path, monkeypatch):
     shared = T.build_datasets(cfg, info)[0]
     assert shared.images.cached.path.parent == tmp_path / "cache" and shared.images.cached_count == 6
     assert T.build_datasets(cfg, info, start_epoch=stage2)[0].images.cached is None  # not even a named folder
+
+
+def test_mosaic_closes_for_the_last_close_mosaic_epochs(tmp_path):
+    # 5 epochs (0-based 0..4), the last 2 without mosaic: epochs 3 and 4 are stage 2, so the switch is 3.
+    cfg = tiny_config(tmp_path, epochs=5, close_mosaic_epochs=2)
+    cfg.data.cache_images = "false"
+    train_set = T.build_datasets(cfg, dist.init_distributed("cpu"))[0]
+    assert train_set.close_mosaic_epoch == 3
+    stages = []
+    for epoch in range(5):
+        train_set.set_epoch(epoch)
+        stages.append(train_set.stage)
+    assert stages == [1, 1, 1, 2, 2]
