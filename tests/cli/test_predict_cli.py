@@ -125,6 +125,8 @@ def test_read_vocabulary(tmp_path):
         read_vocabulary(None, tmp_path / "nope.json")
     with pytest.raises(ValueError, match="no class text"):
         read_vocabulary(" , ", None)
+    with pytest.raises(ValueError, match="class 2 is empty"):  # not dropped: later indices would shift
+        read_vocabulary("rocket, ,cat face", None)
     txt.write_bytes("\ufeffperson\ncar\n".encode("utf-8"))  # saved with a byte-order mark
     assert read_vocabulary(None, txt) == ["person", "car"]
 
