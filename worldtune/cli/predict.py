@@ -41,9 +41,13 @@ def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] 
         ValueError naming the option or file when the vocabulary is empty or malformed.
     """
     if classes is not None:
-        texts = [t.strip() for t in classes.split(",") if t.strip()]
+        texts = [t.strip() for t in classes.split(",")]
+        while texts and not texts[-1]:  # a trailing comma
+            texts.pop()
         if not texts:
             raise ValueError(f"--classes {classes!r} holds no class text")
+        if "" in texts:  # dropping it would shift every later class index (ONNX outputs, JSON labels)
+            raise ValueError(f"--classes {classes!r}: class {texts.index('') + 1} is empty")
         return texts
     if class_texts is None:
         return None
@@ -148,9 +152,11 @@ def run(args: argparse.Namespace) -> int:
         if args.imgsz % 32 or args.imgsz <= 0:
             raise ValueError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
         if texts is None:
-            texts = list(model.vocabulary)
+            texts = list(model.vocabulary)  # a worldtune checkpoint's training classes
             if not texts:
                 raise ValueError("no vocabulary: give --classes 'person,car' or --class-texts FILE")
+            print(f"vocabulary: the checkpoint's {len(texts)} training classes ({', '.join(texts[:5])}"
+                  f"{', ...' if len(texts) > 5 else ''}); --classes or --class-texts gives others", file=sys.stderr)
         model.set_vocabulary(texts)
         args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError, RuntimeError, ImportError) as e:

@@ -51,7 +51,7 @@ def text_tower_info(model) -> dict:
     return {"num_heads": int(config.num_attention_heads)} if config is not None else {}
 
 
-def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=None) -> dict:
+def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=None, vocabulary=None) -> dict:
     """Everything a resume needs.
 
     `ema` holds the averaged weights (what `extract_model_state` prefers, what validation measures
@@ -60,6 +60,8 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
     same tensor values in all three, and storing it once keeps checkpoints half the size.
     `evaluated`: the module validation scored, stored as `ema` instead (best.pt with precise BN:
     the EMA weights with the recomputed BatchNorm statistics); resuming still uses `ema_state`.
+    `vocabulary`: the training class texts (first synonym of each), which `load_model` sets, so
+    `predict` and `model.predict` need no vocabulary for the classes the run was trained on.
     """
     from worldtune.config import to_dict
 
@@ -77,7 +79,7 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
             "loss_sums": dict(state.get("loss_sums", {})), "loss_count": int(state.get("loss_count", 0)),
             "rng": rng_states(),
             "text_tower": text_tower_info(dist_unwrap(model)),
-            "config": to_dict(cfg)}
+            "config": to_dict(cfg), **({"vocabulary": list(vocabulary)} if vocabulary else {})}
 
 
 def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -> None:

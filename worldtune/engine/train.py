@@ -337,7 +337,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
 
     def save(name: str, evaluated=None) -> None:
         dist.save_on_master(save_checkpoint_atomic,
-                            make_checkpoint(model, ema, optimizer, scaler, state, cfg, evaluated), out / name)
+                            make_checkpoint(model, ema, optimizer, scaler, state, cfg, evaluated,
+                                            vocabulary=train_set.dataset.class_names), out / name)
 
     def on_step_end(s):
         if t.save_every_steps > 0 and s["global_step"] % t.save_every_steps == 0:

@@ -78,10 +78,14 @@ class YOLOWorld(nn.Module):
             return load_model(None, variant=weights, text_model=text_model, device=device, **kwargs)
         return load_model(weights, variant=variant, text_model=text_model, device=device, **kwargs)
 
-    def predict(self, images, imgsz: int = 640, **kwargs) -> list[dict]:
-        """Detect the vocabulary (`set_vocabulary`) in images; see `worldtune.model.predict.predict`."""
+    def predict(self, images, imgsz: int | None = None, **kwargs) -> list[dict]:
+        """Detect the vocabulary (`set_vocabulary`) in images; see `worldtune.model.predict.predict`.
+
+        `imgsz` defaults to the training size a worldtune checkpoint records (`trained_imgsz`), else 640.
+        """
         from worldtune.model.predict import predict
 
+        imgsz = imgsz or getattr(self, "trained_imgsz", None) or 640
         return predict(self, images, imgsz=imgsz, **kwargs)
 
 
