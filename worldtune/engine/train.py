@@ -192,9 +192,13 @@ def short_run_notes(t, iters_per_epoch: int, warmup: int) -> list[str]:
     notes = []
     total = t.epochs * iters_per_epoch
     if warmup >= total:
-        notes.append(f"the lr warm-up lasts {warmup} iterations (max of train.warmup_epochs={t.warmup_epochs} "
-                     f"epochs and train.min_warmup_iters={t.min_warmup_iters}), the whole run {total}: the lr "
-                     f"never reaches train.lr={t.lr:g}. For a short run lower train.min_warmup_iters")
+        by_epochs = round(t.warmup_epochs * iters_per_epoch)
+        # name whichever term sets the length (both, when both reach the run's end)
+        lower = [key for key, length in (("train.min_warmup_iters", t.min_warmup_iters),
+                                         ("train.warmup_epochs", by_epochs)) if length >= total]
+        notes.append(f"the lr warm-up lasts {warmup} iterations (max of train.warmup_epochs={t.warmup_epochs:g} "
+                     f"epochs = {by_epochs} and train.min_warmup_iters={t.min_warmup_iters}), the whole run "
+                     f"{total}: the lr never reaches train.lr={t.lr:g}. For a short run lower {' and '.join(lower)}")
     if t.close_mosaic_epochs >= t.epochs:
         notes.append(f"train.close_mosaic_epochs={t.close_mosaic_epochs} covers all {t.epochs} epochs: every epoch "
                      f"is the last stage, without mosaic, MixUp or copy-paste. Lower it for a short run")
