@@ -72,6 +72,10 @@ def test_short_runs_are_told_what_the_recipe_schedule_does():
     recipe_like = SimpleNamespace(epochs=5, warmup_epochs=3, min_warmup_iters=1000, lr=2e-4, close_mosaic_epochs=10)
     warm, mosaic = T.short_run_notes(recipe_like, iters_per_epoch=20, warmup=1000)
     assert "warm-up lasts 1000 iterations" in warm and "whole run 100" in warm
+    assert warm.endswith("lower train.min_warmup_iters")  # 3 epochs = 60 iterations: the minimum sets it
+    by_epochs = SimpleNamespace(**{**vars(recipe_like), "min_warmup_iters": 20, "warmup_epochs": 5})
+    (warm, _), = [T.short_run_notes(by_epochs, iters_per_epoch=20, warmup=100)]
+    assert "5 epochs = 100" in warm and warm.endswith("lower train.warmup_epochs")
     assert "close_mosaic_epochs=10 covers all 5 epochs" in mosaic
     long_run = SimpleNamespace(**{**vars(recipe_like), "epochs": 80})
     assert T.short_run_notes(long_run, iters_per_epoch=20, warmup=1000) == []
