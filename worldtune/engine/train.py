@@ -43,15 +43,20 @@ class StopFlag:
 
     A second Ctrl-C (2 s or more after the first) raises KeyboardInterrupt at once; `last.pt` is
     then written only if no weight update or validation was under way (else the previous one,
-    written atomically, stays).
+    written atomically, stays). While `immediate` is set (during a validation, which a resume
+    repeats from the `last.pt` saved before it), the first Ctrl-C raises at once.
     """
 
     def __init__(self):
         self.requested = False
+        self.immediate = False
         self._first = 0.0
         self._previous = None
 
     def _handler(self, signum, frame):
+        if self.immediate:
+            self.requested = True
+            raise KeyboardInterrupt
         if self.requested:
             # torchrun forwards the terminal's Ctrl-C to ranks that already got it: not a second press
             if time.monotonic() - self._first < 2.0:
@@ -104,13 +109,14 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
     amp_on, amp_dtype = amp_settings(cfg.train.amp, device)
     if state["step_in_epoch"] == 0 or "loss_sums" not in state:  # a resumed epoch keeps its sums
         state["loss_sums"], state["loss_count"] = {}, 0
-    sums, images_seen, lr = state["loss_sums"], 0, None
+    sums, images_seen = state["loss_sums"], 0
     start = time.perf_counter()
     total = state["iters_per_epoch"]
     bar = logger.progress(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                           initial=state["step_in_epoch"])
     memory_format = torch.channels_last if channels_last_on(cfg, device) else torch.contiguous_format
     lr_group = base_lr_group(optimizer, cfg.train.bias_warmup)  # warm-up-bias groups start elsewhere
+    lr = optimizer.param_groups[lr_group]["lr"]  # the last step's, for an epoch resumed after its last step
     for batch in bar:
         schedule_fn(optimizer, epoch, state["global_step"])
         # One kernel converts both the dtype and the layout (uint8 NCHW -> float32 NHWC on GPU).
@@ -356,11 +362,14 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     for line in short_run_notes(t, iters, warmup_iters(iters, sched)):
         say(f"note: {line}")
 
+    stop = StopFlag()
+
     def validate(epoch: int) -> None:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
         nonlocal last_metrics
-        state["validating"] = True
+        state["validating"] = stop.immediate = True  # Ctrl-C stops it at once; a resume repeats it
         metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
+        stop.immediate = False
         if info.is_main:
             last_metrics = metrics
             ap = last_metrics["AP"] or 0.0
@@ -375,11 +384,13 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         state["validating"] = state["val_pending"] = False
 
     try:
-        with StopFlag() as stop:
+        with stop:
             if state.get("val_pending") and val_loader is not None:  # stopped during that validation
                 validate(state["epoch"] - 1)
                 save("last.pt")
             for epoch in range(state["epoch"], t.epochs):
+                if not dist.all_true(not stop.requested, info.device):  # Ctrl-C between two epochs' steps
+                    raise KeyboardInterrupt
                 state["epoch"] = epoch
                 train_loader.set_epoch(epoch)
                 batches = resume_loader(train_loader, state["step_in_epoch"])
