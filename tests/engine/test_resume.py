@@ -205,3 +205,37 @@ def test_resume_refuses_other_files(tmp_path):
     torch.save({"ema_state": {}, "config": {}, "model": {}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"partial.pt: this training checkpoint lacks \['ema', 'optimizer'"):
         fit(cfg, resume=tmp_path / "partial.pt")
+
+
+def test_ctrl_c_on_the_last_step_of_an_epoch(tmp_path, reference, monkeypatch):
+    """Stopped after the epoch's last step but before its end-of-epoch bookkeeping: the resumed
+    epoch has no step left, and its record still gets the lr (it was null)."""
+    from worldtune.engine import train as train_mod
+
+    sigint = before_call(train_mod.batch_text_feats, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    real = train_mod.batch_text_feats
+    monkeypatch.setattr(train_mod, "batch_text_feats", sigint)  # during step 2 of 2 in epoch 1
+    cfg = _config(tmp_path)
+    assert fit(cfg)["status"] == "interrupted"
+    monkeypatch.setattr(train_mod, "batch_text_feats", real)
+    _resume_from_and_compare(cfg, (0, 2, 2), reference)
+    records = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch" and r["lr"] is not None] == [0, 1]
+
+
+def test_ctrl_c_during_validation_stops_it_at_once(tmp_path, monkeypatch, capsys):
+    """The first Ctrl-C in a validation stops it (no further training step); the resume repeats it."""
+    from worldtune.engine import train as train_mod
+
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3, val_interval=1)
+    sigint = before_call(train_mod.evaluate_ema, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(train_mod, "evaluate_ema", sigint)
+    result = fit(cfg)
+    assert result["status"] == "interrupted" and result["global_step"] == 2  # epoch 1's two steps only
+    assert "aborted during a validation" in capsys.readouterr().out
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["global_step"], saved["val_pending"]) == (1, 2, True)
+    monkeypatch.undo()
+    assert fit(cfg, resume=cfg.out)["status"] == "finished"
+    records = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [0, 1]
