@@ -103,14 +103,18 @@ def run(args: argparse.Namespace) -> int:
           f"opset {args.opset}) and {args.out.parent / info['vocab_file']}")
     if not args.no_verify:
         try:
-            diffs = verify_onnx(model, texts, args.out, info, text_feats=text_feats)
+            diffs, detections = verify_onnx(model, texts, args.out, info, text_feats=text_feats)
         except ImportError:
             print("onnxruntime is not installed: verification skipped (pip install onnxruntime)")
             return 0
         # With NMS, exactly tied boxes may come out in another order: judge by scores and counts.
         worst = max(diffs[k] for k in (("scores", "num_dets") if args.nms else ("boxes", "scores")))
         print("onnxruntime vs PyTorch, largest difference (relative to max(1, |value|)): "
-              + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+              + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+              + (f" ({detections} detections compared)" if detections is not None else ""))
+        if detections == 0:
+            print(f"note: the test photographs gave no detection above --score-thr {args.score_thr:g}, so only "
+                  "the counts were compared; a lower --score-thr, or an export without --nms, checks the boxes")
         if worst > 1e-3:
             print(f"worldtune export: WARNING the exported graph differs from PyTorch by {worst:.2e}",
                   file=sys.stderr)

@@ -58,10 +58,16 @@ def compare_outputs(module: nn.Module, path: str | Path, images: Tensor,
     return diffs
 
 
+@torch.no_grad()
 def verify_onnx(model: nn.Module, texts: list[str], path: str | Path, info: dict,
-                text_feats: Tensor | None = None) -> dict[str, float]:
+                text_feats: Tensor | None = None) -> tuple[dict[str, float], int | None]:
     """Rebuild the exported module from `model` with the options in `info` (the vocab.json content)
-    and compare it with the file on a letterboxed photograph; see `compare_outputs`."""
+    and compare it with the file on letterboxed photographs; see `compare_outputs`.
+
+    Returns:
+        (the differences, and for a graph with NMS the number of PyTorch detections they cover:
+        with none, only the counts were compared; None for a graph without NMS).
+    """
     from worldtune.export.onnx import build_export_module
 
     cfg = info["nms_config"] or {}
@@ -70,4 +76,9 @@ def verify_onnx(model: nn.Module, texts: list[str], path: str | Path, info: dict
     batch = 2 if info["dynamic_batch"] else int(info.get("batch", 1))
     images = sample_images(info["imgsz"], batch)
     feats_in = feats.unsqueeze(0).expand(batch, -1, -1).contiguous() if info["dynamic_vocab"] else None
-    return compare_outputs(module, path, images, feats_in)
+    diffs = compare_outputs(module, path, images, feats_in)
+    detections = None
+    if info["nms"]:
+        num_dets = module(images) if feats_in is None else module(images, feats_in)
+        detections = int(num_dets[0].sum())
+    return diffs, detections
