@@ -65,3 +65,14 @@ def test_export_mismatched_or_empty_vocabulary(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "empty vocabulary" in err and "still needed with --text-feats" in err
     assert not out.exists()
+
+
+def test_export_check_says_how_many_detections_it_compared(files, tmp_path, capsys):
+    # Random weights score about 0.01 (the head's prior): nothing passes 0.25, everything passes 0.
+    assert _export(files, tmp_path / "a.onnx", "--classes", ",".join(CLASSES), "--nms") == 0
+    stdout = capsys.readouterr().out
+    assert "(0 detections compared)" in stdout and "only the counts were compared" in stdout
+    assert _export(files, tmp_path / "b.onnx", "--classes", ",".join(CLASSES), "--nms", "--score-thr", "0",
+                   "--max-det", "7") == 0
+    stdout = capsys.readouterr().out
+    assert "(7 detections compared)" in stdout and "only the counts" not in stdout
