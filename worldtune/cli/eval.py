@@ -2,7 +2,7 @@
 
   worldtune eval --detections results.json --ann instances_val2017.json [--json metrics.json] [--plot pr.png]
   worldtune eval --weights v2-l-coco --data-root data/coco [--out-detections dets.json]
-  worldtune eval --weights run/best.pth --ann val.json --images val/ --class-texts texts.json
+  worldtune eval --weights runs/my_run/best.pt --ann val.json --images val/ --class-texts texts.json
 """
 import argparse
 import json

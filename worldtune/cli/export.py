@@ -1,8 +1,8 @@
 """Export to ONNX with the vocabulary folded into the weights (no text tower in the graph).
 
   worldtune export --weights v2-s-coco --classes "person,red car" --out person_car.onnx
-  worldtune export --weights run/best.pth --class-texts texts.json --nms --out det.onnx
-  worldtune export --weights run/best.pth --classes person --dynamic-vocab --out open.onnx
+  worldtune export --weights runs/my_run/best.pt --class-texts texts.json --nms --out det.onnx
+  worldtune export --weights runs/my_run/best.pt --classes person --dynamic-vocab --out open.onnx
 
 Input `images`: (B, 3, imgsz, imgsz) float32 RGB in [0, 1], letterboxed by the caller (long side
 resized to imgsz, centred padding with 114). Outputs: `boxes` (B, N, 4) xyxy input pixels and

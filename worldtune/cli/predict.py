@@ -1,7 +1,8 @@
 """Detect any vocabulary in images; writes annotated images and JSON detections.
 
   worldtune predict --weights v2-s-coco --classes "person,red car" photos/ street.jpg --out preds/
-  worldtune predict --weights run/best.pth --class-texts texts.json --score-thr 0.3 photos/
+  worldtune predict --weights runs/my_run/best.pt --class-texts texts.json --score-thr 0.3 photos/
+  worldtune predict --weights runs/my_run/best.pt photos/      # the classes the run was trained on
 
 Per image: `<name>.jpg|png` with boxes, names and scores drawn, and `<name>.json` with the
 detections in original pixels; `predictions.json` sums everything up, including skipped files.
