@@ -60,3 +60,16 @@ def output_folder(text: str) -> Path:
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     return _creatable(Path(text))
+
+
+def add_threads_argument(parser) -> None:
+    """--threads: torch's CPU threads for this command (`set_threads`)."""
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="CPU threads for torch (default 0: torch's own choice). On a busy machine 1 can be much "
+                             "faster: idle-waiting threads slow every layer down")
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        import torch
+        torch.set_num_threads(threads)

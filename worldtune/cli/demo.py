@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from worldtune.cli.argtypes import image_size, non_negative_int, positive_float, positive_int
+from worldtune.cli.argtypes import (add_threads_argument, image_size, non_negative_int, positive_float, positive_int,
+                                    set_threads)
 
 
 def add_arguments(parser) -> None:
@@ -29,9 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data set, the weights and the sampling")
-    parser.add_argument("--threads", type=non_negative_int, default=0,
-                        help="CPU threads for torch (default 0: torch's own choice). On a busy machine 1 can be much "
-                             "faster: idle-waiting threads slow every layer down")
+    add_threads_argument(parser)
 
 
 def demo_config(data: dict, out: Path, args):
@@ -127,9 +126,7 @@ def run(args) -> int:
     from worldtune.engine.train import fit
 
     start = time.perf_counter()
-    if args.threads > 0:
-        import torch
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     try:
         from worldtune.engine.dist import resolve_device

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import output_file
+from worldtune.cli.argtypes import add_threads_argument, output_file, set_threads
 from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
 
 
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch-size", type=int, default=8)
     model.add_argument("--workers", type=int, default=2)
     model.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    add_threads_argument(model)
     model.add_argument("--allow-hash-mismatch", action="store_true",
                        help="accept a zoo file whose SHA-256 disagrees with its name")
     out = parser.add_argument_group("output")
@@ -81,6 +82,7 @@ def _score_model(args, ann: Path, images: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     if (args.detections is None) == (args.weights is None):
         print("worldtune eval: give exactly one of --detections FILE or --weights CKPT", file=sys.stderr)
         return 2

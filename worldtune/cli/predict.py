@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import image_size, output_folder, positive_int, probability
+from worldtune.cli.argtypes import add_threads_argument, image_size, output_folder, positive_int, probability, set_threads
 from worldtune.data.texts import load_class_texts
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -77,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou-thr", type=probability, default=0.7, help="class-aware NMS IoU threshold")
     parser.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when available)")
+    add_threads_argument(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8)
 
 
@@ -143,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     from worldtune.model.loading import load_model
     from worldtune.model.postprocess import PostprocessConfig
     from worldtune.model.predict import letterbox_for_test, predict_batch, read_image_rgb
+
+    set_threads(args.threads)
 
     try:
         texts = read_vocabulary(args.classes, args.class_texts)

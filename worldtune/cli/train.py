@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import non_negative_int, positive_int
+from worldtune.cli.argtypes import add_threads_argument, non_negative_int, positive_int, set_threads
 from worldtune.config import RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value
 
 
@@ -38,6 +38,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--imgsz", type=int, help="training and validation size (recipe: 640)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process")
+    add_threads_argument(parser)
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
     parser.add_argument("--save-every-steps", type=non_negative_int, help="also save last.pt every N steps")
@@ -100,6 +101,7 @@ def run(args) -> int:
     from worldtune.cli.errors import debug, user_errors, user_message
     from worldtune.engine.train import NonFiniteLossError, fit
 
+    set_threads(args.threads)
     try:
         if args.resume:
             cfg = load_recipe(args.recipe)  # replaced by the run's saved config; only where-to-run flags apply
