@@ -177,6 +177,22 @@ def test_worldtune_and_bare_layouts():
         extract_model_state({"model": model_w}, prefer="best")
 
 
+def test_prefer_model_falls_back_to_ema_when_only_ema_is_stored():
+    # The docstring's fallback: a worldtune checkpoint with EMA weights only still loads with prefer="model".
+    ema_w = _weights(1)
+    _assert_same(extract_model_state({"ema": ema_w, "epoch": 3}, prefer="model"), ema_w)
+    _assert_same(extract_model_state({"model": None, "ema": ema_w}, prefer="model"), ema_w)
+
+
+def test_a_prefix_is_stripped_only_when_every_key_has_it():
+    # One key under "module." is not a DistributedDataParallel wrapper: stripping it from every key
+    # would cut "b.weight" to "ight", so both keys stay as they are.
+    state = {"module.a": torch.zeros(2), "b.weight": torch.ones(3)}
+    _assert_same(extract_model_state(state), state)
+    _assert_same(extract_model_state({"model": {"_orig_mod.a": torch.zeros(2), "b": torch.ones(1)}}),
+                 {"_orig_mod.a": torch.zeros(2), "b": torch.ones(1)})
+
+
 def test_official_fixture_layout(spec_fixtures):
     ckpt = load_checkpoint_file(spec_fixtures / "parity_s.pt")
     state = extract_model_state(ckpt)

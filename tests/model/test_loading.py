@@ -95,6 +95,22 @@ def test_predict_returns_boxes_in_original_image_coordinates(official_layout_che
     assert (det["boxes_xyxy"] >= 0).all() and (det["scores"][:-1] >= det["scores"][1:]).all()
     # a box touching the right edge at 128 px maps to the right edge of the 451 px original
     assert det["boxes_xyxy"][:, 2].max() > 128
+    # Exactly, by hand: long side 451 -> 128 gives 128 x int(300 * 128 / 451) = 85, letterboxed with
+    # 21 rows above and 22 below; the network boxes map back with (top 21, left 0) and the per-axis
+    # scales 128/451 and 85/300, then clamp to the 300 x 451 original.
+    import cv2
+
+    from worldtune.model.postprocess import decode_outputs, detect_one_image
+
+    boxed = cv2.copyMakeBorder(cv2.resize(image, (128, 85), interpolation=cv2.INTER_AREA), 21, 22, 0, 0,
+                               cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(boxed).permute(2, 0, 1)[None].float() / 255, None)
+    boxes, scores = decode_outputs(outputs, model.strides)
+    expected = detect_one_image(boxes[0], scores[0], PostprocessConfig(score_thr=0.0, max_per_img=50),
+                                (128 / 451, 85 / 300), (21, 22, 0, 0), (300, 451))
+    for key in ("boxes_xyxy", "scores", "labels"):
+        torch.testing.assert_close(det[key], expected[key])
 
 
 @pytest.mark.parametrize("name,variant", [("s", "s"), ("m", "m"), ("l", "l"), ("x", "x"), ("xl", "xl"),

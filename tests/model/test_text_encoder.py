@@ -161,6 +161,20 @@ def test_vocabulary_cache_hits_and_invalidation(tiny):
     assert not torch.allclose(tiny.encode_vocabulary(vocab), replaced)
 
 
+def test_cache_evicts_the_least_recently_used_text(tiny):
+    # Room for 2: after a, b, c the oldest (a) is gone and c, the newest, is kept; b is still there.
+    tiny.cache_size = 2
+    calls = _count_tower_calls(tiny)
+    for text in ("a", "b", "c"):
+        tiny.encode([text])
+    assert len(calls) == 3
+    tiny.encode(["c"])
+    tiny.encode(["b"])
+    assert len(calls) == 3  # both hits
+    tiny.encode(["a"])
+    assert len(calls) == 4  # evicted, encoded again
+
+
 def test_unfrozen_encoder_does_not_cache(tiny):
     tiny.set_frozen(False)
     calls = _count_tower_calls(tiny)

@@ -1,0 +1,34 @@
+"""detect_one_image on hand-made candidates: the map back to original pixels, the clamp, nms_pre."""
+import torch
+
+from worldtune.model.postprocess import PostprocessConfig, detect_one_image
+
+
+def test_boxes_map_back_through_letterbox_padding_and_per_axis_scale():
+    # pad (top 10, bottom 10, left 4, right 4), scale (w 0.5, h 0.25): x = (x - 4) / 0.5, y = (y - 10) / 0.25,
+    # so [20, 40, 60, 80] -> [32, 120, 112, 280]. Unequal pads and scales show any axis mix-up.
+    det = detect_one_image(torch.tensor([[20.0, 40.0, 60.0, 80.0]]), torch.tensor([[0.9]]), PostprocessConfig(),
+                           scale_factor=(0.5, 0.25), pad_param=(10, 10, 4, 4))
+    torch.testing.assert_close(det["boxes_xyxy"], torch.tensor([[32.0, 120.0, 112.0, 280.0]]))
+    assert det["labels"].tolist() == [0]
+
+
+def test_boxes_are_clamped_to_the_original_width_and_height():
+    # ori_shape is (h 100, w 300): x clamps to [0, 300] and y to [0, 100], so 250 stays and 150 -> 100;
+    # every coordinate is clamped on its own, so a box below the image flattens onto its bottom edge.
+    boxes = torch.tensor([[50.0, 20.0, 320.0, 150.0], [-5.0, -3.0, 40.0, 90.0], [200.0, 120.0, 260.0, 160.0]])
+    # (IoU of the first and third is 1800 / 35700 = 0.05, under the 0.7 NMS threshold: all three survive)
+    det = detect_one_image(boxes, torch.tensor([[0.9], [0.8], [0.7]]), PostprocessConfig(), ori_shape=(100, 300))
+    torch.testing.assert_close(det["boxes_xyxy"], torch.tensor([[50.0, 20.0, 300.0, 100.0], [0.0, 0.0, 40.0, 90.0],
+                                                                [200.0, 100.0, 260.0, 100.0]]))
+    det = detect_one_image(torch.tensor([[50.0, 20.0, 250.0, 150.0]]), torch.tensor([[0.9]]), PostprocessConfig(),
+                           ori_shape=(100, 300))
+    torch.testing.assert_close(det["boxes_xyxy"], torch.tensor([[50.0, 20.0, 250.0, 100.0]]))
+
+
+def test_nms_pre_keeps_the_highest_scoring_candidates():
+    # Three disjoint boxes (NMS removes none) scored 0.9, 0.1, 0.8: the best two are kept, best first.
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0], [40.0, 0.0, 50.0, 10.0]])
+    det = detect_one_image(boxes, torch.tensor([[0.9], [0.1], [0.8]]), PostprocessConfig(nms_pre=2))
+    torch.testing.assert_close(det["scores"], torch.tensor([0.9, 0.8]))
+    torch.testing.assert_close(det["boxes_xyxy"], boxes[[0, 2]])
