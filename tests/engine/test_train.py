@@ -189,6 +189,15 @@ def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
         flag._handler(None, None)
 
 
+def test_ctrl_c_is_announced_by_rank_0_and_the_resume_hint_keeps_the_process_count(capsys):
+    T.StopFlag(announce=False)._handler(None, None)
+    assert capsys.readouterr().out == ""
+    T.StopFlag()._handler(None, None)
+    assert "Ctrl-C: finishing this step" in capsys.readouterr().out
+    assert T.resume_hint("runs/a", 1) == "worldtune train --resume runs/a"
+    assert T.resume_hint("runs/a", 4) == "torchrun --nproc_per_node 4 -m worldtune train --resume runs/a"
+
+
 def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
     from worldtune.engine.logger import RunLogger, plot_curves, read_metrics, summary_table
 

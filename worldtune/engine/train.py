@@ -47,7 +47,8 @@ class StopFlag:
     repeats from the `last.pt` saved before it), the first Ctrl-C raises at once.
     """
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
+        self.announce = announce  # False on DDP ranks other than 0: one message, not one per process
         self.requested = False
         self.immediate = False
         self._first = 0.0
@@ -63,7 +64,8 @@ class StopFlag:
                 return
             raise KeyboardInterrupt
         self.requested, self._first = True, time.monotonic()
-        print("\nCtrl-C: finishing this step, saving last.pt and stopping (press again to abort)", flush=True)
+        if self.announce:
+            print("\nCtrl-C: finishing this step, saving last.pt and stopping (press again to abort)", flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -74,6 +76,12 @@ class StopFlag:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
+
+
+def resume_hint(out, world_size: int) -> str:
+    """The command that continues the run in `out` with as many processes as it has now."""
+    launcher = f"torchrun --nproc_per_node {world_size} -m worldtune" if world_size > 1 else "worldtune"
+    return f"{launcher} train --resume {out}"
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -362,7 +370,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     for line in short_run_notes(t, iters, warmup_iters(iters, sched)):
         say(f"note: {line}")
 
-    stop = StopFlag()
+    stop = StopFlag(announce=info.is_main)
+    resume_command = resume_hint(out, info.world_size)
 
     def validate(epoch: int) -> None:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
@@ -417,11 +426,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         if state.get("updating") or state.get("validating"):
             kept = "was left as it was" if state.get("updating") else "was saved before it and resumes with it"
             say(f"\naborted during a {'weight update' if state.get('updating') else 'validation'}: "
-                f"{out / 'last.pt'} {kept}; continue with: worldtune train --resume {out}")
+                f"{out / 'last.pt'} {kept}; continue with: {resume_command}")
         else:
             save("last.pt")
             say(f"\nstopped at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}: saved {out / 'last.pt'}; "
-                f"continue with: worldtune train --resume {out}")
+                f"continue with: {resume_command}")
         status = "interrupted"
     except NonFiniteLossError as e:
         logger.close()
