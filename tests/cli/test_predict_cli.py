@@ -178,3 +178,19 @@ def test_classes_and_class_texts_are_exclusive(capsys):
         main(["predict", "x.jpg", "--weights", "none", "--classes", "a", "--class-texts", "t.json"])
     assert info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_the_most_confident_label_is_drawn_on_top():
+    import cv2
+
+    from worldtune.cli.predict import PALETTE, draw_detections
+
+    image = np.full((200, 300, 3), 255, np.uint8)
+    box = [20.0, 60.0, 120.0, 150.0]
+    det = {"boxes_xyxy": torch.tensor([box, box]), "scores": torch.tensor([0.13, 0.07]),
+           "labels": torch.tensor([0, 1])}
+    out = draw_detections(image, det, ["cat face", "coffee mug"])
+    font_scale, thick = max(0.4, 500 / 2400), 1
+    (_, th), base = cv2.getTextSize("cat face 0.13", cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
+    corner = out[60 - base - 2 - th - 1, 20]  # top-left pixel of the label backgrounds, both drawn there
+    assert tuple(int(v) for v in corner[::-1]) == PALETTE[0]  # RGB of label 0, the higher score

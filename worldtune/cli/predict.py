@@ -103,7 +103,9 @@ def draw_detections(img_rgb: np.ndarray, det: dict, names: list[str]) -> np.ndar
     h, w = out.shape[:2]
     thick = max(1, round((h + w) / 600))  # lines and text grow with the image
     font_scale = max(0.4, (h + w) / 2400)
-    for box, score, label in zip(det["boxes_xyxy"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+    rows = sorted(zip(det["scores"].tolist(), det["boxes_xyxy"].tolist(), det["labels"].tolist()),
+                  key=lambda row: row[0])  # the most confident drawn last, so on top where labels overlap
+    for score, box, label in rows:
         r, g, b = PALETTE[label % len(PALETTE)]
         colour = (b, g, r)
         x1, y1, x2, y2 = (int(round(v)) for v in box)
