@@ -23,3 +23,12 @@ def test_show_data_wants_a_picture_name(tiny_coco, tmp_path, capsys):
     rc = main(["show-data", "--ann", str(tiny_coco["ann_file"]), "--images", str(tiny_coco["image_dir"]),
                "--out", str(tmp_path / "grid"), "--num", "1"])
     assert rc == 2 and "name a picture file" in capsys.readouterr().err
+
+
+def test_captions_break_between_words_and_say_when_cut():
+    from worldtune.cli.show_data import caption
+
+    assert caption(["space rocket", "cat face"], 20, 3) == ["2 texts: space", "rocket, cat face"]
+    lines = caption([f"class {i}" for i in range(40)], 20, 2)
+    assert len(lines) == 2 and lines[0] == "40 texts: class 0," and lines[1].endswith(" ...")
+    assert all(len(line) <= 20 for line in lines)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from worldtune.cli.argtypes import add_threads_argument, image_size, output_folder, positive_int, probability, set_threads
+from worldtune.cli.drawing import draw_label
 from worldtune.data.texts import load_class_texts
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -107,17 +108,10 @@ def draw_detections(img_rgb: np.ndarray, det: dict, names: list[str]) -> np.ndar
                   key=lambda row: row[0])  # the most confident drawn last, so on top where labels overlap
     for score, box, label in rows:
         r, g, b = PALETTE[label % len(PALETTE)]
-        colour = (b, g, r)
+        colour = (b, g, r)  # OpenCV draws BGR
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick, cv2.LINE_AA)
-        text = f"{names[label]} {score:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
-        # Label above the box, or inside it when the box touches the top edge.
-        ty = y1 - base - 2 if y1 - th - base - 2 >= 0 else y1 + th + 2
-        cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, -1)
-        # Dark text on light colours, white on dark ones (ITU-R 601 luma).
-        ink = (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
-        cv2.putText(out, text, (x1 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, thick, cv2.LINE_AA)
+        draw_label(out, f"{names[label]} {score:.2f}", x1, y1, colour, font_scale, thick)
     return out
 
 

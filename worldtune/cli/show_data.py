@@ -2,12 +2,14 @@
 dropped) and the text of each box, with the sampled vocabulary listed under each tile."""
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
+from worldtune.cli.drawing import draw_label
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +41,16 @@ def _colour(k: int) -> tuple:
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
+def caption(texts: list[str], line_len: int, max_lines: int) -> list[str]:
+    """'N texts: a, b, ...' in lines of at most `line_len` characters, broken between words; cut
+    with ' ...' after `max_lines` lines."""
+    lines = textwrap.wrap(f"{len(texts)} texts: " + ", ".join(texts), line_len)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:max(line_len - 4, 0)] + " ..."
+    return lines
+
+
 def draw_sample(sample: dict, caption_lines: int = 3) -> np.ndarray:
     """Tile (uint8 BGR) of one `TrainDataset` sample with boxes, polygons and texts drawn."""
     img = sample["img"].copy()
@@ -49,12 +61,8 @@ def draw_sample(sample: dict, caption_lines: int = 3) -> np.ndarray:
             cv2.polylines(img, [np.round(p).astype(np.int32) for p in polygons[i]], True, colour, 1)
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
-        cv2.putText(img, sample["texts"][int(label)], (x1 + 2, max(y1 + 12, 12)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4, colour, 1, cv2.LINE_AA)
-    words = [t for t in sample["texts"] if t]
-    line_len = max(1, img.shape[1] // 7)
-    text = f"{len(words)} texts: " + ", ".join(words)
-    lines = [text[i:i + line_len] for i in range(0, len(text), line_len)][:caption_lines]
+        draw_label(img, sample["texts"][int(label)], x1, y1, colour)
+    lines = caption([t for t in sample["texts"] if t], max(1, img.shape[1] // 7), caption_lines)
     band = np.full((16 * caption_lines + 4, img.shape[1], 3), 255, dtype=np.uint8)
     for k, line in enumerate(lines):
         cv2.putText(band, line, (2, 14 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)

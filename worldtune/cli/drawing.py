@@ -1,0 +1,15 @@
+"""Box labels drawn on pictures (predict's results, show-data's samples)."""
+import cv2
+import numpy as np
+
+
+def draw_label(img: np.ndarray, text: str, x: int, y: int, colour: tuple, font_scale: float = 0.4,
+               thick: int = 1) -> None:
+    """`text` on a filled box of `colour` (BGR) above the point (x, y), or below it at the top edge;
+    dark ink on light colours and white on dark ones (ITU-R 601 luma), so any colour stays readable."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
+    ty = y - base - 2 if y - th - base - 2 >= 0 else y + th + 2
+    cv2.rectangle(img, (x, ty - th - 2), (x + tw + 2, ty + base), colour, -1)
+    b, g, r = colour
+    ink = (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+    cv2.putText(img, text, (x + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, thick, cv2.LINE_AA)
