@@ -123,8 +123,8 @@ def summary_table(jsonl_path: str | Path) -> str:
     vals = {r["epoch"]: r for r in records if r["kind"] == "val"}
     lines = [f"{'epoch':>5} {'loss':>9} {'cls':>8} {'bbox':>8} {'dfl':>8} {'lr':>9} {'AP':>6} {'AP50':>6}"]
 
-    def num(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    def num(v, fmt):  # fmt starts with the column width, which the "-" of a missing value keeps too
+        return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(int(fmt.split(".")[0]))
 
     for e in sorted(set(epochs) | set(vals)):
         r, v = epochs.get(e, {}), vals.get(e, {})
