@@ -214,6 +214,7 @@ def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
         ("train", 1, 9.0), ("epoch", 2, 8.0), ("train", 2, 7.0), ("val", 2, None)]
     table = summary_table(tmp_path / "metrics.jsonl").splitlines()
     assert table[1].split() == ["1", "8.000", "1.000", "2.000", "3.000", "1.00e-03", "25.0", "50.0"]
+    log = RunLogger(tmp_path, tensorboard=False)  # the resumed run's logger, after the cut line
     log.log("epoch", 4, epoch=1, loss=6.0, loss_cls=1.0, loss_bbox=2.0, loss_dfl=3.0, lr=1e-3)  # not validated
     table = summary_table(tmp_path / "metrics.jsonl").splitlines()
     assert table[2].endswith("     -      -") and len(table[2]) == len(table[1])  # "-" under AP and AP50

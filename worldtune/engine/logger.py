@@ -22,12 +22,23 @@ class RunLogger:
         self.writer = None
         if self.enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._end_cut_line()
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
                     self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
                 except ImportError:  # tensorboard is optional: metrics.jsonl always has everything
                     self.writer = None
+
+    def _end_cut_line(self) -> None:
+        """Close a last line cut by a kill mid-write, so the resumed run's first record gets a line
+        of its own instead of being glued to (and lost with) the broken one."""
+        path = self.jsonl_path
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb+") as f:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
 
     @property
     def jsonl_path(self) -> Path | None:
