@@ -11,6 +11,7 @@ Layouts understood by :func:`extract_model_state`:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import tempfile
@@ -40,6 +41,7 @@ class CheckpointMismatchError(CheckpointError):
 
 # ----------------------------------------------------------------------------- loading
 MAX_EXPANSION_SLACK = 16 * 2**20  # bytes a zip checkpoint may expand beyond twice its file size
+WEIGHTS_METADATA_KEY = "worldtune"  # safetensors metadata entry of a `worldtune slim` file (JSON)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -51,6 +53,29 @@ def _is_safetensors(path: Path) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
     return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _load_safetensors(path: Path) -> dict:
+    """name -> tensor; for a `worldtune slim` file, {"ema": name -> tensor, plus its metadata:
+    config, vocabulary, text_tower, ...}, the shape of a training checkpoint's inference part."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        tensors = dict(load_file(str(path), device="cpu"))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointLoadError(f"cannot read safetensors file {path}: {err}") from err
+    if WEIGHTS_METADATA_KEY not in metadata:
+        return tensors
+    try:
+        meta = json.loads(metadata[WEIGHTS_METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise CheckpointLoadError(f"{path}: malformed '{WEIGHTS_METADATA_KEY}' metadata: {err}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointLoadError(f"{path}: '{WEIGHTS_METADATA_KEY}' metadata must be a JSON object")
+    return {**{k: v for k, v in meta.items() if k != "ema"}, "ema": tensors}
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
@@ -74,12 +99,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if _is_safetensors(path):
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointLoadError(f"cannot read safetensors file {path}: {err}") from err
+        return _load_safetensors(path)
     is_zip = zipfile.is_zipfile(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -292,12 +312,12 @@ def _dense(t: Tensor) -> Tensor:
     return t.contiguous().clone()  # safetensors wants owned, dense, unshared memory
 
 
-def save_checkpoint_atomic(obj, path: str | Path) -> Path:
+def save_checkpoint_atomic(obj, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Save ``obj`` to ``path`` so that a crash never leaves a half-written file there.
 
     Writes to a temporary file in the same folder, fsyncs it, then ``os.replace``s it over ``path``
-    (atomic on POSIX and Windows). ``.safetensors`` paths take a flat name -> tensor dict; anything
-    else goes through ``torch.save``.
+    (atomic on POSIX and Windows). ``.safetensors`` paths take a flat name -> tensor dict (and
+    string `metadata`); anything else goes through ``torch.save``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +327,7 @@ def save_checkpoint_atomic(obj, path: str | Path) -> Path:
             if path.suffix == ".safetensors":
                 from safetensors.torch import save
 
-                f.write(save({k: _dense(v) for k, v in obj.items()}))
+                f.write(save({k: _dense(v) for k, v in obj.items()}, metadata=metadata))
             else:
                 torch.save(obj, f)
             f.flush()
