@@ -1,21 +1,41 @@
-"""What a run's checkpoint gives its users: the training classes and image size travel with it."""
+"""What a run's checkpoint gives its users: the training classes and image size travel with it,
+also in the slim safetensors file `worldtune slim` writes."""
+import copy
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from tests.helpers.tiny_run import tiny_config
+from worldtune.cli import main
 
 
-def test_checkpoint_carries_the_training_vocabulary_and_image_size(tmp_path, capsys, monkeypatch):
-    import worldtune.model.predict as predict_module
-    from worldtune.cli import main
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
     from worldtune.engine import train as T
+
+    root = tmp_path_factory.mktemp("run_use")
+    cfg = tiny_config(root, epochs=1, imgsz=96)
+    T.fit(cfg)
+    names = [texts[0] for texts in json.loads(Path(cfg.data.class_texts).read_text())]
+    return cfg, root, names
+
+
+def _outputs(model, seed=0):
+    images = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        out = model(images)
+    return torch.cat([c.flatten() for c in out.cls_logits] + [r.flatten() for r in out.box_dist_logits])
+
+
+def test_checkpoint_carries_the_training_vocabulary_and_image_size(run, capsys, monkeypatch):
+    import worldtune.model.predict as predict_module
     from worldtune.model.loading import load_model
 
-    cfg = tiny_config(tmp_path, epochs=1, imgsz=96)
-    T.fit(cfg)
-    names = [texts[0] for texts in json.loads(open(cfg.data.class_texts).read())]
-    model = load_model(tmp_path / "run" / "last.pt", text_model=cfg.model.text_model)
+    cfg, root, names = run
+    model = load_model(root / "run" / "last.pt", text_model=cfg.model.text_model)
     assert model.vocabulary == names and model.trained_imgsz == 96
 
     seen = []
@@ -26,10 +46,45 @@ def test_checkpoint_carries_the_training_vocabulary_and_image_size(tmp_path, cap
     assert seen == [96, 64]  # the training size unless told otherwise
 
     capsys.readouterr()
-    image = tmp_path / "data" / "images"
-    first = sorted(image.iterdir())[0]
-    assert main(["predict", "--weights", str(tmp_path / "run" / "last.pt"), "--text-model", cfg.model.text_model,
-                 "--device", "cpu", str(first), "--out", str(tmp_path / "preds")]) == 0
+    first = sorted((root / "data" / "images").iterdir())[0]
+    out = root / "preds"
+    assert main(["predict", "--weights", str(root / "run" / "last.pt"), "--text-model", cfg.model.text_model,
+                 "--device", "cpu", str(first), "--out", str(out)]) == 0
     assert f"vocabulary: the checkpoint's {len(names)} training classes ({names[0]}" in capsys.readouterr().err
-    summary = json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    summary = json.loads((out / "predictions.json").read_text())
     assert summary["classes"] == names and summary["imgsz"] == 96
+
+
+@pytest.mark.parametrize("tower", [True, False])
+def test_slim_file_loads_as_the_checkpoint_does(run, tower, capsys):
+    from worldtune.engine.checkpoint import load_checkpoint_file
+    from worldtune.model.loading import load_model
+
+    cfg, root, names = run
+    last, slim = root / "run" / "last.pt", root / f"slim_{tower}.safetensors"
+    assert main(["slim", str(last), "--out", str(slim)] + ([] if tower else ["--no-text-tower"])) == 0
+    assert f"wrote {slim}" in capsys.readouterr().out
+    assert slim.stat().st_size < last.stat().st_size / 2  # no optimizer, raw weights or RNG states
+    content = load_checkpoint_file(slim)
+    assert any(k.startswith("backbone.text_model.") for k in content["ema"]) == tower
+    full = load_model(last, text_model=cfg.model.text_model)
+    # without its tower, the file is completed from --text-model: the same folder the run used
+    light = load_model(slim, text_model=cfg.model.text_model)
+    assert light.vocabulary == full.vocabulary == names and light.trained_imgsz == 96
+    assert torch.equal(_outputs(light), _outputs(full))
+
+
+def test_slim_file_is_not_resumable_and_wants_safetensors(run, capsys):
+    from worldtune.engine import train as T
+
+    cfg, root, _ = run
+    slim = root / "slim_True.safetensors"
+    if not slim.exists():
+        assert main(["slim", str(root / "run" / "last.pt"), "--out", str(slim)]) == 0
+    with pytest.raises(ValueError, match="not a worldtune training checkpoint"):
+        T.fit(cfg, resume=slim)
+    assert main(["slim", str(root / "run" / "last.pt"), "--out", str(root / "x.pt")]) == 2
+    assert "name a .safetensors file" in capsys.readouterr().err
+    new = copy.deepcopy(cfg)
+    new.out, new.model.weights = str(root / "from_slim"), str(slim)  # but a new run can start from it
+    assert T.fit(new)["status"] == "finished"

@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": ("worldtune.cli.eval", "COCO box AP of a checkpoint or of a detections file"),
     "predict": ("worldtune.cli.predict", "detect any vocabulary in images"),
     "export": ("worldtune.cli.export", "export to ONNX with the vocabulary folded in"),
+    "slim": ("worldtune.cli.slim", "write a checkpoint's inference weights alone (safetensors) for shipping"),
     "models": ("worldtune.cli.models", "list model variants with parameters and GFLOPs"),
     "zoo": ("worldtune.cli.zoo", "list the published checkpoints and the local cache"),
     "show-data": ("worldtune.cli.show_data", "write a grid of augmented training samples"),

@@ -1,0 +1,60 @@
+"""Write a checkpoint's inference weights alone, as safetensors, for shipping.
+
+  worldtune slim runs/my_run/best.pt --out my_model.safetensors
+  worldtune slim runs/my_run/best.pt --out my_model.safetensors --no-text-tower   # image side only
+
+A training checkpoint holds the EMA weights, the raw weights, the optimizer state and the RNG
+states. The file written here holds the EMA weights (what validation scored) and, as metadata, the
+training config, class texts and text-tower shape: `predict`, `eval`, `export`, `--weights` and
+`YOLOWorld.from_pretrained` read it like the checkpoint, without the pickle format. It cannot be
+resumed from. With `--no-text-tower` the frozen CLIP tower is left out (most of a small model's
+file); it is then rebuilt from `--text-model` when loading, which must be the CLIP model the run
+started from for the same results.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from worldtune.cli.argtypes import output_file
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a worldtune checkpoint (best.pt, last.pt) or another weights file")
+    parser.add_argument("--out", type=output_file, required=True, help="the .safetensors file to write")
+    parser.add_argument("--no-text-tower", action="store_true",
+                        help="leave out the frozen CLIP text tower (load with the --text-model the run used)")
+
+
+def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dict:
+    """Write `checkpoint`'s EMA weights (and its config, class texts and tower shape as metadata)
+    to the safetensors file `out`, atomically.
+
+    Returns:
+        {"tensors": count, "bytes": size of `out`, "dropped_text": tensors of the tower left out}.
+    """
+    from worldtune.engine.checkpoint import (WEIGHTS_METADATA_KEY, extract_model_state, load_checkpoint_file,
+                                             save_checkpoint_atomic)
+    from worldtune.model.loading import TEXT_PREFIX
+
+    ckpt = load_checkpoint_file(checkpoint)
+    state = extract_model_state(ckpt)  # the EMA weights
+    dropped = 0
+    if not text_tower:
+        kept = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
+        dropped, state = len(state) - len(kept), kept
+    meta = {key: ckpt[key] for key in ("config", "vocabulary", "text_tower", "epoch", "best_ap")
+            if isinstance(ckpt, dict) and key in ckpt}
+    meta["source"] = Path(checkpoint).name
+    save_checkpoint_atomic(state, out, metadata={WEIGHTS_METADATA_KEY: json.dumps(meta)})
+    return {"tensors": len(state), "bytes": Path(out).stat().st_size, "dropped_text": dropped}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.suffix != ".safetensors":
+        raise ValueError(f"--out {args.out}: name a .safetensors file")
+    result = slim_checkpoint(args.checkpoint, args.out, text_tower=not args.no_text_tower)
+    before = args.checkpoint.stat().st_size
+    print(f"wrote {args.out}: {result['tensors']} tensors, {result['bytes'] / 2**20:.1f} MiB "
+          f"(from {before / 2**20:.1f} MiB)" + (f"; text tower left out ({result['dropped_text']} tensors)"
+                                                 if result["dropped_text"] else ""))
+    return 0
