@@ -75,7 +75,14 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 
 def test_torchrun_ranks_agree_on_the_automatic_cache(tmp_path):
+    import json
+
     cfg = tiny_config(tmp_path, epochs=1, batch_size=2)
+    coco = json.loads(Path(cfg.data.train_ann).read_text())
+    coco["annotations"][0].pop("segmentation")  # a data warning at start, which both ranks would give
+    cfg.data.train_ann = str(tmp_path / "no_segm.json")
+    Path(cfg.data.train_ann).write_text(json.dumps(coco))
     out = _torchrun_train(cfg, tmp_path)  # data.cache_images=auto: both ranks decide, then agree
     assert out.count("image cache: the 6 training images") == 1  # said by rank 0 only
+    assert out.count("have no usable segmentation") == 1  # warned by rank 0 only
     assert "x 2 processes" in out and "epoch 1: AP" in out

@@ -17,6 +17,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -294,7 +295,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     # bad data and bad weights fail here, early, before the run folder exists
     if cfg.data.train_ann:
         say(f"reading {cfg.data.train_ann}" + (f" and {cfg.data.val_ann}" if cfg.data.val_ann else "") + " ...")
-    train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info, ckpt["epoch"] if ckpt else 0)
+    with warnings.catch_warnings():
+        if not info.is_main:  # every rank reads the same files: rank 0 reports their problems once
+            warnings.simplefilter("ignore")
+        train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info, ckpt["epoch"] if ckpt else 0)
     start = None
     if ckpt is None and cfg.model.weights.lower() != "none":
         start = read_start_weights(cfg.model.weights, cfg.model.variant)
