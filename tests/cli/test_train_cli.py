@@ -73,3 +73,16 @@ def test_resume_names_ignored_flags_and_unreadable_checkpoints(tmp_path, capsys)
     assert main(["train", "--device", "cpu", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("worldtune train: error:") and "last.pt" in err and "Traceback" not in err
+
+
+def test_print_config_shows_the_resolved_keys_and_builds_nothing(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--recipe", "v2-l-sgd", "--epochs", "3", "--set", "train.lr=0.002", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["optimizer"] == "sgd" and printed["train"]["lr"] == 0.002  # the recipe, then --set
+    assert printed["train"]["epochs"] == 3 and printed["data"]["mask_refine"] is False
+    assert not (tmp_path / "runs").exists()  # no run folder, no data read
+    assert main(["train", "--print-config", "--set", "train.amp=fp8"]) == 2  # checked as a run would be
+    assert "train.amp='fp8'" in capsys.readouterr().err

@@ -14,8 +14,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import yaml
+
 from worldtune.cli.argtypes import add_threads_argument, non_negative_int, positive_int, set_threads
-from worldtune.config import RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value
+from worldtune.config import (RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value, to_dict,
+                              validate)
 
 
 def add_arguments(parser) -> None:
@@ -47,6 +50,8 @@ def add_arguments(parser) -> None:
                              "and count them (unreadable val images are left out of the scoring)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. train.lr=1e-4 (repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key --set accepts, with its value) and exit")
 
 
 # flag -> config key
@@ -117,6 +122,10 @@ def run(args) -> int:
             result = fit(cfg, resume=args.resume)
         else:
             cfg = build_config(args)
+            if args.print_config:
+                validate(cfg)
+                print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+                return 0
             result = fit(cfg)
     except NonFiniteLossError as e:
         print(f"worldtune train: {e}", file=sys.stderr)
