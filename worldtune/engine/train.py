@@ -239,9 +239,40 @@ RESUME_KEYS = ("model", "ema", "ema_state", "optimizer", "scaler", "epoch", "ste
                "best_ap", "best_epoch", "rng", "config")
 
 
+def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object]:
+    """(checkpoint, its run's config) for `--resume RUN_DIR_OR_CKPT`, checked; `cfg` gives only where
+    the run goes on (device, workers). Says what is resumed, or that nothing is left to train."""
+    from worldtune.config import from_dict
+    from worldtune.engine.checkpoint import load_checkpoint_file
+
+    path = resolve_resume(resume)
+    ckpt = load_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or "ema_state" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"--resume {path}: not a worldtune training checkpoint (use --weights to start "
+                         f"from other weights)")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"--resume {path}: this training checkpoint lacks {missing} (written by another "
+                         f"version, or damaged); use --weights {path} to start a new run from its weights")
+    saved = from_dict(ckpt["config"], f"{path} (saved config)")
+    # The recipe and data come from the run; where it runs may change.
+    saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
+    if ckpt["epoch"] >= saved.train.epochs and not ckpt.get("val_pending"):
+        say(f"{path}: the run already finished its {saved.train.epochs} epochs; nothing is left to train "
+            f"(start a new run with --weights {path} to train further)")
+        return ckpt, saved
+    say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
+    saved_world = ckpt.get("world_size", world_size)
+    if saved_world != world_size:
+        say(f"warning: the run was trained with {saved_world} process(es), resumed with {world_size}: the "
+            f"total batch, so the weight-decay rule and the iterations per epoch, change"
+            + (", and the rest of this epoch skips a different set of images" if ckpt["step_in_epoch"] else ""))
+    return ckpt, saved
+
+
 def _fit(cfg, info: dist.DistInfo, resume) -> dict:
-    from worldtune.config import batch_rule, dump, from_dict, validate
-    from worldtune.engine.checkpoint import load_checkpoint_file, save_checkpoint_atomic
+    from worldtune.config import batch_rule, dump, validate
+    from worldtune.engine.checkpoint import save_checkpoint_atomic
     from worldtune.engine.ema import ExpMomentumEMA
     from worldtune.engine.logger import plot_curves, summary_table
     from worldtune.engine.optim import OptimConfig, build_optimizer
@@ -252,31 +283,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     say = print if info.is_main else (lambda *a, **k: None)
     ckpt = None
     if resume is not None:
-        path = resolve_resume(resume)
-        ckpt = load_checkpoint_file(path)
-        if not isinstance(ckpt, dict) or "ema_state" not in ckpt or "config" not in ckpt:
-            raise ValueError(f"--resume {path}: not a worldtune training checkpoint (use --weights to start "
-                             f"from other weights)")
-        missing = [k for k in RESUME_KEYS if k not in ckpt]
-        if missing:
-            raise ValueError(f"--resume {path}: this training checkpoint lacks {missing} (written by another "
-                             f"version, or damaged); use --weights {path} to start a new run from its weights")
-        saved = from_dict(ckpt["config"], f"{path} (saved config)")
-        # The recipe and data come from the run; where it runs may change.
-        saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
-        cfg = saved
+        ckpt, cfg = read_resume(resume, cfg, info.world_size, say)
         if ckpt["epoch"] >= cfg.train.epochs and not ckpt.get("val_pending"):
-            say(f"{path}: the run already finished its {cfg.train.epochs} epochs; nothing is left to train "
-                f"(start a new run with --weights {path} to train further)")
             return {"status": "finished", "out": Path(cfg.out), "best_ap": ckpt["best_ap"],
                     "best_epoch": ckpt["best_epoch"], "last_metrics": None, "epochs": ckpt["epoch"],
                     "global_step": ckpt["global_step"]}
-        say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
-        saved_world = ckpt.get("world_size", info.world_size)
-        if saved_world != info.world_size:
-            say(f"warning: the run was trained with {saved_world} process(es), resumed with {info.world_size}: the "
-                f"total batch, so the weight-decay rule and the iterations per epoch, change"
-                + (", and the rest of this epoch skips a different set of images" if ckpt["step_in_epoch"] else ""))
     validate(cfg)
     out = Path(cfg.out)
     # Every rank looks before any can have written there (rank 0 writes config.yaml after the data
