@@ -87,4 +87,6 @@ def test_slim_file_is_not_resumable_and_wants_safetensors(run, capsys):
     assert "name a .safetensors file" in capsys.readouterr().err
     new = copy.deepcopy(cfg)
     new.out, new.model.weights = str(root / "from_slim"), str(slim)  # but a new run can start from it
+    capsys.readouterr()
     assert T.fit(new)["status"] == "finished"
+    assert f"text tower: the frozen weights in {slim} (model.text_model=" in capsys.readouterr().out

@@ -32,7 +32,7 @@ from worldtune.engine.schedule import base_lr_group
 from worldtune.engine.setup import build_datasets, load_start_weights, read_start_weights
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema
-from worldtune.model.loading import build_text_model
+from worldtune.model.loading import TEXT_PREFIX, build_text_model
 
 
 class NonFiniteLossError(RuntimeError):
@@ -318,6 +318,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights, heads),
                         num_classes=cfg.data.num_texts)
     start_report = load_start_weights(model, start[0], start[1]) if start else None
+    if tower_weights and any(k.startswith(TEXT_PREFIX) for k in tower_weights):  # config.yaml names only the tokenizer
+        start_report = (start_report + "\n" if start_report else "") + \
+            (f"text tower: the frozen weights in {start[0] if start else 'the checkpoint'} "
+             f"(model.text_model={cfg.model.text_model} gives the tokenizer)")
     del start, tower_weights  # the file's tensors (~0.5 GB for L): the model holds its own copies now
     if train_set.cache_report:
         say(train_set.cache_report)
