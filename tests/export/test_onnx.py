@@ -182,3 +182,17 @@ def test_missing_onnx_and_repeated_texts_are_explained(setup, tmp_path, monkeypa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
     with pytest.raises(ImportError, match=r"pip install onnx"):
         export_onnx(model, TEXTS, tmp_path / "m.onnx", text_feats=feats, imgsz=IMGSZ)
+
+
+def test_export_module_normalises_given_embeddings(setup):
+    # The model is trained on unit-length CLIP embeddings (its neck's guide_fc sees them as they are),
+    # so embeddings handed in at any length are L2-normalised first: a scaled copy exports the same model.
+    model, feats, images = setup
+    for dynamic_vocab in (False, True):
+        module, unit = build_export_module(model, TEXTS, 4.0 * feats, dynamic_vocab=dynamic_vocab)
+        ref, _ = build_export_module(model, TEXTS, feats, dynamic_vocab=dynamic_vocab)
+        torch.testing.assert_close(unit, feats)
+        extra = (unit.expand(2, -1, -1),) if dynamic_vocab else ()
+        with torch.no_grad():
+            for a, b in zip(module(images, *extra), ref(images, *extra)):
+                torch.testing.assert_close(a, b)

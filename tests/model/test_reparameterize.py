@@ -32,3 +32,29 @@ def test_rep_outputs_equal_unfolded_model(spec_fixtures):
     for a, b in zip(ref.cls_logits + ref.box_dist_logits, out.cls_logits + out.box_dist_logits):
         assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
     assert rep.vocabulary == fixture["texts"][0]
+
+
+
+def test_rep_equals_unfolded_with_attention_biases_and_unnormalised_embeddings(spec_fixtures):
+    # The official weights' max-sigmoid biases are all zero, so the test above cannot see how the
+    # bias enters; and embeddings passed by a caller need not be unit length. Both models must still
+    # agree: the contrastive head normalises the text itself (normalise(text) * exp(logit_scale)),
+    # folded or not, and the folded block adds the same per-head bias before the sigmoid.
+    fixture = torch.load(spec_fixtures / "parity_s.pt", weights_only=True)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in fixture["state_dict"].items()
+             if not k.startswith("backbone.text_model.")}
+    model = build_model("s").eval()
+    model.load_state_dict(state)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in [*model.neck.top_down_layers, *model.neck.bottom_up_layers]:
+            layer.attn_block.bias.uniform_(-2.0, 2.0)
+    text_feats = 3.0 * fixture["text_feats"][0]  # the 5 texts of image 0, 3x their unit length
+    rep = reparameterize(model, fixture["texts"][0], text_feats)
+    images = fixture["images"][:1]
+    with torch.no_grad():
+        ref = model(images, text_feats.unsqueeze(0))
+        out = rep(images)
+    assert ref.cls_logits[0].std() > 0.1  # trained weights: the logits vary (random ones give the bias alone)
+    for a, b in zip(ref.cls_logits + ref.box_dist_logits, out.cls_logits + out.box_dist_logits):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5

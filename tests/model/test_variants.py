@@ -61,3 +61,41 @@ def test_efficient_neck_ignores_text_and_max_sigmoid_neck_uses_it():
         assert (not torch.allclose(n1[0], n2[0], atol=1e-3)) == depends_on_text, variant
     # The efficient block has no text parameters at all.
     assert not any("guide_fc" in k for k in build_model("l_efficient_neck").state_dict())
+
+
+def test_max_sigmoid_attention_is_sigmoid_of_best_text_score_plus_head_bias():
+    # Official MaxSigmoidAttnBlock: per head m, w = sigmoid(max_k <x_m, guide_fc(t_k)_m> / sqrt(c) + bias_m),
+    # and the projected features of head m are scaled by w. Computed here by hand, head by head.
+    from worldtune.model.neck import MaxSigmoidAttnBlock
+
+    torch.manual_seed(0)
+    block = MaxSigmoidAttnBlock(in_channels=8, embed_channels=8, num_heads=2, guide_channels=6).eval()
+    with torch.no_grad():
+        block.bias.copy_(torch.tensor([1.5, -0.7]))  # non-zero and of both signs
+    x, text = torch.randn(1, 8, 3, 3), torch.randn(1, 5, 6)
+    with torch.no_grad():
+        weights, out = block.attention(x, text), block(x, text)
+        guide = block.guide_fc(text)[0]  # (5, 8)
+        projected = block.project_conv(x)
+    for m in range(2):
+        c = slice(4 * m, 4 * m + 4)
+        scores = torch.einsum("chw,kc->khw", x[0, c], guide[:, c])  # (5 texts, 3, 3)
+        expected = torch.sigmoid(scores.max(dim=0).values / 2.0 + block.bias[m])  # sqrt(4 channels) = 2
+        torch.testing.assert_close(weights[0, m], expected)
+        torch.testing.assert_close(out[0, c], projected[0, c] * expected)
+
+
+def test_contrastive_head_normalises_the_text_embeddings_itself():
+    # Official BNContrastiveHead: logit = <BN(x), normalise(t)> * exp(logit_scale) + bias, so the
+    # logits do not depend on the length of a text embedding.
+    from worldtune.model.head import BNContrastiveHead
+
+    torch.manual_seed(0)
+    head = BNContrastiveHead(embed_dims=16, bias_init=-2.0).eval()
+    x, text = torch.randn(1, 16, 2, 2), torch.randn(1, 3, 16)
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize(text, dim=-1)
+        logits = head(x, 5.0 * text)
+        expected = torch.einsum("bchw,bkc->bkhw", head.norm(x), unit) * head.logit_scale.exp() + head.bias
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(head(x, unit), logits)
