@@ -252,3 +252,26 @@ def test_images_under_min_size_are_counted(tiny_coco, tmp_path):
     with pytest.warns(UserWarning, match=r"1 image\(s\) with a side under min_size=32 px left out"):
         dataset = CocoDetection(ann, img)
     assert len(dataset) == 8 and 999 not in dataset.image_ids
+
+
+def test_merged_parts_are_walked_back_in_reverse_order():
+    # Official merge_multi_segment: the first round runs 0 -> 1 (partial) -> 2 (partial) -> 3, the second
+    # comes back from the last middle part to the first (3 -> 2 (rest) -> 1 (rest)), so the path is one
+    # closed walk 0, 1, 2, 3, 2, 1. Four unit squares 10 px apart: a vertex's part is x // 10, and each
+    # entry index (0) precedes its exit index (1), so the index quirk does not apply.
+    parts = [np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32) + [10 * i, 0] for i in range(4)]
+    (merged,) = merge_polygon_parts(parts)
+    owners = (merged[:, 0] // 10).astype(int).tolist()
+    runs = [o for i, o in enumerate(owners) if i == 0 or o != owners[i - 1]]
+    assert runs == [0, 1, 2, 3, 2, 1]
+    assert len(merged) == 5 + 2 + 2 + 5 + 4 + 4  # end loops closed, middles: stretch + the rest
+
+
+def test_polygon_parts_with_fewer_than_three_points_are_dropped():
+    from worldtune.data.coco import polygons_from_segmentation
+
+    # The official rule: a part needs an even number of values and at least 3 points (6 values).
+    segm = [[0, 0, 10, 0, 10, 10], [0, 0, 5, 5], [1, 2, 3, 4, 5]]
+    parts = polygons_from_segmentation(segm, 20, 20)
+    assert len(parts) == 1
+    np.testing.assert_array_equal(parts[0], [[0, 0], [10, 0], [10, 10]])

@@ -172,3 +172,34 @@ def test_copy_paste_pixels_equal_the_upstream_full_canvas_steps():
         out = copy_paste(sample, np.random.default_rng(trial), 0.6)
         if len(chosen):
             np.testing.assert_array_equal(out["img"], _official_copy_paste_pixels(img, polygons, chosen))
+
+
+def test_copy_paste_mirrors_the_pasted_polygons_like_their_boxes():
+    # Upstream flips the pasted masks with PolygonMasks.flip: x -> W - x, the same map as the boxes
+    # (x1, x2) -> (W - x2, W - x1). The polygons matter: the following affine step computes the
+    # mask-refined boxes from them, so a pasted polygon must bound exactly its mirrored box.
+    sample = _canvas_with_objects(3)
+    out = copy_paste(sample, np.random.default_rng(0), 1.0)
+    assert len(out["polygons"]) == 6
+    source = {tuple(b): i for i, b in enumerate(sample["bboxes"].tolist())}
+    for box, (part,) in zip(out["bboxes"][3:], out["polygons"][3:]):
+        original = source[(200 - box[2], box[1], 200 - box[0], box[3])]  # the object it mirrors
+        np.testing.assert_array_equal(part[:, 0], 200 - sample["polygons"][original][0][:, 0])
+        np.testing.assert_array_equal(part[:, 1], sample["polygons"][original][0][:, 1])
+        np.testing.assert_array_equal(np.concatenate([part.min(0), part.max(0)]), box)
+
+
+def test_mosaic_polygons_use_the_rounded_resize_of_upstream_masks():
+    from worldtune.data.mix import mosaic_labels
+
+    # A 37x70 image at img_scale 64: r = 64/70, 37 r = 33.83. The image gets int(37 r) = 33 rows but
+    # upstream rescales masks with mmcv.rescale_size, int(37 r + 0.5) = 34 rows: the polygon's y scale is
+    # 34/37. Bottom-right tile at the centre (64, 64), nothing cropped: dx = dy = 64.
+    r = 64 / 70
+    sample = {"img": np.zeros((37, 70, 3), np.uint8), "orig_shape": (37, 70), "image_id": 0,
+              "bboxes": np.array([[0, 0, 70, 37]], np.float32), "labels": np.array([0]),
+              "polygons": [[np.array([[0, 0], [70, 0], [70, 37], [0, 37]], np.float32)]]}
+    place = {"r": r, "size": (64, 33), "rect": (64, 64, 128, 97), "origin": (0, 0)}
+    out = mosaic_labels([sample], [place], img_scale=64)
+    np.testing.assert_allclose(out["polygons"][0][0], [[64, 64], [128, 64], [128, 98], [64, 98]])
+    np.testing.assert_allclose(out["bboxes"][0], [64, 64, 128, 64 + 37 * r], rtol=1e-6)  # boxes: plain r

@@ -83,3 +83,15 @@ def test_binary_or_folder_annotation_files_are_named(tmp_path):
         CocoDetection(photo, photo)
     with pytest.raises(DataError, match="class-text file .* is a folder"):
         load_class_texts(tmp_path, ["a"])
+
+
+def test_sample_texts_shuffles_positives_among_negatives():
+    # Official RandomLoadText shuffles positives and negatives together before padding: the present
+    # classes must not always take the first positions (and the '' padding always comes last).
+    class_texts = [[f"c{i}"] for i in range(10)]
+    positions = set()  # where the two positives land; 45 possible pairs
+    for seed in range(20):
+        texts, labels, _ = sample_texts(np.array([0, 1]), class_texts, np.random.default_rng(seed), num_texts=12)
+        assert texts[10:] == ["", ""] and sorted(texts[:10]) == sorted(f"c{i}" for i in range(10))
+        positions.add(tuple(sorted(labels.tolist())))
+    assert len(positions) > 5  # unshuffled, they would always be (0, 1)

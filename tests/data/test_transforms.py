@@ -291,3 +291,18 @@ def test_very_thin_images_still_resize():
               "polygons": [[np.array([[10, 2], [20000, 2], [20000, 30], [10, 30]], np.float32)]], "image_id": 1}
     out = mosaic_copypaste_affine([sample] * 4, np.random.default_rng(0), 640)
     assert out["img"].shape == (640, 640, 3)
+
+
+def test_test_letterbox_never_upscales_the_keep_ratio_image():
+    from worldtune.data.transforms import letterbox_for_test
+
+    # Official test pipeline: YOLOv5KeepRatioResize then LetterResize(allow_scale_up=False). For a
+    # 1077 px wide image the first step gives int(1077 * 640 / 1077) = 639 columns (float rounding);
+    # the letterbox must pad that column, not stretch the image by 640/639.
+    img = np.random.default_rng(0).integers(0, 255, (500, 1077, 3), dtype=np.uint8)
+    out, (sx, sy), pad = letterbox_for_test(img, 640)
+    resized, _ = keep_ratio_resize(img, 640)
+    assert resized.shape[:2] == (297, 639)
+    assert pad == [171, 172, 0, 1] and (sx, sy) == (639 / 1077, 297 / 500)
+    np.testing.assert_array_equal(out[171:468, :639], resized)
+    assert (out[:, 639:] == 114).all()
