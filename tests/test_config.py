@@ -132,3 +132,10 @@ def test_validate_refuses_bad_values(item, match):
     with pytest.raises(C.ConfigError, match=match):
         C.validate(cfg)
     C.validate(C.load_recipe("v2-l-sgd"))
+
+
+def test_set_value_keeps_every_equals_sign_after_the_key():
+    # key=value splits at the first '=': a path or hub id may itself hold one (the value is verbatim
+    # for string fields), and a value cut at its second '=' would name another file.
+    cfg = C.merge(C.Config(), C.parse_set(["model.weights=runs/lr=1e-3/best.pt", "data.class_texts=a=b.json"]))
+    assert (cfg.model.weights, cfg.data.class_texts) == ("runs/lr=1e-3/best.pt", "a=b.json")
