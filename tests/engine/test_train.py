@@ -35,6 +35,8 @@ def test_validation_schedule_is_official():
     assert due == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65] + list(range(69, 81))
     cfg.train.epochs, cfg.train.close_mosaic_epochs = 40, 30  # SGD 40e: every epoch from 9
     assert [e for e in range(1, 41) if T.validation_due(e, cfg)] == [5] + list(range(9, 41))
+    cfg.train.val_interval_stage2 = 2  # mmengine checks `completed % interval` once the interval changes
+    assert [e for e in range(1, 41) if T.validation_due(e, cfg)] == [5] + list(range(10, 41, 2))
 
 
 def test_amp_is_gpu_only():

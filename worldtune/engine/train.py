@@ -189,13 +189,14 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
 
 def validation_due(completed: int, cfg) -> bool:
     """Official val schedule: every `val_interval` epochs, every `val_interval_stage2` epochs from the
-    dynamic-interval epoch on (69 of 80), and always after the last epoch."""
+    dynamic-interval epoch on (69 of 80), and always after the last epoch. Both intervals count
+    completed epochs from the start of the run, as mmengine's loop does (`epoch % interval`)."""
     t = cfg.train
     start = t.dynamic_interval_epoch if t.dynamic_interval_epoch >= 0 else t.epochs - t.close_mosaic_epochs - 1
     if completed >= t.epochs:
         return True
     if completed >= start:
-        return (completed - start) % max(t.val_interval_stage2, 1) == 0
+        return completed % max(t.val_interval_stage2, 1) == 0
     return t.val_interval > 0 and completed % t.val_interval == 0
 
 
