@@ -86,3 +86,28 @@ def test_torchrun_ranks_agree_on_the_automatic_cache(tmp_path):
     assert out.count("image cache: the 6 training images") == 1  # said by rank 0 only
     assert out.count("have no usable segmentation") == 1  # warned by rank 0 only
     assert "x 2 processes" in out and "epoch 1: AP" in out
+
+
+def test_the_loss_is_scaled_by_the_process_count(tmp_path, monkeypatch):
+    """The criterion gets the world size (official loss x batch x world size); without it, DDP's
+    gradients would be W times smaller and the clip at 10 would act differently. Checked in one
+    process that believes it is rank 0 of 2 (DDP itself stubbed out)."""
+    import worldtune.loss.criterion as criterion_module
+    from worldtune.engine import train as T
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    class Spy(criterion_module.YOLOWorldCriterion):
+        def __init__(self, world_size=1, **kwargs):
+            seen.append(world_size)
+            raise Stop
+
+    monkeypatch.setattr(criterion_module, "YOLOWorldCriterion", Spy)
+    monkeypatch.setattr(dist, "init_distributed", lambda device: dist.DistInfo(world_size=2))
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, **kwargs: model)
+    with pytest.raises(Stop):
+        T.fit(tiny_config(tmp_path, epochs=1))
+    assert seen == [2]
