@@ -233,6 +233,24 @@ def test_files_that_are_not_pictures_are_found_without_decoding(tiny_coco, tmp_p
     assert count == 2 and first == [str(dataset.image_path(1))]
 
 
+def test_jpegs_cut_short_are_found_and_warned_about(tiny_coco, tmp_path):
+    from worldtune.data.coco import jpeg_cut_short
+
+    ann, img = _copy_set(tiny_coco, tmp_path)
+    dataset = CocoDetection(ann, img)
+    jpegs = [i for i in range(len(dataset)) if dataset.image_path(i).suffix == ".jpg"]
+    assert dataset.jpegs_cut_short() == (0, [])
+    path = dataset.image_path(jpegs[0])
+    data = path.read_bytes()
+    path.write_bytes(data + b"\x00" * 16)  # padding after the end marker is fine
+    assert not jpeg_cut_short(path)
+    path.write_bytes(data[: len(data) * 2 // 3])  # a download cut short: OpenCV still decodes it
+    assert dataset.jpegs_cut_short() == (1, [str(path)])
+    with pytest.warns(UserWarning, match="is cut short"):
+        assert dataset.load_image(jpegs[0]) is not None
+    assert not jpeg_cut_short(tmp_path / "missing.jpg")
+
+
 def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path)
     dataset = CocoDetection(ann, img)

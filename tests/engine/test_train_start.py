@@ -131,3 +131,29 @@ def test_a_start_that_failed_before_any_checkpoint_can_be_retried(tmp_path, monk
     monkeypatch.undo()
     assert T.fit(cfg)["status"] == "finished"  # not "already holds a run", which --resume could not continue
     assert "failed attempt" not in (out / "metrics.jsonl").read_text()
+
+
+def test_bad_validation_files_are_warned_about_at_start(tmp_path):
+    """Without this, a non-picture would stop the first validation epochs later, and a JPEG cut short
+    would quietly score its objects as misses."""
+    import shutil
+
+    from worldtune.data.coco import CocoDetection
+    from worldtune.engine import dist
+    from worldtune.engine.setup import build_datasets
+
+    cfg = tiny_config(tmp_path, epochs=1)
+    val_images = tmp_path / "val_images"
+    shutil.copytree(cfg.data.val_images, val_images)
+    cfg.data.val_images = str(val_images)
+    val = CocoDetection(cfg.data.val_ann, val_images)
+    jpegs = [val.image_path(i) for i in range(len(val)) if val.image_path(i).suffix == ".jpg"]
+    jpegs[0].write_text("<html>404</html>")
+    jpegs[1].write_bytes(jpegs[1].read_bytes()[:-200])
+    with pytest.warns(UserWarning) as caught:
+        build_datasets(cfg, dist.init_distributed("cpu"))
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith(f"1 validation image file(s) do not look like pictures, e.g. {jpegs[0]}")
+               for m in messages)
+    assert any(m.startswith(f"1 validation JPEG file(s) are cut short (no end marker), e.g. {jpegs[1]}")
+               for m in messages)

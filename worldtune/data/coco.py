@@ -115,6 +115,20 @@ def _closest_pair(a: np.ndarray, b: np.ndarray, max_values: int = 1 << 22) -> tu
 
 
 # First bytes of JPEG, PNG, BMP, GIF, TIFF, JPEG 2000, portable any-maps, Sun raster and OpenEXR files.
+def jpeg_cut_short(path) -> bool:
+    """True for a JPEG file without its end marker (FF D9) in its last 64 bytes: a download or copy
+    cut short. OpenCV decodes such a file without an error, painting the missing rows grey."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(3) != b"\xff\xd8\xff":
+                return False
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 64, 0))
+            return b"\xff\xd9" not in f.read()
+    except OSError:
+        return False
+
+
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP",
                 b"\xff\x4f\xff\x51", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"Pf", b"PF",
                 b"\x59\xa6\x6a\x95", b"\x76\x2f\x31\x01")
@@ -176,6 +190,7 @@ class CocoDetection:
         self.dropped_image_ids: list = []
         self.dropped_annotations: list = []
         self._size_warned: set = set()  # images whose decoded size differs from the annotation file's
+        self._cut_warned: set = set()  # JPEG files cut short
         data = _load_json(self.ann_file)
         if not isinstance(data, dict) or "images" not in data or "categories" not in data:
             raise DataError(f"{self.ann_file}: not a COCO instances file (needs 'images' and 'categories' lists)")
@@ -322,12 +337,25 @@ class CocoDetection:
                     first.append(str(path))
         return count, first
 
+    def jpegs_cut_short(self, limit: int = 5) -> tuple[int, list]:
+        """(count, first `limit` paths) of JPEG files cut short (`jpeg_cut_short`); two small reads
+        per file, no decode."""
+        paths = [str(self.image_path(i)) for i in range(len(self)) if jpeg_cut_short(self.image_path(i))]
+        return len(paths), paths[:limit]
+
     def load_image(self, index: int) -> np.ndarray:
         """uint8 [H, W, 3] BGR (grayscale files are expanded). Raises DataError naming the file."""
         path = self.image_path(index)
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
+        if index not in self._cut_warned and jpeg_cut_short(path):
+            self._cut_warned.add(index)  # a few times per process, as below
+            if len(self._cut_warned) <= 3:
+                warnings.warn(f"{path} (image id {self.image_ids[index]}) is cut short (no JPEG end marker): its "
+                              "missing rows decode as grey and are trained on as they are; restore the file"
+                              + (" (further such images are not listed)" if len(self._cut_warned) == 3 else ""),
+                              stacklevel=2)
         expected = self.image_size(index)
         if img.shape[:2] != expected and index not in self._size_warned:
             # The official pipeline uses the boxes as given too; say so, a few times per process.

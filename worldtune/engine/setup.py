@@ -72,6 +72,11 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
                     if d.on_bad_data == "error" else "validation will leave them out")
             warnings.warn(f"{count} validation image file(s) do not look like pictures, e.g. {', '.join(first)}: "
                           f"{then}", stacklevel=2)
+        count, first = val_coco.jpegs_cut_short() if info.is_main else (0, [])
+        if count:
+            warnings.warn(f"{count} validation JPEG file(s) are cut short (no end marker), e.g. {', '.join(first)}: "
+                          "their missing rows decode as grey, so their objects score as misses; restore them",
+                          stacklevel=2)
         # Each process predicts its share of it (strided); rank 0 scores them all (engine.validate).
         val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2),
                                        info.rank, info.world_size)
