@@ -86,3 +86,19 @@ def test_print_config_shows_the_resolved_keys_and_builds_nothing(tmp_path, capsy
     assert not (tmp_path / "runs").exists()  # no run folder, no data read
     assert main(["train", "--print-config", "--set", "train.amp=fp8"]) == 2  # checked as a run would be
     assert "train.amp='fp8'" in capsys.readouterr().err
+
+
+def test_print_config_of_a_resume_shows_the_runs_saved_config(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from tests.helpers.tiny_run import tiny_config
+    from worldtune.engine import train as T
+
+    cfg = tiny_config(tmp_path, epochs=1)
+    T.fit(cfg)
+    monkeypatch.setattr(T, "fit", lambda *a, **k: pytest.fail("--print-config must not train"))
+    capsys.readouterr()
+    assert main(["train", "--resume", cfg.out, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["variant"] == "n" and printed["data"]["imgsz"] == cfg.data.imgsz
+    assert printed["out"] == cfg.out

@@ -119,6 +119,12 @@ def run(args) -> int:
             if ignored:
                 print(f"worldtune train: --resume continues the run with its saved config: {', '.join(ignored)} "
                       "ignored (start a new run with --weights RUN/last.pt to change them)", file=sys.stderr)
+            if args.print_config:  # the config the resumed run goes on with
+                from worldtune.engine.train import read_resume
+
+                _, saved, _ = read_resume(args.resume, cfg, 1, say=lambda *a, **k: None)
+                print(yaml.safe_dump(to_dict(saved), sort_keys=False), end="")
+                return 0
             result = fit(cfg, resume=args.resume)
         else:
             cfg = build_config(args)

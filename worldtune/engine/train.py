@@ -240,9 +240,10 @@ RESUME_KEYS = ("model", "ema", "ema_state", "optimizer", "scaler", "epoch", "ste
                "best_ap", "best_epoch", "rng", "config")
 
 
-def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object]:
-    """(checkpoint, its run's config) for `--resume RUN_DIR_OR_CKPT`, checked; `cfg` gives only where
-    the run goes on (device, workers). Says what is resumed, or that nothing is left to train."""
+def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object, bool]:
+    """(checkpoint, its run's config, whether the run has finished) for `--resume RUN_DIR_OR_CKPT`,
+    checked; `cfg` gives only where the run goes on (device, workers). Says what is resumed, or that
+    nothing is left to train."""
     from worldtune.config import from_dict
     from worldtune.engine.checkpoint import load_checkpoint_file
 
@@ -261,14 +262,14 @@ def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object]:
     if ckpt["epoch"] >= saved.train.epochs and not ckpt.get("val_pending"):
         say(f"{path}: the run already finished its {saved.train.epochs} epochs; nothing is left to train "
             f"(start a new run with --weights {path} to train further)")
-        return ckpt, saved
+        return ckpt, saved, True
     say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
     saved_world = ckpt.get("world_size", world_size)
     if saved_world != world_size:
         say(f"warning: the run was trained with {saved_world} process(es), resumed with {world_size}: the "
             f"total batch, so the weight-decay rule and the iterations per epoch, change"
             + (", and the rest of this epoch skips a different set of images" if ckpt["step_in_epoch"] else ""))
-    return ckpt, saved
+    return ckpt, saved, False
 
 
 def _fit(cfg, info: dist.DistInfo, resume) -> dict:
@@ -284,8 +285,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     say = print if info.is_main else (lambda *a, **k: None)
     ckpt = None
     if resume is not None:
-        ckpt, cfg = read_resume(resume, cfg, info.world_size, say)
-        if ckpt["epoch"] >= cfg.train.epochs and not ckpt.get("val_pending"):
+        ckpt, cfg, finished = read_resume(resume, cfg, info.world_size, say)
+        if finished:
             return {"status": "finished", "out": Path(cfg.out), "best_ap": ckpt["best_ap"],
                     "best_epoch": ckpt["best_epoch"], "last_metrics": None, "epochs": ckpt["epoch"],
                     "global_step": ckpt["global_step"]}
