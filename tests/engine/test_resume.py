@@ -239,3 +239,20 @@ def test_ctrl_c_during_validation_stops_it_at_once(tmp_path, monkeypatch, capsys
     assert fit(cfg, resume=cfg.out)["status"] == "finished"
     records = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "val"] == [0, 1]
+
+
+def test_ctrl_c_just_before_a_validation_skips_it(tmp_path, monkeypatch, capsys):
+    """Pressed while the pre-validation last.pt is written: the run stops without validating."""
+    from worldtune.engine import checkpoint as ckpt_module
+    from worldtune.engine import train as train_mod
+
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3, val_interval=1)
+    validations = []
+    monkeypatch.setattr(train_mod, "evaluate_ema", lambda *a, **k: validations.append(1))
+    sigint = before_call(ckpt_module.save_checkpoint_atomic, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(ckpt_module, "save_checkpoint_atomic", sigint)
+    result = fit(cfg)
+    assert result["status"] == "interrupted" and result["global_step"] == 2 and validations == []
+    assert "aborted during a validation" in capsys.readouterr().out
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["val_pending"]) == (1, True)

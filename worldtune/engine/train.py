@@ -14,6 +14,7 @@ step within the epoch, RNG states and the config; data order and augmentation ar
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -56,15 +57,15 @@ class StopFlag:
         self._previous = None
 
     def _handler(self, signum, frame):
-        if self.immediate:
-            self.requested = True
-            raise KeyboardInterrupt
+        now = time.monotonic()
         if self.requested:
             # torchrun forwards the terminal's Ctrl-C to ranks that already got it: not a second press
-            if time.monotonic() - self._first < 2.0:
+            if now - self._first < 2.0:
                 return
             raise KeyboardInterrupt
-        self.requested, self._first = True, time.monotonic()
+        self.requested, self._first = True, now
+        if self.immediate:
+            raise KeyboardInterrupt
         if self.announce:
             print("\nCtrl-C: finishing this step, saving last.pt and stopping (press again to abort)", flush=True)
 
@@ -397,7 +398,12 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     def validate(epoch: int) -> None:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
         nonlocal last_metrics
-        state["validating"] = stop.immediate = True  # Ctrl-C stops it at once; a resume repeats it
+        # Ctrl-C stops a validation at once (a resume repeats it), on one machine: there every rank
+        # gets the signal. Across machines the ranks that did not would wait in its collectives.
+        state["validating"] = True
+        stop.immediate = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)) == info.world_size
+        if not dist.all_true(not stop.requested, info.device):  # pressed after the last step
+            raise KeyboardInterrupt
         metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
         stop.immediate = False
         if info.is_main:
