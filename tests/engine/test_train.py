@@ -191,6 +191,17 @@ def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
         flag._handler(None, None)
 
 
+def test_ctrl_c_during_validation_raises_once(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(T.time, "monotonic", lambda: clock[0])
+    flag = T.StopFlag()
+    flag.immediate = True
+    with pytest.raises(KeyboardInterrupt):
+        flag._handler(None, None)
+    clock[0] += 0.5
+    flag._handler(None, None)  # torchrun's forwarded copy must not interrupt the clean-up
+
+
 def test_ctrl_c_is_announced_by_rank_0_and_the_resume_hint_keeps_the_process_count(capsys):
     T.StopFlag(announce=False)._handler(None, None)
     assert capsys.readouterr().out == ""
@@ -198,6 +209,9 @@ def test_ctrl_c_is_announced_by_rank_0_and_the_resume_hint_keeps_the_process_cou
     assert "Ctrl-C: finishing this step" in capsys.readouterr().out
     assert T.resume_hint("runs/a", 1) == "worldtune train --resume runs/a"
     assert T.resume_hint("runs/a", 4) == "torchrun --nproc_per_node 4 -m worldtune train --resume runs/a"
+    assert T.resume_hint("runs/a", 16, 8, "cuda") == \
+        "torchrun --nnodes 2 ... --nproc_per_node 8 -m worldtune train --resume runs/a --device cuda"
+    assert T.resume_hint("runs/a", 2, 2, "cpu").endswith("--resume runs/a --device cpu")
 
 
 def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):

@@ -80,10 +80,14 @@ class StopFlag:
         return False
 
 
-def resume_hint(out, world_size: int) -> str:
-    """The command that continues the run in `out` with as many processes as it has now."""
-    launcher = f"torchrun --nproc_per_node {world_size} -m worldtune" if world_size > 1 else "worldtune"
-    return f"{launcher} train --resume {out}"
+def resume_hint(out, world_size: int, local_world_size: int | None = None, device: str = "auto") -> str:
+    """The command that continues the run in `out` as it runs now: the same processes per machine
+    (and machines, whose rendezvous options the user adds) and the same `--device` unless auto."""
+    local = local_world_size or world_size
+    nodes = f"--nnodes {world_size // local} ... " if world_size > local else ""
+    launcher = f"torchrun {nodes}--nproc_per_node {local} -m worldtune" if world_size > 1 else "worldtune"
+    where = f" --device {device}" if device not in ("", "auto") else ""
+    return f"{launcher} train --resume {out}{where}"
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -393,7 +397,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         say(f"note: {line}")
 
     stop = StopFlag(announce=info.is_main)
-    resume_command = resume_hint(out, info.world_size)
+    resume_command = resume_hint(out, info.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)),
+                                 t.device)
 
     def validate(epoch: int) -> None:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
