@@ -38,3 +38,21 @@ def test_user_error_and_ctrl_c_give_one_line_and_their_exit_status(monkeypatch, 
     monkeypatch.setattr(zoo_cli, "run", ctrl_c)
     assert main(["zoo"]) == 130
     assert capsys.readouterr().err == "worldtune zoo: interrupted\n"
+
+
+def test_every_command_shows_the_traceback_under_worldtune_debug(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    missing = str(tmp_path / "missing.pt")
+    commands = [["predict", "--weights", missing, "--classes", "cat", str(tmp_path)],
+                ["export", "--weights", missing, "--classes", "cat", "--out", str(tmp_path / "m.onnx")],
+                ["eval", "--weights", missing, "--ann", str(tmp_path / "a.json"), "--images", str(tmp_path)],
+                ["train", "--weights", missing, "--train-ann", str(tmp_path / "a.json"),
+                 "--train-images", str(tmp_path), "--out", str(tmp_path / "run")]]
+    for argv in commands:
+        monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.startswith(f"worldtune {argv[0]}: error: "), argv
+        monkeypatch.setenv("WORLDTUNE_DEBUG", "1")
+        with pytest.raises((OSError, ValueError)):
+            main(argv)

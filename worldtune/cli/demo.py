@@ -11,12 +11,12 @@ open-vocabulary transfer. For real fine-tuning use `worldtune train --recipe v2-
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from worldtune.cli.argtypes import (add_threads_argument, image_size, non_negative_int, positive_float, positive_int,
                                     set_threads)
+from worldtune.cli.errors import report
 
 
 def add_arguments(parser) -> None:
@@ -135,8 +135,7 @@ def run(args) -> int:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file, not a folder")
     except (ValueError, RuntimeError) as e:  # RuntimeError: a device string torch does not know
-        print(f"worldtune demo: error: {e}", file=sys.stderr)
-        return 2
+        return report("demo", e)
     print(f"building the demo data set in {out / 'data'} (photographs from scikit-image) ...", flush=True)
     data = build_demo_dataset(out / "data", num_train=args.num_train, num_val=12, seed=args.seed)
     run_dir = out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -144,8 +143,7 @@ def run(args) -> int:
     try:
         validate(cfg)
     except ConfigError as e:
-        print(f"worldtune demo: error: {e}", file=sys.stderr)
-        return 2
+        return report("demo", e)
     before = untrained_metrics(cfg)
     print(f"untrained model: AP {100 * before['AP']:.1f}  AP50 {100 * before['AP50']:.1f}", flush=True)
     result = fit(cfg)

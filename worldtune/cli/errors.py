@@ -1,6 +1,7 @@
 """What a command prints for a user's mistake: one line naming the problem, not a traceback."""
 import os
 import re
+import sys
 
 # Problems with the user's input or environment. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (OSError, ValueError, ImportError)
@@ -31,3 +32,11 @@ def user_message(error: BaseException) -> str:
 def debug() -> bool:
     """WORLDTUNE_DEBUG=1 shows the full traceback of a user error too."""
     return os.environ.get("WORLDTUNE_DEBUG", "") not in ("", "0")
+
+
+def report(command: str, error: BaseException) -> int:
+    """Print a user error as one line and return exit status 2; under WORLDTUNE_DEBUG=1, re-raise it."""
+    if debug():
+        raise error
+    print(f"worldtune {command}: error: {user_message(error)}", file=sys.stderr)
+    return 2

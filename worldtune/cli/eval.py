@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if ann is None:
         print("worldtune eval: give --ann VAL.json (or --data-root COCO_DIR)", file=sys.stderr)
         return 2
-    from worldtune.cli.errors import debug, user_errors, user_message
+    from worldtune.cli.errors import report, user_errors
 
     try:
         if args.detections is not None:
@@ -98,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             metrics = _score_model(args, ann, images)
     except (RuntimeError, *user_errors()) as e:  # bad files or data, missing weights: exit 2, as every command
-        if debug():
-            raise
-        print(f"worldtune eval: error: {user_message(e)}", file=sys.stderr)
-        return 2
+        return report("eval", e)
     print(f"COCO box metrics ({metrics['num_images']} images, {metrics['num_detections']} detections, "
           f"backend {metrics['backend']}), %:")
     print(format_metrics(metrics))

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
+from worldtune.cli.errors import report, user_errors
 from worldtune.cli.predict import add_vocabulary_arguments, read_vocabulary
 
 
@@ -93,11 +94,8 @@ def run(args: argparse.Namespace) -> int:
                            opset=args.opset, dynamic_batch=args.dynamic_batch, dynamic_vocab=args.dynamic_vocab,
                            nms=args.nms, score_thr=args.score_thr, iou_thr=args.iou_thr, max_det=args.max_det,
                            simplify=args.simplify)
-    except (OSError, ValueError, RuntimeError, ImportError) as e:
-        from worldtune.cli.errors import user_message
-
-        print(f"worldtune export: error: {user_message(e)}", file=sys.stderr)
-        return 2
+    except (RuntimeError, *user_errors()) as e:
+        return report("export", e)
     classes = f"{len(texts)} class" + ("es" if len(texts) != 1 else "")
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, {classes}, "
           f"opset {args.opset}) and {args.out.parent / info['vocab_file']}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from worldtune.cli.argtypes import add_threads_argument, image_size, output_folder, positive_int, probability, set_threads
 from worldtune.cli.drawing import draw_label
+from worldtune.cli.errors import report, user_errors
 from worldtune.data.texts import load_class_texts
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -159,11 +160,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{', ...' if len(texts) > 5 else ''}); --classes or --class-texts gives others", file=sys.stderr)
         model.set_vocabulary(texts)
         args.out.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError, RuntimeError, ImportError) as e:
-        from worldtune.cli.errors import user_message
-
-        print(f"worldtune predict: error: {user_message(e)}", file=sys.stderr)
-        return 2
+    except (RuntimeError, *user_errors()) as e:
+        return report("predict", e)
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
     results, used = [], {"predictions"}  # that name is the summary's
     inputs = {p.resolve() for p in paths}

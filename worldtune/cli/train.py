@@ -103,7 +103,7 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from worldtune.cli.errors import debug, user_errors, user_message
+    from worldtune.cli.errors import report, user_errors
     from worldtune.engine.train import NonFiniteLossError, fit
 
     set_threads(args.threads)
@@ -137,8 +137,5 @@ def run(args) -> int:
         print(f"worldtune train: {e}", file=sys.stderr)
         return 1
     except user_errors() as e:  # bad data, config, weights or text model (a DataLoader worker's too)
-        if debug():
-            raise
-        print(f"worldtune train: error: {user_message(e)}", file=sys.stderr)
-        return 2
+        return report("train", e)
     return 130 if result["status"] == "interrupted" else 0
