@@ -90,3 +90,18 @@ def test_slim_file_is_not_resumable_and_wants_safetensors(run, capsys):
     capsys.readouterr()
     assert T.fit(new)["status"] == "finished"
     assert f"text tower: the frozen weights in {slim} (model.text_model=" in capsys.readouterr().out
+
+
+def test_slim_of_an_official_file_keeps_the_weights_only(tmp_path):
+    from worldtune.cli.slim import slim_checkpoint
+    from worldtune.engine.checkpoint import load_checkpoint_file
+    from worldtune.model import build_model
+
+    state = build_model("n", None).state_dict()
+    # an mmengine-style file whose extra entries are not JSON (numpy and tensor values)
+    torch.save({"state_dict": state, "meta": {"epoch": np.int64(80)}, "epoch": torch.tensor(80)}, tmp_path / "o.pth")
+    slim_checkpoint(tmp_path / "o.pth", tmp_path / "o.safetensors")
+    content = load_checkpoint_file(tmp_path / "o.safetensors")
+    assert content["format"] == "worldtune-weights-1" and "epoch" not in content and "config" not in content
+    assert content["ema"].keys() == state.keys()
+    assert all(torch.equal(content["ema"][k], v) for k, v in state.items())

@@ -42,10 +42,16 @@ def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dic
     if not text_tower:
         kept = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
         dropped, state = len(state) - len(kept), kept
+    # What a worldtune file says about its run; another file (an official .pth) passes its weights only.
+    ours = isinstance(ckpt, dict) and str(ckpt.get("format", "")).startswith("worldtune")
     meta = {key: ckpt[key] for key in ("config", "vocabulary", "text_tower", "epoch", "best_ap")
-            if isinstance(ckpt, dict) and key in ckpt}
-    meta["source"] = Path(checkpoint).name
-    save_checkpoint_atomic(state, out, metadata={WEIGHTS_METADATA_KEY: json.dumps(meta)})
+            if ours and key in ckpt}
+    meta.update(format="worldtune-weights-1", source=Path(checkpoint).name)
+    try:
+        text = json.dumps(meta)
+    except TypeError as err:  # a hand-edited checkpoint with arrays or tensors among these entries
+        raise ValueError(f"{checkpoint}: its run information cannot be written as JSON metadata: {err}") from err
+    save_checkpoint_atomic(state, out, metadata={WEIGHTS_METADATA_KEY: text})
     return {"tensors": len(state), "bytes": Path(out).stat().st_size, "dropped_text": dropped}
 
 

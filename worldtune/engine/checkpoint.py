@@ -59,11 +59,10 @@ def _load_safetensors(path: Path) -> dict:
     """name -> tensor; for a `worldtune slim` file, {"ema": name -> tensor, plus its metadata:
     config, vocabulary, text_tower, ...}, the shape of a training checkpoint's inference part."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     try:
-        tensors = dict(load_file(str(path), device="cpu"))
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
             metadata = f.metadata() or {}
     except Exception as err:  # noqa: BLE001
         raise CheckpointLoadError(f"cannot read safetensors file {path}: {err}") from err
