@@ -38,15 +38,17 @@ def sample_images(imgsz: int, batch: int = 1) -> Tensor:
 
 @torch.no_grad()
 def compare_outputs(module: nn.Module, path: str | Path, images: Tensor,
-                    text_feats: Tensor | None = None) -> dict[str, float]:
+                    text_feats: Tensor | None = None, ref: tuple | None = None) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| per output, relative to max(1, |PyTorch|).
 
     Args:
         module: the module that was exported (`build_export_module`), eval mode.
         images: (B, 3, H, W) as the graph expects; text_feats: (B, K, 512) for dynamic-vocab graphs.
+        ref: the module's outputs on these inputs, if already computed.
     """
     got = run_onnx(path, images.numpy(), None if text_feats is None else text_feats.numpy())
-    ref = module(images) if text_feats is None else module(images, text_feats)
+    if ref is None:
+        ref = module(images) if text_feats is None else module(images, text_feats)
     diffs = {}
     for name, r in zip(got, ref):
         r = r.numpy()
@@ -76,9 +78,6 @@ def verify_onnx(model: nn.Module, texts: list[str], path: str | Path, info: dict
     batch = 2 if info["dynamic_batch"] else int(info.get("batch", 1))
     images = sample_images(info["imgsz"], batch)
     feats_in = feats.unsqueeze(0).expand(batch, -1, -1).contiguous() if info["dynamic_vocab"] else None
-    diffs = compare_outputs(module, path, images, feats_in)
-    detections = None
-    if info["nms"]:
-        num_dets = module(images) if feats_in is None else module(images, feats_in)
-        detections = int(num_dets[0].sum())
-    return diffs, detections
+    ref = module(images) if feats_in is None else module(images, feats_in)
+    diffs = compare_outputs(module, path, images, feats_in, ref)
+    return diffs, int(ref[0].sum()) if info["nms"] else None  # with NMS, output 0 is num_dets
