@@ -214,3 +214,25 @@ def test_plot_of_many_classes_shows_the_best_and_worst_only(tmp_path):
     assert height == round((0.2 * (MAX_CLASS_BARS + 1) + 1.2) * 90)  # the rows shown plus the gap row
     few = dict(metrics, per_class={f"class {i}": i / 10 for i in range(5)})
     assert cv2.imread(str(plot_eval(few, tmp_path / "few.png"))).shape[0] == 4 * 90  # the minimum height
+
+
+def test_a_model_trained_with_other_class_texts_gets_a_note(tmp_path, capsys, monkeypatch):
+    import worldtune.model.loading as loading
+    from tests.helpers.clip_factory import make_clip_text_folder
+    from worldtune.data.demo_set import build_demo_dataset
+
+    data = build_demo_dataset(tmp_path / "demo", num_train=1, num_val=1, imgsz=64)
+    clip_dir = make_clip_text_folder(tmp_path / "clip", hidden=32, layers=1, heads=2, projection=512)
+    real_load = loading.load_model
+
+    def trained_with_other_texts(*args, **kwargs):  # as a run's checkpoint with its vocabulary loads
+        model = real_load(*args, **kwargs)
+        model.set_vocabulary([f"a photo of a {n}" for n in data["class_names"]])
+        return model
+
+    monkeypatch.setattr(loading, "load_model", trained_with_other_texts)
+    assert main(["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
+                 "--ann", str(data["val_ann"]), "--images", str(data["val_images"]), "--imgsz", "64",
+                 "--workers", "0", "--device", "cpu"]) == 0
+    first = data["class_names"][0]
+    assert f"trained with other class texts ('a photo of a {first}' for '{first}'" in capsys.readouterr().err

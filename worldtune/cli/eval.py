@@ -75,6 +75,12 @@ def _score_model(args, ann: Path, images: Path) -> dict:
     if imgsz <= 0 or imgsz % 32:
         raise ValueError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
     print(f"evaluating at image size {imgsz}", file=sys.stderr)
+    trained = list(getattr(model, "vocabulary", []))  # a worldtune run's class texts
+    if args.class_texts is None and trained and trained != dataset.class_names:
+        pairs = [f"{a!r} for {b!r}" for a, b in zip(trained, dataset.class_names) if a != b]
+        print(f"note: the checkpoint was trained with other class texts ({', '.join(pairs[:3])}"
+              f"{', ...' if len(pairs) > 3 else ''}); these are scored with the annotation's category names. "
+              "To score as its validation did, pass --class-texts with the run's file", file=sys.stderr)
     loader = build_eval_loader(build_eval_dataset(dataset, imgsz=imgsz), batch_size=args.batch_size,
                                workers=args.workers)
     return evaluate_model(model, loader, dataset, ann=ann, backend=args.backend,
