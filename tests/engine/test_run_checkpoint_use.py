@@ -37,6 +37,7 @@ def test_checkpoint_carries_the_training_vocabulary_and_image_size(run, capsys, 
     cfg, root, names = run
     model = load_model(root / "run" / "last.pt", text_model=cfg.model.text_model)
     assert model.vocabulary == names and model.trained_imgsz == 96
+    assert model.vocab_feats.numel() == 0  # encoded at first use, not at load (another may be set first)
 
     seen = []
     real_predict = predict_module.predict
@@ -44,6 +45,7 @@ def test_checkpoint_carries_the_training_vocabulary_and_image_size(run, capsys, 
     model.predict([np.zeros((50, 70, 3), np.uint8)])
     model.predict([np.zeros((50, 70, 3), np.uint8)], imgsz=64)
     assert seen == [96, 64]  # the training size unless told otherwise
+    assert model.vocab_feats.shape == (len(names), 512)
 
     capsys.readouterr()
     first = sorted((root / "data" / "images").iterdir())[0]

@@ -57,6 +57,8 @@ class YOLOWorld(nn.Module):
         """images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
         text_feats: (B, K, 512) L2-normalised; defaults to the vocabulary set by `set_vocabulary`."""
         if text_feats is None and not self.reparameterized:
+            if self.vocab_feats.numel() == 0 and self.vocabulary and self.text_model is not None:
+                self.set_vocabulary(self.vocabulary)  # a checkpoint's vocabulary, encoded at first use
             if self.vocab_feats.numel() == 0:
                 raise RuntimeError("no text features given and no vocabulary set (call set_vocabulary)")
             text_feats = self.vocab_feats.unsqueeze(0).expand(images.shape[0], -1, -1)

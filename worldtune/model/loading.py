@@ -123,5 +123,5 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     config = (checkpoint.get("config") or {}) if isinstance(checkpoint, dict) else {}
     model.trained_imgsz = config.get("data", {}).get("imgsz")
     if vocabulary and tower is not None:
-        model.set_vocabulary(list(vocabulary))
+        model.vocabulary = list(vocabulary)  # encoded at first use: a caller may set another one first
     return model
