@@ -80,32 +80,21 @@ def untrained_metrics(cfg) -> dict:
 
 def draw_predictions(checkpoint: Path, cfg, image_path: Path, class_names: list, out_path: Path,
                      score_thr: float = 0.3) -> Path:
-    """Boxes of the trained (EMA) model on one image, written as a JPEG."""
+    """Boxes of the trained (EMA) model on one image, drawn as `worldtune predict` draws them."""
     import cv2
     import torch
 
-    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
-    from worldtune.model.loading import build_text_model
-    from worldtune.model import build_model
-    from worldtune.model.predict import predict
+    from worldtune.cli.predict import draw_detections
+    from worldtune.model.loading import load_model
+    from worldtune.model.predict import predict, read_image_rgb
 
-    model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, cfg.train.seed),
-                        num_classes=cfg.data.num_texts)
-    load_model_state(model, extract_model_state(load_checkpoint_file(checkpoint)), strict=True, path=checkpoint)
-    model.eval().set_vocabulary(list(class_names))
+    model = load_model(checkpoint, text_model=cfg.model.text_model)
+    model.set_vocabulary(list(class_names))
     with torch.no_grad():
         det = predict(model, [str(image_path)], imgsz=cfg.data.imgsz)[0]
-    img = cv2.imread(str(image_path))
-    for box, score, label in zip(det["boxes_xyxy"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        if score < score_thr:
-            continue
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        colour = [(0, 200, 255), (255, 120, 0), (0, 220, 0), (200, 0, 200), (0, 0, 255)][label % 5]
-        cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
-        cv2.putText(img, f"{class_names[label]} {score:.2f}", (x1 + 2, y1 - 4 if y1 > 16 else y2 + 14),
-                    cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, colour, 1, cv2.LINE_AA)
-    cv2.imwrite(str(out_path), img)
+    keep = det["scores"] >= score_thr
+    det = {key: det[key][keep] for key in ("boxes_xyxy", "scores", "labels")}
+    cv2.imwrite(str(out_path), draw_detections(read_image_rgb(image_path), det, list(class_names)))
     return out_path
 
 
