@@ -9,8 +9,9 @@ from tests.helpers.tiny_run import tiny_config, tiny_text_model
 from worldtune.config import Config
 from worldtune.data import image_cache
 from worldtune.engine import checkpoint as ckpt_io
-from worldtune.engine import dist
+from worldtune.engine import dist, stopping
 from worldtune.engine import train as T
+from worldtune.engine.validate import validation_due
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,12 +32,12 @@ def test_batch_text_feats_match_per_image_encoding():
 
 def test_validation_schedule_is_official():
     cfg = Config()  # 80 epochs, val every 5, every epoch from completed epoch 69
-    due = [e for e in range(1, 81) if T.validation_due(e, cfg)]
+    due = [e for e in range(1, 81) if validation_due(e, cfg)]
     assert due == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65] + list(range(69, 81))
     cfg.train.epochs, cfg.train.close_mosaic_epochs = 40, 30  # SGD 40e: every epoch from 9
-    assert [e for e in range(1, 41) if T.validation_due(e, cfg)] == [5] + list(range(9, 41))
+    assert [e for e in range(1, 41) if validation_due(e, cfg)] == [5] + list(range(9, 41))
     cfg.train.val_interval_stage2 = 2  # mmengine checks `completed % interval` once the interval changes
-    assert [e for e in range(1, 41) if T.validation_due(e, cfg)] == [5] + list(range(10, 41, 2))
+    assert [e for e in range(1, 41) if validation_due(e, cfg)] == [5] + list(range(10, 41, 2))
 
 
 def test_amp_is_gpu_only():
@@ -180,8 +181,8 @@ def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path, capsys):
 
 def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(T.time, "monotonic", lambda: clock[0])
-    flag = T.StopFlag()
+    monkeypatch.setattr(stopping.time, "monotonic", lambda: clock[0])
+    flag = stopping.StopFlag()
     flag._handler(None, None)
     assert flag.requested
     clock[0] += 0.5
@@ -193,8 +194,8 @@ def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
 
 def test_ctrl_c_during_validation_raises_once(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(T.time, "monotonic", lambda: clock[0])
-    flag = T.StopFlag()
+    monkeypatch.setattr(stopping.time, "monotonic", lambda: clock[0])
+    flag = stopping.StopFlag()
     flag.immediate = True
     with pytest.raises(KeyboardInterrupt):
         flag._handler(None, None)
@@ -203,15 +204,15 @@ def test_ctrl_c_during_validation_raises_once(monkeypatch):
 
 
 def test_ctrl_c_is_announced_by_rank_0_and_the_resume_hint_keeps_the_process_count(capsys):
-    T.StopFlag(announce=False)._handler(None, None)
+    stopping.StopFlag(announce=False)._handler(None, None)
     assert capsys.readouterr().out == ""
-    T.StopFlag()._handler(None, None)
+    stopping.StopFlag()._handler(None, None)
     assert "Ctrl-C: finishing this step" in capsys.readouterr().out
-    assert T.resume_hint("runs/a", 1) == "worldtune train --resume runs/a"
-    assert T.resume_hint("runs/a", 4) == "torchrun --nproc_per_node 4 -m worldtune train --resume runs/a"
-    assert T.resume_hint("runs/a", 16, 8, "cuda") == \
+    assert stopping.resume_hint("runs/a", 1) == "worldtune train --resume runs/a"
+    assert stopping.resume_hint("runs/a", 4) == "torchrun --nproc_per_node 4 -m worldtune train --resume runs/a"
+    assert stopping.resume_hint("runs/a", 16, 8, "cuda") == \
         "torchrun --nnodes 2 ... --nproc_per_node 8 -m worldtune train --resume runs/a --device cuda"
-    assert T.resume_hint("runs/a", 2, 2, "cpu").endswith("--resume runs/a --device cpu")
+    assert stopping.resume_hint("runs/a", 2, 2, "cpu").endswith("--resume runs/a --device cpu")
 
 
 def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):

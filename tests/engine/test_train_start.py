@@ -8,6 +8,7 @@ import torch
 from tests.helpers.tiny_run import tiny_config
 from worldtune.engine import train as T
 from worldtune.engine.checkpoint import CheckpointMismatchError
+from worldtune.engine.schedule import short_run_notes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,15 +71,15 @@ def test_resuming_a_finished_run_says_so(finished_run, capsys):
 
 def test_short_runs_are_told_what_the_recipe_schedule_does():
     recipe_like = SimpleNamespace(epochs=5, warmup_epochs=3, min_warmup_iters=1000, lr=2e-4, close_mosaic_epochs=10)
-    warm, mosaic = T.short_run_notes(recipe_like, iters_per_epoch=20, warmup=1000)
+    warm, mosaic = short_run_notes(recipe_like, iters_per_epoch=20, warmup=1000)
     assert "warm-up lasts 1000 iterations" in warm and "whole run 100" in warm
     assert warm.endswith("lower train.min_warmup_iters")  # 3 epochs = 60 iterations: the minimum sets it
     by_epochs = SimpleNamespace(**{**vars(recipe_like), "min_warmup_iters": 20, "warmup_epochs": 5})
-    (warm, _), = [T.short_run_notes(by_epochs, iters_per_epoch=20, warmup=100)]
+    (warm, _), = [short_run_notes(by_epochs, iters_per_epoch=20, warmup=100)]
     assert "5 epochs = 100" in warm and warm.endswith("lower train.warmup_epochs")
     assert "close_mosaic_epochs=10 covers all 5 epochs" in mosaic
     long_run = SimpleNamespace(**{**vars(recipe_like), "epochs": 80})
-    assert T.short_run_notes(long_run, iters_per_epoch=20, warmup=1000) == []
+    assert short_run_notes(long_run, iters_per_epoch=20, warmup=1000) == []
 
 
 def test_the_efficient_neck_recipe_may_start_from_plain_l_weights(tmp_path):

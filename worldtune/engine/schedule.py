@@ -1,4 +1,5 @@
-"""Official YOLOv5-style warm-up + per-epoch linear lr decay, as a closed-form function.
+"""Official YOLOv5-style warm-up + per-epoch linear lr decay, as a closed-form function (and
+`short_run_notes`: what that schedule means for a run much shorter than the recipe's).
 
 The training loop calls `apply_schedule(optimizer, epoch, global_iter, iters_per_epoch, cfg)`
 before every optimizer step. It sets each group's lr (and SGD momentum) to the value the
@@ -129,3 +130,21 @@ def apply_schedule(optimizer: torch.optim.Optimizer, epoch: int, global_iter: in
                 group["momentum"] = group["initial_momentum"]
     return optimizer.param_groups[0]["lr"]
 
+
+def short_run_notes(t, iters_per_epoch: int, warmup: int) -> list[str]:
+    """What the recipe's schedule does to a run much shorter than the recipe's (official values are
+    kept, so a 5-epoch fine-tune otherwise learns at a tiny lr and never sees a mosaic, silently)."""
+    notes = []
+    total = t.epochs * iters_per_epoch
+    if warmup >= total:
+        by_epochs = round(t.warmup_epochs * iters_per_epoch)
+        # name whichever term sets the length (both, when both reach the run's end)
+        lower = [key for key, length in (("train.min_warmup_iters", t.min_warmup_iters),
+                                         ("train.warmup_epochs", by_epochs)) if length >= total]
+        notes.append(f"the lr warm-up lasts {warmup} iterations (max of train.warmup_epochs={t.warmup_epochs:g} "
+                     f"epochs = {by_epochs} and train.min_warmup_iters={t.min_warmup_iters}), the whole run "
+                     f"{total}: the lr never reaches train.lr={t.lr:g}. For a short run lower {' and '.join(lower)}")
+    if t.close_mosaic_epochs >= t.epochs:
+        notes.append(f"train.close_mosaic_epochs={t.close_mosaic_epochs} covers all {t.epochs} epochs: every epoch "
+                     f"is the last stage, without mosaic, MixUp or copy-paste. Lower it for a short run")
+    return notes

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -31,63 +29,14 @@ from worldtune.engine.logger import RunLogger, read_metrics
 from worldtune.engine.run_state import make_checkpoint, resolve_resume, restore_checkpoint, resume_loader
 from worldtune.engine.schedule import base_lr_group
 from worldtune.engine.setup import build_datasets, load_start_weights, read_start_weights
+from worldtune.engine.stopping import StopFlag, resume_hint
 from worldtune.engine.text_feats import batch_text_feats
-from worldtune.engine.validate import evaluate_ema
+from worldtune.engine.validate import evaluate_ema, validation_due
 from worldtune.model.loading import TEXT_PREFIX, build_text_model
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
-
-
-class StopFlag:
-    """Set by the first Ctrl-C (SIGINT): the loop finishes the current step, saves and returns.
-
-    A second Ctrl-C (2 s or more after the first) raises KeyboardInterrupt at once; `last.pt` is
-    then written only if no weight update or validation was under way (else the previous one,
-    written atomically, stays). While `immediate` is set (during a validation, which a resume
-    repeats from the `last.pt` saved before it), the first Ctrl-C raises at once.
-    """
-
-    def __init__(self, announce: bool = True):
-        self.announce = announce  # False on DDP ranks other than 0: one message, not one per process
-        self.requested = False
-        self.immediate = False
-        self._first = 0.0
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        now = time.monotonic()
-        if self.requested:
-            # torchrun forwards the terminal's Ctrl-C to ranks that already got it: not a second press
-            if now - self._first < 2.0:
-                return
-            raise KeyboardInterrupt
-        self.requested, self._first = True, now
-        if self.immediate:
-            raise KeyboardInterrupt
-        if self.announce:
-            print("\nCtrl-C: finishing this step, saving last.pt and stopping (press again to abort)", flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
-def resume_hint(out, world_size: int, local_world_size: int | None = None, device: str = "auto") -> str:
-    """The command that continues the run in `out` as it runs now: the same processes per machine
-    (and machines, whose rendezvous options the user adds) and the same `--device` unless auto."""
-    local = local_world_size or world_size
-    nodes = f"--nnodes {world_size // local} ... " if world_size > local else ""
-    launcher = f"torchrun {nodes}--nproc_per_node {local} -m worldtune" if world_size > 1 else "worldtune"
-    where = f" --device {device}" if device not in ("", "auto") else ""
-    return f"{launcher} train --resume {out}{where}"
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -192,39 +141,7 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
     return {**{k: v / max(state["loss_count"], 1) for k, v in sums.items()}, "interrupted": False, "lr": lr}
 
 
-def validation_due(completed: int, cfg) -> bool:
-    """Official val schedule: every `val_interval` epochs, every `val_interval_stage2` epochs from the
-    dynamic-interval epoch on (69 of 80), and always after the last epoch. Both intervals count
-    completed epochs from the start of the run, as mmengine's loop does (`epoch % interval`)."""
-    t = cfg.train
-    start = t.dynamic_interval_epoch if t.dynamic_interval_epoch >= 0 else t.epochs - t.close_mosaic_epochs - 1
-    if completed >= t.epochs:
-        return True
-    if completed >= start:
-        return completed % max(t.val_interval_stage2, 1) == 0
-    return t.val_interval > 0 and completed % t.val_interval == 0
-
-
 # ----------------------------------------------------------------------------- the run
-
-def short_run_notes(t, iters_per_epoch: int, warmup: int) -> list[str]:
-    """What the recipe's schedule does to a run much shorter than the recipe's (official values are
-    kept, so a 5-epoch fine-tune otherwise learns at a tiny lr and never sees a mosaic, silently)."""
-    notes = []
-    total = t.epochs * iters_per_epoch
-    if warmup >= total:
-        by_epochs = round(t.warmup_epochs * iters_per_epoch)
-        # name whichever term sets the length (both, when both reach the run's end)
-        lower = [key for key, length in (("train.min_warmup_iters", t.min_warmup_iters),
-                                         ("train.warmup_epochs", by_epochs)) if length >= total]
-        notes.append(f"the lr warm-up lasts {warmup} iterations (max of train.warmup_epochs={t.warmup_epochs:g} "
-                     f"epochs = {by_epochs} and train.min_warmup_iters={t.min_warmup_iters}), the whole run "
-                     f"{total}: the lr never reaches train.lr={t.lr:g}. For a short run lower {' and '.join(lower)}")
-    if t.close_mosaic_epochs >= t.epochs:
-        notes.append(f"train.close_mosaic_epochs={t.close_mosaic_epochs} covers all {t.epochs} epochs: every epoch "
-                     f"is the last stage, without mosaic, MixUp or copy-paste. Lower it for a short run")
-    return notes
-
 
 def fit(cfg, resume=None) -> dict:
     """Train `cfg` (a `worldtune.config.Config`) to the end, or continue the run of `resume`.
@@ -283,7 +200,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     from worldtune.engine.ema import ExpMomentumEMA
     from worldtune.engine.logger import plot_curves, summary_table
     from worldtune.engine.optim import OptimConfig, build_optimizer
-    from worldtune.engine.schedule import ScheduleConfig, apply_schedule, warmup_iters
+    from worldtune.engine.schedule import ScheduleConfig, apply_schedule, short_run_notes, warmup_iters
     from worldtune.loss.criterion import YOLOWorldCriterion
     from worldtune.model import build_model
 

@@ -1,4 +1,5 @@
-"""Validation during training: COCO AP of the EMA weights, split over the training processes.
+"""Validation during training: when it is due (`validation_due`), and COCO AP of the EMA weights,
+split over the training processes.
 
 With several processes each one predicts every world_size-th val image (`build_eval_loader` with
 the rank and world size: a strided shard, no image repeated), the detections are gathered on rank 0,
@@ -71,3 +72,16 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
     if not dist.is_main_process():
         return None, model
     return score_detections(val_coco, val_coco.ann_file, dets, skipped), model
+
+
+def validation_due(completed: int, cfg) -> bool:
+    """Official val schedule: every `val_interval` epochs, every `val_interval_stage2` epochs from the
+    dynamic-interval epoch on (69 of 80), and always after the last epoch. Both intervals count
+    completed epochs from the start of the run, as mmengine's loop does (`epoch % interval`)."""
+    t = cfg.train
+    start = t.dynamic_interval_epoch if t.dynamic_interval_epoch >= 0 else t.epochs - t.close_mosaic_epochs - 1
+    if completed >= t.epochs:
+        return True
+    if completed >= start:
+        return completed % max(t.val_interval_stage2, 1) == 0
+    return t.val_interval > 0 and completed % t.val_interval == 0
