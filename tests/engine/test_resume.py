@@ -256,3 +256,17 @@ def test_ctrl_c_just_before_a_validation_skips_it(tmp_path, monkeypatch, capsys)
     assert "aborted during a validation" in capsys.readouterr().out
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert (saved["epoch"], saved["val_pending"]) == (1, True)
+
+
+def test_ctrl_c_between_epochs_stops_before_the_next(tmp_path, reference, monkeypatch):
+    """Pressed while epoch 1's last.pt is written: epoch 2 does not start, and the resume matches."""
+    from worldtune.engine import checkpoint as ckpt_module
+
+    real = ckpt_module.save_checkpoint_atomic
+    sigint = before_call(real, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(ckpt_module, "save_checkpoint_atomic", sigint)
+    cfg = _config(tmp_path)
+    result = fit(cfg)
+    assert result["status"] == "interrupted" and result["global_step"] == 2
+    monkeypatch.setattr(ckpt_module, "save_checkpoint_atomic", real)
+    _resume_from_and_compare(cfg, (1, 0, 2), reference)
