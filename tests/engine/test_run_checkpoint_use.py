@@ -107,3 +107,12 @@ def test_slim_of_an_official_file_keeps_the_weights_only(tmp_path):
     assert content["format"] == "worldtune-weights-1" and "epoch" not in content and "config" not in content
     assert content["ema"].keys() == state.keys()
     assert all(torch.equal(content["ema"][k], v) for k, v in state.items())
+
+
+def test_export_of_a_run_checkpoint_takes_its_classes_and_size(run, tmp_path):
+    cfg, root, names = run
+    out = tmp_path / "run.onnx"
+    assert main(["export", "--weights", str(root / "run" / "last.pt"), "--text-model", cfg.model.text_model,
+                 "--out", str(out), "--no-verify"]) == 0
+    info = json.loads((tmp_path / "run.vocab.json").read_text())
+    assert info["texts"] == names and info["imgsz"] == 96
