@@ -261,8 +261,12 @@ def from_dict(d: dict, source: str = "config") -> Config:
     return merge(Config(), d, source)
 
 
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def dump(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(to_yaml(cfg))
 
 
 def load(path: str | Path) -> Config:

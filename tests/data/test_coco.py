@@ -226,10 +226,10 @@ def test_boxes_outside_their_image_are_ignored_for_training_not_refused(tiny_coc
 def test_files_that_are_not_pictures_are_found_without_decoding(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path)
     dataset = CocoDetection(ann, img)
-    assert dataset.files_not_like_images() == (0, [])  # the generated JPEG / PNG files
+    assert dataset.image_file_problems()["not_pictures"] == (0, [])  # the generated JPEG / PNG files
     dataset.image_path(1).write_text("<html>404 not found</html>")
     dataset.image_path(3).write_bytes(b"")
-    count, first = dataset.files_not_like_images(limit=1)
+    count, first = dataset.image_file_problems(limit=1)["not_pictures"]
     assert count == 2 and first == [str(dataset.image_path(1))]
 
 
@@ -239,13 +239,13 @@ def test_jpegs_cut_short_are_found_and_warned_about(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path)
     dataset = CocoDetection(ann, img)
     jpegs = [i for i in range(len(dataset)) if dataset.image_path(i).suffix == ".jpg"]
-    assert dataset.jpegs_cut_short() == (0, [])
+    assert dataset.image_file_problems()["cut_short"] == (0, [])
     path = dataset.image_path(jpegs[0])
     data = path.read_bytes()
     path.write_bytes(data + b"\x00" * 16)  # padding after the end marker is fine
     assert not jpeg_cut_short(path)
     path.write_bytes(data[: len(data) * 2 // 3])  # a download cut short: OpenCV still decodes it
-    assert dataset.jpegs_cut_short() == (1, [str(path)])
+    assert dataset.image_file_problems()["cut_short"] == (1, [str(path)])
     with pytest.warns(UserWarning, match="is cut short"):
         assert dataset.load_image(jpegs[0]) is not None
     assert not jpeg_cut_short(tmp_path / "missing.jpg")

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from worldtune.cli.errors import debug, user_errors, user_message
+    from worldtune.cli.errors import debug, report, user_errors
 
     library_format = warnings.formatwarning
     if not debug():  # "warning: ..." for a user, not the library's file, line and source line
@@ -67,10 +67,7 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except user_errors() as e:  # what a command did not catch itself: still one line, not a traceback
-        if debug():
-            raise
-        print(f"worldtune {args.command}: error: {user_message(e)} (WORLDTUNE_DEBUG=1 shows where)", file=sys.stderr)
-        return 2
+        return report(args.command, e)
     except KeyboardInterrupt:  # Ctrl-C in a command without its own handling (train saves first)
         if debug():
             raise

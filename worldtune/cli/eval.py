@@ -31,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     model.add_argument("--text-model", default="openai/clip-vit-base-patch32",
                        help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint "
-                            "carries the "
-                            "tower), or 'random' (tests)")
+                            "carries the tower), or 'random' (tests)")
     model.add_argument("--imgsz", type=int, default=None,
                        help="network input size (default: the checkpoint's training size, else 640)")
     model.add_argument("--batch-size", type=int, default=8)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
-
 from worldtune.cli.argtypes import add_threads_argument, non_negative_int, positive_int, set_threads
-from worldtune.config import (RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value, to_dict,
+from worldtune.config import (RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value, to_yaml,
                               validate)
 
 
@@ -123,14 +121,14 @@ def run(args) -> int:
                 from worldtune.engine.train import read_resume
 
                 _, saved, _ = read_resume(args.resume, cfg, 1, say=lambda *a, **k: None)
-                print(yaml.safe_dump(to_dict(saved), sort_keys=False), end="")
+                print(to_yaml(saved), end="")
                 return 0
             result = fit(cfg, resume=args.resume)
         else:
             cfg = build_config(args)
             if args.print_config:
                 validate(cfg)
-                print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+                print(to_yaml(cfg), end="")
                 return 0
             result = fit(cfg)
     except NonFiniteLossError as e:

@@ -115,23 +115,32 @@ def _closest_pair(a: np.ndarray, b: np.ndarray, max_values: int = 1 << 22) -> tu
 
 
 # First bytes of JPEG, PNG, BMP, GIF, TIFF, JPEG 2000, portable any-maps, Sun raster and OpenEXR files.
-def jpeg_cut_short(path) -> bool:
-    """True for a JPEG file without its end marker (FF D9) in its last 64 bytes: a download or copy
-    cut short. OpenCV decodes such a file without an error, painting the missing rows grey."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(3) != b"\xff\xd8\xff":
-                return False
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - 64, 0))
-            return b"\xff\xd9" not in f.read()
-    except OSError:
-        return False
-
-
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP",
                 b"\xff\x4f\xff\x51", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"Pf", b"PF",
                 b"\x59\xa6\x6a\x95", b"\x76\x2f\x31\x01")
+
+
+def image_file_problem(path) -> str | None:
+    """"not_pictures" for a file (or none) whose first bytes match no picture format OpenCV commonly
+    reads (a text or HTML page saved as .jpg, an empty file); "cut_short" for a JPEG without its end
+    marker (FF D9) in its last 64 bytes, which OpenCV decodes without an error, the missing rows grey;
+    else None. Two small reads, no decode."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if not head.startswith(_IMAGE_MAGIC) and head[8:12] != b"WEBP":
+                return "not_pictures"
+            if not head.startswith(b"\xff\xd8\xff"):
+                return None
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 64, 0))
+            return None if b"\xff\xd9" in f.read() else "cut_short"
+    except OSError:
+        return "not_pictures"
+
+
+def jpeg_cut_short(path) -> bool:
+    return image_file_problem(path) == "cut_short"
 
 
 def _ignored(ann: dict, img: dict) -> bool:
@@ -190,7 +199,8 @@ class CocoDetection:
         self.dropped_image_ids: list = []
         self.dropped_annotations: list = []
         self._size_warned: set = set()  # images whose decoded size differs from the annotation file's
-        self._cut_warned: set = set()  # JPEG files cut short
+        self._end_checked: set = set()  # images checked for a missing JPEG end marker
+        self._cut_warned = 0  # JPEG files cut short, warned about
         data = _load_json(self.ann_file)
         if not isinstance(data, dict) or "images" not in data or "categories" not in data:
             raise DataError(f"{self.ann_file}: not a COCO instances file (needs 'images' and 'categories' lists)")
@@ -319,29 +329,16 @@ class CocoDetection:
     def image_path(self, index: int) -> Path:
         return self.image_dir / self._entry(index)[0]["file_name"]
 
-    def files_not_like_images(self, limit: int = 5) -> tuple[int, list]:
-        """(count, first `limit` paths) of image files whose first bytes match no picture format
-        OpenCV commonly reads (a text or HTML file saved as .jpg, an empty file). A quick look,
-        16 bytes per file, not a decode: truncated pictures pass."""
-        count, first = 0, []
+    def image_file_problems(self, limit: int = 5) -> dict:
+        """{"not_pictures": (count, first `limit` paths), "cut_short": (...)} over every image file,
+        in one pass (`image_file_problem`)."""
+        found = {"not_pictures": [], "cut_short": []}
         for index in range(len(self)):
             path = self.image_path(index)
-            try:
-                with open(path, "rb") as f:
-                    head = f.read(16)
-            except OSError:
-                head = b""
-            if not head.startswith(_IMAGE_MAGIC) and head[8:12] != b"WEBP":
-                count += 1
-                if len(first) < limit:
-                    first.append(str(path))
-        return count, first
-
-    def jpegs_cut_short(self, limit: int = 5) -> tuple[int, list]:
-        """(count, first `limit` paths) of JPEG files cut short (`jpeg_cut_short`); two small reads
-        per file, no decode."""
-        paths = [str(self.image_path(i)) for i in range(len(self)) if jpeg_cut_short(self.image_path(i))]
-        return len(paths), paths[:limit]
+            problem = image_file_problem(path)
+            if problem:
+                found[problem].append(str(path))
+        return {problem: (len(paths), paths[:limit]) for problem, paths in found.items()}
 
     def load_image(self, index: int) -> np.ndarray:
         """uint8 [H, W, 3] BGR (grayscale files are expanded). Raises DataError naming the file."""
@@ -349,13 +346,15 @@ class CocoDetection:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
-        if index not in self._cut_warned and jpeg_cut_short(path):
-            self._cut_warned.add(index)  # a few times per process, as below
-            if len(self._cut_warned) <= 3:
-                warnings.warn(f"{path} (image id {self.image_ids[index]}) is cut short (no JPEG end marker): its "
-                              "missing rows decode as grey and are trained on as they are; restore the file"
-                              + (" (further such images are not listed)" if len(self._cut_warned) == 3 else ""),
-                              stacklevel=2)
+        if index not in self._end_checked:  # once per image and process, not at every decode
+            self._end_checked.add(index)
+            if jpeg_cut_short(path):
+                self._cut_warned += 1  # a few times per process, as below
+                if self._cut_warned <= 3:
+                    warnings.warn(f"{path} (image id {self.image_ids[index]}) is cut short (no JPEG end marker): "
+                                  "its missing rows decode as grey and are trained on as they are; restore the file"
+                                  + (" (further such images are not listed)" if self._cut_warned == 3 else ""),
+                                  stacklevel=2)
         expected = self.image_size(index)
         if img.shape[:2] != expected and index not in self._size_warned:
             # The official pipeline uses the boxes as given too; say so, a few times per process.

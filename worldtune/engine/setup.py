@@ -66,13 +66,14 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     if d.val_ann:
         val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
         # A bad val image would otherwise surface only at the first validation, epochs later.
-        count, first = val_coco.files_not_like_images() if info.is_main else (0, [])
+        problems = val_coco.image_file_problems() if info.is_main else {}
+        count, first = problems.get("not_pictures", (0, []))
         if count:
             then = ("the first validation will stop on them (--on-bad-data skip leaves them out)"
                     if d.on_bad_data == "error" else "validation will leave them out")
             warnings.warn(f"{count} validation image file(s) do not look like pictures, e.g. {', '.join(first)}: "
                           f"{then}", stacklevel=2)
-        count, first = val_coco.jpegs_cut_short() if info.is_main else (0, [])
+        count, first = problems.get("cut_short", (0, []))
         if count:
             warnings.warn(f"{count} validation JPEG file(s) are cut short (no end marker), e.g. {', '.join(first)}: "
                           "their missing rows decode as grey, so their objects score as misses; restore them",

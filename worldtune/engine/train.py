@@ -314,8 +314,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         say(f"note: {line}")
 
     stop = StopFlag(announce=info.is_main)
-    resume_command = resume_hint(out, info.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)),
-                                 t.device)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))  # processes on this machine
+    resume_command = resume_hint(out, info.world_size, local_world_size, t.device)
 
     def validate(epoch: int) -> None:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
@@ -323,7 +323,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # Ctrl-C stops a validation at once (a resume repeats it), on one machine: there every rank
         # gets the signal. Across machines the ranks that did not would wait in its collectives.
         state["validating"] = True
-        stop.immediate = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)) == info.world_size
+        stop.immediate = local_world_size == info.world_size
         if not dist.all_true(not stop.requested, info.device):  # pressed after the last step
             raise KeyboardInterrupt
         metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)

@@ -23,7 +23,7 @@ def plot_eval(metrics: dict, png_path: str | Path, title: str = "") -> Path:
         half = MAX_CLASS_BARS // 2
         shown = scored[:half] + [(None, "...")] + scored[-half:]
     height = max(4.0, 0.2 * len(shown) + 1.2)
-    fig, (ax_pr, ax_cls) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [1, 1]})
+    fig, (ax_pr, ax_cls) = plt.subplots(1, 2, figsize=(12, height))
 
     curves = metrics.get("pr_curves") or {}
     for key, style in (("AP", "-"), ("AP50", "--"), ("AP75", ":")):
