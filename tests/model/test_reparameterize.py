@@ -7,6 +7,21 @@ from worldtune.model import build_model
 from worldtune.model.reparameterize import reparameterize
 
 
+def _parity_model(spec_fixtures):
+    """(the official-parity fixture, the S model with its image-side weights in float32)."""
+    fixture = torch.load(spec_fixtures / "parity_s.pt", weights_only=True)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in fixture["state_dict"].items()
+             if not k.startswith("backbone.text_model.")}
+    model = build_model("s").eval()
+    model.load_state_dict(state)
+    return fixture, model
+
+
+def _assert_same_outputs(ref, out):
+    for a, b in zip(ref.cls_logits + ref.box_dist_logits, out.cls_logits + out.box_dist_logits):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+
+
 def test_rep_keys_equal_official_rep_model(spec_fixtures):
     model = build_model("s").eval()
     texts = [f"class {i}" for i in range(80)]
@@ -17,11 +32,7 @@ def test_rep_keys_equal_official_rep_model(spec_fixtures):
 
 
 def test_rep_outputs_equal_unfolded_model(spec_fixtures):
-    fixture = torch.load(spec_fixtures / "parity_s.pt", weights_only=True)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in fixture["state_dict"].items()
-             if not k.startswith("backbone.text_model.")}
-    model = build_model("s").eval()
-    model.load_state_dict(state)
+    fixture, model = _parity_model(spec_fixtures)
     text_feats = fixture["text_feats"][0]  # the 5 texts of image 0, (5, 512)
     rep = reparameterize(model, fixture["texts"][0], text_feats)
     assert rep.backbone.text_model is None and model.bbox_head.head_module.cls_contrasts[0].__class__.__name__ == "BNContrastiveHead"
@@ -29,10 +40,8 @@ def test_rep_outputs_equal_unfolded_model(spec_fixtures):
     with torch.no_grad():
         ref = model(images, text_feats.expand(2, -1, -1))
         out = rep(images)
-    for a, b in zip(ref.cls_logits + ref.box_dist_logits, out.cls_logits + out.box_dist_logits):
-        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+    _assert_same_outputs(ref, out)
     assert rep.vocabulary == fixture["texts"][0]
-
 
 
 def test_rep_equals_unfolded_with_attention_biases_and_unnormalised_embeddings(spec_fixtures):
@@ -40,11 +49,7 @@ def test_rep_equals_unfolded_with_attention_biases_and_unnormalised_embeddings(s
     # bias enters; and embeddings passed by a caller need not be unit length. Both models must still
     # agree: the contrastive head normalises the text itself (normalise(text) * exp(logit_scale)),
     # folded or not, and the folded block adds the same per-head bias before the sigmoid.
-    fixture = torch.load(spec_fixtures / "parity_s.pt", weights_only=True)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in fixture["state_dict"].items()
-             if not k.startswith("backbone.text_model.")}
-    model = build_model("s").eval()
-    model.load_state_dict(state)
+    fixture, model = _parity_model(spec_fixtures)
     torch.manual_seed(0)
     with torch.no_grad():
         for layer in [*model.neck.top_down_layers, *model.neck.bottom_up_layers]:
@@ -56,5 +61,4 @@ def test_rep_equals_unfolded_with_attention_biases_and_unnormalised_embeddings(s
         ref = model(images, text_feats.unsqueeze(0))
         out = rep(images)
     assert ref.cls_logits[0].std() > 0.1  # trained weights: the logits vary (random ones give the bias alone)
-    for a, b in zip(ref.cls_logits + ref.box_dist_logits, out.cls_logits + out.box_dist_logits):
-        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+    _assert_same_outputs(ref, out)
