@@ -62,9 +62,18 @@ def _assert_same_final_state(a: Path, b: Path):
 def _resume_from_and_compare(cfg, position: tuple, reference: Path):
     """last.pt of the interrupted run is at (epoch, step_in_epoch, global_step) == `position`, and
     resuming it ends with the uninterrupted run's state."""
+    from worldtune.engine import train as train_mod
+
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == position
-    assert fit(cfg, resume=cfg.out)["status"] == "finished"
+    loggers = []
+    real_logger = train_mod.RunLogger
+    train_mod.RunLogger = lambda *a, **k: loggers.append(k) or real_logger(*a, **k)
+    try:
+        assert fit(cfg, resume=cfg.out)["status"] == "finished"
+    finally:
+        train_mod.RunLogger = real_logger
+    assert loggers[0]["purge_step"] == position[2] + 1  # TensorBoard drops what the stopped run logged later
     _assert_same_final_state(reference, Path(cfg.out) / "last.pt")
 
 

@@ -239,6 +239,29 @@ def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
     assert not RunLogger(None).enabled
 
 
+def test_tensorboard_of_a_resumed_run_drops_the_steps_it_logs_again(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from worldtune.engine.logger import RunLogger
+
+    def logged(folder):
+        events = EventAccumulator(str(folder / "tensorboard"))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+    for purge_step, name in ((None, "plain"), (4, "purged")):
+        log = RunLogger(tmp_path / name)
+        for step in range(1, 7):  # killed after logging step 6; its last checkpoint was at step 3
+            log.log("train", step, loss=float(step))
+        log.close()
+        log = RunLogger(tmp_path / name, purge_step=purge_step)
+        for step in range(4, 8):  # the resumed run logs steps 4-6 again, with other values
+            log.log("train", step, loss=10.0 + step)
+        log.close()
+    assert [s for s, _ in logged(tmp_path / "plain")].count(5) == 2  # without purging: two curves overlap
+    assert logged(tmp_path / "purged") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0), (6, 16.0), (7, 17.0)]
+
+
 def test_data_speed_options_reach_the_training_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(image_cache, "worker_start_method", lambda: "fork")  # auto caches only with forked workers
     monkeypatch.setattr(image_cache, "available_memory", lambda: 2**33)  # /proc/meminfo is Linux-only

@@ -16,7 +16,10 @@ from tqdm import tqdm
 class RunLogger:
     """Writes `metrics.jsonl` (and TensorBoard events if tensorboard is importable) under `out_dir`."""
 
-    def __init__(self, out_dir: str | Path | None, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, out_dir: str | Path | None, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None):
+        """purge_step: the first step a resumed run logs. TensorBoard then drops the events that the
+        interrupted run wrote from that step on (they are logged again), as `read_metrics` does."""
         self.enabled = enabled and out_dir is not None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.writer = None
@@ -26,7 +29,7 @@ class RunLogger:
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
-                    self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+                    self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge_step)
                 except ImportError:  # tensorboard is optional: metrics.jsonl always has everything
                     self.writer = None
 

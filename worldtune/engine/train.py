@@ -305,7 +305,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         if t.save_every_steps > 0 and s["global_step"] % t.save_every_steps == 0:
             save("last.pt")
 
-    logger = RunLogger(out, enabled=info.is_main)
+    logger = RunLogger(out, enabled=info.is_main, purge_step=state["global_step"] + 1 if resume is not None else None)
     last_metrics, status = None, "finished"
     say(f"training {cfg.model.variant} for {t.epochs} epochs x {iters} iterations "
         f"({len(train_set)} images, batch {t.batch_size} x {info.world_size} process(es)) on {info.device}; "
