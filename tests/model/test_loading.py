@@ -78,6 +78,35 @@ def test_mismatched_checkpoint_names_the_differences(official_layout_checkpoint,
     assert str(path) in message and "shape" in message
 
 
+@pytest.mark.parametrize("name,says", [("v1_l_dual_vlpan", "v1 weights"), ("v1_l_efficient_neck", "without BatchNorm"),
+                                       ("s_rep_vlpan", "reparameterised"), ("s_bn", "reparameterised"),
+                                       ("l", None), ("l_efficient_neck", None)])
+def test_official_layouts_worldtune_does_not_build_are_named(spec_fixtures, name, says):
+    import json
+
+    from worldtune.model.loading import other_layout_note
+
+    keys = json.loads((spec_fixtures / f"official_keys_{name}.json").read_text())["keys"]
+    note = other_layout_note({k["name"]: None for k in keys})
+    assert note is None if says is None else says in note
+
+
+def test_a_mismatch_error_says_when_the_file_is_v1(official_layout_checkpoint, tiny_text_folder, tmp_path):
+    from worldtune.engine.checkpoint import CheckpointMismatchError
+    from worldtune.engine.setup import load_start_weights
+    from worldtune.model.loading import load_model
+
+    path, model = official_layout_checkpoint
+    state = {**model.state_dict(), "neck.text_enhancer.query.0.weight": torch.zeros(4, 4)}
+    v1 = tmp_path / "v1.pth"
+    torch.save({"state_dict": state}, v1)
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)neck\.text_enhancer\.query.*YOLO-World v1 weights"):
+        load_model(v1, text_model=str(tiny_text_folder))
+    # as start weights (non-strict, as the official load_from) the report says it too
+    assert "YOLO-World v1 weights" in load_start_weights(build_model("n"), v1, state)
+    assert "YOLO-World v1" not in load_start_weights(build_model("n"), path, model.state_dict())
+
+
 def test_predict_returns_boxes_in_original_image_coordinates(official_layout_checkpoint, tiny_text_folder):
     from skimage import data
 

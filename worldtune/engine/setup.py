@@ -119,12 +119,15 @@ def load_start_weights(model: nn.Module, path, state: dict) -> str:
     """Load start weights non-strictly, as the official `load_from` does (missing or extra keys are
     reported), and return the report. Shape mismatches are an error: those tensors would stay random."""
     from worldtune.engine.checkpoint import CheckpointMismatchError, load_model_state
+    from worldtune.model.loading import other_layout_note
 
     report = load_model_state(model, state, strict=False, path=path)
+    note = other_layout_note(state)
+    problems = report.message(path) + (f"\n{note}" if note else "")
     # The head's class-embedding branch is max(C0, min(num_texts, 100)) wide: for the small `n` model
     # its width follows data.num_texts, so those tensors may differ and stay random (reported).
     if any(not key.startswith("bbox_head.head_module.cls_preds.") for key, _, _ in report.mismatched):
-        raise CheckpointMismatchError(report.message(path))
+        raise CheckpointMismatchError(problems)
     if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
         model.text_model.clear_cache()  # cached embeddings came from the old text weights
-    return f"start weights: {path}" + ("" if report.ok else "\n" + report.message(path))
+    return f"start weights: {path}" + ("" if report.ok else "\n" + problems)

@@ -25,6 +25,23 @@ def infer_variant(state_dict: dict) -> str:
     return variant
 
 
+def other_layout_note(state_dict: dict) -> str | None:
+    """Why weights of a known non-v2 layout cannot fit a worldtune model, or None: the plain key list
+    of a mismatch does not tell a user they hold a v1 or a reparameterised checkpoint."""
+    head = "bbox_head.head_module.cls_contrasts.0."
+    if any(k.startswith("neck.text_enhancer.") for k in state_dict):
+        return ("these are YOLO-World v1 weights (dual VL-PAN with image-pooling attention, "
+                "neck.text_enhancer.*); worldtune builds the v2 models, which have none")
+    if head + "conv.weight" in state_dict:
+        return ("these are reparameterised weights (the official 'rep' layout: a fixed vocabulary folded "
+                "into 1x1 convolutions, no text tower); worldtune loads the weights before folding "
+                "(the released v2 .pth files) and folds a vocabulary itself in `worldtune export`")
+    if head + "logit_scale" in state_dict and head + "norm.weight" not in state_dict:
+        return ("these weights have the contrastive head without BatchNorm (YOLO-World v1); worldtune "
+                "builds the v2 models with the BN head (use_bn_head=True)")
+    return None
+
+
 def cls_width(state_dict: dict) -> int:
     """The head's classification hidden width, max(C0, min(num_classes, 100)), read off the weights.
 
@@ -88,7 +105,8 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     The returned model has `trained_imgsz`: the training image size saved in a worldtune
     checkpoint's config, or None (official files, random weights).
     """
-    from worldtune.engine.checkpoint import extract_model_state, load_checkpoint_file, load_model_state
+    from worldtune.engine.checkpoint import (CheckpointMismatchError, extract_model_state, load_checkpoint_file,
+                                             load_model_state)
 
     if weights is None or str(weights).lower() == "none":
         if variant is None:
@@ -116,7 +134,11 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     if not has_text and tower is not None:
         # The tower's own pretrained weights stand; the checkpoint covers the image side only.
         state = {**{TEXT_PREFIX + k: v for k, v in tower.state_dict().items()}, **state}
-    load_model_state(model, state, strict=strict, path=path)
+    try:
+        load_model_state(model, state, strict=strict, path=path)
+    except CheckpointMismatchError as e:
+        note = other_layout_note(state)
+        raise CheckpointMismatchError(f"{e}\n{note}" if note else str(e)) from None
     vocabulary = checkpoint.get("vocabulary") if isinstance(checkpoint, dict) else None
     model = model.to(device).eval()
     # worldtune checkpoints carry their config: the CLIs default --imgsz to the training size
