@@ -4,9 +4,9 @@
 #
 #   bash benchmarks/gpu_checks.sh
 #
-# The device machine has torch but not the benchmark references: carry wheels for ultralytics,
-# pycocotools and faster-coco-eval in .whl/ (pip download --no-deps ... -d .whl) and they are
-# installed into /tmp/site first. Each step has its own time limit, so one hang costs only its share.
+# The device machine has torch but not the benchmark references nor some of worldtune's needs:
+# `bash benchmarks/device_wheels.sh` puts wheels for orjson, pycocotools, faster-coco-eval and
+# ultralytics in .whl/; carry .whl and they are installed into /tmp/site first. Each step has its own time limit, so one hang costs only its share.
 set -u
 OUT=${OUT:-gpu_checks_out}
 mkdir -p "$OUT"
