@@ -293,3 +293,55 @@ def test_polygon_parts_with_fewer_than_three_points_are_dropped():
     parts = polygons_from_segmentation(segm, 20, 20)
     assert len(parts) == 1
     np.testing.assert_array_equal(parts[0], [[0, 0], [10, 0], [10, 10]])
+
+
+def _rle(counts, size=(120, 160)):
+    return {"size": list(size), "counts": counts}
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda d: d["images"][0].update(id="1000"), r"image \{.*\}: 'id' must be an integer, got '1000'"),
+    (lambda d: d["images"][0].update(id=1000.5), r"'id' must be an integer, got 1000.5"),
+    (lambda d: d["images"][0].update(file_name=5), r"image id 1000: 'file_name' must be a non-empty string"),
+    (lambda d: d["images"][0].update(width="160"), r"image id 1000: 'width' must be a positive integer, got '160'"),
+    (lambda d: d["images"][0].update(height=None), r"image id 1000: 'height' must be a positive integer"),
+    (lambda d: d["images"].__setitem__(0, 7), r"an entry of the images must be an object, got 7"),
+    (lambda d: d["categories"][0].update(id="1"), r"category \{.*\}: 'id' must be an integer, got '1'"),
+    (lambda d: d["categories"][0].update(name=""), r"category id 1: 'name' must be a non-empty string"),
+    (lambda d: d["categories"][0].update(name=None), r"category id 1: 'name' must be a non-empty string"),
+    (lambda d: d.update(categories=[], annotations=[]), r"'categories' is empty"),
+    (lambda d: d.update(annotations={"a": 1}), r"'annotations' must be a list"),
+    (lambda d: d["annotations"][0].update(id="x"), r"annotation id x: id must be an integer"),
+    (lambda d: d["annotations"][0].update(iscrowd="yes"), r"annotation id 100: iscrowd must be 0 or 1"),
+    (lambda d: d["annotations"][0].update(area="big"), r"annotation id 100: area must be a finite number"),
+    (lambda d: d["annotations"][0].update(area=float("nan")), r"annotation id 100: area must be a finite number"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle("!!!!")), r"annotation id 100: RLE .*cannot be decoded"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle(5)), r"annotation id 100: RLE .*'counts' must be"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle([0, 100000])), r"adding up to height x width = 19200"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle([-5, 3])), r"adding up to height x width"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle([0.5, 3])), r"adding up to height x width"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle([0, 100], (10, 10))), r"'size' \[10, 10\] is not the image's"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle("abc", ("a", "b"))), r"'size' \['a', 'b'\] is not the image's"),
+])
+def test_malformed_fields_are_named_not_tracebacks(tiny_coco, tmp_path, edit, pattern):
+    # Before: TypeErrors deep in the loader or pycocotools, int() messages without a file, or
+    # (string ids, an RLE of another size) a silently wrong set.
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    with pytest.raises(DataError, match=pattern) as info:
+        CocoDetection(ann, img)
+    assert "ann.json" in str(info.value)
+
+
+def test_a_folder_named_as_an_image_is_called_a_folder(tiny_coco, tmp_path):
+    ann, img = _copy_set(tiny_coco, tmp_path, lambda d: d["images"][0].update(file_name="sub"))
+    (img / "sub").mkdir()
+    with pytest.raises(DataError, match=r"images/sub is a folder, not an image"):
+        CocoDetection(ann, img)
+
+
+def test_polygon_values_that_are_no_numbers_drop_the_part(tiny_coco, tmp_path):
+    def edit(d):
+        d["annotations"][0]["segmentation"] = [["a", 2, 30, 4, 30, 40], [8, 10, 60, 10, 60, 50, 8, 50]]
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    rec = CocoDetection(ann, img).get_record(0)
+    assert [p.shape for p in rec["polygons"][0]] == [(4, 2)]

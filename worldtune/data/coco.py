@@ -37,9 +37,20 @@ def _load_json(path: Path):
 
 
 def _require(obj: dict, keys: tuple, what: str, ann_file: Path):
+    if not isinstance(obj, dict):
+        raise DataError(f"{ann_file}: an entry of the {what}s must be an object, got {str(obj)[:200]}")
     missing = [k for k in keys if k not in obj]
     if missing:
         raise DataError(f"{ann_file}: {what} lacks field(s) {missing}: {str(obj)[:200]}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_size(value) -> bool:
+    """A positive whole number (COCO writes ints; some tools write 640.0)."""
+    return (_is_int(value) or (isinstance(value, float) and value.is_integer())) and value > 0
 
 
 def polygons_from_segmentation(segm, height: int, width: int) -> list:
@@ -50,9 +61,9 @@ def polygons_from_segmentation(segm, height: int, width: int) -> list:
     traced with cv2.findContours (outer contours, parts with >= 3 points).
     """
     if isinstance(segm, list):
-        parts = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in segm
-                 if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
-        return [p for p in parts if np.isfinite(p).all()]  # a part with a null/NaN is dropped like a short one
+        parts = [_as_points(p) for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+        # a part with a null/NaN (or a value that is no number) is dropped like a short one
+        return [p for p in parts if p is not None and np.isfinite(p).all()]
     if isinstance(segm, dict) and "counts" in segm:
         rle = segm
         if isinstance(segm["counts"], list):
@@ -63,6 +74,14 @@ def polygons_from_segmentation(segm, height: int, width: int) -> list:
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         return [c.reshape(-1, 2).astype(np.float32) for c in contours if len(c) >= 3]
     return []
+
+
+def _as_points(part: list):
+    """float32 [P, 2], or None when a value is not a number (e.g. "abc" or a nested list)."""
+    try:
+        return np.asarray(part, dtype=np.float32).reshape(-1, 2)
+    except (ValueError, TypeError):
+        return None
 
 
 def merge_polygon_parts(parts: list) -> list:
@@ -143,6 +162,30 @@ def jpeg_cut_short(path) -> bool:
     return image_file_problem(path) == "cut_short"
 
 
+def _rle_problem(rle: dict, img: dict, crowd: bool) -> str:
+    """What is wrong with an RLE segmentation ("" if nothing). pycocotools would otherwise fail
+    deep inside a DataLoader worker (a TypeError, "Invalid RLE mask representation") or, for a
+    'size' other than the image's, give polygons in another frame than the boxes."""
+    size, counts = rle["size"], rle["counts"]
+    if not (all(_is_int(v) and v > 0 for v in size) and size == [int(img["height"]), int(img["width"])]):
+        return f"RLE segmentation 'size' {size} is not the image's [height, width] [{img['height']}, {img['width']}]"
+    if isinstance(counts, list):
+        if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
+            return (f"RLE segmentation 'counts' must be non-negative integers adding up to height x width = "
+                    f"{size[0] * size[1]}, got {str(counts)[:80]}")
+        return ""
+    if not isinstance(counts, str):
+        return f"RLE segmentation 'counts' must be a string or a list of integers, got {str(counts)[:80]}"
+    if not crowd:  # decoded for mask-refine (crowd instances never are): decode once here to check it
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                mask_utils.decode({"size": size, "counts": counts.encode("ascii")})
+        except (ValueError, UnicodeEncodeError) as e:
+            return f"RLE segmentation 'counts' cannot be decoded ({e}): {counts[:40]!r}"
+    return ""
+
+
 def _ignored(ann: dict, img: dict) -> bool:
     """Crowd, degenerate (w or h < 1, area <= 0) or not overlapping its image: kept for evaluation,
     not trained on (the official loader skips them)."""
@@ -202,12 +245,25 @@ class CocoDetection:
         self._end_checked: set = set()  # images checked for a missing JPEG end marker
         self._cut_warned = 0  # JPEG files cut short, warned about
         data = _load_json(self.ann_file)
-        if not isinstance(data, dict) or "images" not in data or "categories" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+                or not isinstance(data.get("categories"), list):
             raise DataError(f"{self.ann_file}: not a COCO instances file (needs 'images' and 'categories' lists)")
+        if not isinstance(data.get("annotations", []), list):
+            raise DataError(f"{self.ann_file}: 'annotations' must be a list, got {type(data['annotations']).__name__}")
 
         cats = data["categories"]
+        if not cats:
+            raise DataError(f"{self.ann_file}: 'categories' is empty; a detector needs at least one class")
         for c in cats:
             _require(c, ("id", "name"), "category", self.ann_file)
+            # ids are compared with the annotations' integer category_id; a name is the class text
+            # when no class-text file is given ("" is the padding text, which a class cannot use)
+            if not _is_int(c["id"]):
+                raise DataError(f"{self.ann_file}: category {str(c)[:100]}: 'id' must be an integer, got {c['id']!r}")
+            if not isinstance(c["name"], str) or (class_texts is None and not c["name"].strip()):
+                raise DataError(f"{self.ann_file}: category id {c['id']}: 'name' must be a non-empty string, "
+                                f"got {c['name']!r}" + ("" if class_texts is not None else
+                                                        " (or give class texts, --class-texts)"))
         self.cat_ids = sorted(int(c["id"]) for c in cats)
         if len(set(self.cat_ids)) != len(self.cat_ids):
             raise DataError(f"{self.ann_file}: duplicate category ids in {self.cat_ids}")
@@ -221,7 +277,18 @@ class CocoDetection:
         images = {}
         for img in data["images"]:
             _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
-            image_id = int(img["id"])
+            # checked here, not left to int() or to the COCO APIs: a string id "7" would never match
+            # an annotation's image_id 7, and a bad size would fail later inside the pipeline
+            if not _is_int(img["id"]):
+                raise DataError(f"{self.ann_file}: image {str(img)[:100]}: 'id' must be an integer, got {img['id']!r}")
+            if not isinstance(img["file_name"], str) or not img["file_name"]:
+                raise DataError(f"{self.ann_file}: image id {img['id']}: 'file_name' must be a non-empty string, "
+                                f"got {img['file_name']!r}")
+            for key in ("width", "height"):
+                if not _is_size(img[key]):
+                    raise DataError(f"{self.ann_file}: image id {img['id']}: '{key}' must be a positive integer, "
+                                    f"got {img[key]!r}")
+            image_id = img["id"]
             if image_id in images:  # which one would its annotations belong to?
                 raise DataError(f"{self.ann_file}: image id {image_id} is used twice ({images[image_id]['file_name']} "
                                 f"and {img['file_name']}); image ids must be unique")
@@ -243,7 +310,8 @@ class CocoDetection:
                 continue
             path = self.image_dir / img["file_name"]
             if not os.path.isfile(path):
-                self._bad("missing image", f"{self.ann_file}: image id {image_id}: file {path} does not exist")
+                self._bad("missing image", f"{self.ann_file}: image id {image_id}: file {path} "
+                          + ("is a folder, not an image" if os.path.isdir(path) else "does not exist"))
                 self.dropped_image_ids.append(image_id)
                 continue
             self.image_ids.append(image_id)
@@ -282,9 +350,14 @@ class CocoDetection:
         missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
         if missing:
             return f"lacks field(s) {missing}"
-        for key in ("image_id", "category_id"):
-            if not isinstance(ann[key], int) or isinstance(ann[key], bool):
+        for key in ("id", "image_id", "category_id"):
+            if not _is_int(ann[key]):
                 return f"{key} must be an integer, got {ann[key]!r}"
+        if ann.get("iscrowd", 0) not in (0, 1):  # True/False pass too (0 == False)
+            return f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}"
+        area = ann.get("area", 0)
+        if not (isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area)):
+            return f"area must be a finite number, got {area!r}"
         if ann["image_id"] not in images:
             return f"unknown image_id {ann['image_id']}"
         if ann["category_id"] not in self.cat_id_to_label:
@@ -295,6 +368,8 @@ class CocoDetection:
             return f"bbox must be 4 finite numbers [x, y, w, h], got {box}"
         if box[2] < 0 or box[3] < 0:
             return f"bbox {box} has negative size"
+        if isinstance(segm, dict):
+            return _rle_problem(segm, images[ann["image_id"]], crowd=bool(ann.get("iscrowd", 0)))
         return ""
 
     def _bad(self, reason: str, message: str):
