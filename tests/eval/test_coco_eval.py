@@ -211,6 +211,23 @@ def test_bad_gt_annotations_name_the_annotation(tmp_path, bbox, message):
         coco_evaluate(gt, [])
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda gt: gt["images"][0].update(id="1"), r"an entry of 'images' has a non-integer 'id'"),
+    (lambda gt: gt["categories"][0].update(id="5"), r"an entry of 'categories' has a non-integer 'id'"),
+    (lambda gt: gt["annotations"][0].update(category_id=9), r"annotation id 1: 'category_id' 9 is not the id"),
+    (lambda gt: gt["annotations"][0].update(image_id=2), r"annotation id 1: 'image_id' 2 is not the id"),
+    (lambda gt: gt["annotations"][0].update(iscrowd="yes"), r"annotation id 1: 'iscrowd' must be 0 or 1"),
+    (lambda gt: gt["annotations"][0].update(area="big"), r"annotation id 1: 'area' must be a finite number"),
+])
+def test_gt_ids_and_fields_of_the_wrong_type_name_the_field(tmp_path, edit, message):
+    # Before: a TypeError from the COCO APIs' sorting, int('yes'), or an object silently not scored.
+    gt = single_box_gt()
+    edit(gt)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with pytest.raises(ValueError, match=r"gt.json: " + message):
+        coco_evaluate(tmp_path / "gt.json", [])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pr_curves_are_the_interpolated_precision_and_average_to_ap(backend):
     gt = single_box_gt()

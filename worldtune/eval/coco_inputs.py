@@ -47,18 +47,22 @@ def load_coco_gt(ann: str | Path | dict, drop_annotations=()) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(ann.get(key), list):
             raise ValueError(f"{source}: field '{key}' is missing or not a list")
-    for img in ann["images"]:
-        if not isinstance(img, dict) or "id" not in img:
-            raise ValueError(f"{source}: an entry of 'images' has no 'id': {str(img)[:80]}")
-    for cat in ann["categories"]:
-        if not isinstance(cat, dict) or "id" not in cat:
-            raise ValueError(f"{source}: an entry of 'categories' has no 'id': {str(cat)[:80]}")
+    # Integer ids, as the COCO APIs and the detections use them: a string id "7" would match no
+    # detection (every object a miss), and mixed types make the APIs' sorting fail with a TypeError.
+    for key in ("images", "categories"):
+        for entry in ann[key]:
+            if not isinstance(entry, dict) or "id" not in entry:
+                raise ValueError(f"{source}: an entry of '{key}' has no 'id': {str(entry)[:80]}")
+            if not _is_int(entry["id"]):
+                raise ValueError(f"{source}: an entry of '{key}' has a non-integer 'id': {str(entry)[:80]}")
+    image_ids = {img["id"] for img in ann["images"]}
+    cat_ids = {cat["id"] for cat in ann["categories"]}
     dropped = set(drop_annotations)
     annotations = []
     for position, a in enumerate(ann["annotations"]):
         if position in dropped:
             continue
-        problem = _gt_annotation_problem(a)
+        problem = _gt_annotation_problem(a, image_ids, cat_ids)
         if problem:
             name = f"id {a['id']}" if isinstance(a, dict) and "id" in a else f"#{position} (no id)"
             raise ValueError(f"{source}: annotation {name}: {problem}")
@@ -75,13 +79,22 @@ def load_coco_gt(ann: str | Path | dict, drop_annotations=()) -> dict:
     return out
 
 
-def _gt_annotation_problem(a) -> str:
+def _gt_annotation_problem(a, image_ids: set, cat_ids: set) -> str:
     """What makes a GT annotation unusable for scoring ("" if nothing)."""
     if not isinstance(a, dict):
         return f"not an object: {str(a)[:80]}"
     missing = [k for k in ("image_id", "category_id", "bbox") if k not in a]
     if missing:
         return f"lacks field(s) {missing}"
+    # (the COCO APIs would leave such an object out of the scoring without a word)
+    if not _is_int(a["image_id"]) or a["image_id"] not in image_ids:
+        return f"'image_id' {a['image_id']!r} is not the id of an entry of 'images'"
+    if not _is_int(a["category_id"]) or a["category_id"] not in cat_ids:
+        return f"'category_id' {a['category_id']!r} is not the id of an entry of 'categories'"
+    if a.get("iscrowd", 0) not in (0, 1):
+        return f"'iscrowd' must be 0 or 1, got {a['iscrowd']!r}"
+    if "area" in a and not _is_finite(a["area"]):
+        return f"'area' must be a finite number, got {a['area']!r}"
     bbox = a["bbox"]
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_finite(v) for v in bbox):
         return f"'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:80]}"
