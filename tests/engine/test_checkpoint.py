@@ -339,3 +339,41 @@ def test_a_file_cannot_make_the_loader_allocate_at_will():
     with pytest.raises(pickle.UnpicklingError, match="bytearray"):
         RESTRICTED_PICKLE.load(io.BytesIO(huge))
     assert RESTRICTED_PICKLE.load(io.BytesIO(pickle.dumps(bytearray(b"ab"), protocol=4))) == bytearray(b"ab")
+
+
+def test_a_checkpoint_cut_short_is_called_so(tmp_path):
+    # Before: "is not a checkpoint: neither a PyTorch file nor safetensors", for a PyTorch file.
+    truncated = tmp_path / "half.pt"
+    save_checkpoint_atomic({"model": _weights()}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
+    with pytest.raises(CheckpointLoadError, match=r"half.pt is a PyTorch checkpoint cut short"):
+        load_checkpoint_file(truncated)
+
+
+@pytest.mark.parametrize("entry, value, message", [
+    ("config", "notadict", r"'config' entry must be a dict"),
+    ("config", {"model": [1]}, r"'config.model' entry must be a dict"),
+    ("config", {"data": {"imgsz": "big"}}, r"'config.data.imgsz' entry must be a positive multiple of 32"),
+    ("config", {"model": {"variant": 5}}, r"'config.model.variant' entry must be a variant name"),
+    ("vocabulary", 5, r"'vocabulary' entry must be a list of non-empty class texts"),
+    ("vocabulary", ["a", ""], r"'vocabulary' entry must be a list of non-empty class texts"),
+    ("text_tower", {"num_heads": "8"}, r"'text_tower' entry must be a dict"),
+])
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_malformed_run_information_names_the_file_and_entry(tmp_path, entry, value, message, suffix):
+    # Before: an AttributeError or TypeError in the loaders, or (imgsz) deep in predict.
+    path = tmp_path / f"run{suffix}"
+    if suffix == ".pt":
+        torch.save({"format": "worldtune-1", "ema": _weights(), entry: value}, path)
+    else:
+        save_checkpoint_atomic(_weights(), path, metadata={"worldtune": json.dumps({entry: value})})
+    with pytest.raises(CheckpointLoadError, match=rf"run{suffix}: its " + message):
+        load_checkpoint_file(path)
+
+
+def test_weights_problems_name_the_file_and_empty_weights_are_refused(tmp_path):
+    # Before: messages without the file, and an empty state_dict "loaded" (slim wrote a file of nothing).
+    with pytest.raises(CheckpointError, match=r"^w.pt: checkpoint entry \['state_dict'\] has non-tensor"):
+        extract_model_state({"state_dict": {"a": "b"}}, source="w.pt")
+    with pytest.raises(CheckpointError, match=r"^w.pt: the checkpoint holds no weights"):
+        extract_model_state({"state_dict": {}}, source="w.pt")

@@ -37,7 +37,7 @@ def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dic
     from worldtune.model.loading import TEXT_PREFIX
 
     ckpt = load_checkpoint_file(checkpoint)
-    state = extract_model_state(ckpt)  # the EMA weights
+    state = extract_model_state(ckpt, source=checkpoint)  # the EMA weights
     dropped = 0
     if not text_tower:
         kept = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}

@@ -74,7 +74,7 @@ def _load_safetensors(path: Path) -> dict:
         raise CheckpointLoadError(f"{path}: malformed '{WEIGHTS_METADATA_KEY}' metadata: {err}") from err
     if not isinstance(meta, dict):
         raise CheckpointLoadError(f"{path}: '{WEIGHTS_METADATA_KEY}' metadata must be a JSON object")
-    return {**{k: v for k, v in meta.items() if k != "ema"}, "ema": tensors}
+    return _checked_run_info({**{k: v for k, v in meta.items() if k != "ema"}, "ema": tensors}, path)
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
@@ -102,6 +102,9 @@ def load_checkpoint_file(path: str | Path) -> dict:
     is_zip = zipfile.is_zipfile(path)
     with open(path, "rb") as f:
         head = f.read(8)
+    if not is_zip and head.startswith(b"PK\x03\x04"):  # a zip (torch.save's format) without its directory
+        raise CheckpointLoadError(f"{path} is a PyTorch checkpoint cut short: its zip directory is missing "
+                                  "(an interrupted download or copy?); fetch or copy it again")
     if not is_zip and head[:1] != b"\x80":  # a pickle (PyTorch's pre-1.6 format) opens with PROTO
         raise CheckpointLoadError(f"{path} is not a checkpoint: neither a PyTorch file (.pt/.pth) nor safetensors "
                                   f"(it starts with {head!r})")
@@ -131,7 +134,40 @@ def load_checkpoint_file(path: str | Path) -> dict:
             f"{path} holds a {getattr(obj, 'pickled_name', type(obj).__name__)} object, not a checkpoint dict "
             f"or state_dict (whole pickled models are not loaded, because that would run code from the file)"
         )
-    return dict(obj)
+    return _checked_run_info(dict(obj), path)
+
+
+def _checked_run_info(checkpoint: dict, path: Path) -> dict:
+    """Check the run information a worldtune file carries besides its weights (config, vocabulary,
+    text tower shape), which the loaders read without further checks: a hand-edited or crafted file
+    gets a message naming the file and the entry, not an AttributeError or TypeError later."""
+    def bad(entry: str, expected: str, value) -> CheckpointLoadError:
+        return CheckpointLoadError(f"{path}: its '{entry}' entry must be {expected}, got {str(value)[:80]}")
+
+    config = checkpoint.get("config")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise bad("config", "a dict", config)
+        for section in ("model", "data"):
+            if not isinstance(config.get(section, {}), dict):
+                raise bad(f"config.{section}", "a dict", config[section])
+        variant = config.get("model", {}).get("variant")
+        if variant is not None and not isinstance(variant, str):
+            raise bad("config.model.variant", "a variant name", variant)
+        imgsz = config.get("data", {}).get("imgsz")
+        if imgsz is not None and not (isinstance(imgsz, int) and not isinstance(imgsz, bool)
+                                      and imgsz > 0 and imgsz % 32 == 0):
+            raise bad("config.data.imgsz", "a positive multiple of 32", imgsz)
+    vocabulary = checkpoint.get("vocabulary")
+    if vocabulary is not None and not (isinstance(vocabulary, list)
+                                       and all(isinstance(t, str) and t.strip() for t in vocabulary)):
+        raise bad("vocabulary", "a list of non-empty class texts", vocabulary)
+    tower = checkpoint.get("text_tower")
+    if tower is not None:
+        heads = tower.get("num_heads") if isinstance(tower, dict) else None
+        if not isinstance(tower, dict) or not (heads is None or (isinstance(heads, int) and heads > 0)):
+            raise bad("text_tower", "a dict with a positive integer 'num_heads'", tower)
+    return checkpoint
 
 
 # ----------------------------------------------------------------------------- picking the weights
@@ -156,16 +192,31 @@ def _as_state_dict(obj, where: str) -> dict[str, Tensor]:
     return _strip_prefix(state, "_orig_mod.")  # torch.compile wrapper
 
 
-def extract_model_state(checkpoint: Mapping, prefer: str = "ema") -> dict[str, Tensor]:
+def extract_model_state(checkpoint: Mapping, prefer: str = "ema", source: str | Path | None = None) -> dict[str, Tensor]:
     """Pick the model weights out of a loaded checkpoint.
 
     Args:
         checkpoint: what :func:`load_checkpoint_file` returned.
         prefer: ``"ema"`` (averaged weights, what the official code evaluates) or ``"model"`` (raw
             training weights). Falls back to the other when only one is stored.
+        source: the file it came from, named in the error messages.
     Returns:
         name -> tensor, with ``module.`` / ``_orig_mod.`` prefixes removed.
+    Raises:
+        CheckpointError when no weights are found or they hold something else than tensors.
     """
+    try:
+        state = _extract_model_state(checkpoint, prefer)
+        if not state:  # e.g. a slim file of nothing: it would "load" as a model of random weights
+            raise CheckpointError("the checkpoint holds no weights (an empty state_dict)")
+    except CheckpointError as err:
+        if source is None:
+            raise
+        raise type(err)(f"{source}: {err}") from None
+    return state
+
+
+def _extract_model_state(checkpoint: Mapping, prefer: str) -> dict[str, Tensor]:
     if prefer not in ("ema", "model"):
         raise ValueError(f"prefer must be 'ema' or 'model', got {prefer!r}")
     if not isinstance(checkpoint, Mapping):

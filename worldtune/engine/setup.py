@@ -101,7 +101,7 @@ def read_start_weights(weights: str, variant: str) -> tuple:
 
     path = resolve_weights(weights)
     checkpoint = load_checkpoint_file(path)
-    state = extract_model_state(checkpoint)
+    state = extract_model_state(checkpoint, source=path)
     heads = (checkpoint.get("text_tower") or {}).get("num_heads") if isinstance(checkpoint, dict) else None
     del checkpoint  # optimizer state and the raw weights of a training checkpoint are not needed
     try:

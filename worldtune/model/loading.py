@@ -18,7 +18,7 @@ def infer_variant(state_dict: dict) -> str:
     stem = state_dict.get("backbone.image_model.stem.conv.weight")
     if stem is None or stem.shape[0] not in _STEM_TO_VARIANT:
         raise ValueError("cannot recognise the model variant: the weights have no known "
-                         "'backbone.image_model.stem.conv.weight'; pass variant=... explicitly")
+                         "'backbone.image_model.stem.conv.weight'; pass the variant (--variant, or variant=...)")
     variant = _STEM_TO_VARIANT[stem.shape[0]]
     if variant == "l" and "neck.top_down_layers.0.attn_block.guide_fc.weight" not in state_dict:
         variant = "l_efficient_neck"
@@ -120,9 +120,12 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
 
     path = resolve_weights(str(weights), allow_hash_mismatch=allow_hash_mismatch)
     checkpoint = load_checkpoint_file(path)
-    state = extract_model_state(checkpoint)
+    state = extract_model_state(checkpoint, source=path)
     saved_variant = (checkpoint.get("config") or {}).get("model", {}).get("variant") if isinstance(checkpoint, dict) else None
-    variant = variant or saved_variant or infer_variant(state)
+    try:
+        variant = variant or saved_variant or infer_variant(state)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     has_text = any(k.startswith(TEXT_PREFIX) for k in state)
     if text_model is None:
         tower = None
