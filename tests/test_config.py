@@ -126,6 +126,11 @@ def test_batch_rule(world, batch, factor):
     ("data.affine_scale=[1.5, 0.5]", "affine_scale"),
     ("train.close_mosaic_epochs=-1", "close_mosaic_epochs"),
     ("data.cache_images=ram", "data.cache_images='ram': choose one of auto, true, false"),
+    ("train.lr=nan", r"train.lr must be a positive number, got nan"),
+    ("train.lr=-1", r"train.lr must be a positive number"),
+    ("train.weight_decay=-1", r"train.weight_decay must be >= 0"),
+    ("data.mixup_prob=2", r"data.mixup_prob is a probability, it must be in \[0, 1\], got 2.0"),
+    ("data.copypaste_prob=nan", r"data.copypaste_prob is a probability"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

@@ -8,6 +8,7 @@ them; the CLI applies `--set section.key=value` last. Order: defaults -> recipe 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,4 +319,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.affine_scale must be [low, high] with 0 < low <= high, got {d.affine_scale}")
     if t.close_mosaic_epochs < 0:  # more than `epochs` is fine: the whole run is stage 2
         raise ConfigError(f"train.close_mosaic_epochs must be >= 0, got {t.close_mosaic_epochs}")
+    # named here: the optimizer's own "Invalid learning rate: nan" names no key, and a probability
+    # over 1 would silently act as 1
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
+    if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
+        raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    for key, value in (("data.mixup_prob", d.mixup_prob), ("data.copypaste_prob", d.copypaste_prob)):
+        if not 0 <= value <= 1:  # (False for NaN too)
+            raise ConfigError(f"{key} is a probability, it must be in [0, 1], got {value}")
     return cfg
