@@ -144,3 +144,15 @@ def test_set_value_keeps_every_equals_sign_after_the_key():
     # for string fields), and a value cut at its second '=' would name another file.
     cfg = C.merge(C.Config(), C.parse_set(["model.weights=runs/lr=1e-3/best.pt", "data.class_texts=a=b.json"]))
     assert (cfg.model.weights, cfg.data.class_texts) == ("runs/lr=1e-3/best.pt", "a=b.json")
+
+
+def test_bad_yaml_is_told_in_one_line(tmp_path):
+    # Before: PyYAML's multi-line message (source line and caret) broke the CLI's one-line error.
+    bad = tmp_path / "my.yaml"
+    bad.write_text('[["a"], \n')
+    with pytest.raises(C.ConfigError, match=r"my.yaml: not valid YAML \(.* at line \d+, column \d+\)$") as info:
+        C.load_yaml(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(C.ConfigError) as info:
+        C.merge(C.Config(), C.parse_set(["data.affine_scale=[1, "]))
+    assert "\n" not in str(info.value)

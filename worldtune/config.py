@@ -141,7 +141,7 @@ def _coerce(value, hint, key: str):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: {str(value)!r} is not valid YAML ({e})") from None
+            raise ConfigError(f"{key}: {str(value)!r} is not valid YAML ({_one_line(e)})") from None
     if hint is str and isinstance(value, bool) and key in BOOL_LIKE_CHOICES:
         return "true" if value else "false"  # YAML reads true/false as booleans
     origin = typing.get_origin(hint)
@@ -229,8 +229,15 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(e)})") from None
     return data or {}
+
+
+def _one_line(error: Exception) -> str:
+    """PyYAML's message spans several lines (with a caret under the spot); the CLI prints one line."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def recipe_path(name: str) -> Path:
