@@ -23,6 +23,35 @@ def test_warnings_print_as_one_line_and_the_library_format_is_restored(monkeypat
     assert "/x/worldtune/y.py:7: UserWarning" in shown[1]
 
 
+def test_a_warning_gets_a_line_of_its_own_under_a_progress_bar(monkeypatch, capsys):
+    import os
+
+    from tqdm import tqdm
+
+    def run(args):  # a data warning in the middle of an epoch's bar
+        bar = tqdm(total=10, desc="epoch 1/2", mininterval=0)
+        bar.update(3)
+        warnings.warn("img_7.jpg: decoded size differs from the annotation's")
+        bar.update(3)
+        bar.close()
+        return 0
+
+    monkeypatch.setattr(zoo_cli, "run", run)
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    before = warnings.showwarning
+    assert main(["zoo"]) == 0
+    err = capsys.readouterr().err
+    # the bar's line is cleared first ("\r" + blanks + "\r"), not continued by the warning
+    assert "\rwarning: img_7.jpg: decoded size differs from the annotation's\n" in err
+    assert "]warning" not in err and "|warning" not in err
+    assert warnings.showwarning is before
+    # in a DataLoader worker (another process) it starts a new line instead
+    from worldtune.cli import warning_printer
+
+    warning_printer(os.getpid() + 1)("cut short", UserWarning, "x.py", 1)
+    assert capsys.readouterr().err.startswith("\n")
+
+
 def test_user_error_and_ctrl_c_give_one_line_and_their_exit_status(monkeypatch, capsys):
     monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
 

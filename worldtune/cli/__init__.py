@@ -6,6 +6,7 @@ Modules are imported lazily so `worldtune --help` stays fast.
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 
@@ -53,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warning_printer(main_pid: int):
+    """`warnings.showwarning` that puts each warning on a line of its own, not after the text of a
+    progress bar: above the bars in the main process, on a new line in a DataLoader worker (which
+    cannot move the main process's bars)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        if file is not None:
+            file.write(text)
+        elif os.getpid() == main_pid:
+            from tqdm import tqdm
+
+            tqdm.write(text.rstrip("\n"), file=sys.stderr)
+        else:
+            sys.stderr.write("\n" + text)
+    return show
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,9 +79,10 @@ def main(argv=None) -> int:
         return 0
     from worldtune.cli.errors import debug, report, user_errors
 
-    library_format = warnings.formatwarning
+    library_format, library_show = warnings.formatwarning, warnings.showwarning
     if not debug():  # "warning: ..." for a user, not the library's file, line and source line
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    warnings.showwarning = warning_printer(os.getpid())
     try:
         return int(args._run(args) or 0)
     except user_errors() as e:  # what a command did not catch itself: still one line, not a traceback
@@ -74,7 +93,7 @@ def main(argv=None) -> int:
         print(f"worldtune {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = library_format
+        warnings.formatwarning, warnings.showwarning = library_format, library_show
 
 
 if __name__ == "__main__":
