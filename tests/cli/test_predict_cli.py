@@ -3,6 +3,7 @@
 Variant `n` at 128 px with a 1-layer CLIP text tower; the checkpoint is saved in the official layout.
 """
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -163,6 +164,18 @@ def test_a_very_thin_image_is_predicted(setup, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before anything loads
         main(["predict", str(images), "--batch-size", "0"])
     assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_a_jpeg_cut_short_is_predicted_with_a_warning(setup, tmp_path, capsys):
+    ckpt, clip, images = setup
+    whole = (images / "coffee.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[:len(whole) // 2])  # OpenCV decodes it, the lower half grey
+    code = main(["predict", str(tmp_path / "cut.jpg"), str(images / "coffee.jpg"), "--weights", str(ckpt),
+                 "--text-model", str(clip), "--classes", "cat", "--imgsz", str(IMGSZ), "--out", str(tmp_path / "o")])
+    assert code == 0
+    assert f"warning: {tmp_path / 'cut.jpg'} is cut short" in capsys.readouterr().err
+    records = {Path(r["image"]).name: r for r in json.loads((tmp_path / "o" / "predictions.json").read_text())["images"]}
+    assert records["cut.jpg"].get("cut_short") is True and "cut_short" not in records["coffee.jpg"]
 
 
 @pytest.mark.parametrize("command, option", [("predict", "--score-thr"), ("export", "--dynamic-vocab")])

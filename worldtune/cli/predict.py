@@ -10,6 +10,7 @@ detections in original pixels; `predictions.json` sums everything up, including 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ import numpy as np
 from worldtune.cli.argtypes import add_threads_argument, image_size, output_folder, positive_int, probability, set_threads
 from worldtune.cli.drawing import draw_label
 from worldtune.cli.errors import report, user_errors
+from worldtune.data.coco import jpeg_cut_short
 from worldtune.data.texts import load_class_texts
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -163,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, *user_errors()) as e:
         return report("predict", e)
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
-    results, used = [], {"predictions"}  # that name is the summary's
+    results, used, cut_short = [], {"predictions"}, set()  # that name is the summary's
     inputs = {p.resolve() for p in paths}
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=len(paths) < 2)
     for start in range(0, len(paths), args.batch_size):
@@ -173,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
                 img = read_image_rgb(path)
                 boxed.append(letterbox_for_test(img, args.imgsz))
                 batch.append((path, img))
+                if jpeg_cut_short(path):  # OpenCV decodes it without an error, the missing rows grey
+                    cut_short.add(path)
+                    warnings.warn(f"{path} is cut short (no JPEG end marker): its missing rows are grey")
             except (ValueError, cv2.error) as e:  # unreadable, or too thin to resize (e.g. 1 x 2000 px)
                 skipped.append({"image": str(path), "error": (str(e).strip().splitlines() or [repr(e)])[-1]})
                 bar.update(1)
@@ -186,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             name = _output_name(path, used, args.out, inputs)
             cv2.imwrite(str(args.out / name), draw_detections(img, det, texts))
             record = {"image": str(path), "width": img.shape[1], "height": img.shape[0], "annotated": name,
-                      "detections": _detections_json(det, texts)}
+                      "detections": _detections_json(det, texts), **({"cut_short": True} if path in cut_short else {})}
             (args.out / Path(name).with_suffix(".json")).write_text(json.dumps(record, indent=1))
             results.append(record)
             bar.update(1)
