@@ -126,6 +126,14 @@ def test_malformed_json(tmp_path):
         CocoDetection(bad, tmp_path)
 
 
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_missing_image_folder_is_named_once(tiny_coco, tmp_path, policy):
+    # a wrong --data-root layout (no val2017/) names the folder, not its first image, and 'skip'
+    # does not turn it into "dataset is empty"
+    with pytest.raises(DataError, match=r"image folder .*val2017 does not exist \(the images of .*annotations.json\)"):
+        CocoDetection(tiny_coco["ann_file"], tmp_path / "val2017", on_bad_data=policy)
+
+
 def test_skip_policy_counts(tiny_coco, tmp_path):
     def edit(d):
         d["annotations"][0]["category_id"] = 99

@@ -250,6 +250,8 @@ class CocoDetection:
             raise DataError(f"{self.ann_file}: not a COCO instances file (needs 'images' and 'categories' lists)")
         if not isinstance(data.get("annotations", []), list):
             raise DataError(f"{self.ann_file}: 'annotations' must be a list, got {type(data['annotations']).__name__}")
+        if not self.image_dir.exists():  # else every image is reported missing, and 'skip' empties the set
+            raise DataError(f"image folder {self.image_dir} does not exist (the images of {self.ann_file})")
 
         cats = data["categories"]
         if not cats:
