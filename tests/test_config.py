@@ -119,6 +119,17 @@ def test_batch_rule(world, batch, factor):
     assert f"x{factor:g}" in message and "lr not scaled" in message
 
 
+@pytest.mark.parametrize("world,batch,wd,factor_text,value", [
+    (1, 5, 0.05, "x1.015625", "0.05 -> 0.0507812"),    # 5 x round(64 / 5) = 65 -> 65 / 64, shown exactly
+    (1, 3, 5e-4, "x0.984375", "0.0005 -> 0.000492188"),  # the SGD recipe at 1 x 3
+    (8, 16, 0.05, "x2", "0.05 -> 0.1"),                 # the published 8 x 16: REFERENCE.md's 0.1
+])
+def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, batch, wd, factor_text, value):
+    _, message = C.batch_rule(world, batch, weight_decay=wd, lr=2e-4)
+    assert f"weight decay {factor_text}: {value} " in message
+    assert "lr 0.0002 not scaled" in message
+
+
 @pytest.mark.parametrize("item,match", [
     ("train.optimizer=adam", "train.optimizer='adam': choose one of adamw, sgd"),
     ("train.amp=off", "train.amp='off'"),

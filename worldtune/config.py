@@ -282,17 +282,22 @@ def load(path: str | Path) -> Config:
     return merge(Config(), load_yaml(path), str(path))
 
 
-def batch_rule(world_size: int, batch_per_gpu: int) -> tuple[float, str]:
+def batch_rule(world_size: int, batch_per_gpu: int, weight_decay: float | None = None,
+               lr: float | None = None) -> tuple[float, str]:
     """The official weight-decay scaling for this total batch (REFERENCE.md §1.4) and a line saying
     what is applied. The factor comes from `worldtune.engine.optim.weight_decay_scale`, the same
-    function the optimizer uses. The learning rate is never scaled. Returns (factor, message).
+    function the optimizer uses. The learning rate is never scaled. Given the recipe's
+    `weight_decay` and `lr`, the line also states the values the optimizer gets. Returns (factor, message).
     """
     from worldtune.engine.optim import weight_decay_scale
 
     total = world_size * batch_per_gpu
     factor = weight_decay_scale(batch_per_gpu, world_size)
-    msg = (f"batch rule: total batch {world_size} x {batch_per_gpu} = {total} -> weight decay x{factor:g} "
-           f"(official YOLOv5 rule, base 64; the recipe's 8 x 16 = {OFFICIAL_TOTAL_BATCH} gives x2); lr not scaled")
+    # the values a user compares with the recipe (factor x1 leaves the decay as it is)
+    decay = "" if weight_decay is None else f": {weight_decay:g} -> {weight_decay * factor:.6g}"
+    msg = (f"batch rule: total batch {world_size} x {batch_per_gpu} = {total} -> weight decay x{factor:.10g}{decay} "
+           f"(official YOLOv5 rule, base 64; the recipe's 8 x 16 = {OFFICIAL_TOTAL_BATCH} gives x2); "
+           + ("lr not scaled" if lr is None else f"lr {lr:g} not scaled"))
     return factor, msg
 
 

@@ -255,7 +255,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         if ckpt is None and (out / "metrics.jsonl").exists():  # from a start that failed before any checkpoint
             say(f"{out / 'metrics.jsonl'}: the log of an earlier attempt that saved no checkpoint is replaced")
             (out / "metrics.jsonl").unlink()
-    _, rule = batch_rule(info.world_size, t.batch_size)
+    _, rule = batch_rule(info.world_size, t.batch_size, t.weight_decay, t.lr)
     say(rule)
     if start_report:
         say(start_report)
