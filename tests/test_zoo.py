@@ -104,6 +104,17 @@ def test_tampered_file_is_refused_unless_overridden(hub_cache, monkeypatch):
     assert path.read_bytes() == b"tampered weights"
 
 
+def test_hash_message_gives_a_way_for_the_commands_without_the_flag(hub_cache, monkeypatch):
+    # train, predict and export have no --allow-hash-mismatch: the message must not send them to it alone
+    entry = fake_entry(b"the real weights")
+    monkeypatch.setattr(zoo, "ZOO", zoo.ZOO + (entry,))
+    target = put_in_cache(hub_cache, entry.finetuned, b"re-uploaded weights")
+    with pytest.raises(zoo.WeightsHashError, match="file's own path as its weights") as info:
+        zoo.resolve_weights("fake-coco", download=no_download)
+    assert str(target) in str(info.value)
+    assert zoo.resolve_weights(str(target), download=no_download) == target  # that path is taken as given
+
+
 def test_offline_message_names_file_and_cache(hub_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(zoo.WeightsNotAvailableError) as info:

@@ -110,7 +110,8 @@ def verify_hash(path: Path, filename: str, allow_hash_mismatch: bool = False) ->
         return
     message = (f"{path}: SHA-256 starts with {actual} but the file name {filename} promises {expected}; "
                f"the file is corrupt, truncated or was replaced. Delete it and download again, or accept "
-               f"it explicitly with allow_hash_mismatch=True (CLI: --allow-hash-mismatch).")
+               f"it explicitly with allow_hash_mismatch=True (CLI: eval and zoo --get take --allow-hash-mismatch; "
+               f"any command takes the file's own path as its weights, a path being used as given).")
     if not allow_hash_mismatch:
         raise WeightsHashError(message)
     warnings.warn(message + " Accepted because allow_hash_mismatch=True.", stacklevel=3)
