@@ -69,6 +69,20 @@ def test_resuming_a_finished_run_says_so(finished_run, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in Path(finished_run.out).rglob("*")} == before  # nothing rewritten
 
 
+def test_resuming_a_stopped_last_validation_says_so(finished_run, tmp_path):
+    # Ctrl-C during the validation after the last epoch: last.pt has epoch = epochs and val_pending;
+    # the resume runs that validation only, so "epoch 2" of a 1-epoch run would be wrong
+    from worldtune.engine.checkpoint import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(finished_run.out + "/last.pt")
+    ckpt["val_pending"] = True
+    torch.save(ckpt, tmp_path / "last.pt")
+    said = []
+    _, _, finished = T.read_resume(tmp_path / "last.pt", finished_run, 1, say=said.append)
+    assert not finished
+    assert said == [f"resuming {tmp_path / 'last.pt'}: the validation after epoch 1 (the run's last)"]
+
+
 def test_short_runs_are_told_what_the_recipe_schedule_does():
     recipe_like = SimpleNamespace(epochs=5, warmup_epochs=3, min_warmup_iters=1000, lr=2e-4, close_mosaic_epochs=10)
     warm, mosaic = short_run_notes(recipe_like, iters_per_epoch=20, warmup=1000)

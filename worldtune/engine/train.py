@@ -185,7 +185,11 @@ def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object, bool]:
         say(f"{path}: the run already finished its {saved.train.epochs} epochs; nothing is left to train "
             f"(start a new run with --weights {path} to train further)")
         return ckpt, saved, True
-    say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
+    if ckpt.get("val_pending"):  # stopped in the validation after its last completed epoch: that comes first
+        left = f", then epoch {ckpt['epoch'] + 1}" if ckpt["epoch"] < saved.train.epochs else " (the run's last)"
+        say(f"resuming {path}: the validation after epoch {ckpt['epoch']}{left}")
+    else:
+        say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
     saved_world = ckpt.get("world_size", world_size)
     if saved_world != world_size:
         say(f"warning: the run was trained with {saved_world} process(es), resumed with {world_size}: the "
