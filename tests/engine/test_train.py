@@ -111,7 +111,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     with pytest.raises(T.NonFiniteLossError, match=r"epoch 2, step 1 \(global step 3\).*last good checkpoint is"):
         T.fit(cfg)
     # the batch rule is printed: 1 x 3 images -> accumulate round(64 / 3) = 21 -> factor 63 / 64
-    assert "batch rule: total batch 1 x 3 = 3 -> weight decay x0.984375" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "batch rule: total batch 1 x 3 = 3 -> weight decay x0.984375" in out
+    assert "start weights: none (random initialisation)" in out  # tiny_config starts from weights none
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert (saved["epoch"], saved["global_step"]) == (1, 2)
     model_params = len(saved["model"]) - sum(k.endswith(("running_mean", "running_var", "num_batches_tracked"))

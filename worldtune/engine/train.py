@@ -246,6 +246,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights, heads),
                         num_classes=cfg.data.num_texts)
     start_report = load_start_weights(model, start[0], start[1]) if start else None
+    if ckpt is None and start is None:  # say it: a forgotten --weights none would otherwise go unnoticed
+        start_report = "start weights: none (random initialisation)"
     if tower_weights and any(k.startswith(TEXT_PREFIX) for k in tower_weights):  # config.yaml names only the tokenizer
         start_report = (start_report + "\n" if start_report else "") + \
             (f"text tower: the frozen weights in {start[0] if start else 'the checkpoint'} "
