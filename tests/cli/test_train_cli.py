@@ -102,3 +102,12 @@ def test_print_config_of_a_resume_shows_the_runs_saved_config(tmp_path, capsys, 
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["variant"] == "n" and printed["data"]["imgsz"] == cfg.data.imgsz
     assert printed["out"] == cfg.out
+
+
+def test_help_names_the_defaults_a_user_gets_without_the_flag(capsys):
+    # `worldtune train --data-root data/coco` trains the L recipe for 80 epochs: --help must say so
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "YAML (default: v2-l)" in out and "training epochs (recipe: 80, SGD 40)" in out

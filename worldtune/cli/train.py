@@ -20,7 +20,7 @@ from worldtune.config import (RECIPE_ALIASES, ConfigError, load_recipe, load_yam
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--recipe", default="v2-l", help=f"alias ({', '.join(RECIPE_ALIASES)}), official name or YAML")
+    parser.add_argument("--recipe", default="v2-l", help=f"alias ({', '.join(RECIPE_ALIASES)}), official name or YAML (default: v2-l)")
     parser.add_argument("--config", help="a YAML file of overrides applied after the recipe")
     parser.add_argument("--data-root", help="COCO 2017 folder: annotations/instances_{train,val}2017.json, "
                                             "train2017/, val2017/")
@@ -34,10 +34,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--weights", help="start weights: zoo name, official .pth, worldtune checkpoint, or none "
                                           "(default: the recipe's official pre-trained file)")
     parser.add_argument("--variant", help="model variant override (n, s, m, l, x, xl, l_efficient_neck)")
-    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--epochs", type=positive_int, help="training epochs (recipe: 80, SGD 40)")
     parser.add_argument("--batch-size", type=positive_int, help="images per GPU/process (recipe: 16)")
     parser.add_argument("--imgsz", type=int, help="training and validation size (recipe: 640)")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (default: cuda when available), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process")
     add_threads_argument(parser)
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
