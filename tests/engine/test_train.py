@@ -1,5 +1,6 @@
 """The training loop: it learns (AP rises on a tiny set), stops on NaN, and its helpers."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -256,6 +257,10 @@ def test_tensorboard_of_a_resumed_run_drops_the_steps_it_logs_again(tmp_path):
         for step in range(1, 7):  # killed after logging step 6; its last checkpoint was at step 3
             log.log("train", step, loss=float(step))
         log.close()
+        # A real resume starts in a later second. TensorBoard reads event files in name order, and the
+        # name is <seconds>.<host>.<pid>.<per-process counter>: within one second, counter 10 sorts
+        # before 9, so in a long test session the resumed file could be read first.
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)
         log = RunLogger(tmp_path / name, purge_step=purge_step)
         for step in range(4, 8):  # the resumed run logs steps 4-6 again, with other values
             log.log("train", step, loss=10.0 + step)
