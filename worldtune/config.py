@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,24 @@ def _coerce(value, hint, key: str):
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+# Config values that may name a local file or folder (the text model and weights may also be a hub
+# id or zoo name, which are left alone unless such a path exists here).
+PATH_KEYS = ("data.train_ann", "data.train_images", "data.val_ann", "data.val_images", "data.class_texts",
+             "data.cache_dir", "model.text_model", "model.weights")
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Make the existing local paths of `cfg` absolute, in place: a run's saved config then finds
+    the same files when it is resumed from another working directory."""
+    for key in PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        target = getattr(cfg, section) if section else cfg
+        value = getattr(target, name)
+        if value and os.path.exists(value):
+            setattr(target, name, os.path.abspath(value))
+    return cfg
 
 
 def set_value(cfg: Config, key: str, value) -> None:

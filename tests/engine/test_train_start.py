@@ -83,6 +83,35 @@ def test_resuming_a_stopped_last_validation_says_so(finished_run, tmp_path):
     assert said == [f"resuming {tmp_path / 'last.pt'}: the validation after epoch 1 (the run's last)"]
 
 
+def test_the_saved_config_names_local_files_by_absolute_paths(tmp_path, monkeypatch):
+    """So a run resumed from another working directory finds its data, text model and weights."""
+    import os
+
+    import yaml
+
+    from worldtune.config import absolute_paths
+    from worldtune.engine.checkpoint import load_checkpoint_file
+    from worldtune.model import build_model
+
+    cfg = tiny_config(tmp_path / "first", epochs=1)
+    monkeypatch.chdir(tmp_path)
+    for section, key in (("data", "train_ann"), ("data", "train_images"), ("data", "val_ann"),
+                         ("data", "val_images"), ("data", "class_texts")):
+        setattr(getattr(cfg, section), key, os.path.relpath(getattr(getattr(cfg, section), key)))
+    cfg.model.weights = os.path.relpath(Path(cfg.out).parent / "start.pt")
+    torch.save({"ema": build_model("n").state_dict()}, cfg.model.weights)  # image side only
+    cfg.out = "runs/relative"
+    assert not Path(cfg.data.train_ann).is_absolute()
+    assert T.fit(cfg)["status"] == "finished"
+    for saved in (yaml.safe_load(Path("runs/relative/config.yaml").read_text()),
+                  load_checkpoint_file("runs/relative/last.pt")["config"]):
+        paths = [saved["data"][k] for k in ("train_ann", "train_images", "val_ann", "val_images", "class_texts")]
+        paths += [saved["model"]["weights"], saved["model"]["text_model"]]
+        assert all(Path(p).is_absolute() and Path(p).exists() for p in paths), paths
+    cfg.model.text_model = "openai/clip-vit-base-patch32"  # a hub id is no path here: left as it is
+    assert absolute_paths(cfg).model.text_model == "openai/clip-vit-base-patch32"
+
+
 def test_short_runs_are_told_what_the_recipe_schedule_does():
     recipe_like = SimpleNamespace(epochs=5, warmup_epochs=3, min_warmup_iters=1000, lr=2e-4, close_mosaic_epochs=10)
     warm, mosaic = short_run_notes(recipe_like, iters_per_epoch=20, warmup=1000)

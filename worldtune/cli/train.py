@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from worldtune.cli.argtypes import add_threads_argument, non_negative_int, positive_int, set_threads
-from worldtune.config import (RECIPE_ALIASES, ConfigError, load_recipe, load_yaml, merge, parse_set, set_value, to_yaml,
-                              validate)
+from worldtune.config import (RECIPE_ALIASES, ConfigError, absolute_paths, load_recipe, load_yaml, merge, parse_set,
+                              set_value, to_yaml, validate)
 
 
 def add_arguments(parser) -> None:
@@ -127,8 +127,7 @@ def run(args) -> int:
         else:
             cfg = build_config(args)
             if args.print_config:
-                validate(cfg)
-                print(to_yaml(cfg), end="")
+                print(to_yaml(absolute_paths(validate(cfg))), end="")  # as the run would save it
                 return 0
             result = fit(cfg)
     except NonFiniteLossError as e:

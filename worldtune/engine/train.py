@@ -199,7 +199,7 @@ def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object, bool]:
 
 
 def _fit(cfg, info: dist.DistInfo, resume) -> dict:
-    from worldtune.config import batch_rule, dump, validate
+    from worldtune.config import absolute_paths, batch_rule, dump, validate
     from worldtune.engine.checkpoint import save_checkpoint_atomic
     from worldtune.engine.ema import ExpMomentumEMA
     from worldtune.engine.logger import plot_curves, summary_table
@@ -217,6 +217,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                     "best_epoch": ckpt["best_epoch"], "last_metrics": None, "epochs": ckpt["epoch"],
                     "global_step": ckpt["global_step"]}
     validate(cfg)
+    if ckpt is None:
+        absolute_paths(cfg)  # as saved: a resume from another working directory finds the same files
     out = Path(cfg.out)
     # Every rank looks before any can have written there (rank 0 writes config.yaml after the data
     # and weights load, and the agreement below is a collective every rank reaches first).
