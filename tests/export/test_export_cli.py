@@ -75,4 +75,7 @@ def test_export_check_says_how_many_detections_it_compared(files, tmp_path, caps
     assert _export(files, tmp_path / "b.onnx", "--classes", ",".join(CLASSES), "--nms", "--score-thr", "0",
                    "--max-det", "7") == 0
     stdout = capsys.readouterr().out
-    assert "(7 detections compared)" in stdout and "only the counts" not in stdout
+    assert "(7 detections compared, boxes and labels by pairing" in stdout and "only the counts" not in stdout
+    # random weights score nearly alike: tied detections may be kept in another order, yet the boxes
+    # of the others are judged, and a real box difference is not hidden (test_onnx.py)
+    assert "boxes inf" not in stdout and "WARNING" not in capsys.readouterr().err

@@ -196,3 +196,21 @@ def test_export_module_normalises_given_embeddings(setup):
         with torch.no_grad():
             for a, b in zip(module(images, *extra), ref(images, *extra)):
                 torch.testing.assert_close(a, b)
+
+
+def test_nms_boxes_are_compared_by_label_and_score_not_by_row():
+    from worldtune.export.check import matched_box_difference
+
+    boxes = np.array([[[0, 0, 10, 10], [50, 50, 60, 60], [5, 5, 9, 9], [0, 0, 0, 0]]], np.float32)
+    ref = [np.array([3]), boxes, np.array([[0.9, 0.5, 0.5, 0.0]], np.float32), np.array([[1, 2, 2, -1]])]
+    got = {"num_dets": ref[0].copy(), "boxes": boxes[:, [0, 2, 1, 3]].copy(),  # the tied two swapped
+           "scores": ref[2].copy(), "labels": ref[3].copy()}
+    assert matched_box_difference(got, ref) == (0.0, 3)
+    got["boxes"][0, 1] += [0, 0, 0, 0.5]  # a real difference in one box is still seen
+    assert matched_box_difference(got, ref) == (pytest.approx(0.5 / 9), 3)
+    got["labels"][0, 2] = 5  # of two tied detections, ONNX kept another one: not paired, not an error
+    assert matched_box_difference(got, ref) == (pytest.approx(0.5 / 9), 2)
+    got["labels"][0, 0] = 7  # a detection with a score of its own has no partner
+    assert matched_box_difference(got, ref)[0] == float("inf")
+    got = {**got, "labels": ref[3].copy(), "num_dets": np.array([2])}
+    assert matched_box_difference(got, ref)[0] == float("inf")
