@@ -48,7 +48,7 @@ def test_amp_is_gpu_only():
         T.amp_settings("fp8", torch.device("cpu"))
 
 
-def test_training_raises_ap_above_the_untrained_model(tmp_path):
+def test_training_raises_ap_above_the_untrained_model(tmp_path, capsys):
     """Overfit the 6 generated images (train = val) with the official loop for 90 steps: AP rises.
 
     One merged class, no scale jitter and 64 px keep it short; PreciseBN gives the eval-mode
@@ -73,6 +73,9 @@ def test_training_raises_ap_above_the_untrained_model(tmp_path):
     before = evaluate_model(untrained.eval(), build_eval_loader(build_eval_dataset(coco, 64)), coco)
     result = T.fit(cfg)
     assert result["status"] == "finished" and result["global_step"] == 30 * 3
+    said = capsys.readouterr().out
+    assert "epoch 1/30 done; about " in said and "left for the other 29 epoch(s)" in said
+    assert "epoch 29/30 done" in said and "epoch 30/30 done" not in said
     run = Path(cfg.out)
     for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "curves.png", "last_val.png"):
         assert (run / name).is_file(), name

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from worldtune.engine import dist
 from worldtune.engine.dist import dist_unwrap
@@ -349,6 +350,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         dist.barrier()
         state["validating"] = state["val_pending"] = False
 
+    started, timed_epochs = time.monotonic(), 0
     try:
         with stop:
             if state.get("val_pending") and val_loader is not None:  # stopped during that validation
@@ -375,6 +377,11 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 save("last.pt")
                 if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:
                     save(f"epoch_{epoch + 1}.pt")
+                timed_epochs += 1
+                if epoch + 1 < t.epochs:  # the bars give each epoch's ETA; this the whole run's
+                    left = (time.monotonic() - started) / timed_epochs * (t.epochs - epoch - 1)
+                    say(f"epoch {epoch + 1}/{t.epochs} done; about {tqdm.format_interval(left)} left for the "
+                        f"other {t.epochs - epoch - 1} epoch(s) at this pace, validations included")
     except KeyboardInterrupt:
         # Counters describe the last completed step (a step is committed by its EMA update and the
         # step count), so this checkpoint resumes exactly where training stopped; unless the abort
