@@ -288,9 +288,9 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def message(self, path: str | Path | None = None) -> str:
+    def message(self, path: str | Path | None = None, header: str | None = None) -> str:
         source = f"checkpoint {path}" if path is not None else "the state_dict"
-        lines = [f"{source} does not match the model ({self.loaded} tensors fit):"]
+        lines = [header or f"{source} does not match the model ({self.loaded} tensors fit):"]
         if self.missing:
             lines.append(f"  missing keys ({len(self.missing)}), in the model but not in the file:")
             lines += [f"    {s}" for s in _summarise_keys(self.missing, self.model_keys)]

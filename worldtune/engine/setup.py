@@ -130,4 +130,9 @@ def load_start_weights(model: nn.Module, path, state: dict) -> str:
         raise CheckpointMismatchError(problems)
     if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
         model.text_model.clear_cache()  # cached embeddings came from the old text weights
-    return f"start weights: {path}" + ("" if report.ok else "\n" + problems)
+    if report.ok:
+        return f"start weights: {path}"
+    # not an error: as the official load_from, what the file lacks keeps its initial values
+    header = (f"start weights: {path} ({report.loaded} tensors loaded; as the official load_from does, what "
+              "does not fit is skipped and what the file lacks keeps its initial values):")
+    return report.message(path, header) + (f"\n{note}" if note else "")
