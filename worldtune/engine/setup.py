@@ -123,11 +123,11 @@ def load_start_weights(model: nn.Module, path, state: dict) -> str:
 
     report = load_model_state(model, state, strict=False, path=path)
     note = other_layout_note(state)
-    problems = report.message(path) + (f"\n{note}" if note else "")
+    note = f"\n{note}" if note else ""
     # The head's class-embedding branch is max(C0, min(num_texts, 100)) wide: for the small `n` model
     # its width follows data.num_texts, so those tensors may differ and stay random (reported).
     if any(not key.startswith("bbox_head.head_module.cls_preds.") for key, _, _ in report.mismatched):
-        raise CheckpointMismatchError(problems)
+        raise CheckpointMismatchError(report.message(path) + note)
     if model.text_model is not None and hasattr(model.text_model, "clear_cache"):
         model.text_model.clear_cache()  # cached embeddings came from the old text weights
     if report.ok:
@@ -135,4 +135,4 @@ def load_start_weights(model: nn.Module, path, state: dict) -> str:
     # not an error: as the official load_from, what the file lacks keeps its initial values
     header = (f"start weights: {path} ({report.loaded} tensors loaded; as the official load_from does, what "
               "does not fit is skipped and what the file lacks keeps its initial values):")
-    return report.message(path, header) + (f"\n{note}" if note else "")
+    return report.message(path, header) + note
