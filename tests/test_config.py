@@ -142,6 +142,9 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     ("train.weight_decay=-1", r"train.weight_decay must be >= 0"),
     ("data.mixup_prob=2", r"data.mixup_prob is a probability, it must be in \[0, 1\], got 2.0"),
     ("data.copypaste_prob=nan", r"data.copypaste_prob is a probability"),
+    ("train.val_interval=-1", r"train.val_interval must be >= 0 \(0 = off\), got -1"),
+    ("train.checkpoint_interval=-5", r"train.checkpoint_interval must be >= 0"),
+    ("train.log_interval=0", r"train.log_interval must be >= 1"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

@@ -342,6 +342,13 @@ def validate(cfg: Config) -> Config:
     for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("data.num_texts", d.num_texts)):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key, value in (("train.val_interval", t.val_interval), ("train.val_interval_stage2", t.val_interval_stage2),
+                       ("train.checkpoint_interval", t.checkpoint_interval), ("train.save_every_steps", t.save_every_steps),
+                       ("train.precise_bn_batches", t.precise_bn_batches)):
+        if value < 0:  # 0 turns these off; a negative value would silently act as 0
+            raise ConfigError(f"{key} must be >= 0 (0 = off), got {value}")
+    if t.log_interval < 1:
+        raise ConfigError(f"train.log_interval must be >= 1, got {t.log_interval}")
     if d.mosaic_pool < 0 or d.cache_max_gb < 0:
         raise ConfigError(f"data.mosaic_pool and data.cache_max_gb must be >= 0, got {d.mosaic_pool}, {d.cache_max_gb}")
     if d.imgsz < 32 or d.imgsz % 32:

@@ -154,7 +154,7 @@ def _missing_message(filename: str, reason: str) -> str:
     return (f"checkpoint {filename} is not in the local cache and cannot be downloaded ({reason}).\n"
             f"  - download it elsewhere from https://huggingface.co/{HF_REPO} and pass its local path, or\n"
             f"  - put it in the hub cache: {cache}/models--{HF_REPO.replace('/', '--')}/snapshots/<commit>/"
-            f"{filename} (e.g. `huggingface-cli download {HF_REPO} {filename}` on a machine with network, "
+            f"{filename} (e.g. `hf download {HF_REPO} {filename}` on a machine with network, "
             f"then copy the cache folder)"
             + (", or\n  - unset HF_HUB_OFFLINE if you meant to go online." if _offline() else "."))
 
