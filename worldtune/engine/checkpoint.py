@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
@@ -120,12 +121,17 @@ def load_checkpoint_file(path: str | Path) -> dict:
                     f"{path}: its compressed records would expand to {expanded / 2**20:.0f} MiB from a "
                     f"{size / 2**20:.1f} MiB file; refusing to read it (torch.save writes uncompressed records)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: the error says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # Unknown globals: fall through to the restricted reader.
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE)
         except Exception as err:  # noqa: BLE001
+            if not is_zip and "magic number" in str(err):  # not torch's legacy layout either
+                raise CheckpointLoadError(f"{path} is a plain pickle, not a checkpoint written by torch.save; "
+                                          "refused (nothing in it was run)") from err
             raise CheckpointLoadError(f"cannot read {path} safely: {type(err).__name__}: {err}") from err
     except Exception as err:  # noqa: BLE001 - truncated / not a torch file
         raise CheckpointLoadError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
