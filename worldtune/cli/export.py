@@ -106,15 +106,18 @@ def run(args: argparse.Namespace) -> int:
             print("onnxruntime is not installed: verification skipped (pip install onnxruntime)")
             return 0
         # With NMS, the boxes are paired by label and score (tied detections may come out in either order)
-        worst = max(diffs[k] for k in (("scores", "num_dets", "boxes") if args.nms else ("boxes", "scores")))
         paired = diffs.pop("boxes_paired", None)
-        ties = f", {detections - paired} of them tied in score with another, so not paired" \
-            if paired is not None and paired < detections else ""
+        worst = max(diffs[k] for k in (("scores", "num_dets", "boxes") if args.nms else ("boxes", "scores")))
+        compared = ""
+        if detections is not None:
+            compared = f" ({detections} detections compared"
+            if detections:
+                compared += ", boxes and labels by pairing the same label and score"
+            if paired is not None and paired < detections and diffs["boxes"] < float("inf"):
+                compared += f", {detections - paired} of them tied in score with another, so not paired"
+            compared += ")"
         print("onnxruntime vs PyTorch, largest difference (relative to max(1, |value|)): "
-              + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
-              + (f" ({detections} detections compared"
-                 + (f", boxes and labels by pairing the same label and score{ties})" if detections else ")")
-                 if detections is not None else ""))
+              + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()) + compared)
         if detections == 0:
             print(f"note: the test photographs gave no detection above --score-thr {args.score_thr:g}, so only "
                   "the counts were compared; a lower --score-thr, or an export without --nms, checks the boxes")
