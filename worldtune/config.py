@@ -177,8 +177,8 @@ def absolute_paths(cfg: Config) -> Config:
     """Make the existing local paths of `cfg` absolute, in place: a run's saved config then finds
     the same files when it is resumed from another working directory."""
     for key in PATH_KEYS:
-        section, _, name = key.rpartition(".")
-        target = getattr(cfg, section) if section else cfg
+        section, name = key.split(".")
+        target = getattr(cfg, section)
         value = getattr(target, name)
         if value and os.path.exists(value):
             setattr(target, name, os.path.abspath(value))
