@@ -192,3 +192,13 @@ def test_padded_targets_to_a_fixed_size_give_the_same_losses():
     assert expected["loss_bbox"] > 0
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_predictions_give_a_non_finite_loss_not_an_error(bad):
+    """A diverged model (NaN/inf box logits) must reach the training loop's non-finite-loss check
+    (NonFiniteLossError, every rank together), not fail inside DFL with a NaN bin index."""
+    cls, reg, bboxes_labels = _perfect_case()
+    reg = [torch.full_like(r, bad) for r in reg]
+    losses = YOLOWorldCriterion()(cls, reg, bboxes_labels)
+    assert not math.isfinite(losses["loss"].item())

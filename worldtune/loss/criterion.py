@@ -153,11 +153,14 @@ class YOLOWorldCriterion:
         # Box and DFL terms over every prior, weighted by its target-score sum, which is zero off the
         # foreground: the same sums as indexing the foreground priors, without the device->host syncs
         # that boolean indexing costs. Background targets are replaced by a finite stand-in (the
-        # prediction itself) so that the zero-weighted terms cannot turn into NaN gradients.
+        # prediction itself) so that the zero-weighted terms cannot turn into NaN gradients. Its NaNs
+        # become 0: a diverged model's NaN stand-in would give DFL a NaN bin index, which fails in
+        # cross_entropy (a device-side assert on GPU) before the loop's non-finite-loss check; the
+        # loss still comes out NaN through the predictions, and that check stops the run.
         fg = assign.fg_mask.unsqueeze(-1)  # [B, A, 1]
         weight = target_scores.sum(-1)  # [B, A]
         pred_grid = pred_bboxes / stride_col
-        target_grid = torch.where(fg, assign.bboxes_xyxy / stride_col, pred_grid.detach())
+        target_grid = torch.where(fg, assign.bboxes_xyxy / stride_col, pred_grid.detach().nan_to_num(0.0))
         ciou = box_ciou(pred_grid, target_grid, eps=self.bbox_iou_eps)
         loss_bbox = self.bbox_weight * ((1.0 - ciou) * weight).sum() / scores_sum
         loss_dfl = None
