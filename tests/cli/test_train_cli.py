@@ -111,3 +111,18 @@ def test_help_names_the_defaults_a_user_gets_without_the_flag(capsys):
     assert info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "YAML (default: v2-l)" in out and "training epochs (recipe: 80, SGD 40)" in out
+
+
+@pytest.mark.parametrize("rank,said", [("0", True), ("1", False)])
+def test_a_non_finite_loss_is_reported_by_rank_0_only(tmp_path, monkeypatch, capsys, rank, said):
+    """Under torchrun every rank raises the same NonFiniteLossError at the same step (the loss is
+    all-reduced): one message, not one per process; every rank still exits with status 1."""
+    from worldtune.engine import train as T
+
+    def diverge(cfg, resume=None):
+        raise T.NonFiniteLossError("non-finite loss (nan) at epoch 1, step 2")
+
+    monkeypatch.setattr(T, "fit", diverge)
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", "--recipe", "v2-s", "--weights", "none", "--out", str(tmp_path / "run")]) == 1
+    assert ("non-finite loss (nan)" in capsys.readouterr().err) == said

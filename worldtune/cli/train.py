@@ -11,6 +11,7 @@ Order of precedence: recipe < --config < flags < --set.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -131,7 +132,10 @@ def run(args) -> int:
                 return 0
             result = fit(cfg)
     except NonFiniteLossError as e:
-        print(f"worldtune train: {e}", file=sys.stderr)
+        # Every rank stops at the same step with the same (all-reduced) values: rank 0 says it once.
+        # The process group is gone by now, so the rank comes from torchrun's environment.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"worldtune train: {e}", file=sys.stderr)
         return 1
     except user_errors() as e:  # bad data, config, weights or text model (a DataLoader worker's too)
         return report("train", e)
