@@ -40,6 +40,20 @@ def test_two_process_validation_equals_one_process(tmp_path):
         assert split[key] == pytest.approx(whole[key], abs=1e-12), key
 
 
+def test_two_process_validation_scores_every_shard_with_rank_0_bn_statistics(tmp_path):
+    """On CPU (no SyncBatchNorm) each rank's EMA ends with its own BatchNorm statistics; the AP must
+    still be that of rank 0's EMA, the weights saved in best.pt, evaluated by one process."""
+    data = make_tiny_coco(tmp_path / "coco", num_images=7)
+    text = str(tiny_text_model())
+    whole = sharded_eval.evaluate(*sharded_eval.setup(data, text))
+    out = tmp_path / "metrics.pt"
+    mp.spawn(sharded_eval.worker, args=(2, _free_port(), data, text, str(out), True), nprocs=2, join=True)
+    split = torch.load(out, weights_only=False)
+    assert split["num_detections"] == whole["num_detections"]
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert split[key] == pytest.approx(whole[key], abs=1e-12), key
+
+
 def test_precise_bn_copy_averages_batch_statistics_and_shares_the_text_tower():
     from worldtune.engine.validate import precise_bn_copy
     from worldtune.model import build_model

@@ -32,13 +32,22 @@ def evaluate(coco, loader, ema) -> dict | None:
     return evaluate_ema(ema, coco, loader, cfg, None, 0, torch.device("cpu"))[0]
 
 
-def worker(rank: int, world_size: int, port: int, data: dict, text_folder: str, out: str) -> None:
-    """One gloo process: evaluate this rank's shard; rank 0 writes the gathered metrics to `out`."""
+def worker(rank: int, world_size: int, port: int, data: dict, text_folder: str, out: str,
+           own_bn_stats: bool = False) -> None:
+    """One gloo process: evaluate this rank's shard; rank 0 writes the gathered metrics to `out`.
+
+    own_bn_stats: ranks other than 0 get other BatchNorm running statistics, as the EMA of a CPU
+    DDP run has (no SyncBatchNorm there: each rank's last batch updates its own)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         coco, loader, ema = setup(data, text_folder, rank=rank, world_size=world_size)
+        if own_bn_stats and rank != 0:
+            for module in ema.module.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.running_var.mul_(4.0)
+                    module.running_mean.add_(0.5)
         metrics = evaluate(coco, loader, ema)
         if rank == 0:
             torch.save(metrics, Path(out))

@@ -51,6 +51,12 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
     from worldtune.eval.evaluate import collect_detections, score_detections
 
     model = ema.module
+    if dist.is_dist() and cfg.train.precise_bn_batches <= 0:
+        # The EMA's BatchNorm statistics differ between ranks where BatchNorm is not synchronised
+        # (CPU/gloo): each rank's model ends every step with its own batch's update of them. Rank 0's
+        # are the ones saved, so every rank scores its shard with those (a no-op under SyncBatchNorm).
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     if cfg.train.precise_bn_batches > 0:
         # Same epoch seed as training: the augmented batches are the ones the model was trained on.
         # Under DDP each rank would average over its own batches: rank 0's statistics are sent to all.
