@@ -185,6 +185,27 @@ def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path, capsys):
     assert (run / "best.pt").stat().st_mtime_ns == before
 
 
+def test_resuming_with_another_process_count_applies_its_weight_decay_rule(tmp_path, capsys):
+    """A run of 8 processes x 16 (weight decay x2 by the batch rule) resumed by one process: the
+    batch rule line and the warning say the decay follows the new total batch, and so it must be, not
+    the saved run's (the optimizer's state dict carries that)."""
+    from worldtune.engine.optim import weight_decay_scale
+
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3)
+    cfg.train.checkpoint_interval = 1
+    T.fit(cfg)
+    run = Path(cfg.out)
+    older = ckpt_io.load_checkpoint_file(run / "epoch_1.pt")
+    fresh = [group["weight_decay"] for group in older["optimizer"]["param_groups"]]
+    for group in older["optimizer"]["param_groups"]:  # as the 8-process run saved them
+        group["weight_decay"] *= weight_decay_scale(3, 8) / weight_decay_scale(3, 1)
+    ckpt_io.save_checkpoint_atomic({**older, "world_size": 8}, run / "epoch_1.pt")
+    T.fit(cfg, resume=run / "epoch_1.pt")
+    assert "trained with 8 process(es), resumed with 1" in capsys.readouterr().out
+    resumed = ckpt_io.load_checkpoint_file(run / "last.pt")
+    assert [group["weight_decay"] for group in resumed["optimizer"]["param_groups"]] == fresh
+
+
 def test_duplicate_ctrl_c_is_not_an_abort(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(stopping.time, "monotonic", lambda: clock[0])
