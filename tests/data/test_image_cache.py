@@ -328,3 +328,16 @@ def test_available_memory_reads_the_kernel_figure():
     available = image_cache.available_memory()
     if os.path.exists("/proc/meminfo"):
         assert available is not None and 2**20 < available < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@pytest.mark.parametrize("rank,shown", [(0, True), (1, False)])
+def test_only_rank_0_shows_the_in_ram_cache_bar(rank, shown, monkeypatch, capsys):
+    """Under torchrun every rank fills its own RAM copy at once: one bar, not one per process."""
+    from worldtune.data.packed_images import pack_in_ram
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+    decode = lambda i: (np.zeros((4, 4, 3), np.uint8), (8, 8))  # noqa: E731
+    packed = pack_in_ram([(4, 4)] * 3, decode, budget=1 << 20, threads=1)
+    assert packed.count == 3
+    assert ("caching images" in capsys.readouterr().err) == shown

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from worldtune.data.coco import DataError
@@ -53,10 +54,11 @@ def stored_bytes(table: np.ndarray) -> int:
     return int((rows[:, 0] + rows[:, 1] * rows[:, 2] * 3).max()) if len(rows) else 0
 
 
-def fill(buffer: np.ndarray, table: np.ndarray, decode, threads: int, desc: str) -> None:
+def fill(buffer: np.ndarray, table: np.ndarray, decode, threads: int, desc: str, bar: bool = True) -> None:
     """Decode every planned image into its slot of `buffer`; rows that fail become -1.
 
-    `decode(index)` returns (uint8 [h, w, 3] resized, (H, W)) or raises DataError.
+    `decode(index)` returns (uint8 [h, w, 3] resized, (H, W)) or raises DataError. `bar`: show a
+    progress bar.
     """
     planned = np.flatnonzero(table[:, 0] >= 0).tolist()
 
@@ -73,7 +75,7 @@ def fill(buffer: np.ndarray, table: np.ndarray, decode, threads: int, desc: str)
 
     with ThreadPoolExecutor(threads) as pool:  # cv2 releases the GIL while decoding and resizing
         for index, shape in tqdm(pool.map(one, planned), total=len(planned), desc=desc, unit="img",
-                                 leave=False, mininterval=2.0):
+                                 leave=False, mininterval=2.0, disable=not bar):
             if shape is None:
                 table[index, 0] = -1
             else:
@@ -124,7 +126,9 @@ def pack_in_ram(sizes: list, decode, budget: int, threads: int) -> PackedImages:
     """Plan within `budget` bytes and decode into a buffer of this process (shared with forked workers)."""
     table = plan_table(sizes, budget)
     buffer = np.empty(stored_bytes(table), dtype=np.uint8)
-    fill(buffer, table, decode, threads, "caching images")
+    # Under torchrun every rank fills its own copy at the same time: rank 0's bar stands for all.
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    fill(buffer, table, decode, threads, "caching images", bar=rank == 0)
     return PackedImages(table, buffer)
 
 
