@@ -1,5 +1,6 @@
 """The training loop: it learns (AP rises on a tiny set), stops on NaN, and its helpers."""
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -264,6 +265,26 @@ def test_logger_counts_repeated_steps_once_and_summarises(tmp_path):
     assert table[2].endswith("     -      -") and len(table[2]) == len(table[1])  # "-" under AP and AP50
     assert plot_curves(tmp_path / "metrics.jsonl", tmp_path / "c.png").stat().st_size > 1000
     assert not RunLogger(None).enabled
+
+
+def test_progress_bars_refresh_rarely_into_a_log_file(tmp_path, monkeypatch, capsys):
+    import io
+
+    from worldtune.engine.logger import RunLogger
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    from worldtune.progress import progress_bar
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    for stream, interval in ((io.StringIO(), 30.0), (Terminal(), 0.1)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = log.progress(range(3), total=3, desc="epoch 1/1")
+        assert bar.mininterval == interval
+        list(bar)
+        assert progress_bar(range(2), mininterval=2.0).mininterval == (30.0 if interval == 30.0 else 2.0)
 
 
 def test_tensorboard_of_a_resumed_run_drops_the_steps_it_logs_again(tmp_path):

@@ -137,7 +137,7 @@ def _detections_json(det: dict, names: list[str]) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
+    from worldtune.progress import progress_bar
 
     from worldtune.engine.dist import resolve_device
     from worldtune.model.loading import load_model
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
     results, used, cut_short = [], {"predictions"}, set()  # that name is the summary's
     inputs = {p.resolve() for p in paths}
-    bar = tqdm(total=len(paths), unit="img", desc="predict", disable=len(paths) < 2)
+    bar = progress_bar(total=len(paths), unit="img", desc="predict", disable=len(paths) < 2)
     for start in range(0, len(paths), args.batch_size):
         batch, boxed = [], []
         for path in paths[start:start + args.batch_size]:

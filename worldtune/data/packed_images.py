@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from worldtune.data.coco import DataError
+from worldtune.progress import progress_bar
 
 try:
     import fcntl
@@ -74,8 +74,8 @@ def fill(buffer: np.ndarray, table: np.ndarray, decode, threads: int, desc: str,
         return index, shape
 
     with ThreadPoolExecutor(threads) as pool:  # cv2 releases the GIL while decoding and resizing
-        for index, shape in tqdm(pool.map(one, planned), total=len(planned), desc=desc, unit="img",
-                                 leave=False, mininterval=2.0, disable=not bar):
+        for index, shape in progress_bar(pool.map(one, planned), total=len(planned), desc=desc, unit="img",
+                                         leave=False, mininterval=2.0, disable=not bar):
             if shape is None:
                 table[index, 0] = -1
             else:

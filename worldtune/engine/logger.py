@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from tqdm import tqdm
+from worldtune.progress import progress_bar
 
 
 class RunLogger:
@@ -64,7 +64,7 @@ class RunLogger:
         """A tqdm bar on the main process (shows rate and ETA); the bare iterable elsewhere."""
         if not self.enabled:
             return iterable
-        return tqdm(iterable, total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
+        return progress_bar(iterable, total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
 
     def close(self) -> None:
         if self.writer is not None:

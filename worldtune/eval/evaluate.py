@@ -64,8 +64,8 @@ def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
     results = []
     batches = loader
     if progress:
-        from tqdm import tqdm
-        batches = tqdm(loader, desc="eval", unit="batch", leave=False)  # the metrics follow it
+        from worldtune.progress import progress_bar
+        batches = progress_bar(loader, desc="eval", unit="batch", leave=False)  # the metrics follow it
     try:
         for batch in batches:
             if batch["texts"] and list(batch["texts"][0]) != list(texts):
