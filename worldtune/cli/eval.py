@@ -57,7 +57,7 @@ def _gt_and_images(args) -> tuple:
 
 
 def _score_model(args, ann: Path, images: Path) -> dict:
-    from worldtune.data.coco import CocoDetection
+    from worldtune.data.coco import CocoDetection, warn_image_file_problems
     from worldtune.data.loader import build_eval_loader
     from worldtune.data.presets import build_eval_dataset
     from worldtune.engine.dist import resolve_device
@@ -68,6 +68,7 @@ def _score_model(args, ann: Path, images: Path) -> dict:
         raise ValueError("--weights needs --images DIR (or --data-root)")
     device = resolve_device(args.device or "auto")
     dataset = CocoDetection(ann, images, class_texts=args.class_texts, on_bad_data=args.on_bad_data)
+    warn_image_file_problems(dataset, "the evaluation")  # said before the model loads, not when met
     model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,
                        allow_hash_mismatch=args.allow_hash_mismatch)
     imgsz = args.imgsz or model.trained_imgsz or 640

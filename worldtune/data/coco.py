@@ -469,3 +469,20 @@ class CocoDetection:
                                                 dtype=np.int64),
             "ignore": ignore, "polygons": polygons,
         }
+
+
+def warn_image_file_problems(coco: CocoDetection, scoring: str) -> None:
+    """Warn, before anything is decoded, about evaluation files that do not look like pictures or are
+    JPEGs cut short (`image_file_problem`), which `scoring` (e.g. "the first validation") would
+    otherwise meet only when it gets to them."""
+    problems = coco.image_file_problems()
+    count, first = problems["not_pictures"]
+    if count:
+        then = (f"{scoring} will stop on them (--on-bad-data skip leaves them out)" if coco.on_bad_data == "error"
+                else f"{scoring} will leave them out")
+        warnings.warn(f"{count} validation image file(s) do not look like pictures, e.g. {', '.join(first)}: {then}",
+                      stacklevel=2)
+    count, first = problems["cut_short"]
+    if count:
+        warnings.warn(f"{count} validation JPEG file(s) are cut short (no end marker), e.g. {', '.join(first)}: "
+                      "their missing rows decode as grey, so their objects score as misses; restore them", stacklevel=2)

@@ -1,7 +1,6 @@
 """What a training run is built from: the data sets and loaders, the start weights (the text tower:
 `worldtune.model.loading.build_text_model`)."""
 import os
-import warnings
 
 from torch import nn
 
@@ -34,7 +33,7 @@ def resolve_image_cache(d, dataset, info: dist.DistInfo, workers: int, stage1_ah
 def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     """Train/val CocoDetection, the augmented TrainDataset and the loaders (`start_epoch`: 0-based
     epoch a resumed run starts in; see `resolve_image_cache`)."""
-    from worldtune.data.coco import CocoDetection
+    from worldtune.data.coco import CocoDetection, warn_image_file_problems
     from worldtune.data.loader import build_eval_loader, build_train_loader
     from worldtune.data.presets import build_eval_dataset, build_train_dataset
 
@@ -66,18 +65,8 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     if d.val_ann:
         val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
         # A bad val image would otherwise surface only at the first validation, epochs later.
-        problems = val_coco.image_file_problems() if info.is_main else {}
-        count, first = problems.get("not_pictures", (0, []))
-        if count:
-            then = ("the first validation will stop on them (--on-bad-data skip leaves them out)"
-                    if d.on_bad_data == "error" else "validation will leave them out")
-            warnings.warn(f"{count} validation image file(s) do not look like pictures, e.g. {', '.join(first)}: "
-                          f"{then}", stacklevel=2)
-        count, first = problems.get("cut_short", (0, []))
-        if count:
-            warnings.warn(f"{count} validation JPEG file(s) are cut short (no end marker), e.g. {', '.join(first)}: "
-                          "their missing rows decode as grey, so their objects score as misses; restore them",
-                          stacklevel=2)
+        if info.is_main:
+            warn_image_file_problems(val_coco, "the first validation")
         # Each process predicts its share of it (strided); rank 0 scores them all (engine.validate).
         val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2),
                                        info.rank, info.world_size)
