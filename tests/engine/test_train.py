@@ -287,6 +287,24 @@ def test_progress_bars_refresh_rarely_into_a_log_file(tmp_path, monkeypatch, cap
         assert progress_bar(range(2), mininterval=2.0).mininterval == (30.0 if interval == 30.0 else 2.0)
 
 
+def test_training_bar_into_a_log_file_is_not_redrawn_every_step(tmp_path, monkeypatch, capsys):
+    """The loss postfix set after every step must not force a redraw: into a log file every redraw
+    is a new line, and the bar is meant to refresh there every 30 s only."""
+    from tqdm import tqdm
+
+    real, redraws = tqdm.refresh, []
+
+    def counting(self, *args, **kwargs):
+        if str(self.desc).startswith("epoch"):
+            redraws.append(self.n)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tqdm, "refresh", counting)
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=1)  # 6 steps; capsys: stderr is no terminal
+    T.fit(cfg)
+    assert len(redraws) <= 2, redraws  # the bar's first and last drawing, not one per step
+
+
 def test_tensorboard_of_a_resumed_run_drops_the_steps_it_logs_again(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

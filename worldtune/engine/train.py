@@ -129,7 +129,7 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{logged['loss']:.2f}", cls=f"{logged['loss_cls']:.2f}",
                             bbox=f"{logged['loss_bbox']:.2f}", dfl=f"{logged['loss_dfl']:.2f}",
-                            lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                            lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)  # shown at the bar's own pace
         if state["global_step"] % cfg.train.log_interval == 0 or state["step_in_epoch"] == total:
             logger.log("train", state["global_step"], epoch=epoch, **logged,
                        lr=lr, grad_norm=grad_norm, images_per_s=rate)
