@@ -305,6 +305,35 @@ def test_training_bar_into_a_log_file_is_not_redrawn_every_step(tmp_path, monkey
     assert len(redraws) <= 2, redraws  # the bar's first and last drawing, not one per step
 
 
+def test_time_left_after_a_resumed_partial_epoch_follows_the_steps_trained(tmp_path, monkeypatch, capsys):
+    """Resumed at step 5 of 6: the first epoch of the resumed process trains one step. The run's
+    time left comes from the pace per step (1 s here), not per epoch: 12 steps left, not 2 epochs
+    of one step's time."""
+    import types
+
+    from worldtune.loss.criterion import YOLOWorldCriterion
+
+    real, clock, calls = YOLOWorldCriterion.__call__, [0.0], [0]
+
+    def one_second_a_step(self, *args):
+        calls[0] += 1
+        if calls[0] == 6 and interrupt[0]:  # the first run stops before its 6th step
+            raise KeyboardInterrupt
+        clock[0] += 1.0
+        return real(self, *args)
+
+    interrupt = [True]
+    monkeypatch.setattr(YOLOWorldCriterion, "__call__", one_second_a_step)
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter))
+    cfg = tiny_config(tmp_path, epochs=3, batch_size=1)  # 6 steps per epoch
+    assert T.fit(cfg)["status"] == "interrupted"
+    assert ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")["step_in_epoch"] == 5
+    interrupt[0] = False
+    capsys.readouterr()
+    T.fit(cfg, resume=cfg.out)
+    assert "epoch 1/3 done; about 00:12 left" in capsys.readouterr().out
+
+
 def test_tensorboard_of_a_resumed_run_drops_the_steps_it_logs_again(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

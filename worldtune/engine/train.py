@@ -355,7 +355,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         dist.barrier()
         state["validating"] = state["val_pending"] = False
 
-    started, timed_epochs = time.monotonic(), 0
+    started, start_step = time.monotonic(), state["global_step"]  # the pace of this process's own steps
     try:
         with stop:
             if state.get("val_pending") and val_loader is not None:  # stopped during that validation
@@ -382,9 +382,9 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 save("last.pt")
                 if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:
                     save(f"epoch_{epoch + 1}.pt")
-                timed_epochs += 1
-                if epoch + 1 < t.epochs:  # the bars give each epoch's ETA; this the whole run's
-                    left = (time.monotonic() - started) / timed_epochs * (t.epochs - epoch - 1)
+                trained = state["global_step"] - start_step  # a resumed first epoch may be a few steps only
+                if epoch + 1 < t.epochs and trained > 0:  # the bars give each epoch's ETA; this the whole run's
+                    left = (time.monotonic() - started) / trained * iters * (t.epochs - epoch - 1)
                     say(f"epoch {epoch + 1}/{t.epochs} done; about {tqdm.format_interval(left)} left for the "
                         f"other {t.epochs - epoch - 1} epoch(s) at this pace, validations included")
     except KeyboardInterrupt:
