@@ -170,3 +170,12 @@ def test_bad_yaml_is_told_in_one_line(tmp_path):
     with pytest.raises(C.ConfigError) as info:
         C.merge(C.Config(), C.parse_set(["data.affine_scale=[1, "]))
     assert "\n" not in str(info.value)
+
+
+def test_a_cache_folder_the_run_will_make_is_saved_absolute(tmp_path, monkeypatch):
+    """data.cache_dir is made by the run: it does not exist when the config is saved, and a resume
+    from another working directory must map the same cache, not build a second one."""
+    monkeypatch.chdir(tmp_path)
+    cfg = C.Config()
+    cfg.data.cache_dir = "cache"
+    assert C.absolute_paths(cfg).data.cache_dir == str(tmp_path / "cache")

@@ -180,7 +180,8 @@ def absolute_paths(cfg: Config) -> Config:
         section, name = key.split(".")
         target = getattr(cfg, section)
         value = getattr(target, name)
-        if value and os.path.exists(value):
+        # the cache folder is always local, and is often made by the run itself (not there yet)
+        if value and (os.path.exists(value) or key == "data.cache_dir"):
             setattr(target, name, os.path.abspath(value))
     return cfg
 
