@@ -6,6 +6,8 @@ read again with the json module before it is called malformed: a result file wit
 reaches the checks that name the bad detection.
 """
 import json
+import math
+import numbers
 from pathlib import Path
 
 import orjson
@@ -22,3 +24,13 @@ def load_json(path: str | Path):
             return json.loads(data)
         except UnicodeDecodeError as e:
             raise json.JSONDecodeError(f"not UTF-8 text: {e.reason} at byte {e.start}", "", 0) from None
+
+
+def is_int(value) -> bool:
+    """An integer value (a bool, which Python counts as one, is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A number other than a bool, NaN or an infinity."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

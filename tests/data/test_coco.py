@@ -323,7 +323,6 @@ def _rle(counts, size=(120, 160)):
     (lambda d: d["annotations"][0].update(iscrowd="yes"), r"annotation id 100: iscrowd must be 0 or 1"),
     (lambda d: d["annotations"][0].update(area="big"), r"annotation id 100: area must be a finite number"),
     (lambda d: d["annotations"][0].update(area=float("nan")), r"annotation id 100: area must be a finite number"),
-    (lambda d: d["annotations"][0].update(segmentation=_rle("!!!!")), r"annotation id 100: RLE .*cannot be decoded"),
     (lambda d: d["annotations"][0].update(segmentation=_rle(5)), r"annotation id 100: RLE .*'counts' must be"),
     (lambda d: d["annotations"][0].update(segmentation=_rle([0, 100000])), r"adding up to height x width = 19200"),
     (lambda d: d["annotations"][0].update(segmentation=_rle([-5, 3])), r"adding up to height x width"),
@@ -338,6 +337,18 @@ def test_malformed_fields_are_named_not_tracebacks(tiny_coco, tmp_path, edit, pa
     with pytest.raises(DataError, match=pattern) as info:
         CocoDetection(ann, img)
     assert "ann.json" in str(info.value)
+
+
+def test_an_rle_that_cannot_be_decoded_is_named_when_the_pipeline_needs_it(tiny_coco, tmp_path):
+    # decoded when a record is built (not for every mask at load): an error, or a box without polygon
+    ann, img = _copy_set(tiny_coco, tmp_path, lambda d: d["annotations"][0].update(segmentation=_rle("!!!!")))
+    dataset = CocoDetection(ann, img)
+    index = dataset.image_ids.index(json.loads(ann.read_text())["annotations"][0]["image_id"])
+    with pytest.raises(DataError, match=r"ann.json: annotation id 100 \(image id \d+\): RLE .*cannot be decoded"):
+        dataset.get_record(index)
+    with pytest.warns(UserWarning, match=r"annotation id 100 .* its box is used without a polygon"):
+        record = CocoDetection(ann, img, on_bad_data="skip").get_record(index)
+    assert record["polygons"][list(record["ann_ids"]).index(100)] == []
 
 
 def test_a_folder_named_as_an_image_is_called_a_folder(tiny_coco, tmp_path):

@@ -8,7 +8,6 @@ found at construction, with the file and annotation id in the message, so nothin
 fails later inside a DataLoader worker with a bare traceback.
 """
 import json
-import math
 import os
 import pickle
 import warnings
@@ -19,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from worldtune.data.texts import load_class_texts
-from worldtune.jsonfile import load_json
+from worldtune.jsonfile import is_finite_number, is_int, load_json
 
 
 class DataError(ValueError):
@@ -44,13 +43,9 @@ def _require(obj: dict, keys: tuple, what: str, ann_file: Path):
         raise DataError(f"{ann_file}: {what} lacks field(s) {missing}: {str(obj)[:200]}")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_size(value) -> bool:
     """A positive whole number (COCO writes ints; some tools write 640.0)."""
-    return (_is_int(value) or (isinstance(value, float) and value.is_integer())) and value > 0
+    return (is_int(value) or (isinstance(value, float) and value.is_integer())) and value > 0
 
 
 def polygons_from_segmentation(segm, height: int, width: int) -> list:
@@ -162,27 +157,20 @@ def jpeg_cut_short(path) -> bool:
     return image_file_problem(path) == "cut_short"
 
 
-def _rle_problem(rle: dict, img: dict, crowd: bool) -> str:
-    """What is wrong with an RLE segmentation ("" if nothing). pycocotools would otherwise fail
-    deep inside a DataLoader worker (a TypeError, "Invalid RLE mask representation") or, for a
-    'size' other than the image's, give polygons in another frame than the boxes."""
+def _rle_problem(rle: dict, img: dict) -> str:
+    """What is wrong with an RLE segmentation ("" if nothing), short of decoding it (`get_record`
+    does, when the pipeline asks). pycocotools would otherwise fail deep inside a DataLoader worker
+    with a TypeError or, for a 'size' other than the image's, give polygons in another frame."""
     size, counts = rle["size"], rle["counts"]
-    if not (all(_is_int(v) and v > 0 for v in size) and size == [int(img["height"]), int(img["width"])]):
+    if not (all(is_int(v) and v > 0 for v in size) and size == [int(img["height"]), int(img["width"])]):
         return f"RLE segmentation 'size' {size} is not the image's [height, width] [{img['height']}, {img['width']}]"
     if isinstance(counts, list):
-        if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
+        if not all(is_int(v) and v >= 0 for v in counts) or sum(counts) != size[0] * size[1]:
             return (f"RLE segmentation 'counts' must be non-negative integers adding up to height x width = "
                     f"{size[0] * size[1]}, got {str(counts)[:80]}")
         return ""
     if not isinstance(counts, str):
         return f"RLE segmentation 'counts' must be a string or a list of integers, got {str(counts)[:80]}"
-    if not crowd:  # decoded for mask-refine (crowd instances never are): decode once here to check it
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                mask_utils.decode({"size": size, "counts": counts.encode("ascii")})
-        except (ValueError, UnicodeEncodeError) as e:
-            return f"RLE segmentation 'counts' cannot be decoded ({e}): {counts[:40]!r}"
     return ""
 
 
@@ -260,7 +248,7 @@ class CocoDetection:
             _require(c, ("id", "name"), "category", self.ann_file)
             # ids are compared with the annotations' integer category_id; a name is the class text
             # when no class-text file is given ("" is the padding text, which a class cannot use)
-            if not _is_int(c["id"]):
+            if not is_int(c["id"]):
                 raise DataError(f"{self.ann_file}: category {str(c)[:100]}: 'id' must be an integer, got {c['id']!r}")
             if not isinstance(c["name"], str) or (class_texts is None and not c["name"].strip()):
                 raise DataError(f"{self.ann_file}: category id {c['id']}: 'name' must be a non-empty string, "
@@ -281,7 +269,7 @@ class CocoDetection:
             _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
             # checked here, not left to int() or to the COCO APIs: a string id "7" would never match
             # an annotation's image_id 7, and a bad size would fail later inside the pipeline
-            if not _is_int(img["id"]):
+            if not is_int(img["id"]):
                 raise DataError(f"{self.ann_file}: image {str(img)[:100]}: 'id' must be an integer, got {img['id']!r}")
             if not isinstance(img["file_name"], str) or not img["file_name"]:
                 raise DataError(f"{self.ann_file}: image id {img['id']}: 'file_name' must be a non-empty string, "
@@ -353,12 +341,12 @@ class CocoDetection:
         if missing:
             return f"lacks field(s) {missing}"
         for key in ("id", "image_id", "category_id"):
-            if not _is_int(ann[key]):
+            if not is_int(ann[key]):
                 return f"{key} must be an integer, got {ann[key]!r}"
         if ann.get("iscrowd", 0) not in (0, 1):  # True/False pass too (0 == False)
             return f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}"
         area = ann.get("area", 0)
-        if not (isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area)):
+        if not is_finite_number(area):
             return f"area must be a finite number, got {area!r}"
         if ann["image_id"] not in images:
             return f"unknown image_id {ann['image_id']}"
@@ -366,12 +354,12 @@ class CocoDetection:
             return f"unknown category_id {ann['category_id']} (known: {self.cat_ids})"
         box = ann["bbox"]
         if not (isinstance(box, list) and len(box) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+                and all(is_finite_number(v) for v in box)):
             return f"bbox must be 4 finite numbers [x, y, w, h], got {box}"
         if box[2] < 0 or box[3] < 0:
             return f"bbox {box} has negative size"
         if isinstance(segm, dict):
-            return _rle_problem(segm, images[ann["image_id"]], crowd=bool(ann.get("iscrowd", 0)))
+            return _rle_problem(segm, images[ann["image_id"]])
         return ""
 
     def _bad(self, reason: str, message: str):
@@ -444,6 +432,21 @@ class CocoDetection:
                               stacklevel=2)
         return img
 
+    def _polygons(self, ann: dict, img: dict, h: int, w: int) -> list:
+        """`merge_polygon_parts(polygons_from_segmentation(...))` of one annotation. A compressed
+        RLE is decoded only here, when the pipeline needs it (checking every one at load would cost
+        ~0.5 ms each): one that cannot be decoded is an error, or under "skip" a box without polygon."""
+        try:
+            return merge_polygon_parts(polygons_from_segmentation(ann.get("segmentation"), h, w))
+        except (ValueError, UnicodeEncodeError) as e:
+            counts = str(ann["segmentation"].get("counts"))[:40] if isinstance(ann.get("segmentation"), dict) else ""
+            message = (f"{self.ann_file}: annotation id {ann['id']} (image id {img['id']}): RLE segmentation "
+                       f"'counts' cannot be decoded ({e}): {counts!r}")
+            if self.on_bad_data == "error":
+                raise DataError(message) from None
+            warnings.warn(f"{message}; its box is used without a polygon", stacklevel=2)
+            return []
+
     def get_record(self, index: int) -> dict:
         """Raw annotations of one image (no pixels).
 
@@ -459,8 +462,7 @@ class CocoDetection:
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         ignore = np.array([_ignored(a, img) for a in anns], dtype=bool)
-        polygons = [[] if a.get("iscrowd", 0) else merge_polygon_parts(
-            polygons_from_segmentation(a.get("segmentation"), h, w)) for a in anns]
+        polygons = [[] if a.get("iscrowd", 0) else self._polygons(a, img, h, w) for a in anns]
         return {
             "image_id": self.image_ids[index], "file_name": str(self.image_dir / img["file_name"]),
             "height": h, "width": w,

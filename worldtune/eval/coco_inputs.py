@@ -7,13 +7,11 @@ inside pycocotools.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 from pathlib import Path
 
 import numpy as np
 
-from worldtune.jsonfile import load_json
+from worldtune.jsonfile import is_finite_number, is_int, load_json
 
 
 def read_json(path: str | Path, what: str):
@@ -53,7 +51,7 @@ def load_coco_gt(ann: str | Path | dict, drop_annotations=()) -> dict:
         for entry in ann[key]:
             if not isinstance(entry, dict) or "id" not in entry:
                 raise ValueError(f"{source}: an entry of '{key}' has no 'id': {str(entry)[:80]}")
-            if not _is_int(entry["id"]):
+            if not is_int(entry["id"]):
                 raise ValueError(f"{source}: an entry of '{key}' has a non-integer 'id': {str(entry)[:80]}")
     image_ids = {img["id"] for img in ann["images"]}
     cat_ids = {cat["id"] for cat in ann["categories"]}
@@ -87,28 +85,20 @@ def _gt_annotation_problem(a, image_ids: set, cat_ids: set) -> str:
     if missing:
         return f"lacks field(s) {missing}"
     # (the COCO APIs would leave such an object out of the scoring without a word)
-    if not _is_int(a["image_id"]) or a["image_id"] not in image_ids:
+    if not is_int(a["image_id"]) or a["image_id"] not in image_ids:
         return f"'image_id' {a['image_id']!r} is not the id of an entry of 'images'"
-    if not _is_int(a["category_id"]) or a["category_id"] not in cat_ids:
+    if not is_int(a["category_id"]) or a["category_id"] not in cat_ids:
         return f"'category_id' {a['category_id']!r} is not the id of an entry of 'categories'"
     if a.get("iscrowd", 0) not in (0, 1):
         return f"'iscrowd' must be 0 or 1, got {a['iscrowd']!r}"
-    if "area" in a and not _is_finite(a["area"]):
+    if "area" in a and not is_finite_number(a["area"]):
         return f"'area' must be a finite number, got {a['area']!r}"
     bbox = a["bbox"]
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_finite(v) for v in bbox):
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(is_finite_number(v) for v in bbox):
         return f"'bbox' must be 4 finite numbers [x, y, w, h], got {str(bbox)[:80]}"
     if bbox[2] < 0 or bbox[3] < 0:
         return f"'bbox' {bbox} has a negative width or height"
     return ""
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_finite(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_one(i: int, d, image_ids: set, cat_ids: set, source: str) -> None:
@@ -119,16 +109,16 @@ def _check_one(i: int, d, image_ids: set, cat_ids: set, source: str) -> None:
     if missing:
         raise ValueError(f"{source}[{i}]: missing field(s) {missing}")
     img_id, cat_id, bbox, score = d["image_id"], d["category_id"], d["bbox"], d["score"]
-    if not _is_int(img_id) or img_id not in image_ids:
+    if not is_int(img_id) or img_id not in image_ids:
         raise ValueError(f"{source}[{i}]: unknown image_id {img_id!r} (not in the GT 'images')")
-    if not _is_int(cat_id) or cat_id not in cat_ids:
+    if not is_int(cat_id) or cat_id not in cat_ids:
         raise ValueError(f"{source}[{i}]: unknown category_id {cat_id!r} "
                          f"(GT categories: {sorted(cat_ids)[:10]}{'...' if len(cat_ids) > 10 else ''})")
-    if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_finite(v) for v in bbox)
+    if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(is_finite_number(v) for v in bbox)
             or bbox[2] < 0 or bbox[3] < 0):
         raise ValueError(f"{source}[{i}]: 'bbox' must be 4 finite numbers [x, y, w, h] with w, h >= 0, "
                          f"got {bbox!r}")
-    if not _is_finite(score):
+    if not is_finite_number(score):
         raise ValueError(f"{source}[{i}]: 'score' must be a finite number, got {score!r}")
 
 
