@@ -173,7 +173,8 @@ def test_a_jpeg_cut_short_is_predicted_with_a_warning(setup, tmp_path, capsys):
     code = main(["predict", str(tmp_path / "cut.jpg"), str(images / "coffee.jpg"), "--weights", str(ckpt),
                  "--text-model", str(clip), "--classes", "cat", "--imgsz", str(IMGSZ), "--out", str(tmp_path / "o")])
     assert code == 0
-    assert f"warning: {tmp_path / 'cut.jpg'} is cut short" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'cut.jpg'} is cut short" in err and "as motion photos do" in err
     records = {Path(r["image"]).name: r for r in json.loads((tmp_path / "o" / "predictions.json").read_text())["images"]}
     assert records["cut.jpg"].get("cut_short") is True and "cut_short" not in records["coffee.jpg"]
 

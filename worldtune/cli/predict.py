@@ -19,7 +19,7 @@ import numpy as np
 from worldtune.cli.argtypes import add_threads_argument, image_size, output_folder, positive_int, probability, set_threads
 from worldtune.cli.drawing import draw_label
 from worldtune.cli.errors import report, user_errors
-from worldtune.data.coco import jpeg_cut_short
+from worldtune.data.coco import MOTION_PHOTO_NOTE, jpeg_cut_short
 from worldtune.data.texts import load_class_texts
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
                 batch.append((path, img))
                 if jpeg_cut_short(path):  # OpenCV decodes it without an error, the missing rows grey
                     cut_short.add(path)
-                    warnings.warn(f"{path} is cut short (no JPEG end marker): its missing rows are grey")
+                    warnings.warn(f"{path} is cut short (no JPEG end marker): its missing rows are grey "
+                                  f"({MOTION_PHOTO_NOTE})")
             except (ValueError, cv2.error) as e:  # unreadable, or too thin to resize (e.g. 1 x 2000 px)
                 skipped.append({"image": str(path), "error": (str(e).strip().splitlines() or [repr(e)])[-1]})
                 bar.update(1)

@@ -153,6 +153,10 @@ def image_file_problem(path) -> str | None:
         return "not_pictures"
 
 
+# The check cannot tell a JPEG cut short from one with data appended after its end marker.
+MOTION_PHOTO_NOTE = "unless data was appended after the image, as motion photos do: then it is whole"
+
+
 def jpeg_cut_short(path) -> bool:
     return image_file_problem(path) == "cut_short"
 
@@ -417,7 +421,8 @@ class CocoDetection:
                 self._cut_warned += 1  # a few times per process, as below
                 if self._cut_warned <= 3:
                     warnings.warn(f"{path} (image id {self.image_ids[index]}) is cut short (no JPEG end marker): "
-                                  "its missing rows decode as grey and are trained on as they are; restore the file"
+                                  "its missing rows decode as grey and are trained on as they are; restore the file "
+                                  f"({MOTION_PHOTO_NOTE})"
                                   + (" (further such images are not listed)" if self._cut_warned == 3 else ""),
                                   stacklevel=2)
         expected = self.image_size(index)
@@ -487,4 +492,5 @@ def warn_image_file_problems(coco: CocoDetection, scoring: str) -> None:
     count, first = problems["cut_short"]
     if count:
         warnings.warn(f"{count} validation JPEG file(s) are cut short (no end marker), e.g. {', '.join(first)}: "
-                      "their missing rows decode as grey, so their objects score as misses; restore them", stacklevel=2)
+                      f"their missing rows decode as grey, so their objects score as misses; restore them ({MOTION_PHOTO_NOTE})",
+                      stacklevel=2)
