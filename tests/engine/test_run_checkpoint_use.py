@@ -74,6 +74,8 @@ def test_slim_file_loads_as_the_checkpoint_does(run, tower, capsys):
     light = load_model(slim, text_model=cfg.model.text_model)
     assert light.vocabulary == full.vocabulary == names and light.trained_imgsz == 96
     assert torch.equal(_outputs(light), _outputs(full))
+    # with no --text-model given, the run's own local CLIP folder (saved in its config) is used
+    assert torch.equal(_outputs(load_model(slim)), _outputs(full))
 
 
 def test_slim_file_is_not_resumable_and_wants_safetensors(run, capsys):

@@ -8,8 +8,9 @@ states. The file written here holds the EMA weights (what validation scored) and
 training config, class texts and text-tower shape: `predict`, `eval`, `export`, `--weights` and
 `YOLOWorld.from_pretrained` read it like the checkpoint, without the pickle format. It cannot be
 resumed from. With `--no-text-tower` the frozen CLIP tower is left out (most of a small model's
-file); it is then rebuilt from `--text-model` when loading, which must be the CLIP model the run
-started from for the same results.
+file); it is then rebuilt when loading: from the run's local CLIP folder if it names one that is
+still there, else from `--text-model`, which must be the CLIP model the run started from for the
+same results.
 """
 import argparse
 import json
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a worldtune checkpoint (best.pt, last.pt) or another weights file")
     parser.add_argument("--out", type=output_file, required=True, help="the .safetensors file to write")
     parser.add_argument("--no-text-tower", action="store_true",
-                        help="leave out the frozen CLIP text tower (load with the --text-model the run used)")
+                        help="leave out the frozen CLIP text tower (loading rebuilds it from the run's local CLIP folder, "
+                             "or from --text-model)")
 
 
 def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dict:

@@ -127,6 +127,10 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     has_text = any(k.startswith(TEXT_PREFIX) for k in state)
+    config = (checkpoint.get("config") or {}) if isinstance(checkpoint, dict) else {}
+    saved_tower = config.get("model", {}).get("text_model")
+    if not has_text and text_model == DEFAULT_TEXT_MODEL and isinstance(saved_tower, str) and Path(saved_tower).is_dir():
+        text_model = saved_tower  # a file without its tower (slim --no-text-tower): the run's own local CLIP folder
     if text_model is None:
         tower = None
         state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
@@ -145,7 +149,6 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     vocabulary = checkpoint.get("vocabulary") if isinstance(checkpoint, dict) else None
     model = model.to(device).eval()
     # worldtune checkpoints carry their config: the CLIs default --imgsz to the training size
-    config = (checkpoint.get("config") or {}) if isinstance(checkpoint, dict) else {}
     model.trained_imgsz = config.get("data", {}).get("imgsz")
     if vocabulary and tower is not None:
         model.vocabulary = list(vocabulary)  # encoded at first use: a caller may set another one first
