@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from worldtune.data.coco import DataError
+from worldtune.engine.dist import is_main_process
 from worldtune.progress import progress_bar
 
 try:
@@ -127,8 +127,7 @@ def pack_in_ram(sizes: list, decode, budget: int, threads: int) -> PackedImages:
     table = plan_table(sizes, budget)
     buffer = np.empty(stored_bytes(table), dtype=np.uint8)
     # Under torchrun every rank fills its own copy at the same time: rank 0's bar stands for all.
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    fill(buffer, table, decode, threads, "caching images", bar=rank == 0)
+    fill(buffer, table, decode, threads, "caching images", bar=is_main_process())
     return PackedImages(table, buffer)
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from worldtune.engine.safe_pickle import RESTRICTED_PICKLE, UnpickledObject  # noqa: F401 (UnpickledObject: public)
+from worldtune.jsonfile import is_int
 
 
 class CheckpointError(RuntimeError):
@@ -161,8 +162,7 @@ def _checked_run_info(checkpoint: dict, path: Path) -> dict:
         if variant is not None and not isinstance(variant, str):
             raise bad("config.model.variant", "a variant name", variant)
         imgsz = config.get("data", {}).get("imgsz")
-        if imgsz is not None and not (isinstance(imgsz, int) and not isinstance(imgsz, bool)
-                                      and imgsz > 0 and imgsz % 32 == 0):
+        if imgsz is not None and not (is_int(imgsz) and imgsz > 0 and imgsz % 32 == 0):
             raise bad("config.data.imgsz", "a positive multiple of 32", imgsz)
     vocabulary = checkpoint.get("vocabulary")
     if vocabulary is not None and not (isinstance(vocabulary, list)
@@ -171,7 +171,7 @@ def _checked_run_info(checkpoint: dict, path: Path) -> dict:
     tower = checkpoint.get("text_tower")
     if tower is not None:
         heads = tower.get("num_heads") if isinstance(tower, dict) else None
-        if not isinstance(tower, dict) or not (heads is None or (isinstance(heads, int) and heads > 0)):
+        if not isinstance(tower, dict) or not (heads is None or (is_int(heads) and heads > 0)):
             raise bad("text_tower", "a dict with a positive integer 'num_heads'", tower)
     return checkpoint
 

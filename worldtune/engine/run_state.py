@@ -83,11 +83,17 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
 
 
 def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -> None:
-    """Inverse of `make_checkpoint` (strict: every weight must be present)."""
+    """Inverse of `make_checkpoint` (strict: every weight must be present). The optimizer gets the
+    saved per-parameter state, but keeps the weight decay it was built with: that follows this
+    run's total batch (the batch rule), which a resume with another process count changes; lr and
+    momentum are set by the schedule at every step."""
     text = {k: v for k, v in ckpt["ema"].items() if k.startswith(TEXT_PREFIX)}
     dist_unwrap(model).load_state_dict({**text, **ckpt["model"]})
     ema.load_state_dict({**ckpt["ema_state"], "module": {**text, **ckpt["ema_state"]["module"]}})
+    decays = [group["weight_decay"] for group in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group, decay in zip(optimizer.param_groups, decays):
+        group["weight_decay"] = decay
     if ckpt["scaler"]:  # empty when the saved run had no fp16 scaler (bf16, fp32, CPU)
         scaler.load_state_dict(ckpt["scaler"])
     for key in ("epoch", "step_in_epoch", "global_step", "best_ap", "best_epoch"):

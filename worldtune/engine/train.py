@@ -291,12 +291,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1,
              "iters_per_epoch": iters}
     if ckpt is not None:
-        # The optimizer's state dict carries the saved run's weight decay; with another process count
-        # the batch rule (said above, and in the resume warning) gives another one: keep the rule's.
-        decays = [group["weight_decay"] for group in optimizer.param_groups]
-        restore_checkpoint(ckpt, model, ema, optimizer, scaler, state)
-        for group, decay in zip(optimizer.param_groups, decays):
-            group["weight_decay"] = decay
+        restore_checkpoint(ckpt, model, ema, optimizer, scaler, state)  # weight decay: this run's batch rule
         del ckpt
         # Resumed from an older checkpoint (epoch_N.pt): best.pt may hold a better, later AP; keep it.
         logged = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "val" and r.get("AP") is not None]
