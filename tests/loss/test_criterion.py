@@ -6,7 +6,7 @@ import torch
 from worldtune.loss.assigner import pad_targets
 from worldtune.loss.criterion import YOLOWorldCriterion, distribution_focal_loss
 from worldtune.model.postprocess import flatten_levels, make_priors
-from worldtune.ops.boxes import bbox_to_distance
+from worldtune.ops.boxes import bbox_to_distance, box_ciou, distance_to_bbox
 
 STRIDES = (8, 16, 32)
 SIZES = [(8, 8), (4, 4), (2, 2)]  # 64-px input
@@ -94,6 +94,28 @@ def test_no_positives_gives_zero_box_losses_with_gradient():
         assert all(r.grad is not None for r in reg)
         # Every logit is a negative: the cls gradient is 0.5 * sigmoid(x) * scale / max(S, 1) with S = 0.
         torch.testing.assert_close(cls[0].grad, 0.5 * cls[0].detach().sigmoid())
+
+
+def test_box_loss_uses_the_official_iou_loss_eps():
+    """mmyolo 0.6.0's IoULoss has eps 1e-7 and no config sets another (REFERENCE.md section 4).
+
+    The eps sits in the union, so only boxes of a few hundredths of a grid cell show it: here a
+    0.2-px gt and predictions of +-0.02 stride around each prior (float64, so 1e-6 vs 1e-7 shows).
+    """
+    priors, strides = make_priors(SIZES, STRIDES, dtype=torch.float64)
+    distances = torch.full((1, len(priors), 4), 0.02, dtype=torch.float64)
+    cls = torch.full((1, len(priors), 2), -4.0, dtype=torch.float64)
+    cls[0, :, 1] = 2.0
+    bboxes_labels = torch.tensor([[0, 1, 3.9, 3.9, 4.1, 4.1]], dtype=torch.float64)
+    losses, assign = YOLOWorldCriterion().compute(cls, distances, None, priors, strides, bboxes_labels)
+    fg = assign.fg_mask[0]
+    assert int(fg.sum()) == 1  # only the prior at (4, 4) has its centre inside the gt
+    stride = strides[fg].unsqueeze(-1)
+    pred = distance_to_bbox(priors[fg], distances[0, fg] * stride) / stride
+    target = assign.bboxes_xyxy[0, fg] / stride
+    weight = assign.scores[0, fg].sum(-1)
+    expected = 7.5 * ((1 - box_ciou(pred, target, eps=1e-7)) * weight).sum() / assign.scores.sum().clamp(min=1)
+    torch.testing.assert_close(losses["loss_bbox"], expected, rtol=1e-9, atol=0)
 
 
 def test_dfl_known_values():

@@ -51,7 +51,7 @@ def box_ciou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor, eps: float = 1e-7) -> Ten
 
     Args:
         boxes1_xyxy, boxes2_xyxy: Tensor[..., 4], broadcastable against each other.
-        eps: numerical guard (official: 1e-7 in the assigner, 1e-6 in the box loss).
+        eps: numerical guard (official: 1e-7, in the assigner and in the box loss).
     Returns:
         Tensor[...] CIoU values in [-1, 1].
     """
