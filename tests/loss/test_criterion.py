@@ -118,6 +118,26 @@ def test_box_loss_uses_the_official_iou_loss_eps():
     torch.testing.assert_close(losses["loss_bbox"], expected, rtol=1e-9, atol=0)
 
 
+def test_dfl_is_averaged_like_mmdet_avg_factor():
+    """mmdet's weight_reduce_loss divides by (avg_factor + float32 eps), the box loss and the cls loss by
+    the clamped sum alone; float64 shows the eps when the clamped target-score sum is exactly 1."""
+    torch.manual_seed(0)
+    priors, strides = make_priors(SIZES, STRIDES, dtype=torch.float64)
+    dist_logits = torch.randn(1, len(priors), 4, 16, dtype=torch.float64)
+    distances = dist_logits.softmax(-1) @ torch.arange(16, dtype=torch.float64)
+    cls = torch.full((1, len(priors), 2), -4.0, dtype=torch.float64)  # low scores: target sum < 1
+    bboxes_labels = torch.tensor([[0, 1, 6.0, 6.0, 40.0, 30.0]], dtype=torch.float64)
+    losses, assign = YOLOWorldCriterion().compute(cls, distances, dist_logits, priors, strides, bboxes_labels)
+    fg = assign.fg_mask[0]
+    assert 0 < assign.scores.sum() < 1 and int(fg.sum()) > 0
+    stride = strides[fg].unsqueeze(-1)
+    target = bbox_to_distance(priors[fg] / stride, assign.bboxes_xyxy[0, fg] / stride, max_distance=16 - 1 - 0.01)
+    dfl = distribution_focal_loss(dist_logits[0, fg].reshape(-1, 16), target.reshape(-1)).reshape(-1, 4)
+    weighted = (dfl * assign.scores[0, fg].sum(-1, keepdim=True)).sum()
+    torch.testing.assert_close(losses["loss_dfl"], 0.375 * weighted / (1 + torch.finfo(torch.float32).eps),
+                               rtol=1e-12, atol=0)
+
+
 def test_dfl_known_values():
     logits = torch.full((3, 16), -1e4)
     logits[0, 4] = 0.0

@@ -46,7 +46,8 @@ def official_loss_scale(batch_size: int, world_size: int) -> int:
 
 
 class YOLOWorldCriterion:
-    """Official YOLO-World-v2 loss: 0.5 * BCE + 7.5 * CIoU + 0.375 * DFL, each / max(sum targets, 1).
+    """Official YOLO-World-v2 loss: 0.5 * BCE + 7.5 * CIoU + 0.375 * DFL, each / max(sum targets, 1)
+    (DFL's divisor also + float32 eps, as mmdet's avg_factor).
 
     Args:
         world_size: number of training processes; with the batch size read from the inputs it
@@ -169,7 +170,9 @@ class YOLOWorldCriterion:
             target_ltrb = bbox_to_distance((priors / stride_col).unsqueeze(0), target_grid,
                                            max_distance=self.reg_max - 1 - 0.01)  # [B, A, 4]
             dfl = distribution_focal_loss(dist_logits.reshape(-1, self.reg_max), target_ltrb.reshape(-1))
-            loss_dfl = self.dfl_weight * (dfl.reshape(batch, -1, 4) * weight.unsqueeze(-1)).sum() / scores_sum
+            # mmdet's avg_factor division adds float32's eps (whatever the dtype); cls and box do not.
+            dfl_norm = scores_sum + torch.finfo(torch.float32).eps
+            loss_dfl = self.dfl_weight * (dfl.reshape(batch, -1, 4) * weight.unsqueeze(-1)).sum() / dfl_norm
 
         scale = official_loss_scale(batch, self.world_size)
         losses = {"loss_cls": loss_cls * scale, "loss_bbox": loss_bbox * scale}
