@@ -8,7 +8,7 @@ import torch
 from tests.helpers.tiny_run import tiny_config
 from worldtune.engine import train as T
 from worldtune.engine.checkpoint import CheckpointMismatchError
-from worldtune.engine.schedule import short_run_notes
+from worldtune.engine.schedule import short_run_notes, vocabulary_note
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,6 +123,13 @@ def test_short_runs_are_told_what_the_recipe_schedule_does():
     assert "close_mosaic_epochs=10 covers all 5 epochs" in mosaic
     long_run = SimpleNamespace(**{**vars(recipe_like), "epochs": 80})
     assert short_run_notes(long_run, iters_per_epoch=20, warmup=1000) == []
+
+
+def test_a_dataset_with_fewer_classes_than_texts_per_image_is_told_the_padding():
+    note = vocabulary_note(num_classes=5, num_texts=80)
+    assert "padded with 75 empty ones" in note and note.endswith("--set data.num_texts=5")
+    assert vocabulary_note(num_classes=80, num_texts=80) == ""  # COCO with its recipe: nothing to say
+    assert vocabulary_note(num_classes=1203, num_texts=80) == ""  # a large vocabulary is subsampled, not padded
 
 
 def test_the_efficient_neck_recipe_may_start_from_plain_l_weights(tmp_path):

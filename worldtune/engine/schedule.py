@@ -148,3 +148,14 @@ def short_run_notes(t, iters_per_epoch: int, warmup: int) -> list[str]:
         notes.append(f"train.close_mosaic_epochs={t.close_mosaic_epochs} covers all {t.epochs} epochs: every epoch "
                      f"is the last stage, without mosaic, MixUp or copy-paste. Lower it for a short run")
     return notes
+
+
+def vocabulary_note(num_classes: int, num_texts: int) -> str:
+    """Said at the start of a run whose dataset has fewer classes than `data.num_texts` (the COCO
+    recipes' 80): every image's text list is then padded with '' up to that count, as an unchanged
+    official config does, while the official guide for custom datasets sets the count to the classes."""
+    if num_classes >= num_texts:
+        return ""
+    return (f"data.num_texts={num_texts} but the dataset has {num_classes} classes: each image's "
+            f"texts are padded with {num_texts - num_classes} empty ones, as the COCO recipe does; "
+            f"for a custom dataset the official guide uses the class count: --set data.num_texts={num_classes}")

@@ -205,7 +205,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     from worldtune.engine.ema import ExpMomentumEMA
     from worldtune.engine.logger import plot_curves, summary_table
     from worldtune.engine.optim import OptimConfig, build_optimizer
-    from worldtune.engine.schedule import ScheduleConfig, apply_schedule, short_run_notes, warmup_iters
+    from worldtune.engine.schedule import ScheduleConfig, apply_schedule, short_run_notes, vocabulary_note, warmup_iters
     from worldtune.loss.criterion import YOLOWorldCriterion
     from worldtune.model import build_model
 
@@ -319,8 +319,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     say(f"training {cfg.model.variant} for {t.epochs} epochs x {iters} iterations "
         f"({len(train_set)} images, batch {t.batch_size} x {info.world_size} process(es)) on {info.device}; "
         f"run folder {out}")
-    for line in short_run_notes(t, iters, warmup_iters(iters, sched)):
-        say(f"note: {line}")
+    for line in short_run_notes(t, iters, warmup_iters(iters, sched)) + \
+            [vocabulary_note(train_set.dataset.num_classes, cfg.data.num_texts)]:
+        if line:
+            say(f"note: {line}")
 
     stop = StopFlag(announce=info.is_main)
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))  # processes on this machine
