@@ -277,8 +277,12 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     text_model = model.text_model
     train_model = model
     if info.distributed:
+        # On GPUs SyncBatchNorm keeps the running statistics equal on every rank, so DDP need not
+        # broadcast rank 0's buffers before each forward (mmengine turns it off too). CPU processes
+        # keep per-process BatchNorm: there the broadcast keeps them close.
+        on_gpu = info.device.type == "cuda"
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            model, device_ids=[info.device.index] if on_gpu else None, broadcast_buffers=not on_gpu)
     optimizer = build_optimizer(model, OptimConfig(
         name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
         batch_size_per_gpu=t.batch_size, clip_grad_max_norm=t.grad_clip), info.world_size,
