@@ -2,7 +2,8 @@
 
 The OpenAI CLIP BPE vocabulary ships inside ``open_clip_torch`` as ``bpe_simple_vocab_16e6.txt.gz``.
 We turn it into the Hugging Face ``vocab.json`` / ``merges.txt`` pair so that tests can build a real
-``CLIPTokenizer`` without network access. The token ids are those of OpenAI CLIP: 49406 is
+``CLIPTokenizer`` without network access (where open_clip is missing, as on the lent GPU machine,
+worldtune's bundled copy of the same two files is used). The token ids are those of OpenAI CLIP: 49406 is
 ``<|startoftext|>``, 49407 is ``<|endoftext|>`` (also the pad token), vocabulary size 49408.
 """
 from __future__ import annotations
@@ -51,8 +52,23 @@ def byte_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(byte_values, code_points)}
 
 
+def bundled_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """The vocabulary and merges of worldtune's own tokenizer copy (`BUNDLED_TOKENIZER_DIR`)."""
+    from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR
+
+    vocab = json.loads((BUNDLED_TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8"))
+    lines = (BUNDLED_TOKENIZER_DIR / "merges.txt").read_text(encoding="utf-8").split("\n")
+    return vocab, [line for line in lines[1:] if line]  # the first line is the "#version" header
+
+
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """Return the OpenAI CLIP vocabulary (token -> id, 49408 entries) and its BPE merges ("a b" strings)."""
+    """Return the OpenAI CLIP vocabulary (token -> id, 49408 entries) and its BPE merges ("a b" strings).
+
+    Built from open_clip's BPE file when it is installed (a source independent of worldtune's copy);
+    without it (the lent GPU machine has no open_clip) from worldtune's bundled copy, the same files.
+    """
+    if importlib.util.find_spec("open_clip") is None:
+        return bundled_vocab_and_merges()
     lines = gzip.open(_bpe_vocab_file(), "rt", encoding="utf-8").read().split("\n")
     merges = lines[1 : _NUM_MERGES + 1]
     alphabet = list(byte_to_unicode().values())

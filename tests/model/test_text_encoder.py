@@ -314,3 +314,22 @@ def test_per_string_encoding_is_independent_of_batch_mates(tiny):
     assert torch.equal(together, alone)  # bit for bit, whatever the padding of a batched call
     tiny.encode(vocab + ["cat"], per_string=True)
     assert len(calls) == 7  # only "cat" was new
+
+
+def test_tiny_tower_folders_build_without_open_clip(tmp_path, monkeypatch):
+    """The test towers (CUDA tests included) must build on the lent GPU machine, which has no
+    open_clip: the helper then takes worldtune's bundled vocabulary, the same as open_clip's."""
+    import importlib.util
+
+    from transformers import CLIPTokenizer
+
+    from tests.helpers import clip_factory
+
+    if importlib.util.find_spec("open_clip") is not None:
+        assert clip_factory.bundled_vocab_and_merges() == clip_factory.clip_vocab_and_merges()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "open_clip" else real_find_spec(name, *a))
+    folder = clip_factory.write_clip_tokenizer(tmp_path)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    assert tokenizer(["person", "a dog"])["input_ids"] == [[49406, 2533, 49407], [49406, 320, 1929, 49407]]
