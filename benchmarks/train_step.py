@@ -153,11 +153,13 @@ def worldtune_step(variant: str, data: dict, device, amp: str, tower, official_g
         scaler.scale(losses["loss"]).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 10.0)
-        torch.stack(list(losses.values())).tolist()  # the loop's one host sync per step (logging, NaN check)
+        logged = torch.stack(list(losses.values())).tolist()  # the loop's one host sync (logging, NaN check)
         scaler.step(optimizer)
         scaler.update()
         ema.update(model)
         counter[0] += 1
+        return logged
+    step.model, step.ema = model, ema  # for the tests that compare it with the graphed step
     return step
 
 
@@ -180,7 +182,6 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, tower, sl
         group["capturable"] = device.type == "cuda"
     shadow = SimpleNamespace(param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
     ema = ExpMomentumEMA(model)
-    ema.update(model)  # step 0 is a plain copy; the graph does the averaging steps
     ema_avgs, ema_news = ema.lerp_tensors(model)
     ema_weight = torch.zeros((), device=device)
     criterion = YOLOWorldCriterion()
@@ -211,7 +212,9 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, tower, sl
         apply_schedule(shadow, 0, counter[0], 1000, ScheduleConfig())
         for group, values in zip(optimizer.param_groups, shadow.param_groups):
             group["lr"].fill_(values["lr"])
-        ema_weight.fill_(ema_momentum(ema.steps, ema.momentum, ema.gamma))
+        # the loop's first EMA update is a plain copy: a lerp with weight 1 (floating tensors; the
+        # integer BatchNorm counters, which evaluation does not read, stay as they were)
+        ema_weight.fill_(1.0 if ema.steps == 0 else ema_momentum(ema.steps, ema.momentum, ema.gamma))
         ema.steps += 1
         counter[0] += 1
 
@@ -219,7 +222,8 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, tower, sl
         def eager_step():
             set_step_scalars()
             optimizer.zero_grad(set_to_none=True)
-            body().tolist()
+            return body().tolist()
+        eager_step.model, eager_step.ema = model, ema
         return eager_step
 
     side = torch.cuda.Stream()
@@ -238,7 +242,8 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, tower, sl
     def graphed_step():
         set_step_scalars()
         graph.replay()
-        static_losses.tolist()  # the loop's one host sync (logging, NaN check)
+        return static_losses.tolist()  # the loop's one host sync (logging, NaN check)
+    graphed_step.model, graphed_step.ema = model, ema
     return graphed_step
 
 

@@ -56,3 +56,25 @@ def test_steps_past_the_budget_are_skipped_and_say_so(tmp_path):
     assert not any("train_step.py" in c for c in calls)
     assert "budget is spent" in (out / "train_step_bf16.txt").read_text()
     assert "no .whl/ carried" in (out / "setup.txt").read_text()
+
+
+def test_graphed_step_body_takes_the_loop_step(one_thread):
+    """The body of the CUDA-graph experiment (run eagerly on CPU) must be the training step it is timed
+    against: the same losses step after step, the same weights and EMA after them (its targets are
+    padded to fixed slots, its lr and EMA weight are tensors written before each step)."""
+    import torch
+
+    from benchmarks import train_step as B
+
+    device = torch.device("cpu")
+    data, tower = B.make_batch(2, 64, num_texts=6, objects=3), B.FixedEmbeddings(device)
+    torch.manual_seed(0)
+    loop = B.worldtune_step("n", data, device, "none", tower)
+    torch.manual_seed(0)
+    graphed = B.graphed_worldtune_step("n", data, device, "none", tower, slots=8)
+    for _ in range(2):
+        torch.testing.assert_close(torch.tensor(graphed()), torch.tensor(loop()), rtol=1e-5, atol=1e-5)
+    for ours, ref in ((graphed.model, loop.model), (graphed.ema.module, loop.ema.module)):
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+            if a.is_floating_point():  # (the EMA's BatchNorm counters are not averaged, nor read)
+                assert (a - b).abs().max() < 1e-5, name  # the warm-up-bias group moves ~0.1 per step

@@ -55,3 +55,28 @@ def test_model_outputs_on_gpu_match_cpu():
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     for a, b in zip(cpu.cls_logits + cpu.box_dist_logits, gpu.cls_logits + gpu.box_dist_logits):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_graph_step_replays_the_loop_step():
+    """The captured whole-step graph (benchmarks/train_step.py --cuda-graph) must do the step it is
+    timed against: its replays give the losses of the eager loop step, step after step (the first
+    replay follows 3 real warm-up steps, so the eager step takes 3 first), and move the weights."""
+    from benchmarks import train_step as B
+
+    device = torch.device("cuda")
+    data, tower = B.make_batch(2, 128, num_texts=6, objects=3), B.FixedEmbeddings(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        loop = B.worldtune_step("n", data, device, "none", tower)
+        torch.manual_seed(0)
+        graphed = B.graphed_worldtune_step("n", data, device, "none", tower, slots=8)
+        for _ in range(3):
+            loop()
+        before = [p.detach().clone() for p in graphed.model.parameters()]
+        for _ in range(3):
+            torch.testing.assert_close(torch.tensor(graphed()), torch.tensor(loop()), rtol=1e-3, atol=1e-3)
+        assert any(not torch.equal(a, p) for a, p in zip(before, graphed.model.parameters()))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
