@@ -42,7 +42,9 @@ def set_rng_states(states: dict) -> None:
     name, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # One state per GPU the saving process saw: a run saved on 8 GPUs and resumed where fewer are
+        # visible would index a generator that does not exist (an error at CUDA's lazy init).
+        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
 
 
 def text_tower_info(model) -> dict:
