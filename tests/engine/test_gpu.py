@@ -80,3 +80,25 @@ def test_cuda_graph_step_replays_the_loop_step():
         assert any(not torch.equal(a, p) for a, p in zip(before, graphed.model.parameters()))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def test_a_training_step_waits_for_the_gpu_once():
+    """The loop's step (as benchmarks/train_step.py times it) syncs with the host once, for the logged
+    losses: any other blocking copy or check stalls the launch-bound GPU step."""
+    import warnings
+
+    from benchmarks import train_step as B
+
+    device = torch.device("cuda")
+    data, tower = B.make_batch(2, 128, num_texts=6, objects=3), B.FixedEmbeddings(device)
+    step = B.worldtune_step("n", data, device, "bf16", tower)
+    step(), step()  # text cache, optimizer state, cuDNN autotuning
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchronizing" in str(w.message)]
+    assert len(syncs) == 1, syncs

@@ -20,5 +20,8 @@ def batch_text_feats(text_model: nn.Module, texts: list[list[str]], device: torc
     else:
         feats = torch.cat([text_model([[t]])[0] for t in vocab])
     position = {t: i for i, t in enumerate(vocab)}
-    index = torch.tensor([[position[t] for t in image_texts] for image_texts in texts], device=feats.device)
-    return feats[index].to(device)
+    # Built on the host and sent without waiting: `torch.tensor(..., device=cuda)` is a blocking copy,
+    # which makes the CPU wait for the previous step's optimizer and EMA kernels before it can queue
+    # this step's forward (a second host sync per step besides the logging one).
+    index = torch.tensor([[position[t] for t in image_texts] for image_texts in texts])
+    return feats[index.to(feats.device, non_blocking=True)].to(device)
