@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything worth measuring or checking on a lent GPU, in one run that fits a short device budget
-# (at most GPU_CHECKS_BUDGET seconds of commands, 560 by default, plus the machine start). Results
+# (at most GPU_CHECKS_BUDGET seconds of commands, 540 (9 minutes) by default, plus the machine start). Results
 # go to $OUT (or ./gpu_checks_out), one file per step, written as the step runs: a run cut short
 # still brings back what was done.
 #
@@ -15,7 +15,7 @@
 # under its own time limit, so one hang costs only its share.
 set -u
 OUT=${OUT:-gpu_checks_out}
-BUDGET=${GPU_CHECKS_BUDGET:-560}
+BUDGET=${GPU_CHECKS_BUDGET:-540}
 mkdir -p "$OUT"
 SETUP=$OUT/setup.txt
 : > "$SETUP"

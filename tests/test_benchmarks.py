@@ -18,7 +18,7 @@ exit 0
 """
 
 
-def run_checks(tmp_path, wheels, budget=560):
+def run_checks(tmp_path, wheels, budget=540):
     bin_dir, out = tmp_path / "bin", tmp_path / "out"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(FAKE_PYTHON)
