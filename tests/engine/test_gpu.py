@@ -1,4 +1,5 @@
-"""Checks that need a CUDA device: AMP training, resume, and GPU-vs-CPU model numbers.
+"""Checks that need a CUDA device: AMP training, resume, GPU-vs-CPU model numbers, the captured
+CUDA-graph step against the loop's step, and the one host sync per training step.
 
 They skip on machines without one (CI and the development VM). `benchmarks/gpu_checks.sh` runs
 them on a lent GPU together with the GPU benchmarks.
