@@ -400,3 +400,59 @@ def test_mosaic_closes_for_the_last_close_mosaic_epochs(tmp_path):
         train_set.set_epoch(epoch)
         stages.append(train_set.stage)
     assert stages == [1, 1, 1, 2, 2]
+
+
+class FixedTexts:
+    """A frozen text tower stand-in: one fixed embedding per name."""
+
+    def __init__(self, table: dict):
+        self.table = table
+
+    def encode(self, texts: list, per_string: bool = False) -> torch.Tensor:
+        return torch.stack([self.table[t] for t in texts])
+
+
+def test_fp16_amp_step_with_an_overflow_is_skipped_by_the_scaler_not_stopped(monkeypatch, one_thread):
+    """The CUDA fp16 path of the loop, run on CPU (CPU autocast, a CPU GradScaler): a step whose scaled
+    gradients overflow is skipped by the scaler (weights kept, scale halved) instead of stopping the
+    run as non-finite; the next step trains. On a GPU the first fp16 steps often overflow this way."""
+    from worldtune.config import Config
+    from worldtune.engine.ema import ExpMomentumEMA
+    from worldtune.engine.logger import RunLogger
+    from worldtune.engine.optim import OptimConfig, build_optimizer
+    from worldtune.loss.criterion import YOLOWorldCriterion
+    from worldtune.model import build_model
+    from worldtune.engine.schedule import apply_schedule
+
+    monkeypatch.setattr(T, "amp_settings", lambda amp, device: (True, torch.float16))
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=4)
+    names = ["red", "green", "blue", "black"]
+    text_model = FixedTexts({n: torch.nn.functional.normalize(torch.randn(512), dim=0) for n in names})
+    batch = {"images": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8), "texts": [names, names[::-1]],
+             "bboxes_labels": torch.tensor([[0, 1, 8, 8, 40, 40], [1, 3, 20, 10, 60, 50]], dtype=torch.float32)}
+    optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=2))
+    ema, scaler = ExpMomentumEMA(model), torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    real_unscale, calls = scaler.unscale_, [0]
+
+    def overflow_on_first_step(opt):
+        calls[0] += 1
+        if calls[0] == 1:  # as an fp16 backward that overflowed
+            next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("inf"))
+        real_unscale(opt)
+
+    monkeypatch.setattr(scaler, "unscale_", overflow_on_first_step)
+    weights = [p.detach().clone() for p in model.parameters()]
+    cfg = Config()
+    cfg.train.amp, cfg.train.log_interval = "fp16", 1
+    state = {"step_in_epoch": 0, "global_step": 0, "iters_per_epoch": 2}
+    schedule = lambda opt, epoch, step: apply_schedule(opt, epoch, step, 2)  # noqa: E731
+    T.train_one_epoch(model, text_model, YOLOWorldCriterion(), [batch], optimizer, ema, scaler,
+                      0, state, cfg, device, schedule, RunLogger(None))
+    assert state["global_step"] == 1 and scaler.get_scale() == 2.0 ** 7
+    assert all(torch.equal(a, p) for a, p in zip(weights, model.parameters()))
+    T.train_one_epoch(model, text_model, YOLOWorldCriterion(), [batch], optimizer, ema, scaler,
+                      0, state, cfg, device, schedule, RunLogger(None))
+    assert state["global_step"] == 2 and scaler.get_scale() == 2.0 ** 7
+    assert not all(torch.equal(a, p) for a, p in zip(weights, model.parameters()))
