@@ -49,6 +49,16 @@ def test_amp_is_gpu_only():
         T.amp_settings("fp8", torch.device("cpu"))
 
 
+def test_bf16_falls_back_to_fp16_where_the_gpu_only_emulates_it(monkeypatch):
+    """torch.cuda.is_bf16_supported() is true on a T4 or V100 (emulated bf16); those get fp16 + scaler."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    for capability, dtype in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert T.amp_settings("bf16", torch.device("cuda:0")) == (True, dtype)
+        assert T.amp_settings("fp16", torch.device("cuda:0")) == (True, torch.float16)
+
+
 def test_training_raises_ap_above_the_untrained_model(tmp_path, capsys):
     """Overfit the 6 generated images (train = val) with the official loop for 90 steps: AP rises.
 

@@ -46,7 +46,10 @@ def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | No
         raise ValueError(f"train.amp must be bf16, fp16 or none, got {amp!r}")
     if device.type != "cuda" or amp == "none":
         return False, None
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+    # Native bf16 from Ampere (compute capability 8) on. `torch.cuda.is_bf16_supported()` is also true
+    # on a T4 or V100, where bf16 is only emulated (slow, or no cuDNN kernel): fp16 + GradScaler there.
+    native_bf16 = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+    if amp == "bf16" and not native_bf16:
         return True, torch.float16
     return True, torch.bfloat16 if amp == "bf16" else torch.float16
 
