@@ -93,7 +93,8 @@ def test_a_training_step_waits_for_the_gpu_once():
     device = torch.device("cuda")
     data, tower = B.make_batch(2, 128, num_texts=6, objects=3), B.FixedEmbeddings(device)
     step = B.worldtune_step("n", data, device, "bf16", tower)
-    step(), step()  # text cache, optimizer state, cuDNN autotuning
+    for _ in range(2):  # text cache, optimizer state, cuDNN autotuning
+        step()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
