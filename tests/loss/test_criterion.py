@@ -244,3 +244,20 @@ def test_non_finite_predictions_give_a_non_finite_loss_not_an_error(bad):
     reg = [torch.full_like(r, bad) for r in reg]
     losses = YOLOWorldCriterion()(cls, reg, bboxes_labels)
     assert not math.isfinite(losses["loss"].item())
+
+
+def test_forward_loss_and_backward_create_no_tensor_on_the_default_device(one_thread):
+    """On a GPU a tensor made without device= (torch.zeros, arange, tensor...) lands on the CPU and
+    fails against the CUDA ones. Here such tensors land on 'meta' and fail against the CPU ones: the
+    same mistake, found without a GPU. The targets stay on the host, as the loop hands them over."""
+    from worldtune.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=3).train()
+    images, texts = torch.rand(2, 3, 64, 64), torch.nn.functional.normalize(torch.randn(2, 3, 512), dim=-1)
+    targets = torch.tensor([[0, 1, 8.0, 8, 40, 40], [1, 2, 20, 10, 60, 50]])
+    with torch.device("meta"):
+        out = model(images, texts)
+        losses = YOLOWorldCriterion()(list(out.cls_logits), list(out.box_dist_logits), targets)
+        losses["loss"].backward()
+    assert losses["loss"].device.type == "cpu" and torch.isfinite(losses["loss"])

@@ -32,3 +32,28 @@ def test_nms_pre_keeps_the_highest_scoring_candidates():
     det = detect_one_image(boxes, torch.tensor([[0.9], [0.1], [0.8]]), PostprocessConfig(nms_pre=2))
     torch.testing.assert_close(det["scores"], torch.tensor([0.9, 0.8]))
     torch.testing.assert_close(det["boxes_xyxy"], boxes[[0, 2]])
+
+
+def test_prediction_creates_no_tensor_on_the_default_device(monkeypatch):
+    """As the criterion's test: a tensor made without device= would be on the CPU next to CUDA ones on a
+    GPU; here it lands on 'meta' next to CPU ones and fails the same way (decoding, box mapping)."""
+    import torchvision
+
+    from worldtune.model import build_model
+    from worldtune.model.predict import predict_batch
+
+    real_nms = torchvision.ops.batched_nms
+
+    def nms_as_on_a_gpu(*args):  # torchvision's own host scalar, which it moves to the boxes' device
+        with torch.device("cpu"):
+            return real_nms(*args)
+
+    monkeypatch.setattr(torchvision.ops, "batched_nms", nms_as_on_a_gpu)
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2).eval()
+    model.set_vocabulary(["cat", "dog"], torch.nn.functional.normalize(torch.randn(2, 512), dim=-1))
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.device("meta"):
+        dets = predict_batch(model, images, [(0.5, 0.5)], [(0, 0, 0, 0)], [(128, 128)],
+                             PostprocessConfig(score_thr=0.0))
+    assert len(dets[0]["scores"]) > 0 and dets[0]["boxes_xyxy"].device.type == "cpu"
