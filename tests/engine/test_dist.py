@@ -51,6 +51,19 @@ def _torchrun_train(cfg, cwd: Path, *sets: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def test_one_process_on_cuda_n_makes_that_gpu_current(monkeypatch):
+    """`--device cuda:1` without torchrun: GPU 1 becomes the current device, so the loader's pin-memory
+    thread (which pins for the current device) does not open a context on GPU 0."""
+    chosen = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert dist.init_distributed("cuda:1").device == torch.device("cuda:1")
+    assert chosen == [torch.device("cuda:1")]
+    dist.init_distributed("cpu")
+    assert len(chosen) == 1
+
+
 def test_torchrun_two_processes_gloo(tmp_path):
     # 6 images, 2 ranks x batch 2 -> 2 iterations per rank (the sampler pads 6 -> 6 = 2 x 3 samples).
     cfg = tiny_config(tmp_path, epochs=1, batch_size=2)

@@ -52,9 +52,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        # Also for one process on cuda:N: the loader's pin-memory thread and anything else that uses
+        # "the current GPU" would otherwise open a context (hundreds of MB) on GPU 0.
+        torch.cuda.set_device(dev)
     if world_size > 1 and not torch_dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
         # 30 minutes (NCCL's default is 10): the other ranks wait at a barrier while rank 0 alone
         # scores a validation, which on full COCO with precise BN and a busy CPU can take a while.
         torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://",
