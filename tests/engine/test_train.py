@@ -466,3 +466,44 @@ def test_fp16_amp_step_with_an_overflow_is_skipped_by_the_scaler_not_stopped(mon
                       0, state, cfg, device, schedule, RunLogger(None))
     assert state["global_step"] == 2 and scaler.get_scale() == 2.0 ** 7
     assert not all(torch.equal(a, p) for a, p in zip(weights, model.parameters()))
+
+
+def test_under_torchrun_a_stop_on_any_rank_travels_with_the_logged_losses(monkeypatch, one_thread):
+    """Ctrl-C under torchrun: every rank must stop after the same step. The requests are averaged in
+    the step's one loss reduction (a separate all-reduce would be a second host sync per step). Here
+    as rank 0 of 2, the reduction stubbed: the other rank asks to stop during step 2, this one never."""
+    from worldtune.config import Config
+    from worldtune.engine.ema import ExpMomentumEMA
+    from worldtune.engine.logger import RunLogger
+    from worldtune.engine.optim import OptimConfig, build_optimizer
+    from worldtune.engine.schedule import apply_schedule
+    from worldtune.loss.criterion import YOLOWorldCriterion
+    from worldtune.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2)
+    names = ["red", "green"]
+    text_model = FixedTexts({n: torch.nn.functional.normalize(torch.randn(512), dim=0) for n in names})
+    batch = {"images": torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), "texts": [names],
+             "bboxes_labels": torch.tensor([[0, 1, 8, 8, 40, 40]], dtype=torch.float32)}
+    reductions = []
+
+    def reduce_as_rank0_of_2(values, average=True):
+        reductions.append(sorted(values))
+        other_rank_stops = 1.0 if len(reductions) == 2 else 0.0
+        return {k: (v + (other_rank_stops if k == "stop_requests" else v)) / 2 for k, v in values.items()}
+
+    monkeypatch.setattr(dist, "is_dist", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "reduce_dict", reduce_as_rank0_of_2)
+    monkeypatch.setattr(dist, "all_true", lambda *a: pytest.fail("a second reduction in the step"))
+    cfg = Config()
+    cfg.train.log_interval = 1
+    state = {"step_in_epoch": 0, "global_step": 0, "iters_per_epoch": 4}
+    optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=1))
+    result = T.train_one_epoch(model, text_model, YOLOWorldCriterion(), [batch] * 4, optimizer, ExpMomentumEMA(model),
+                               torch.amp.GradScaler("cpu", enabled=False), 0, state, cfg, torch.device("cpu"),
+                               lambda opt, epoch, step: apply_schedule(opt, epoch, step, 4), RunLogger(None),
+                               stop=stopping.StopFlag(announce=False))
+    assert result["interrupted"] and state["global_step"] == 2 and len(reductions) == 2
+    assert "stop_requests" in reductions[0] and "stop_requests" not in result  # voted, not logged as a loss

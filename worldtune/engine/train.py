@@ -105,10 +105,15 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
         # the NaN checks. It comes after backward, so the GPU has the whole backward queued, and
         # before the optimizer step, so a non-finite loss or gradient never reaches the weights. A NaN
         # on any rank survives the cross-rank mean (and gradients are already averaged), so every rank
-        # stops together.
-        reduced = dist.reduce_dict({k: v.detach() for k, v in losses.items()})
+        # stops together. Under torchrun a Ctrl-C travels in the same reduction (any rank's request
+        # stops all of them after this step): a separate all-reduce would cost a second sync per step.
+        to_reduce = {k: v.detach() for k, v in losses.items()}
+        if dist.is_dist() and stop is not None:
+            to_reduce["stop_requests"] = torch.full((), float(stop.requested), device=device)
+        reduced = dist.reduce_dict(to_reduce)
         *values, grad_norm = torch.stack([v.float() for v in reduced.values()] + [grad_norm.float()]).tolist()
         logged = dict(zip(reduced, values))
+        stop_voted = logged.pop("stop_requests", 0.0) > 0
         where = (f"at epoch {epoch + 1}, step {state['step_in_epoch'] + 1} (global step {state['global_step'] + 1}); "
                  f"{', '.join(f'{k}={v:.4g}' for k, v in logged.items())}")
         if not math.isfinite(logged["loss"]):
@@ -138,7 +143,7 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
                        lr=lr, grad_norm=grad_norm, images_per_s=rate)
         if on_step_end is not None:
             on_step_end(state)
-        if stop is not None and not dist.all_true(not stop.requested, device):
+        if stop is not None and (stop_voted if dist.is_dist() else stop.requested):
             return {**{k: v / max(state["loss_count"], 1) for k, v in sums.items()}, "interrupted": True}
     if hasattr(bar, "close"):
         bar.close()
