@@ -216,6 +216,25 @@ def test_a_set_without_trainable_instances_is_refused(tiny_coco, tmp_path):
         build_train_dataset(dataset, imgsz=64, num_texts=8)
 
 
+def test_annotations_flagged_ignore_are_not_trained_on(tiny_coco, tmp_path):
+    # mmdet's CocoDataset skips an annotation whose 'ignore' field is truthy (CrowdHuman-style
+    # conversions mark regions so), so it never reaches the training pipeline.
+    def edit(d):
+        d["annotations"][1]["ignore"] = 1
+        d["annotations"][2]["ignore"] = False
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    dataset = CocoDetection(ann, img)
+    plain = CocoDetection(tiny_coco["ann_file"], tiny_coco["image_dir"])
+    data = json.loads(Path(ann).read_text())
+    flagged, kept = data["annotations"][1]["id"], data["annotations"][2]["id"]
+    flags = {}
+    for i in range(len(dataset)):
+        record = dataset.get_record(i)
+        flags.update(zip(record["ann_ids"].tolist(), record["ignore"].tolist()))
+    assert flags[flagged] and not flags[kept]
+    assert dataset.num_trainable == plain.num_trainable - 1
+
+
 def test_boxes_outside_their_image_are_ignored_for_training_not_refused(tiny_coco, tmp_path):
     def move_out(d):  # the official loader skips a box whose overlap with its image has no area
         first = d["images"][0]

@@ -1,8 +1,8 @@
 """COCO instances JSON + image folder, validated eagerly, as plain per-image records.
 
 Category ids may be non-contiguous: they are sorted and mapped to labels 0..K-1
-(`cat_ids[label]` maps back). Crowd and degenerate (w<1, h<1 or area<=0)
-instances stay in the record with `ignore=True`: training drops them, evaluation
+(`cat_ids[label]` maps back). Crowd, `ignore`-flagged and degenerate (w<1, h<1 or
+area<=0) instances stay in the record with `ignore=True`: training drops them, evaluation
 reads the JSON itself. Every problem that can be found without decoding images is
 found at construction, with the file and annotation id in the message, so nothing
 fails later inside a DataLoader worker with a bare traceback.
@@ -179,13 +179,14 @@ def _rle_problem(rle: dict, img: dict) -> str:
 
 
 def _ignored(ann: dict, img: dict) -> bool:
-    """Crowd, degenerate (w or h < 1, area <= 0) or not overlapping its image: kept for evaluation,
-    not trained on (the official loader skips them)."""
+    """Crowd, flagged `ignore` (any true value), degenerate (w or h < 1, area <= 0) or not
+    overlapping its image: kept for evaluation, not trained on (the official loader skips them;
+    COCO scoring reads `iscrowd`, not `ignore`)."""
     x, y, w, h = ann["bbox"]
     overlap_w = min(x + w, img["width"]) - max(x, 0)
     overlap_h = min(y + h, img["height"]) - max(y, 0)
-    return bool(ann.get("iscrowd", 0)) or w < 1 or h < 1 or ann.get("area", w * h) <= 0 \
-        or overlap_w <= 0 or overlap_h <= 0
+    return bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", False)) or w < 1 or h < 1 \
+        or ann.get("area", w * h) <= 0 or overlap_w <= 0 or overlap_h <= 0
 
 
 def _warn_same_texts(ann_file: Path, class_names: list, cat_ids: list) -> None:
@@ -216,7 +217,8 @@ class CocoDetection:
     Attributes:
         num_classes, class_names (first synonyms), class_texts (synonym lists),
         cat_ids (label -> COCO category id), cat_id_to_label, image_ids (index -> image id),
-        skipped (dict reason -> count), num_trainable (instances neither crowd nor degenerate),
+        skipped (dict reason -> count), num_trainable (instances neither crowd, flagged `ignore`,
+        degenerate nor outside their image),
         num_without_polygons (trainable instances lacking a usable segmentation); under
         on_bad_data="skip", dropped_image_ids (images whose file is missing) and
         dropped_annotations (positions in the file's `annotations` list), which scoring leaves out
@@ -315,8 +317,8 @@ class CocoDetection:
                             f" in {self.image_dir}; skipped: {self.skipped})")
         self.num_trainable = sum(1 for img, anns in entries for a in anns if not _ignored(a, img))
         self.num_without_polygons = sum(
-            1 for _, anns in entries for a in anns
-            if not a.get("iscrowd", 0) and not self._has_segmentation(a))
+            1 for img, anns in entries for a in anns
+            if not _ignored(a, img) and not self._has_segmentation(a))
         # Keep each image's (image dict, annotations) pickled in one flat byte array: millions of
         # small Python objects would be copied page by page into every forked DataLoader worker
         # as their reference counts change (the "copy-on-read" growth), a byte array is not.

@@ -162,7 +162,7 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
         raise ValueError(f"mosaic_pool and cache_max_gb must be >= 0, got {mosaic_pool}, {cache_max_gb}")
     if dataset.num_trainable == 0:
         raise DataError(f"{dataset.ann_file}: no trainable instance: every annotation of the {len(dataset)} images "
-                        "is crowd, degenerate (w or h < 1, area <= 0) or outside its image, so training would "
+                        "is crowd, flagged 'ignore', degenerate (w or h < 1, area <= 0) or outside its image, so training would "
                         "learn nothing")
     if mask_refine and dataset.num_without_polygons:
         warnings.warn(f"{dataset.ann_file}: {dataset.num_without_polygons} instance(s) have no usable "
