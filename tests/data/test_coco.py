@@ -80,7 +80,8 @@ def test_boxes_under_one_pixel_wide_or_high_are_ignored(tiny_coco, tmp_path, sid
 
 
 def test_labels_follow_sorted_category_ids_whatever_the_listing_order(tiny_coco, tiny_dataset, tmp_path):
-    # The official loader numbers classes by sorted category id: listing the categories in reverse
+    # worldtune numbers classes by sorted category id (the official loader follows the file's listing
+    # order, the same for COCO; README "What differs"): listing the categories in reverse
     # (17, 9, 4, 3, 1) must give the same ids, names and labels as the sorted file.
     def edit(d):
         d["categories"].reverse()
