@@ -267,6 +267,21 @@ def test_stage2_resize_and_letterbox_moves_labels_as_upstream(h, w):
         np.testing.assert_allclose(mine[0], ref[0], rtol=0, atol=1e-9)
 
 
+def test_stage2_letterbox_pads_only_the_first_channel_as_upstream():
+    # Stage 2's LetterResize gets pad_val 114.0, a float: it is not spread over the channels (only an
+    # int is), and cv2.copyMakeBorder fills just channel 0 from a single number, so the bars are BGR
+    # (114, 0, 0). The test pipeline's pad_val 114 is an int: grey bars there.
+    from worldtune.data.transforms import letterbox_for_test, resize_and_letterbox
+
+    img = np.full((480, 640, 3), 200, np.uint8)
+    sample = {"img": img, "bboxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "polygons": None}
+    trained = resize_and_letterbox(sample, 320)["img"]  # 320 x 240 inside, 40-px bars top and bottom
+    bars = np.concatenate([trained[:40], trained[-40:]]).reshape(-1, 3)
+    assert (bars == (114, 0, 0)).all() and (trained[40:-40] == 200).all()
+    tested, _, pad = letterbox_for_test(img, 320)
+    assert pad == [40, 40, 0, 0] and (tested[:40] == 114).all() and (tested[-40:] == 114).all()
+
+
 def test_test_time_scale_factor_is_per_axis_from_the_resized_size():
     from worldtune.data.transforms import letterbox_for_test
 

@@ -3,7 +3,7 @@
 Training (REFERENCE §5.2/§5.3), for a 0-based `epoch`:
   stage 1 (epoch < close_mosaic_epoch): load -> Mosaic(4) -> [CopyPaste] -> RandomAffine
           (border -imgsz/2) -> [MixUp with an independently built second sample]
-  stage 2 (epoch >= close_mosaic_epoch): load -> KeepRatioResize -> LetterBox(114)
+  stage 2 (epoch >= close_mosaic_epoch): load -> KeepRatioResize -> LetterBox (bars BGR 114, 0, 0)
           -> RandomAffine (border 0)
   then both: Blur/MedianBlur/ToGray/CLAHE (p 0.01 each) -> HSV -> HorizontalFlip(0.5)
           -> RandomLoadText (shuffled vocabulary of `num_texts`, padded with '').

@@ -11,6 +11,10 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114
+# Stage 2's letterbox bars, BGR. The official stage-2 LetterResize is given pad_val 114.0, a float,
+# which it does not spread over the channels (only an int is); cv2.copyMakeBorder then fills channel 0
+# alone from the single number. Kept, so that stage-2 images match the official ones.
+STAGE2_PAD_BGR = (PAD_VALUE, 0, 0)
 
 
 def resample_parts(parts: list, num_points: int = 1000) -> np.ndarray:
@@ -185,8 +189,8 @@ def keep_ratio_resize(img: np.ndarray, size: int = 640):
     return img, r
 
 
-def letterbox(img: np.ndarray, size: int = 640, allow_scale_up: bool = True):
-    """Fit into size x size keeping the ratio, pad centred with 114 (odd pixel bottom/right).
+def letterbox(img: np.ndarray, size: int = 640, allow_scale_up: bool = True, pad_bgr: tuple = (PAD_VALUE,) * 3):
+    """Fit into size x size keeping the ratio, pad centred with `pad_bgr` (odd pixel bottom/right).
 
     Returns:
         (uint8 [size, size, 3], (scale_x, scale_y), pad [top, bottom, left, right]).
@@ -201,7 +205,7 @@ def letterbox(img: np.ndarray, size: int = 640, allow_scale_up: bool = True):
     pad_h, pad_w = size - new_h, size - new_w
     top, left = pad_h // 2, pad_w // 2
     pad = [top, pad_h - top, left, pad_w - left]
-    img = cv2.copyMakeBorder(img, pad[0], pad[1], pad[2], pad[3], cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    img = cv2.copyMakeBorder(img, pad[0], pad[1], pad[2], pad[3], cv2.BORDER_CONSTANT, value=pad_bgr)
     return img, (new_w / w, new_h / h), pad
 
 
@@ -227,14 +231,15 @@ def resize_and_letterbox(sample: dict, size: int = 640) -> dict:
     Polygons follow upstream's mask arithmetic, which rounds differently: the keep-ratio step
     rescales them to (round(w·r), round(h·r)) (mmcv.rescale_size), the letterbox resizes that to
     round(size × factor) and shifts them by the padding, clipping to the image only along an axis
-    that has padding.
+    that has padding. The bars are `STAGE2_PAD_BGR`, as upstream's (not the grey of evaluation).
     """
     img = sample["img"]
     h, w = img.shape[:2]
     resized, r = keep_ratio_resize(img, size)
     h1, w1 = resized.shape[:2]
     out = dict(sample)
-    out["img"], (sx, sy), (top, _, left, _) = letterbox(resized, size, allow_scale_up=True)
+    out["img"], (sx, sy), (top, _, left, _) = letterbox(resized, size, allow_scale_up=True,
+                                                         pad_bgr=STAGE2_PAD_BGR)
     boxes = sample["bboxes"].astype(np.float32) * np.float32([w1 / w, h1 / h, w1 / w, h1 / h])
     boxes = np.clip(boxes, 0, np.float32([w1, h1, w1, h1])) * np.float32([sx, sy, sx, sy])
     out["bboxes"] = np.clip(boxes + np.float32([left, top, left, top]), 0, size).astype(np.float32)
