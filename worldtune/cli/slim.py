@@ -36,10 +36,18 @@ def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dic
     """
     from worldtune.engine.checkpoint import (WEIGHTS_METADATA_KEY, extract_model_state, load_checkpoint_file,
                                              save_checkpoint_atomic)
-    from worldtune.model.loading import TEXT_PREFIX
+    from worldtune.model.loading import TEXT_PREFIX, check_image_shapes, infer_variant
 
     ckpt = load_checkpoint_file(checkpoint)
     state = extract_model_state(ckpt, source=checkpoint)  # the EMA weights
+    # Loading refuses a wrong-shaped tensor; refuse it here too rather than ship a file that cannot load.
+    variant = (ckpt.get("config") or {}).get("model", {}).get("variant")
+    try:
+        variant = variant or infer_variant(state)
+    except ValueError:
+        raise ValueError(f"{checkpoint}: not the weights of a YOLO-World model (no known "
+                         "'backbone.image_model.stem.conv.weight')") from None
+    check_image_shapes(state, variant, checkpoint)
     dropped = 0
     if not text_tower:
         kept = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}

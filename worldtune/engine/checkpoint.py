@@ -279,6 +279,11 @@ def _summarise_keys(keys: list[str], universe: list[str], max_lines: int = 12) -
     return lines
 
 
+def shape_mismatch(key: str, file_shape, model_shape) -> str:
+    """One shape mismatch as the load reports state it: "key: file (a, b) vs model (c, d)"."""
+    return f"{key}: file {tuple(file_shape)} vs model {tuple(model_shape)}"
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_model_state` found. ``mismatched`` rows: (key, checkpoint shape, model shape)."""
@@ -305,7 +310,7 @@ class LoadReport:
             lines += [f"    {s}" for s in _summarise_keys(self.unexpected, self.checkpoint_keys)]
         if self.mismatched:
             lines.append(f"  shape mismatches ({len(self.mismatched)}):")
-            lines += [f"    {k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched[:12]]
+            lines += [f"    {shape_mismatch(*row)}" for row in self.mismatched[:12]]
             if len(self.mismatched) > 12:
                 lines.append(f"    ... and {len(self.mismatched) - 12} more")
         return "\n".join(lines)

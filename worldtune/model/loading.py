@@ -51,6 +51,30 @@ def cls_width(state_dict: dict) -> int:
     return int(weight.shape[0]) if weight is not None else 80
 
 
+def check_image_shapes(state_dict: dict, variant: str, path) -> None:
+    """Refuse weights of which an image-side tensor has another shape than in a `variant` model
+    (another variant's weights, a hand-edited file), in one line: `path`, the first mismatching key
+    and both shapes. The model is built on the meta device (no memory, no initialisation); the text
+    tower's keys are left out, its shape being whatever the weights say (`text_tower_shape`).
+
+    Raises:
+        CheckpointMismatchError.
+    """
+    from worldtune.engine.checkpoint import CheckpointMismatchError, shape_mismatch
+
+    try:
+        with torch.device("meta"):
+            expected = build_model(variant, None, num_classes=cls_width(state_dict)).state_dict()
+    except ValueError as err:  # an unknown variant name
+        raise ValueError(f"{path}: {err}") from None
+    mismatched = [(k, v.shape, expected[k].shape) for k, v in state_dict.items()
+                  if k in expected and v.shape != expected[k].shape]
+    if mismatched:
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CheckpointMismatchError(f"{path}: its weights do not fit a '{variant}' model: "
+                                      f"{shape_mismatch(*mismatched[0])}{more}")
+
+
 def text_tower_shape(state_dict: dict) -> dict:
     """CLIP text tower sizes read off checkpoint weights (heads by CLIP's 64-wide convention)."""
     p = TEXT_PREFIX + "model.text_model."
