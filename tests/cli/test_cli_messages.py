@@ -85,3 +85,40 @@ def test_every_command_shows_the_traceback_under_worldtune_debug(tmp_path, monke
         monkeypatch.setenv("WORLDTUNE_DEBUG", "1")
         with pytest.raises((OSError, ValueError)):
             main(argv)
+
+
+def test_out_of_memory_is_not_a_user_error_and_names_its_remedy(tmp_path, monkeypatch, capsys):
+    """Out of memory: one line suggesting a smaller batch, exit 1 (2 is for the user's mistakes);
+    another RuntimeError is a bug and keeps its traceback."""
+    import pytest
+    import torch
+
+    import worldtune.cli.eval as eval_cli
+    import worldtune.engine.train as train
+    import worldtune.model.loading as loading
+
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    failure = {}
+
+    def fail(*args, **kwargs):
+        raise failure["error"]
+
+    monkeypatch.setattr(eval_cli, "_score_model", fail)
+    monkeypatch.setattr(loading, "load_model", fail)
+    monkeypatch.setattr(train, "fit", fail)
+    commands = {"eval": ["eval", "--weights", "w.pt", "--ann", "a.json", "--images", str(tmp_path)],
+                "predict": ["predict", "--weights", "w.pt", "--classes", "cat", "--device", "cpu", str(tmp_path)],
+                "export": ["export", "--weights", "w.pt", "--classes", "cat", "--out", str(tmp_path / "m.onnx")],
+                "train": ["train", "--train-ann", "a.json", "--train-images", str(tmp_path),
+                          "--out", str(tmp_path / "run")]}
+    for name, argv in commands.items():
+        for error in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                      RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")):
+            failure["error"] = error
+            assert main(argv) == 1, name
+            err = capsys.readouterr().err
+            assert err.startswith(f"worldtune {name}: error: out of memory ({error}); try a smaller --batch"), name
+            assert err.count("\n") == 1
+        failure["error"] = RuntimeError("a shape bug")
+        with pytest.raises(RuntimeError, match="a shape bug"):
+            main(argv)

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from worldtune.cli.errors import debug, report, user_errors
+    from worldtune.cli.errors import debug, out_of_memory, report, report_out_of_memory, user_errors
 
     library_format, library_show = warnings.formatwarning, warnings.showwarning
     if not debug():  # "warning: ..." for a user, not the library's file, line and source line
@@ -87,6 +87,10 @@ def main(argv=None) -> int:
         return int(args._run(args) or 0)
     except user_errors() as e:  # what a command did not catch itself: still one line, not a traceback
         return report(args.command, e)
+    except (RuntimeError, MemoryError) as e:  # any other is a bug: its traceback is kept
+        if not out_of_memory(e):
+            raise
+        return report_out_of_memory(args.command, e)
     except KeyboardInterrupt:  # Ctrl-C in a command without its own handling (train saves first)
         if debug():
             raise

@@ -29,6 +29,39 @@ def user_message(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+# What to try when a command runs out of memory, by command.
+OUT_OF_MEMORY_HINTS = {
+    "train": "try a smaller --batch-size (images per process), or a smaller data.val_batch_size if it ran "
+             "out in validation",
+    "eval": "try a smaller --batch-size",
+    "predict": "try a smaller --batch-size",
+    "export": "try a smaller --batch or --imgsz",
+}
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A GPU (torch.cuda.OutOfMemoryError) or CPU allocation failure: not the user's mistake, but
+    not a bug either, and its usual remedy is known."""
+    import torch
+
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    # the CPU allocator's failure is a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory")
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error)
+                                                or "out of memory" in str(error).lower())
+
+
+def report_out_of_memory(command: str, error: BaseException) -> int:
+    """Print an out-of-memory failure as one line with its remedy and return exit status 1 (the
+    work ran but did not succeed; 2 is for the user's mistakes); under WORLDTUNE_DEBUG=1, re-raise it."""
+    if debug():
+        raise error
+    first = (user_message(error).strip().splitlines() or [type(error).__name__])[0]
+    hint = OUT_OF_MEMORY_HINTS.get(command)
+    print(f"worldtune {command}: error: out of memory ({first})" + (f"; {hint}" if hint else ""), file=sys.stderr)
+    return 1
+
+
 def debug() -> bool:
     """WORLDTUNE_DEBUG=1 shows the full traceback of a user error too."""
     return os.environ.get("WORLDTUNE_DEBUG", "") not in ("", "0")

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             metrics = coco_evaluate(ann, args.detections, backend=args.backend)
         else:
             metrics = _score_model(args, ann, images)
-    except (RuntimeError, *user_errors()) as e:  # bad files or data, missing weights: exit 2, as every command
+    except user_errors() as e:  # bad files or data, missing weights: exit 2, as every command
         return report("eval", e)
     print(f"COCO box metrics ({metrics['num_images']} images, {metrics['num_detections']} detections, "
           f"backend {metrics['backend']}), %:")

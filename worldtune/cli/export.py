@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                            opset=args.opset, dynamic_batch=args.dynamic_batch, dynamic_vocab=args.dynamic_vocab,
                            nms=args.nms, score_thr=args.score_thr, iou_thr=args.iou_thr, max_det=args.max_det,
                            simplify=args.simplify)
-    except (RuntimeError, *user_errors()) as e:
+    except user_errors() as e:
         return report("export", e)
     classes = f"{len(texts)} class" + ("es" if len(texts) != 1 else "")
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, {classes}, "

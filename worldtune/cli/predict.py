@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{', ...' if len(texts) > 5 else ''}); --classes or --class-texts gives others", file=sys.stderr)
         model.set_vocabulary(texts)
         args.out.mkdir(parents=True, exist_ok=True)
-    except (RuntimeError, *user_errors()) as e:
+    except user_errors() as e:
         return report("predict", e)
     cfg = PostprocessConfig(score_thr=args.score_thr, iou_thr=args.iou_thr, max_per_img=args.max_det)
     results, used, cut_short = [], {"predictions"}, set()  # that name is the summary's
