@@ -185,7 +185,7 @@ def test_a_start_that_failed_before_any_checkpoint_can_be_retried(tmp_path, monk
     assert "failed attempt" not in (out / "metrics.jsonl").read_text()
 
 
-def test_bad_validation_files_are_warned_about_at_start(tmp_path):
+def test_bad_validation_files_are_warned_about_at_start(tmp_path, monkeypatch):
     """Without this, a non-picture would stop the first validation epochs later, and a JPEG cut short
     would quietly score its objects as misses."""
     import shutil
@@ -201,11 +201,23 @@ def test_bad_validation_files_are_warned_about_at_start(tmp_path):
     val = CocoDetection(cfg.data.val_ann, val_images)
     jpegs = [val.image_path(i) for i in range(len(val)) if val.image_path(i).suffix == ".jpg"]
     jpegs[0].write_text("<html>404</html>")
-    jpegs[1].write_bytes(jpegs[1].read_bytes()[:-200])
+    jpegs[1].write_bytes(jpegs[1].read_bytes()[:-2])  # its end marker lost: OpenCV still decodes it
     with pytest.warns(UserWarning) as caught:
-        build_datasets(cfg, dist.init_distributed("cpu"))
+        _, _, val_coco, _ = build_datasets(cfg, dist.init_distributed("cpu"))
     messages = [str(w.message) for w in caught]
     assert any(m.startswith(f"1 validation image file(s) do not look like pictures, e.g. {jpegs[0]}")
                for m in messages)
     assert any(m.startswith(f"1 validation JPEG file(s) are cut short (no end marker), e.g. {jpegs[1]}")
                for m in messages)
+    # Checked once: validation decodes it without reading its end again or warning a second time.
+    import warnings
+
+    import worldtune.data.coco as coco
+
+    def read_again(path):
+        raise AssertionError(f"{path} checked again")
+
+    monkeypatch.setattr(coco, "jpeg_cut_short", read_again)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert val_coco.load_image([val_coco.image_path(i) for i in range(len(val_coco))].index(jpegs[1])) is not None

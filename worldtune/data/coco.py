@@ -237,6 +237,8 @@ class CocoDetection:
         self.dropped_annotations: list = []
         self._size_warned: set = set()  # images whose decoded size differs from the annotation file's
         self._end_checked: set = set()  # images checked for a missing JPEG end marker
+        # False where the caller checked every file before (`image_file_problems`) and warned itself
+        self.check_ends_at_decode = True
         self._cut_warned = 0  # JPEG files cut short, warned about
         data = _load_json(self.ann_file)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
@@ -417,7 +419,7 @@ class CocoDetection:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
-        if index not in self._end_checked:  # once per image and process, not at every decode
+        if self.check_ends_at_decode and index not in self._end_checked:  # once per image and process
             self._end_checked.add(index)
             if jpeg_cut_short(path):
                 self._cut_warned += 1  # a few times per process, as below

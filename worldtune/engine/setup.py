@@ -67,6 +67,9 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
         # A bad val image would otherwise surface only at the first validation, epochs later.
         if info.is_main:
             warn_image_file_problems(val_coco, "the first validation")
+        # Every file was checked just now (by rank 0, which warned): a check at decode would read each
+        # one again, in every process, and warn again about the same files.
+        val_coco.check_ends_at_decode = False
         # Each process predicts its share of it (strided); rank 0 scores them all (engine.validate).
         val_loader = build_eval_loader(build_eval_dataset(val_coco, d.imgsz), d.val_batch_size, min(workers, 2),
                                        info.rank, info.world_size)
