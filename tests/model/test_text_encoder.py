@@ -333,3 +333,13 @@ def test_tiny_tower_folders_build_without_open_clip(tmp_path, monkeypatch):
     folder = clip_factory.write_clip_tokenizer(tmp_path)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))
     assert tokenizer(["person", "a dog"])["input_ids"] == [[49406, 2533, 49407], [49406, 320, 1929, 49407]]
+
+
+def test_loading_local_weights_shows_no_progress_bar(tiny_folder, capsys):
+    """transformers 5 draws a weight-loading bar: noise for a local tower, once per process under torchrun."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    CLIPTextEncoder.from_pretrained(str(tiny_folder))
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled() == enabled  # left as it was

@@ -46,17 +46,23 @@ def _load_text_model(name: str, **kwargs) -> nn.Module:
     """``CLIPTextModelWithProjection.from_pretrained`` that fails on missing text weights.
 
     transformers' own report is silenced (loading from a full CLIP checkpoint lists every unused
-    vision weight); instead, any text weight left at random init is an error.
+    vision weight); instead, any text weight left at random init is an error. So is its weight-loading
+    bar for local files (a second's work, and under torchrun one bar per process); a download keeps
+    its bars.
     """
     from transformers import CLIPTextModelWithProjection
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    if kwargs.get("local_files_only"):
+        hf_logging.disable_progress_bar()
     try:
         model, info = CLIPTextModelWithProjection.from_pretrained(name, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
+        if bars and not hf_logging.is_progress_bar_enabled():
+            hf_logging.enable_progress_bar()
     missing = sorted(k for k in info.get("missing_keys", []) if not k.endswith("position_ids"))
     if missing:
         raise ValueError(f"{len(missing)} text weights are missing from the checkpoint, e.g. {missing[:3]}")
