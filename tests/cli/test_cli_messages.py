@@ -1,6 +1,8 @@
 """What every command prints for warnings: one line, not the library's file and source line."""
 import warnings
 
+import pytest
+
 import worldtune.cli.zoo as zoo_cli
 from worldtune.cli import main
 
@@ -122,3 +124,23 @@ def test_out_of_memory_is_not_a_user_error_and_names_its_remedy(tmp_path, monkey
         failure["error"] = RuntimeError("a shape bug")
         with pytest.raises(RuntimeError, match="a shape bug"):
             main(argv)
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["predict", "--weights", "none", "--variant", "n", "--text-model", "none", "--classes", "cat", "a.jpg"],
+     "argument --text-model: 'none' leaves no CLIP text tower"),
+    (["eval", "--weights", "none", "--variant", "n", "--text-model", "None", "--ann", "a.json", "--images", "."],
+     "argument --text-model: 'none' leaves no CLIP text tower"),
+    (["eval", "--weights", "none", "--variant", "n", "--batch-size", "0", "--ann", "a.json", "--images", "."],
+     "argument --batch-size: must be at least 1, got 0"),
+    (["eval", "--weights", "none", "--variant", "n", "--workers", "-1", "--ann", "a.json", "--images", "."],
+     "argument --workers: must be 0 or more, got -1"),
+    (["eval", "--weights", "none", "--variant", "n", "--imgsz", "100", "--ann", "a.json", "--images", "."],
+     "argument --imgsz: must be a multiple of 32"),
+])
+def test_values_no_run_could_use_are_usage_errors(argv, complaint, capsys):
+    """Refused while parsing, before any file is read or a hub download of a model named 'none' tried."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert complaint in capsys.readouterr().err

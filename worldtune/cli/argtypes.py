@@ -19,6 +19,14 @@ def positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "at least 1")
 
 
+def text_tower(text: str) -> str:
+    """--text-model of the commands that embed class texts themselves (predict, eval)."""
+    if text.strip().lower() == "none":
+        raise argparse.ArgumentTypeError("'none' leaves no CLIP text tower to embed the class texts with "
+                                         "(it is for `worldtune export --text-feats`)")
+    return text
+
+
 def non_negative_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 0, "0 or more")
 

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import add_threads_argument, output_file, set_threads
+from worldtune.cli.argtypes import (add_threads_argument, image_size, non_negative_int, output_file, positive_int,
+                                    set_threads, text_tower)
 from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
 
 
@@ -29,13 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "of the scoring, reporting them; error: stop at the first problem, naming it")
     model = parser.add_argument_group("model (with --weights)")
     model.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
-    model.add_argument("--text-model", default="openai/clip-vit-base-patch32",
+    model.add_argument("--text-model", type=text_tower, default="openai/clip-vit-base-patch32",
                        help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint "
                             "carries the tower), or 'random' (tests)")
-    model.add_argument("--imgsz", type=int, default=None,
+    model.add_argument("--imgsz", type=image_size, default=None,
                        help="network input size (default: the checkpoint's training size, else 640)")
-    model.add_argument("--batch-size", type=int, default=8)
-    model.add_argument("--workers", type=int, default=2)
+    model.add_argument("--batch-size", type=positive_int, default=8)
+    model.add_argument("--workers", type=non_negative_int, default=2)
     model.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     add_threads_argument(model)
     model.add_argument("--allow-hash-mismatch", action="store_true",

@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import add_threads_argument, image_size, output_folder, positive_int, probability, set_threads
+from worldtune.cli.argtypes import (add_threads_argument, image_size, output_folder, positive_int, probability,
+                                    set_threads, text_tower)
 from worldtune.cli.drawing import draw_label
 from worldtune.cli.errors import report, user_errors
 from worldtune.data.coco import MOTION_PHOTO_NOTE, jpeg_cut_short
@@ -70,10 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_vocabulary_arguments(parser)
     parser.add_argument("--out", type=output_folder, default=Path("predictions"), help="output folder")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
-    parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
+    parser.add_argument("--text-model", type=text_tower, default="openai/clip-vit-base-patch32",
                         help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint "
-                             "carries the "
-                             "tower), or 'random' (tests)")
+                             "carries the tower), or 'random' (tests)")
     parser.add_argument("--imgsz", type=image_size, default=None,
                         help="network input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
     parser.add_argument("--score-thr", type=probability, default=0.25,
