@@ -111,10 +111,12 @@ def test_image_size_must_suit_the_strides(tmp_path, capsys):
 
     data = build_demo_dataset(tmp_path / "demo", num_train=1, num_val=1, imgsz=96)
     clip_dir = make_clip_text_folder(tmp_path / "clip", hidden=32, layers=1, heads=2, projection=512)
-    assert main(["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
-                 "--ann", str(data["val_ann"]), "--images", str(data["val_images"]), "--imgsz", "600",
-                 "--workers", "0", "--device", "cpu"]) == 2
-    assert "--imgsz must be a positive multiple of 32, got 600" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused while parsing the arguments
+        main(["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
+              "--ann", str(data["val_ann"]), "--images", str(data["val_images"]), "--imgsz", "600",
+              "--workers", "0", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "argument --imgsz: must be a multiple of 32 (32 or more), got 600" in capsys.readouterr().err
 
 
 def test_unreadable_images_are_reported_under_skip(tmp_path, capsys):
