@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "carries the tower), or 'random' (tests)")
     model.add_argument("--imgsz", type=image_size, default=None,
                        help="network input size (default: the checkpoint's training size, else 640)")
-    model.add_argument("--batch-size", type=positive_int, default=8)
-    model.add_argument("--workers", type=non_negative_int, default=2)
+    model.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    model.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes")
     model.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     add_threads_argument(model)
     model.add_argument("--allow-hash-mismatch", action="store_true",

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_vocabulary_arguments(parser)
     parser.add_argument("--text-feats", type=Path,
                         help=".npy (K, 512) embeddings of the classes, instead of running the text tower")
-    parser.add_argument("--format", choices=["onnx"], default="onnx")
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
     parser.add_argument("--out", type=output_file, required=True, help="output .onnx file")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
     parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=image_size, default=None,
                         help="input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the graph (see --dynamic-batch)")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument("--dynamic-batch", action="store_true", help="free batch dimension")
     parser.add_argument("--dynamic-vocab", action="store_true",
                         help="text embeddings as a second input (the vocabulary can change after export)")

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when available)")
     add_threads_argument(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
 
 
 def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:

@@ -22,17 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=positive_int, default=8, help="number of samples")
     parser.add_argument("--cols", type=positive_int, default=4, help="tiles per row")
     parser.add_argument("--epoch", type=int, default=0, help="epoch (stage 2 from --close-mosaic-epoch on)")
-    parser.add_argument("--close-mosaic-epoch", type=int, default=70)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--imgsz", type=image_size, default=640)
+    parser.add_argument("--close-mosaic-epoch", type=int, default=70,
+                        help="first epoch of stage 2 (no mosaic); the recipes' 80 - 10")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations and of the samples shown")
+    parser.add_argument("--imgsz", type=image_size, default=640, help="training image size (multiple of 32)")
     parser.add_argument("--no-mask-refine", action="store_true",
                         help="boxes only, no copy-paste, as the SGD recipe (which also uses --affine-scale 0.1 1.9 "
                              "and --close-mosaic-epoch 10)")
-    parser.add_argument("--affine-scale", type=float, nargs=2, default=(0.5, 1.5))
-    parser.add_argument("--mixup", type=probability, default=0.15)
-    parser.add_argument("--copypaste", type=probability, default=0.3)
-    parser.add_argument("--num-texts", type=positive_int, default=80)
-    parser.add_argument("--on-bad-data", choices=("error", "skip"), default="error")
+    parser.add_argument("--affine-scale", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
+                        help="scale range of the random affine step (v2-s recipe)")
+    parser.add_argument("--mixup", type=probability, default=0.15, help="MixUp probability (v2-s recipe)")
+    parser.add_argument("--copypaste", type=probability, default=0.3, help="copy-paste probability (v2-s recipe)")
+    parser.add_argument("--num-texts", type=positive_int, default=80,
+                        help="texts per sample: its classes, negatives, then empty padding")
+    parser.add_argument("--on-bad-data", choices=("error", "skip"), default="error",
+                        help="error: stop at the first bad image or annotation; skip: drop and count them")
 
 
 def _colour(k: int) -> tuple:

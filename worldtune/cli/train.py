@@ -31,7 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--val-images", help="validation image folder")
     parser.add_argument("--class-texts", help="JSON list of synonym lists, or a text file (not .json) of one text "
                                               "per line; one per category in id order (default: the category names)")
-    parser.add_argument("--text-model", help="CLIP text model: hub id or local folder ('random' for tests)")
+    parser.add_argument("--text-model", help="CLIP text model: hub id or local folder ('random' for tests) (recipe: "
+                                             "openai/clip-vit-base-patch32)")
     parser.add_argument("--weights", help="start weights: zoo name, official .pth, worldtune checkpoint, or none "
                                           "(default: the recipe's official pre-trained file)")
     parser.add_argument("--variant", help="model variant override (n, s, m, l, x, xl, l_efficient_neck)")
@@ -39,11 +40,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, help="images per GPU/process (recipe: 16)")
     parser.add_argument("--imgsz", type=int, help="training and validation size (recipe: 640)")
     parser.add_argument("--device", help="auto (default: cuda when available), cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process")
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process (recipe: 8)")
     add_threads_argument(parser)
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
-    parser.add_argument("--save-every-steps", type=non_negative_int, help="also save last.pt every N steps")
+    parser.add_argument("--save-every-steps", type=non_negative_int, help="also save last.pt every N steps (default 0: at the end of each epoch only)")
     parser.add_argument("--on-bad-data", choices=("error", "skip"),
                         help="error (default): stop at the first bad image or annotation, naming it; skip: drop "
                              "and count them (unreadable val images are left out of the scoring)")
