@@ -28,6 +28,12 @@ def test_flops_scale_with_image_area():
     assert variant_summary("l")["gflops"] > variant_summary("m")["gflops"] > large
 
 
-def test_models_refuses_an_image_size_the_strides_cannot_divide(capsys):
-    assert main(["models", "--imgsz", "100"]) == 2
-    assert "multiple of 32" in capsys.readouterr().out
+@pytest.mark.parametrize("args, message", [(["--imgsz", "100"], "multiple of 32"),
+                                           (["--num-texts", "0"], "at least 1")])
+def test_models_refuses_sizes_it_cannot_count_as_a_usage_error(args, message, capsys):
+    # an image size the strides cannot divide; an empty vocabulary (it gave a torch traceback)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", *args])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""

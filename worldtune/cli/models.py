@@ -1,18 +1,16 @@
 """List the model variants with their parameter counts and GFLOPs (image side, batch 1)."""
+from worldtune.cli.argtypes import image_size, positive_int
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--imgsz", type=int, default=640, help="square input size for the FLOPs count")
-    parser.add_argument("--num-texts", type=int, default=80, help="vocabulary size for the FLOPs count")
+    parser.add_argument("--imgsz", type=image_size, default=640, help="square input size for the FLOPs count")
+    parser.add_argument("--num-texts", type=positive_int, default=80, help="vocabulary size for the FLOPs count")
 
 
 def run(args) -> int:
     from worldtune.model import VARIANTS  # here, not at the top: `worldtune --help` must not wait for torch
     from worldtune.model.summary import variant_summary
 
-    if args.imgsz <= 0 or args.imgsz % 32:
-        print(f"worldtune models: --imgsz must be a positive multiple of 32, got {args.imgsz}")
-        return 2
     print(f"{'variant':<18}{'params (M)':>12}{'+ CLIP text (M)':>17}{f'GFLOPs @{args.imgsz}':>14}  note")
     for name in VARIANTS:
         s = variant_summary(name, args.imgsz, args.num_texts)
