@@ -153,6 +153,13 @@ def test_zoo_cli_get_reports_offline_cleanly(hub_cache, monkeypatch, capsys):
     assert "ep80-76bc0cbd.pth" in capsys.readouterr().err
 
 
+def test_zoo_cli_get_refuses_an_unknown_name_as_a_usage_error(hub_cache, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["zoo", "--get", "v2-q-coco"]) == 2  # a bad argument; 1 is for a file it could not get
+    assert "not a zoo name" in capsys.readouterr().err
+    assert main(["zoo", "--get", "v2-l-efficient-neck-coco"]) == 1  # a known name without a released file
+
+
 def test_unreachable_hub_fails_at_the_probe_without_download_retries(monkeypatch):
     import huggingface_hub
 

@@ -71,6 +71,10 @@ class WeightsNotAvailableError(FileNotFoundError):
     """A zoo file is neither cached nor downloadable (offline, network error, unknown name)."""
 
 
+class UnknownWeightsError(WeightsNotAvailableError):
+    """A name that is neither an existing path nor a zoo name: the user's mistake, not the network's."""
+
+
 class WeightsHashError(ValueError):
     """A file's SHA-256 does not start with the 8 hex digits its name promises."""
 
@@ -172,8 +176,8 @@ def resolve_weights(name_or_path: str | Path, *, allow_hash_mismatch: bool = Fal
     Returns:
         Path to a verified local file.
     Raises:
-        WeightsNotAvailableError: unknown name, or offline / network failure (message says where
-            to put the file). WeightsHashError: SHA-256 prefix mismatch.
+        WeightsNotAvailableError: unknown name (`UnknownWeightsError`), or offline / network failure
+            (message says where to put the file). WeightsHashError: SHA-256 prefix mismatch.
     """
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -185,7 +189,7 @@ def resolve_weights(name_or_path: str | Path, *, allow_hash_mismatch: bool = Fal
             if key in (e.alias, e.recipe) and e.finetuned is None:
                 raise WeightsNotAvailableError(f"{key}: {e.note}. Its pre-trained start is {e.pretrained}.")
         aliases = sorted(n for n in table if not n.endswith(".pth") and not n.startswith("yolo_world"))
-        raise WeightsNotAvailableError(f"{key}: no such file, and not a zoo name. Zoo aliases: {', '.join(aliases)} "
+        raise UnknownWeightsError(f"{key}: no such file, and not a zoo name. Zoo aliases: {', '.join(aliases)} "
                                        f"(`worldtune zoo` lists the files).")
     filename = table[key]
     found = cached_path(filename)

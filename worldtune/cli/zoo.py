@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.get:
         try:
             path = zoo.resolve_weights(args.get, allow_hash_mismatch=args.allow_hash_mismatch)
+        except zoo.UnknownWeightsError as e:  # a bad argument (exit 2), not a failed download (1)
+            print(f"worldtune zoo: error: {e}", file=sys.stderr)
+            return 2
         except (zoo.WeightsNotAvailableError, zoo.WeightsHashError) as e:
             print(f"worldtune zoo: {e}", file=sys.stderr)
             return 1
