@@ -210,7 +210,8 @@ def letterbox(img: np.ndarray, size: int = 640, allow_scale_up: bool = True, pad
 
 
 def letterbox_for_test(img: np.ndarray, size: int = 640):
-    """The official test pipeline: long side to `size`, then a centred letterbox without upscaling.
+    """The official test pipeline: long side to `size` (smaller images are scaled up too), then
+    centred padding of 114 to `size` x `size` (the letterbox step itself never scales up).
 
     Returns:
         (uint8 [size, size, 3], scale_factor (sx, sy) original -> network, pad [top, bottom, left, right]).

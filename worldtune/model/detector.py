@@ -42,7 +42,11 @@ class YOLOWorld(nn.Module):
         return self.text_model(texts)
 
     def set_vocabulary(self, texts: list[str], text_feats: Tensor | None = None) -> None:
-        """Fix the class vocabulary used by `predict`-style calls: label k <-> texts[k]."""
+        """Fix the class vocabulary used by `predict`-style calls: label k <-> texts[k].
+
+        text_feats: (K, 512) L2-normalised embeddings of the K texts; when omitted they are computed
+        with the model's text tower (an error for a model built without one).
+        """
         warn_repeated_texts(texts)
         if text_feats is None:
             if self.text_model is None:
@@ -69,9 +73,13 @@ class YOLOWorld(nn.Module):
     @classmethod
     def from_pretrained(cls, weights, variant: str | None = None, text_model: str | None = "openai/clip-vit-base-patch32",
                         device="cpu", **kwargs) -> "YOLOWorld":
-        """Load a checkpoint (path, zoo name or alias) or build `weights`="none" with `variant`.
+        """Load weights, or build a randomly initialised model.
 
-        See `worldtune.model.loading.load_model` for the arguments.
+        `weights`: an official `.pth`, a worldtune checkpoint or slim `.safetensors` file (which bring
+        the run's class texts as `vocabulary` and its image size as `trained_imgsz`), a zoo name or
+        alias (`worldtune zoo`); or a variant name ("s") or "none" with `variant` for random weights.
+        `text_model=None` builds no text tower (then `set_vocabulary(texts, text_feats)`).
+        See `worldtune.model.loading.load_model` for the other arguments.
         """
         from worldtune.model import VARIANTS
         from worldtune.model.loading import load_model
