@@ -43,7 +43,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process (recipe: 8)")
     add_threads_argument(parser)
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
-    parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
+    parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run: its folder (from last.pt) or one of its checkpoints "
+                                                                    "(e.g. epoch_N.pt), in that folder, with its saved config (only --device and "
+                             "--workers may change)")
     parser.add_argument("--save-every-steps", type=non_negative_int, help="also save last.pt every N steps (default 0: at the end of each epoch only)")
     parser.add_argument("--on-bad-data", choices=("error", "skip"),
                         help="error (default): stop at the first bad image or annotation, naming it; skip: drop "
