@@ -144,7 +144,8 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
     """Training pipeline with the official defaults of the v2-S mask-refine recipe.
 
     M: affine_scale (0.1, 1.9), mixup 0.1, copypaste 0.1; L/X: (0.1, 1.9), 0.15, 0.3;
-    SGD 40e: mask_refine False, close_mosaic_epoch 10 (copy-paste is off without masks).
+    SGD 40e: mask_refine False, affine_scale (0.1, 1.9), close_mosaic_epoch 10 (copy-paste is off
+    without masks).
     `min_area_ratio` defaults to 0.01 with mask refinement and 0.1 without.
 
     Speed options (see `image_cache`; none changes a sample): `cache_images` keeps up to
