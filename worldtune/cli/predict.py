@@ -37,7 +37,8 @@ def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--classes", help='comma-separated class texts, e.g. "person,red car"')
     vocab.add_argument("--class-texts", type=Path,
-                       help="JSON list of synonym lists (first synonym used) or .txt with one class per line")
+                       help="JSON list of synonym lists (first synonym used), or a text file (not .json) with one "
+                            "class per line")
 
 
 def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] | None:

@@ -14,7 +14,8 @@ def load_class_texts(source, category_names: list | None) -> list:
     """Resolve class texts to a list (one per class) of non-empty lists of strings.
 
     Args:
-        source: None (use `[[name]]` from `category_names`), a path to a JSON file, or a list.
+        source: None (use `[[name]]` from `category_names`), a path to a JSON file (a list of
+            synonym lists) or to a text file of another suffix (one text per line), or a list.
         category_names: names of the categories in label order (used for None and messages), or
             None to take the file's entries as they are, however many (a vocabulary for `predict`).
     Raises:
