@@ -144,3 +144,16 @@ def test_values_no_run_could_use_are_usage_errors(argv, complaint, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert complaint in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`worldtune zoo | head`: the pipe closes before the command writes; no error line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "worldtune", "zoo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc.stdout.close()  # gone before the interpreter has even started
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

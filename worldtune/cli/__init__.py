@@ -6,6 +6,7 @@ Modules are imported lazily so `worldtune --help` stays fast.
 import argparse
 import importlib
 import importlib.util
+import io
 import os
 import sys
 import warnings
@@ -85,6 +86,12 @@ def main(argv=None) -> int:
     warnings.showwarning = warning_printer(os.getpid())
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # `worldtune zoo | head`: the reader has gone, which is no error of ours
+        try:  # else Python reports the pipe again when it flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
     except user_errors() as e:  # what a command did not catch itself: still one line, not a traceback
         return report(args.command, e)
     except (RuntimeError, MemoryError) as e:  # any other is a bug: its traceback is kept
