@@ -106,6 +106,15 @@ def test_nothing_readable_is_an_error(setup, tmp_path, capsys):
     assert "broken.jpg" in err and "missing.png: no such file or folder" in err
 
 
+def test_an_annotated_image_that_cannot_be_written_is_an_error(setup, tmp_path, monkeypatch, capsys):
+    """cv2.imwrite says nothing when it fails (full disk, no permission): only its return value tells."""
+    import worldtune.cli.drawing as drawing
+
+    monkeypatch.setattr(drawing.cv2, "imwrite", lambda path, image: False)
+    assert _predict(setup, tmp_path / "o", "--classes", "cat") == 2
+    assert "could not write the image " + str(tmp_path / "o") in capsys.readouterr().err
+
+
 def test_read_vocabulary(tmp_path):
     assert read_vocabulary(" person, red car ,", None) == ["person", "red car"]
     assert read_vocabulary(None, None) is None

@@ -81,9 +81,9 @@ def untrained_metrics(cfg) -> dict:
 def draw_predictions(checkpoint: Path, cfg, image_path: Path, class_names: list, out_path: Path,
                      score_thr: float = 0.3) -> Path:
     """Boxes of the trained (EMA) model on one image, drawn as `worldtune predict` draws them."""
-    import cv2
     import torch
 
+    from worldtune.cli.drawing import write_image
     from worldtune.cli.predict import draw_detections
     from worldtune.model.loading import load_model
     from worldtune.model.predict import predict, read_image_rgb
@@ -94,7 +94,7 @@ def draw_predictions(checkpoint: Path, cfg, image_path: Path, class_names: list,
         det = predict(model, [str(image_path)], imgsz=cfg.data.imgsz)[0]
     keep = det["scores"] >= score_thr
     det = {key: det[key][keep] for key in ("boxes_xyxy", "scores", "labels")}
-    cv2.imwrite(str(out_path), draw_detections(read_image_rgb(image_path), det, list(class_names)))
+    write_image(out_path, draw_detections(read_image_rgb(image_path), det, list(class_names)))
     return out_path
 
 

@@ -13,3 +13,9 @@ def draw_label(img: np.ndarray, text: str, x: int, y: int, colour: tuple, font_s
     b, g, r = colour
     ink = (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
     cv2.putText(img, text, (x + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, thick, cv2.LINE_AA)
+
+
+def write_image(path, bgr: np.ndarray) -> None:
+    """cv2.imwrite, which reports failure (full disk, no permission, unknown suffix) only by returning False."""
+    if not cv2.imwrite(str(path), bgr):
+        raise OSError(f"could not write the image {path}")

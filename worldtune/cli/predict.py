@@ -18,7 +18,7 @@ import numpy as np
 
 from worldtune.cli.argtypes import (add_threads_argument, image_size, output_folder, positive_int, probability,
                                     set_threads, text_tower)
-from worldtune.cli.drawing import draw_label
+from worldtune.cli.drawing import draw_label, write_image
 from worldtune.cli.errors import report, user_errors
 from worldtune.data.coco import MOTION_PHOTO_NOTE, jpeg_cut_short
 from worldtune.data.texts import load_class_texts
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         for (path, img), det in zip(batch, dets):
             det = {k: v.cpu() for k, v in det.items()}
             name = _output_name(path, used, args.out, inputs)
-            cv2.imwrite(str(args.out / name), draw_detections(img, det, texts))
+            write_image(args.out / name, draw_detections(img, det, texts))
             record = {"image": str(path), "width": img.shape[1], "height": img.shape[0], "annotated": name,
                       "detections": _detections_json(det, texts), **({"cut_short": True} if path in cut_short else {})}
             (args.out / Path(name).with_suffix(".json")).write_text(json.dumps(record, indent=1))
