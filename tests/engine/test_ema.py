@@ -98,20 +98,57 @@ def test_without_buffer_averaging_buffers_are_copied():
     assert ema.module.weight.item() == pytest.approx(1.0 + ema_momentum(1) * 2.0)
 
 
-def test_frozen_parameters_are_copied_once_and_not_averaged():
+def test_frozen_parameters_are_shared_with_the_model_and_not_averaged():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     model[0].requires_grad_(False)
     ema = ExpMomentumEMA(model)
-    ema.update(model)  # step 0 copies everything, frozen weights included
-    frozen_copy = ema.module[0].weight.clone()
+    # the frozen layer is the model's own tensors, not a copy; the trained one is a copy
+    assert ema.module[0].weight is model[0].weight and ema.module[0].bias is model[0].bias
+    assert ema.module[1].weight.data_ptr() != model[1].weight.data_ptr()
+    assert list(ema.state_dict()["module"]) == list(model.state_dict())  # the frozen keys are still saved
+    versions = [p._version for p in model[0].parameters()]
+    ema.update(model)  # step 0 copies the rest; the shared tensors are not written (a text cache stays valid)
+    assert torch.equal(ema.module[1].weight, model[1].weight)
     with torch.no_grad():
-        model[0].weight.add_(1.0)  # never happens in training; shows the frozen tensor is skipped
         model[1].weight.add_(1.0)
     before = ema.module[1].weight.clone()
     ema.update(model)
-    assert torch.equal(ema.module[0].weight, frozen_copy)
+    assert [p._version for p in model[0].parameters()] == versions  # never written by an update
     expected = before + ema_momentum(1) * (model[1].weight - before)
     torch.testing.assert_close(ema.module[1].weight, expected)
+
+
+def test_text_tower_is_shared_frozen_and_survives_a_resume():
+    """The detector's frozen CLIP tower: the EMA holds the model's tensors (no second copy of its
+    63M values), stays in eval mode, and a checkpoint round trip leaves it shared and intact."""
+    from worldtune.config import Config
+    from worldtune.engine.run_state import make_checkpoint, restore_checkpoint
+    from worldtune.model import build_model
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    # A stand-in for the CLIP weights (no text is encoded here; importing transformers takes seconds):
+    # the freezing, train/eval and state_dict rules under test are the encoder's own.
+    tower = CLIPTextEncoder(nn.Sequential(nn.Embedding(64, 32), nn.Dropout(0.1), nn.Linear(32, 512)), tokenizer=None)
+    model = build_model("n", tower, num_classes=5)
+    ema = ExpMomentumEMA(model)
+    pointers = {n: p.data_ptr() for n, p in model.text_model.named_parameters()}
+    assert pointers == {n: p.data_ptr() for n, p in ema.module.text_model.named_parameters()}
+    image_side = dict(model.backbone.image_model.named_parameters())
+    assert all(p.data_ptr() != image_side[n].data_ptr() for n, p in ema.module.backbone.image_model.named_parameters())
+    ema.module.train()
+    assert not ema.module.text_model.model[1].training and not any(p.requires_grad for p in ema.module.parameters())
+    assert all(p.requires_grad for p in image_side.values()) and not any(p.requires_grad for p in model.text_model.parameters())
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    ema.update(model)
+    state = {"epoch": 1, "step_in_epoch": 0, "global_step": 1, "best_ap": -1.0, "best_epoch": -1}
+    ckpt = make_checkpoint(model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=False), state, Config())
+    assert {k for k in ckpt["ema"] if k.startswith("backbone.text_model.")} == \
+        {"backbone.text_model." + k for k in model.text_model.state_dict()}
+    tower = {k: v.clone() for k, v in model.text_model.state_dict().items()}
+    restore_checkpoint(ckpt, model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=False), dict(state))
+    assert pointers == {n: p.data_ptr() for n, p in ema.module.text_model.named_parameters()}
+    assert all(torch.equal(v, tower[k]) for k, v in ema.module.text_model.state_dict().items())
 
 
 def test_update_reads_replaced_tensors_not_stale_ones():
