@@ -168,3 +168,40 @@ def test_text_model_random_and_a_recorded_head_count(official_layout_checkpoint,
     loaded = load_model(path, text_model="random")
     assert loaded.text_model.model.config.num_attention_heads == 2
     torch.testing.assert_close(loaded.text_model.encode(["a red square"]), two_heads.encode(["a red square"]))
+
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory):
+    """A worldtune-layout checkpoint of an `n` model (no text tower, 12 MiB) with 64 MiB of optimizer state."""
+    torch.manual_seed(0)
+    model = build_model("n", None, num_classes=5)
+    path = tmp_path_factory.mktemp("train_ckpt") / "last.pt"
+    torch.save({"format": "worldtune-train-1", "ema": model.state_dict(), "model": model.state_dict(),
+                "optimizer": {"state": {0: {"exp_avg": torch.ones(2**24)}}}}, path)
+    return path, model
+
+
+def test_loading_a_training_checkpoint_leaves_its_optimizer_state_on_disk(training_checkpoint):
+    """eval/predict/export take the EMA weights: the optimizer state (for L, 2 x 190 MB) and the raw
+    weights of a training checkpoint are mapped, never read into memory."""
+    from tests.helpers.memory import peak_since_reset, reset_peak
+    from worldtune.model.loading import load_model
+
+    path, saved = training_checkpoint
+    start = reset_peak()
+    model = load_model(path, text_model=None)
+    grown = peak_since_reset() - start
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in model.state_dict().items())
+    assert grown < 48 * 2**20, f"loading grew the process by {grown / 2**20:.0f} MiB"  # the model is ~12 MiB
+
+
+def test_start_weights_from_a_training_checkpoint_leave_its_optimizer_state_on_disk(training_checkpoint):
+    from tests.helpers.memory import peak_since_reset, reset_peak
+    from worldtune.engine.setup import read_start_weights
+
+    path, saved = training_checkpoint
+    start = reset_peak()
+    _, state, _ = read_start_weights(str(path), "n")
+    grown = peak_since_reset() - start
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in state.items())
+    assert grown < 48 * 2**20, f"reading the start weights grew the process by {grown / 2**20:.0f} MiB"

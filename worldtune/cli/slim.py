@@ -38,7 +38,7 @@ def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dic
                                              save_checkpoint_atomic)
     from worldtune.model.loading import TEXT_PREFIX, check_image_shapes, infer_variant
 
-    ckpt = load_checkpoint_file(checkpoint)
+    ckpt = load_checkpoint_file(checkpoint, mmap=True)  # its optimizer state and raw weights stay on disk
     state = extract_model_state(ckpt, source=checkpoint)  # the EMA weights
     # Loading refuses a wrong-shaped tensor; refuse it here too rather than ship a file that cannot load.
     variant = (ckpt.get("config") or {}).get("model", {}).get("variant")

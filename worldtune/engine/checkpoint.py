@@ -79,13 +79,18 @@ def _load_safetensors(path: Path) -> dict:
     return _checked_run_info({**{k: v for k, v in meta.items() if k != "ema"}, "ema": tensors}, path)
 
 
-def load_checkpoint_file(path: str | Path) -> dict:
+def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict:
     """Read a ``.pth``/``.pt``/``.safetensors`` file onto the CPU without running code from it.
 
     ``torch.load(weights_only=True)`` is tried first. If it refuses unknown globals (mmengine's
     ``message_hub``, numpy objects, ...), the file is read again with a restricted unpickler that
     only rebuilds tensors and plain containers and replaces every other class or function by an
     inert :class:`UnpickledObject` (never calling it).
+
+    ``mmap``: map a PyTorch (zip) file instead of reading it, so that only the tensors used are read
+    into memory: taking the EMA weights out of a training checkpoint then leaves its optimizer state
+    and raw weights (over half of an L checkpoint's gigabyte) on disk. The tensors are copy-on-write
+    views of the file, meant to be copied into a model and dropped.
 
     Returns:
         The checkpoint dict (for safetensors: name -> tensor).
@@ -121,14 +126,17 @@ def load_checkpoint_file(path: str | Path) -> dict:
                 raise CheckpointLoadError(
                     f"{path}: its compressed records would expand to {expanded / 2**20:.0f} MiB from a "
                     f"{size / 2**20:.1f} MiB file; refusing to read it (torch.save writes uncompressed records)")
+            # Mapping reads each record's bytes in place: a zip tool's compressed records need reading.
+            mmap = mmap and all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: the error says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError:
         # Unknown globals: fall through to the restricted reader.
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE)
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE,
+                             mmap=mmap and is_zip)
         except Exception as err:  # noqa: BLE001
             if not is_zip and "magic number" in str(err):  # not torch's legacy layout either
                 raise CheckpointLoadError(f"{path} is a plain pickle, not a checkpoint written by torch.save; "

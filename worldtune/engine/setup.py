@@ -92,10 +92,10 @@ def read_start_weights(weights: str, variant: str) -> tuple:
         return v.deepen_factor, v.widen_factor, v.last_stage_out_channels
 
     path = resolve_weights(weights)
-    checkpoint = load_checkpoint_file(path)
+    checkpoint = load_checkpoint_file(path, mmap=True)  # the optimizer state etc. are never read
     state = extract_model_state(checkpoint, source=path)
     heads = (checkpoint.get("text_tower") or {}).get("num_heads") if isinstance(checkpoint, dict) else None
-    del checkpoint  # optimizer state and the raw weights of a training checkpoint are not needed
+    del checkpoint
     try:
         found = infer_variant(state)
     except ValueError:

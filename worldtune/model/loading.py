@@ -143,7 +143,8 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     from worldtune.zoo import resolve_weights
 
     path = resolve_weights(str(weights), allow_hash_mismatch=allow_hash_mismatch)
-    checkpoint = load_checkpoint_file(path)
+    # mapped: a training checkpoint's optimizer state and raw weights are never read
+    checkpoint = load_checkpoint_file(path, mmap=True)
     state = extract_model_state(checkpoint, source=path)
     saved_variant = (checkpoint.get("config") or {}).get("model", {}).get("variant") if isinstance(checkpoint, dict) else None
     try:
