@@ -37,7 +37,8 @@ def child(cmd, env):
                "print('PEAK_KIB',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,file=sys.stderr);"
                "sys.exit(r.returncode)")
     # cwd: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH
-    r = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env, capture_output=True, text=True, cwd=env["PYTHONPATH"])
+    r = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env, capture_output=True, text=True,
+                       cwd=env["PYTHONPATH"])
     if r.returncode != 0:
         print(r.stdout[-3000:], r.stderr[-3000:])
         raise SystemExit(f"failed: {' '.join(cmd)}")

@@ -137,7 +137,8 @@ def test_text_tower_is_shared_frozen_and_survives_a_resume():
     assert all(p.data_ptr() != image_side[n].data_ptr() for n, p in ema.module.backbone.image_model.named_parameters())
     ema.module.train()
     assert not ema.module.text_model.model[1].training and not any(p.requires_grad for p in ema.module.parameters())
-    assert all(p.requires_grad for p in image_side.values()) and not any(p.requires_grad for p in model.text_model.parameters())
+    assert all(p.requires_grad for p in image_side.values())
+    assert not any(p.requires_grad for p in model.text_model.parameters())
 
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     ema.update(model)
