@@ -83,3 +83,39 @@ def test_workers_leave_ctrl_c_to_the_main_process():
 
     loader = torch.utils.data.DataLoader(_SigintHandler(), batch_size=2, num_workers=1, worker_init_fn=_worker_init)
     assert next(iter(loader)).tolist() == [1, 1]
+
+
+class _GlobalDraws(torch.utils.data.Dataset):
+    """Index -> what numpy's and Python's global generators give in the worker that loads it (as a
+    third-party augmentation drawing from them would)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        import random
+
+        import numpy as np
+        return (torch.utils.data.get_worker_info().id, int(np.random.randint(2**31)), random.random())
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def _worker_draws(seed):
+    loader = build_train_loader(_GlobalDraws(), batch_size=1, workers=2, seed=seed)
+    loader.loader.collate_fn = lambda batch: batch[0]
+    loader.set_epoch(0)
+    return sorted(loader)
+
+
+def test_workers_seed_the_global_generators_from_the_run_seed():
+    """Each worker's numpy / random streams differ from the other worker's, and follow the run's
+    seed, not whatever the global torch generator of the main process holds."""
+    torch.manual_seed(1)
+    first = _worker_draws(seed=3)
+    torch.manual_seed(2)
+    assert _worker_draws(seed=3) == first
+    (_, np_0, py_0), (_, np_1, py_1) = [next(d for d in first if d[0] == w) for w in (0, 1)]
+    assert np_0 != np_1 and py_0 != py_1
+    assert _worker_draws(seed=4) != first
