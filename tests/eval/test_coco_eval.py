@@ -255,3 +255,18 @@ def test_pr_curves_leave_out_classes_without_gt():
     assert m["per_class"]["toothbrush"] is None  # no GT: its -1 precision must not pull the mean down
     assert np.mean(m["pr_curves"]["AP"]) == pytest.approx(m["AP"])
     assert all(0.0 <= p <= 1.0 for p in m["pr_curves"]["AP"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_annotation_without_area_is_sized_by_its_box(backend):
+    """A GT box of 20 x 60 px without 'area' is 1200 px^2: a medium object (32^2 to 96^2), where a
+    perfect detection scores; the area of a given entry is kept."""
+    from worldtune.eval.coco_inputs import load_coco_gt
+
+    gt = {"images": [{"id": 1, "width": 200, "height": 200}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 60]},
+                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [100, 100, 8, 8], "area": 50.0}]}
+    assert [a["area"] for a in load_coco_gt(gt)["annotations"]] == [1200.0, 50.0]
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 60], "score": 0.9}]
+    metrics = coco_evaluate({**gt, "annotations": gt["annotations"][:1]}, dets, backend=backend)
+    assert metrics["APm"] == pytest.approx(1.0) and metrics["APs"] is None and metrics["APl"] is None
