@@ -97,6 +97,17 @@ def test_threshold_and_class_texts_file(setup, tmp_path):
         assert len(record["detections"]) <= 3 and all(d["score"] > 0.5 for d in record["detections"])
 
 
+def test_a_low_threshold_keeps_the_weaker_detections(setup, tmp_path):
+    """--score-thr reaches the post-processing both ways: below the default 0.25 it keeps detections
+    that the default drops."""
+    out = tmp_path / "out"
+    assert _predict(setup, out, "--classes", ",".join(CLASSES), "--score-thr", "0.02") == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    scores = [d["score"] for record in summary["images"] for d in record["detections"]]
+    assert summary["score_thr"] == 0.02 and min(scores) > 0.02
+    assert any(score <= 0.25 for score in scores)
+
+
 def test_nothing_readable_is_an_error(setup, tmp_path, capsys):
     ckpt, clip, images = setup
     code = main(["predict", str(images / "broken.jpg"), str(tmp_path / "missing.png"), "--weights", str(ckpt),
