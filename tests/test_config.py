@@ -86,6 +86,8 @@ def test_unknown_key_lists_valid_keys():
     ("data.mask_refine=3", "data.mask_refine: expected true/false"),
     ("data.affine_scale=[a, 1]", r"data.affine_scale\[0\]: expected float"),
     ("train.lr", "expected key=value"),
+    ("train.lr=true", "train.lr: expected float"),  # YAML's true is no number, not 1.0
+    ("data.affine_scale=[yes, 1]", r"data.affine_scale\[0\]: expected float"),
 ])
 def test_bad_values_are_refused(item, match):
     with pytest.raises(C.ConfigError, match=match):
@@ -179,3 +181,9 @@ def test_a_cache_folder_the_run_will_make_is_saved_absolute(tmp_path, monkeypatc
     cfg = C.Config()
     cfg.data.cache_dir = "cache"
     assert C.absolute_paths(cfg).data.cache_dir == str(tmp_path / "cache")
+
+
+def test_a_fixed_affine_scale_is_valid():
+    """low == high (no random zoom) is allowed; only low > high is refused."""
+    cfg = C.merge(C.Config(), C.parse_set(["data.affine_scale=[1, 1]"]))
+    assert C.validate(cfg).data.affine_scale == [1.0, 1.0]
