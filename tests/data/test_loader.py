@@ -119,3 +119,33 @@ def test_workers_seed_the_global_generators_from_the_run_seed():
     (_, np_0, py_0), (_, np_1, py_1) = [next(d for d in first if d[0] == w) for w in (0, 1)]
     assert np_0 != np_1 and py_0 != py_1
     assert _worker_draws(seed=4) != first
+
+
+def test_eval_shards_cover_every_image_once():
+    from worldtune.data.loader import StridedSampler
+    for length, world in ((7, 2), (5, 3), (2, 4)):
+        shards = [list(StridedSampler(length, rank, world)) for rank in range(world)]
+        assert sorted(i for shard in shards for i in shard) == list(range(length))
+        assert [len(StridedSampler(length, rank, world)) for rank in range(world)] == [len(s) for s in shards]
+
+
+@pytest.mark.parametrize("drop_last,per_rank,distinct", [(True, 3, 6), (False, 4, 7)])
+def test_train_shards_drop_or_pad_the_tail_as_asked(drop_last, per_rank, distinct):
+    """7 images on 2 ranks: drop_last leaves one out (3 each, all different); without it a rank
+    repeats one to keep the ranks in step (4 each)."""
+    class Seven(torch.utils.data.Dataset):
+        def __len__(self):
+            return 7
+
+        def __getitem__(self, i):
+            return i
+
+        def set_epoch(self, epoch):
+            pass
+
+    shards = []
+    for rank in range(2):
+        loader = build_train_loader(Seven(), batch_size=1, seed=0, rank=rank, world_size=2, drop_last=drop_last)
+        loader.set_epoch(0)
+        shards.append(list(loader.sampler))
+    assert [len(s) for s in shards] == [per_rank, per_rank] and len(set(shards[0] + shards[1])) == distinct
