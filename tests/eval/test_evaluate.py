@@ -70,6 +70,8 @@ def test_detections_to_coco_maps_labels_and_boxes():
     assert low[0]["score"] > low[1]["score"]
     with pytest.raises(ValueError, match="label 3 outside the vocabulary of 3"):
         detections_to_coco([dict(dets[0], labels=torch.tensor([3, 0]))], [7], cat_ids=[1, 17, 47])
+    with pytest.raises(ValueError, match="label -1 outside the vocabulary of 3"):  # not the largest, 2
+        detections_to_coco([dict(dets[0], labels=torch.tensor([2, -1]))], [7], cat_ids=[1, 17, 47])
 
 
 def test_evaluate_model_scores_mapped_detections(demo_val, tmp_path):

@@ -31,8 +31,9 @@ def detections_to_coco(dets: list[dict], image_ids: list[int], cat_ids: list[int
     for det, image_id in zip(dets, image_ids):
         boxes = det["boxes_xyxy"].detach().float().cpu()
         labels = det["labels"].detach().cpu().long()
-        if labels.numel() and (labels.min() < 0 or labels.max() >= len(cat_ids)):
-            raise ValueError(f"image {image_id}: label {int(labels.max())} outside the vocabulary of "
+        outside = labels[(labels < 0) | (labels >= len(cat_ids))]
+        if outside.numel():
+            raise ValueError(f"image {image_id}: label {int(outside[0])} outside the vocabulary of "
                              f"{len(cat_ids)} classes")
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         for box, score, label in zip(xywh, det["scores"].detach().float().cpu().tolist(), labels.tolist()):
