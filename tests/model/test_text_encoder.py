@@ -173,6 +173,14 @@ def test_cache_evicts_the_least_recently_used_text(tiny):
     assert len(calls) == 3  # both hits
     tiny.encode(["a"])
     assert len(calls) == 4  # evicted, encoded again
+    # a hit makes a text the most recent: b (stored before a) is used again, so d evicts a, not b
+    tiny.encode(["b"])
+    tiny.encode(["d"])
+    assert len(calls) == 5
+    tiny.encode(["b"])
+    assert len(calls) == 5  # kept by its use
+    tiny.encode(["a"])
+    assert len(calls) == 6  # evicted
 
 
 def test_unfrozen_encoder_does_not_cache(tiny):
