@@ -214,3 +214,14 @@ def test_nms_boxes_are_compared_by_label_and_score_not_by_row():
     assert matched_box_difference(got, ref)[0] == float("inf")
     got = {**got, "labels": ref[3].copy(), "num_dets": np.array([2])}
     assert matched_box_difference(got, ref)[0] == float("inf")
+
+
+def test_verification_feeds_a_fixed_batch_graph_its_batch(setup, tmp_path):
+    """A graph exported for batch 2 (not dynamic) is checked on 2 images: one image would not fit its input."""
+    from worldtune.export.check import verify_onnx
+
+    model, feats, _ = setup
+    path = tmp_path / "batch2.onnx"
+    info = export_onnx(model, TEXTS, path, text_feats=feats, imgsz=IMGSZ, batch=2)
+    diffs, detections = verify_onnx(model, TEXTS, path, info, text_feats=feats)
+    assert detections is None and max(diffs.values()) < 1e-3
