@@ -187,6 +187,8 @@ def test_prefer_model_falls_back_to_ema_when_only_ema_is_stored():
     ema_w = _weights(1)
     _assert_same(extract_model_state({"ema": ema_w, "epoch": 3}, prefer="model"), ema_w)
     _assert_same(extract_model_state({"model": None, "ema": ema_w}, prefer="model"), ema_w)
+    # an mmengine file with its EMA weights (state_dict) only: prefer="model" takes those too
+    _assert_same(extract_model_state({"state_dict": ema_w, "meta": {}}, prefer="model"), ema_w)
 
 
 def test_a_prefix_is_stripped_only_when_every_key_has_it():
@@ -250,6 +252,9 @@ def test_strict_load_casts_fp16_and_ignores_position_ids():
     report = load_model_state(model, state)
     assert report.ok and model.conv.weight.dtype == torch.float32
     assert torch.allclose(model.conv.weight, donor.conv.weight, atol=1e-2)
+    # a model whose transformers (< 4.31) saves position_ids loads a file written without them
+    model.register_buffer("position_ids", torch.arange(4)[None])
+    assert load_model_state(model, donor.state_dict()).ok
 
 
 def test_atomic_save_roundtrip_and_crash_keeps_previous(tmp_path, monkeypatch):
