@@ -14,7 +14,6 @@ run holds on the device (weights, EMA, gradients, AdamW state) follows the same 
 """
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -60,7 +59,6 @@ def main():
     work.mkdir(parents=True)
 
     if not args.skip_inprocess:
-        import torch
         from worldtune.engine.ema import ExpMomentumEMA
         from worldtune.model import build_model
         from worldtune.model.loading import build_text_model
