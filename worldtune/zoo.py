@@ -190,7 +190,7 @@ def resolve_weights(name_or_path: str | Path, *, allow_hash_mismatch: bool = Fal
                 raise WeightsNotAvailableError(f"{key}: {e.note}. Its pre-trained start is {e.pretrained}.")
         aliases = sorted(n for n in table if not n.endswith(".pth") and not n.startswith("yolo_world"))
         raise UnknownWeightsError(f"{key}: no such file, and not a zoo name. Zoo aliases: {', '.join(aliases)} "
-                                       f"(`worldtune zoo` lists the files).")
+                                  f"(`worldtune zoo` lists the files).")
     filename = table[key]
     found = cached_path(filename)
     if found is None:

@@ -72,9 +72,7 @@ def _score_model(args, ann: Path, images: Path) -> dict:
     warn_image_file_problems(dataset, "the evaluation")  # said before the model loads, not when met
     model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,
                        allow_hash_mismatch=args.allow_hash_mismatch)
-    imgsz = args.imgsz or model.trained_imgsz or 640
-    if imgsz <= 0 or imgsz % 32:
-        raise ValueError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+    imgsz = args.imgsz or model.trained_imgsz or 640  # both checked already: parsing, the checkpoint reader
     print(f"evaluating at image size {imgsz}", file=sys.stderr)
     trained = list(getattr(model, "vocabulary", []))  # a worldtune run's class texts
     if args.class_texts is None and trained and trained != dataset.class_names:

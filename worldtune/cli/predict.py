@@ -152,9 +152,7 @@ def run(args: argparse.Namespace) -> int:
         paths, skipped = expand_inputs(args.inputs)
         device = resolve_device(args.device)  # engine.dist: auto / cpu / cuda[:N]
         model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device)
-        args.imgsz = args.imgsz or model.trained_imgsz or 640
-        if args.imgsz % 32 or args.imgsz <= 0:
-            raise ValueError(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
+        args.imgsz = args.imgsz or model.trained_imgsz or 640  # both checked already: parsing, the checkpoint reader
         if texts is None:
             texts = list(model.vocabulary)  # a worldtune checkpoint's training classes
             if not texts:
