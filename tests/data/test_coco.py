@@ -293,6 +293,40 @@ def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, 
         dataset.load_image(1)  # the others match
 
 
+def _tag_rotated_90(path):
+    """Re-save a JPEG with EXIF orientation 6 (shown rotated 90 degrees clockwise), pixels as stored."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(path, exif=exif.tobytes(), quality=95)
+
+
+@pytest.mark.parametrize("annotated", ["stored", "rotated"])
+def test_exif_rotated_images_are_read_in_the_frame_their_annotation_gives(tiny_coco, tmp_path, annotated):
+    # Tools built on pycocotools show the stored pixels; others apply the EXIF rotation. The annotation's
+    # width and height say which: a 90-degree rotation must not move the boxes off their objects.
+    def swap(d):
+        if annotated == "rotated":
+            d["images"][0]["width"], d["images"][0]["height"] = d["images"][0]["height"], d["images"][0]["width"]
+    ann, img = _copy_set(tiny_coco, tmp_path, swap)
+    dataset = CocoDetection(ann, img)
+    path = dataset.image_path(0)
+    assert path.suffix == ".jpg"
+    _tag_rotated_90(path)
+    stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    shown = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert shown.shape[:2] == stored.shape[:2][::-1]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no size-mismatch warning: the pixels fit the annotation
+        loaded = dataset.load_image(0)
+    assert loaded.shape[:2] == dataset.image_size(0)
+    np.testing.assert_array_equal(loaded, stored if annotated == "stored" else shown)
+
+
 def test_images_under_min_size_are_counted(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path, lambda d: d["images"].append(dict(d["images"][0], id=999, width=20)))
     with pytest.warns(UserWarning, match=r"1 image\(s\) with a side under min_size=32 px left out"):

@@ -161,6 +161,24 @@ def jpeg_cut_short(path) -> bool:
     return image_file_problem(path) == "cut_short"
 
 
+def read_image_bgr(path, expected_hw: tuple | None = None) -> np.ndarray | None:
+    """uint8 [H, W, 3] BGR (grayscale, 16-bit, RGBA expanded or reduced by OpenCV), or None if unreadable.
+
+    The EXIF orientation is applied, as OpenCV and the official loader apply it, unless the rotated
+    frame is the transpose of `expected_hw` (the annotation's (height, width)) and the stored pixels
+    have exactly that size: the file was then annotated by a tool that shows the stored pixels
+    (pycocotools-based ones do), so its boxes are in that frame, and rotating would misplace them.
+    """
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is not None and expected_hw is not None:
+        expected = (int(expected_hw[0]), int(expected_hw[1]))
+        if img.shape[:2] != expected and img.shape[:2] == expected[::-1]:
+            stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            if stored is not None and stored.shape[:2] == expected:
+                return stored
+    return img
+
+
 def _rle_problem(rle: dict, img: dict) -> str:
     """What is wrong with an RLE segmentation ("" if nothing), short of decoding it (`get_record`
     does, when the pipeline asks). pycocotools would otherwise fail deep inside a DataLoader worker
@@ -416,7 +434,7 @@ class CocoDetection:
     def load_image(self, index: int) -> np.ndarray:
         """uint8 [H, W, 3] BGR (grayscale files are expanded). Raises DataError naming the file."""
         path = self.image_path(index)
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        img = read_image_bgr(path, self.image_size(index))  # in the annotation's frame where EXIF alone differs
         if img is None:
             raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
         if self.check_ends_at_decode and index not in self._end_checked:  # once per image and process
