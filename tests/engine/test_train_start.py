@@ -221,3 +221,36 @@ def test_bad_validation_files_are_warned_about_at_start(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert val_coco.load_image([val_coco.image_path(i) for i in range(len(val_coco))].index(jpegs[1])) is not None
+
+
+@pytest.mark.parametrize("val_names", ["permuted", "renamed"])
+def test_a_validation_file_with_other_categories_than_the_class_texts_is_caught(tmp_path, val_names):
+    """Class-text entry k goes to the k-th category of each file: a validation file numbering the same
+    categories otherwise would score every class with another's texts, silently."""
+    import json
+
+    from worldtune.data.coco import DataError
+    from worldtune.engine import dist
+    from worldtune.engine.setup import build_datasets
+
+    cfg = tiny_config(tmp_path, epochs=1)
+    data = json.loads(Path(cfg.data.val_ann).read_text())
+    names = [c["name"] for c in data["categories"]]
+    for c, name in zip(data["categories"], names[1:] + names[:1]):  # each id now names the next class
+        c["name"] = name if val_names == "permuted" else name.upper()
+    val_ann = tmp_path / "val.json"
+    val_ann.write_text(json.dumps(data))
+    cfg.data.val_ann = str(val_ann)
+    if val_names == "permuted":
+        with pytest.raises(DataError, match=rf"{val_ann} numbers the categories of .* otherwise.*"
+                                            rf"category id 1 '{names[1]}' gets '{names[0]}'"):
+            build_datasets(cfg, dist.init_distributed("cpu"))
+    else:
+        with pytest.warns(UserWarning, match=rf"{val_ann}: its categories differ .*category id 1 "
+                                             rf"'{names[1].upper()}' gets '{names[0]}'"):
+            build_datasets(cfg, dist.init_distributed("cpu"))
+    cfg.data.class_texts = ""  # the category names themselves: each class keeps its own text
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        build_datasets(cfg, dist.init_distributed("cpu"))

@@ -30,6 +30,27 @@ def resolve_image_cache(d, dataset, info: dist.DistInfo, workers: int, stage1_ah
     return ("true" if agreed else "false"), "", report
 
 
+def check_val_categories(train_coco, val_coco, class_texts_file: str) -> None:
+    """One class-text file serves both sets by position: entry k is the k-th category (by sorted id) of
+    each. A validation file that lists other categories at a position would be scored with another
+    class's texts: refused when it holds the training categories numbered otherwise (certainly
+    wrong), warned about when its names differ (possibly the same classes spelt otherwise)."""
+    train_names, val_names = train_coco.category_names, val_coco.category_names
+    if not class_texts_file or val_names == train_names:
+        return
+    rows = [f"category id {cid} {v!r} gets {texts[0]!r} (the training file's {t!r})"
+            for cid, v, t, texts in zip(val_coco.cat_ids, val_names, train_names, val_coco.class_texts) if v != t]
+    listed = "; ".join(rows[:5]) + (f"; ... ({len(rows)} in all)" if len(rows) > 5 else "")
+    if sorted(val_names) == sorted(train_names):
+        from worldtune.data.coco import DataError
+        raise DataError(f"{val_coco.ann_file} numbers the categories of {train_coco.ann_file} otherwise, so the "
+                        f"class-text file {class_texts_file} (one entry per category in id order) would give "
+                        f"validation classes the texts of others: {listed}; give both files the same category ids")
+    import warnings
+    warnings.warn(f"{val_coco.ann_file}: its categories differ from {train_coco.ann_file}'s, and the class-text "
+                  f"file {class_texts_file} gives each the entry of its position: {listed}", stacklevel=2)
+
+
 def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     """Train/val CocoDetection, the augmented TrainDataset and the loaders (`start_epoch`: 0-based
     epoch a resumed run starts in; see `resolve_image_cache`)."""
@@ -47,6 +68,10 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
                          f"(or neither, to train without validation)")
     texts = d.class_texts or None
     train_coco = CocoDetection(d.train_ann, d.train_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+    val_coco = None
+    if d.val_ann:  # read before the training images are cached: its problems are told without that wait
+        val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+        check_val_categories(train_coco, val_coco, d.class_texts)
     close_mosaic_epoch = max(t.epochs - t.close_mosaic_epochs, 0)
     # More loader processes than cores only adds overhead; results do not depend on the count.
     workers = min(d.workers, os.cpu_count() or 1)
@@ -61,9 +86,8 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     train_set.cache_report = report
     train_loader = build_train_loader(train_set, t.batch_size, workers, t.seed, info.rank, info.world_size,
                                       pin_memory=info.device.type == "cuda")
-    val_coco = val_loader = None
-    if d.val_ann:
-        val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size)
+    val_loader = None
+    if val_coco is not None:
         # A bad val image would otherwise surface only at the first validation, epochs later.
         if info.is_main:
             warn_image_file_problems(val_coco, "the first validation")
