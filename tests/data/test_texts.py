@@ -95,3 +95,18 @@ def test_sample_texts_shuffles_positives_among_negatives():
         assert texts[10:] == ["", ""] and sorted(texts[:10]) == sorted(f"c{i}" for i in range(10))
         positions.add(tuple(sorted(labels.tolist())))
     assert len(positions) > 5  # unshuffled, they would always be (0, 1)
+
+
+def test_class_texts_naming_the_categories_in_another_order_are_refused(tmp_path):
+    # A file written in the annotation file's listing order (the official loader's numbering) for
+    # categories listed out of id order: every class would silently be trained with another's text.
+    names = ["cat", "person", "cup"]  # labels 0..2 = the categories sorted by id
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps([["person"], ["cup"], ["Cat", "kitty"]]))
+    with pytest.raises(DataError, match=r"texts.json: the entries name the categories in another order.*"
+                                        r"entry 0 is \['person'\] but category 0 is 'cat' \(entry 2\)"):
+        load_class_texts(path, names)
+    # the right order, texts that are not the names, and names shared by entries all pass
+    assert load_class_texts([["Cat", "kitty"], ["person"], ["cup"]], names)[0] == ["Cat", "kitty"]
+    assert load_class_texts([["tabby"], ["human"], ["mug"]], names) == [["tabby"], ["human"], ["mug"]]
+    assert load_class_texts([["cat"], ["cat person"], ["cup", "person"]], names)[2] == ["cup", "person"]

@@ -286,7 +286,7 @@ class CocoDetection:
         self.cat_id_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
         names_by_id = {int(c["id"]): str(c["name"]) for c in cats}
         self.category_names = [names_by_id[cid] for cid in self.cat_ids]
-        self.class_texts = load_class_texts(class_texts, self.category_names)
+        self.class_texts = load_class_texts(class_texts, self.category_names, self.ann_file)
         self.class_names = [t[0] for t in self.class_texts]
         _warn_same_texts(self.ann_file, self.class_names, self.cat_ids)
 

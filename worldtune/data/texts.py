@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 
-def load_class_texts(source, category_names: list | None) -> list:
+def load_class_texts(source, category_names: list | None, ann_file=None) -> list:
     """Resolve class texts to a list (one per class) of non-empty lists of strings.
 
     Args:
@@ -18,6 +18,7 @@ def load_class_texts(source, category_names: list | None) -> list:
             synonym lists) or to a text file of another suffix (one text per line), or a list.
         category_names: names of the categories in label order (used for None and messages), or
             None to take the file's entries as they are, however many (a vocabulary for `predict`).
+        ann_file: the annotation file the categories come from, named in messages.
     Raises:
         ValueError (DataError) naming the file and the mismatch when the entry count differs
         from the number of categories or an entry is not a list of strings.
@@ -60,7 +61,33 @@ def load_class_texts(source, category_names: list | None) -> list:
                 if i >= len(texts) or i >= len(category_names)]
         raise DataError(f"{where} has {len(texts)} entries but the annotation file has {len(category_names)}"
                         f" categories; unmatched:\n" + "\n".join(rows[:20]))
+    if category_names is not None:
+        _check_order(texts, category_names, where, ann_file or "the annotation file")
     return texts
+
+
+def _check_order(texts: list, category_names: list, where: str, ann_file) -> None:
+    """Refuse entries that name the categories in another order: entry k is class k (k-th smallest
+    category id), while the official loader, and files written for it, follow the annotation file's
+    listing order. Only a clear case is refused: every category name is a synonym of exactly one
+    entry, and some of another entry than its own; texts that are not the names pass."""
+    def key(text):
+        return " ".join(text.lower().split())
+
+    owner = {}  # category position -> the entry position whose synonyms hold its name
+    for k, name in enumerate(category_names):
+        holders = [j for j, entry in enumerate(texts) if key(name) in {key(t) for t in entry}]
+        if len(holders) != 1:
+            return
+        owner[k] = holders[0]
+    moved = [(k, j) for k, j in owner.items() if k != j]
+    if moved and len(set(owner.values())) == len(owner):
+        from worldtune.data.coco import DataError
+        shown = "; ".join(f"entry {k} is {texts[k]} but category {k} is {category_names[k]!r} (entry {j})"
+                          for k, j in moved[:3])
+        raise DataError(f"{where}: the entries name the categories in another order than {ann_file}'s "
+                        f"category ids, sorted ({shown}{'; ...' if len(moved) > 3 else ''}); list one entry per "
+                        f"category in increasing id order, or leave the texts out to use the category names")
 
 
 def sample_texts(labels: np.ndarray, class_texts: list, rng: np.random.Generator,
