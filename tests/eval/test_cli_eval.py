@@ -242,3 +242,29 @@ def test_a_model_trained_with_other_class_texts_gets_a_note(tmp_path, capsys, mo
                  "--workers", "0", "--device", "cpu"]) == 0
     first = data["class_names"][0]
     assert f"trained with other class texts ('a photo of a {first}' for '{first}'" in capsys.readouterr().err
+
+
+def test_a_model_trained_on_another_number_of_classes_gets_a_note_naming_them(tmp_path, capsys, monkeypatch):
+    # It said "trained with other class texts ()" when the shared classes matched: nothing was listed.
+    import worldtune.model.loading as loading
+    from tests.helpers.clip_factory import make_clip_text_folder
+    from worldtune.data.demo_set import build_demo_dataset
+
+    data = build_demo_dataset(tmp_path / "demo", num_train=1, num_val=1, imgsz=64)
+    clip_dir = make_clip_text_folder(tmp_path / "clip", hidden=32, layers=1, heads=2, projection=512)
+    real_load = loading.load_model
+    trained = list(data["class_names"]) + ["forklift"]
+
+    def trained_with_one_more_class(*args, **kwargs):  # as a run's checkpoint with its vocabulary loads
+        model = real_load(*args, **kwargs)
+        model.set_vocabulary(trained)
+        return model
+
+    monkeypatch.setattr(loading, "load_model", trained_with_one_more_class)
+    assert main(["eval", "--weights", "none", "--variant", "n", "--text-model", str(clip_dir),
+                 "--ann", str(data["val_ann"]), "--images", str(data["val_images"]), "--imgsz", "64",
+                 "--workers", "0", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"trained on {len(trained)} classes ({trained[0]!r}" in err
+    assert f"{data['val_ann']} has {len(trained) - 1}: scored with its category names" in err
+    assert "()" not in err

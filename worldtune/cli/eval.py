@@ -75,7 +75,11 @@ def _score_model(args, ann: Path, images: Path) -> dict:
     imgsz = args.imgsz or model.trained_imgsz or 640  # both checked already: parsing, the checkpoint reader
     print(f"evaluating at image size {imgsz}", file=sys.stderr)
     trained = list(getattr(model, "vocabulary", []))  # a worldtune run's class texts
-    if args.class_texts is None and trained and trained != dataset.class_names:
+    if args.class_texts is None and trained and len(trained) != len(dataset.class_names):
+        print(f"note: the checkpoint was trained on {len(trained)} classes ({', '.join(map(repr, trained[:5]))}"
+              f"{', ...' if len(trained) > 5 else ''}), {ann} has {len(dataset.class_names)}: scored with its "
+              "category names", file=sys.stderr)
+    elif args.class_texts is None and trained and trained != dataset.class_names:
         pairs = [f"{a!r} for {b!r}" for a, b in zip(trained, dataset.class_names) if a != b]
         print(f"note: the checkpoint was trained with other class texts ({', '.join(pairs[:3])}"
               f"{', ...' if len(pairs) > 3 else ''}); these are scored with the annotation's category names. "
