@@ -172,6 +172,23 @@ def test_inputs_and_output_names(tmp_path):
     assert _output_name(tmp_path / "a" / "x.jpg", set(), tmp_path / "a", inputs) == "x_1.jpg"
 
 
+def test_videos_and_unsearched_subfolders_are_reported_not_passed_over(tmp_path):
+    (tmp_path / "photos" / "day 2").mkdir(parents=True)
+    (tmp_path / "photos" / ".cache").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"")
+    (tmp_path / "photos" / "clip.MP4").write_bytes(b"")
+    (tmp_path / "only_folders" / "day 1").mkdir(parents=True)
+    (tmp_path / "walk.mov").write_bytes(b"")
+    paths, skipped = expand_inputs([tmp_path / "photos", tmp_path / "only_folders", tmp_path / "walk.mov"])
+    assert paths == [tmp_path / "photos" / "a.jpg"]
+    errors = {Path(s["image"]).name: s["error"] for s in skipped}
+    assert errors["clip.MP4"].startswith("a video: predict reads images only") and errors["walk.mov"] == errors["clip.MP4"]
+    assert errors["photos"] == "1 subfolder(s) not searched (day 2): give them as inputs too"  # not the hidden one
+    assert errors["only_folders"].startswith("folder has no images") and errors["only_folders"].endswith(
+        "; 1 subfolder(s) not searched (day 1): give them as inputs too")
+    assert len(skipped) == 4
+
+
 def test_a_very_thin_image_is_predicted(setup, tmp_path, capsys):
     ckpt, clip, images = setup
     cv2.imwrite(str(tmp_path / "strip.png"), np.zeros((1, 2000, 3), np.uint8))  # a side that rounds to 0 px

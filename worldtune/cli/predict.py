@@ -86,15 +86,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
 
 
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_NOTE = "a video: predict reads images only (extract its frames first, e.g. ffmpeg -i clip.mp4 frames/%06d.jpg)"
+
+
 def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
-    """Files as given, folders expanded to their images (sorted). Returns (paths, missing entries)."""
+    """Files as given, folders expanded to their images (sorted; subfolders are not searched).
+    Returns (paths, entries for what is skipped: missing inputs, videos, folders' unsearched subfolders)."""
     paths, missing = [], []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            entries = sorted(item.iterdir())
+            found = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            missing += [{"image": str(p), "error": VIDEO_NOTE} for p in entries
+                        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
+            # said, not silently passed over: photos sorted into day or camera folders
+            subfolders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
+            unsearched = (f"{len(subfolders)} subfolder(s) not searched ({', '.join(subfolders[:3])}"
+                          f"{', ...' if len(subfolders) > 3 else ''}): give them as inputs too") if subfolders else ""
             if not found:
-                missing.append({"image": str(item), "error": f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"})
+                missing.append({"image": str(item), "error": f"folder has no images ({', '.join(IMAGE_EXTENSIONS)})"
+                                + (f"; {unsearched}" if unsearched else "")})
+            elif unsearched:
+                missing.append({"image": str(item), "error": unsearched})
             paths.extend(found)
+        elif item.is_file() and item.suffix.lower() in VIDEO_EXTENSIONS:
+            missing.append({"image": str(item), "error": VIDEO_NOTE})
         elif item.is_file():
             paths.append(item)
         else:
