@@ -196,6 +196,20 @@ def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path, capsys):
     assert (run / "best.pt").stat().st_mtime_ns == before
 
 
+def test_a_validation_set_without_ground_truth_gives_no_best_checkpoint(tmp_path, capsys):
+    """Its AP is undefined, not 0: best.pt would hold the first epoch's weights for good."""
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=3)
+    val = json.loads(Path(cfg.data.val_ann).read_text())
+    val["annotations"] = []
+    cfg.data.val_ann = str(tmp_path / "val_without_boxes.json")
+    Path(cfg.data.val_ann).write_text(json.dumps(val))
+    cfg.train.val_interval = 1
+    result = T.fit(cfg)
+    assert result["status"] == "finished" and result["best_epoch"] == -1
+    assert "epoch 1: AP n/a: the validation set has no ground-truth box" in capsys.readouterr().out
+    assert not (Path(cfg.out) / "best.pt").exists() and (Path(cfg.out) / "last.pt").exists()
+
+
 def test_resuming_with_another_process_count_applies_its_weight_decay_rule(tmp_path, capsys):
     """A run of 8 processes x 16 (weight decay x2 by the batch rule) resumed by one process: the
     batch rule line and the warning say the decay follows the new total batch, and so it must be, not

@@ -353,14 +353,17 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         stop.immediate = False
         if info.is_main:
             last_metrics = metrics
-            ap = last_metrics["AP"] or 0.0
-            if ap > state["best_ap"]:
+            ap = last_metrics["AP"]  # None: no ground-truth box to score, so no epoch is better than another
+            if ap is not None and ap > state["best_ap"]:
                 state["best_ap"], state["best_epoch"] = ap, epoch
                 save("best.pt", evaluated)  # the weights that scored this AP
             # logged after best.pt is written: a resume trusts the logged best AP (see above)
             logger.log("val", state["global_step"], epoch=epoch,
                        **{k: last_metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
-            say(f"epoch {epoch + 1}: AP {100 * ap:.1f}  AP50 {100 * (last_metrics['AP50'] or 0):.1f} (EMA weights)")
+            if ap is None:
+                say(f"epoch {epoch + 1}: AP n/a: the validation set has no ground-truth box to score (so no best.pt)")
+            else:
+                say(f"epoch {epoch + 1}: AP {100 * ap:.1f}  AP50 {100 * (last_metrics['AP50'] or 0):.1f} (EMA weights)")
         dist.barrier()
         state["validating"] = state["val_pending"] = False
 
