@@ -110,3 +110,9 @@ def test_class_texts_naming_the_categories_in_another_order_are_refused(tmp_path
     assert load_class_texts([["Cat", "kitty"], ["person"], ["cup"]], names)[0] == ["Cat", "kitty"]
     assert load_class_texts([["tabby"], ["human"], ["mug"]], names) == [["tabby"], ["human"], ["mug"]]
     assert load_class_texts([["cat"], ["cat person"], ["cup", "person"]], names)[2] == ["cup", "person"]
+
+
+def test_indented_comment_lines_are_not_class_texts(tmp_path):
+    lines = tmp_path / "names.txt"
+    lines.write_text("cat\n  # the vehicles\n\t# (tab)\nred car\n")
+    assert load_class_texts(lines, None) == [["cat"], ["red car"]]

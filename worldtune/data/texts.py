@@ -2,7 +2,7 @@
 
 Format: `[["person"], ["bicycle", "bike"], ...]`, one entry per class in category-id
 order. Training draws a random synonym per class, evaluation takes the first. A file not named
-.json holds one text per line (no synonyms; lines starting with # are skipped).
+.json holds one text per line (no synonyms; lines whose first non-blank character is # are skipped).
 """
 import json
 from pathlib import Path
@@ -38,7 +38,7 @@ def load_class_texts(source, category_names: list | None, ann_file=None) -> list
         except UnicodeDecodeError as e:
             raise DataError(f"class-text file {where}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
         if Path(source).suffix.lower() != ".json":  # one class per line
-            source = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
+            source = [line.strip() for line in raw.splitlines() if line.strip() and not line.strip().startswith("#")]
         else:
             try:
                 source = json.loads(raw)
