@@ -187,6 +187,10 @@ def test_videos_and_unsearched_subfolders_are_reported_not_passed_over(tmp_path)
     assert errors["only_folders"].startswith("folder has no images") and errors["only_folders"].endswith(
         "; 1 subfolder(s) not searched (day 1): give them as inputs too")
     assert len(skipped) == 4
+    # a subfolder given as an input too, or holding one, is not reported
+    (tmp_path / "photos" / "day 2" / "am").mkdir()
+    _, skipped = expand_inputs([tmp_path / "photos", tmp_path / "photos" / "day 2" / "am"])
+    assert not any("subfolder" in s["error"] for s in skipped)
 
 
 def test_a_very_thin_image_is_predicted(setup, tmp_path, capsys):

@@ -9,6 +9,7 @@ detections in original pixels; `predictions.json` sums everything up, including 
 """
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -94,6 +95,7 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
     """Files as given, folders expanded to their images (sorted; subfolders are not searched).
     Returns (paths, entries for what is skipped: missing inputs, videos, folders' unsearched subfolders)."""
     paths, missing = [], []
+    given = [Path(os.path.abspath(item)) for item in inputs]
     for item in inputs:
         if item.is_dir():
             entries = sorted(item.iterdir())
@@ -101,7 +103,9 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
             missing += [{"image": str(p), "error": VIDEO_NOTE} for p in entries
                         if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
             # said, not silently passed over: photos sorted into day or camera folders
-            subfolders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
+            subfolders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")
+                          and not any(g == Path(os.path.abspath(p)) or Path(os.path.abspath(p)) in g.parents
+                                      for g in given)]  # one given as an input, or holding one, is searched
             unsearched = (f"{len(subfolders)} subfolder(s) not searched ({', '.join(subfolders[:3])}"
                           f"{', ...' if len(subfolders) > 3 else ''}): give them as inputs too") if subfolders else ""
             if not found:
