@@ -327,6 +327,18 @@ def test_exif_rotated_images_are_read_in_the_frame_their_annotation_gives(tiny_c
     np.testing.assert_array_equal(loaded, stored if annotated == "stored" else shown)
 
 
+def test_file_names_written_with_windows_separators_are_found(tiny_coco, tmp_path):
+    def to_windows(d):
+        d["images"][0]["file_name"] = "day 1\\" + d["images"][0]["file_name"]
+    ann, img = _copy_set(tiny_coco, tmp_path, to_windows)
+    name = json.loads(ann.read_text())["images"][0]["file_name"].split("\\")[1]
+    (img / "day 1").mkdir()
+    (img / name).rename(img / "day 1" / name)
+    dataset = CocoDetection(ann, img)
+    assert dataset.image_path(0) == img / "day 1" / name
+    assert dataset.load_image(0).shape[:2] == dataset.image_size(0)
+
+
 def test_images_under_min_size_are_counted(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path, lambda d: d["images"].append(dict(d["images"][0], id=999, width=20)))
     with pytest.warns(UserWarning, match=r"1 image\(s\) with a side under min_size=32 px left out"):

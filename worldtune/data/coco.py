@@ -325,6 +325,11 @@ class CocoDetection:
                 small += 1
                 continue
             path = self.image_dir / img["file_name"]
+            if not os.path.isfile(path) and "\\" in img["file_name"]:  # written on Windows: day1\a.jpg
+                posix = img["file_name"].replace("\\", "/")
+                if os.path.isfile(self.image_dir / posix):
+                    img = dict(img, file_name=posix)
+                    path = self.image_dir / posix
             if not os.path.isfile(path):
                 self._bad("missing image", f"{self.ann_file}: image id {image_id}: file {path} "
                           + ("is a folder, not an image" if os.path.isdir(path) else "does not exist"))
