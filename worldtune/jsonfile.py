@@ -34,3 +34,13 @@ def is_int(value) -> bool:
 def is_finite_number(value) -> bool:
     """A number other than a bool, NaN or an infinity."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def id_problem(value) -> str:
+    """What makes `value` unusable as a COCO id ("" if nothing): not an integer, or outside the signed
+    64-bit range in which numpy and the COCO tools hold ids (some tools write 64-bit unsigned hashes)."""
+    if not is_int(value):
+        return f"must be an integer, got {value!r}"
+    if not -2**63 <= value < 2**63:
+        return f"{value} does not fit in a signed 64-bit integer, as numpy and the COCO tools store ids"
+    return ""

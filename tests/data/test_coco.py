@@ -376,6 +376,10 @@ def _rle(counts, size=(120, 160)):
 @pytest.mark.parametrize("edit, pattern", [
     (lambda d: d["images"][0].update(id="1000"), r"image \{.*\}: 'id' must be an integer, got '1000'"),
     (lambda d: d["images"][0].update(id=1000.5), r"'id' must be an integer, got 1000.5"),
+    # 64-bit unsigned hashes as ids: an OverflowError traceback once a worker built the record
+    (lambda d: d["images"][0].update(id=2**64 - 1), r"'id' 18446744073709551615 does not fit in a signed 64-bit"),
+    (lambda d: d["annotations"][0].update(id=2**63), r"annotation id 9223372036854775808: id 9223372036854775808 does "
+                                                     r"not fit in a signed 64-bit integer"),
     (lambda d: d["images"][0].update(file_name=5), r"image id 1000: 'file_name' must be a non-empty string"),
     (lambda d: d["images"][0].update(width="160"), r"image id 1000: 'width' must be a positive integer, got '160'"),
     (lambda d: d["images"][0].update(height=None), r"image id 1000: 'height' must be a positive integer"),

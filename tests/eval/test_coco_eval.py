@@ -214,6 +214,8 @@ def test_bad_gt_annotations_name_the_annotation(tmp_path, bbox, message):
 @pytest.mark.parametrize("edit,message", [
     (lambda gt: gt["images"][0].update(id="1"), r"an entry of 'images' has a non-integer 'id'"),
     (lambda gt: gt["categories"][0].update(id="5"), r"an entry of 'categories' has a non-integer 'id'"),
+    (lambda gt: gt["images"][0].update(id=2**63 + 5), r"an entry of 'images': 'id' 9223372036854775813 does not fit "
+                                                      r"in a signed 64-bit integer"),  # was 'a non-numeric value'
     (lambda gt: gt["annotations"][0].update(category_id=9), r"annotation id 1: 'category_id' 9 is not the id"),
     (lambda gt: gt["annotations"][0].update(image_id=2), r"annotation id 1: 'image_id' 2 is not the id"),
     (lambda gt: gt["annotations"][0].update(iscrowd="yes"), r"annotation id 1: 'iscrowd' must be 0 or 1"),

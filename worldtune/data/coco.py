@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from worldtune.data.texts import load_class_texts
-from worldtune.jsonfile import is_finite_number, is_int, load_json
+from worldtune.jsonfile import id_problem, is_finite_number, is_int, load_json
 
 
 class DataError(ValueError):
@@ -274,8 +274,8 @@ class CocoDetection:
             _require(c, ("id", "name"), "category", self.ann_file)
             # ids are compared with the annotations' integer category_id; a name is the class text
             # when no class-text file is given ("" is the padding text, which a class cannot use)
-            if not is_int(c["id"]):
-                raise DataError(f"{self.ann_file}: category {str(c)[:100]}: 'id' must be an integer, got {c['id']!r}")
+            if id_problem(c["id"]):
+                raise DataError(f"{self.ann_file}: category {str(c)[:100]}: 'id' {id_problem(c['id'])}")
             if not isinstance(c["name"], str) or (class_texts is None and not c["name"].strip()):
                 raise DataError(f"{self.ann_file}: category id {c['id']}: 'name' must be a non-empty string, "
                                 f"got {c['name']!r}" + ("" if class_texts is not None else
@@ -295,8 +295,8 @@ class CocoDetection:
             _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
             # checked here, not left to int() or to the COCO APIs: a string id "7" would never match
             # an annotation's image_id 7, and a bad size would fail later inside the pipeline
-            if not is_int(img["id"]):
-                raise DataError(f"{self.ann_file}: image {str(img)[:100]}: 'id' must be an integer, got {img['id']!r}")
+            if id_problem(img["id"]):
+                raise DataError(f"{self.ann_file}: image {str(img)[:100]}: 'id' {id_problem(img['id'])}")
             if not isinstance(img["file_name"], str) or not img["file_name"]:
                 raise DataError(f"{self.ann_file}: image id {img['id']}: 'file_name' must be a non-empty string, "
                                 f"got {img['file_name']!r}")
@@ -372,8 +372,8 @@ class CocoDetection:
         if missing:
             return f"lacks field(s) {missing}"
         for key in ("id", "image_id", "category_id"):
-            if not is_int(ann[key]):
-                return f"{key} must be an integer, got {ann[key]!r}"
+            if id_problem(ann[key]):
+                return f"{key} {id_problem(ann[key])}"
         if ann.get("iscrowd", 0) not in (0, 1):  # True/False pass too (0 == False)
             return f"iscrowd must be 0 or 1, got {ann['iscrowd']!r}"
         area = ann.get("area", 0)

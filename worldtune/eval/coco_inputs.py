@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldtune.jsonfile import is_finite_number, is_int, load_json
+from worldtune.jsonfile import id_problem, is_finite_number, is_int, load_json
 
 
 def read_json(path: str | Path, what: str):
@@ -53,6 +53,8 @@ def load_coco_gt(ann: str | Path | dict, drop_annotations=()) -> dict:
                 raise ValueError(f"{source}: an entry of '{key}' has no 'id': {str(entry)[:80]}")
             if not is_int(entry["id"]):
                 raise ValueError(f"{source}: an entry of '{key}' has a non-integer 'id': {str(entry)[:80]}")
+            if id_problem(entry["id"]):
+                raise ValueError(f"{source}: an entry of '{key}': 'id' {id_problem(entry['id'])}")
     image_ids = {img["id"] for img in ann["images"]}
     cat_ids = {cat["id"] for cat in ann["categories"]}
     dropped = set(drop_annotations)
