@@ -182,7 +182,8 @@ def test_videos_and_unsearched_subfolders_are_reported_not_passed_over(tmp_path)
     paths, skipped = expand_inputs([tmp_path / "photos", tmp_path / "only_folders", tmp_path / "walk.mov"])
     assert paths == [tmp_path / "photos" / "a.jpg"]
     errors = {Path(s["image"]).name: s["error"] for s in skipped}
-    assert errors["clip.MP4"].startswith("a video: predict reads images only") and errors["walk.mov"] == errors["clip.MP4"]
+    assert errors["clip.MP4"].startswith("a video: predict reads images only")
+    assert errors["walk.mov"] == errors["clip.MP4"]
     assert errors["photos"] == "1 subfolder(s) not searched (day 2): give them as inputs too"  # not the hidden one
     assert errors["only_folders"].startswith("folder has no images") and errors["only_folders"].endswith(
         "; 1 subfolder(s) not searched (day 1): give them as inputs too")
