@@ -351,3 +351,18 @@ def test_loading_local_weights_shows_no_progress_bar(tiny_folder, capsys):
     CLIPTextEncoder.from_pretrained(str(tiny_folder))
     assert "Loading weights" not in capsys.readouterr().err
     assert hf_logging.is_progress_bar_enabled() == enabled  # left as it was
+
+
+def test_pretrained_weights_embed_bit_for_bit_as_when_loaded_into_a_built_tower(tiny_folder):
+    """A run's tower comes from `from_pretrained`; its resume (and eval, predict) builds the tower
+    and loads the same weights from the checkpoint: the embeddings must agree to the last bit, or a
+    resumed run drifts from the run it continues. transformers 5 leaves the weights mapped from
+    the file at unaligned addresses, where the CPU kernels round otherwise."""
+    from worldtune.model.loading import build_text_model
+
+    pretrained = CLIPTextEncoder.from_pretrained(str(tiny_folder))
+    rebuilt = build_text_model("openai/clip-vit-base-patch32",
+                               weights={PREFIX + k: v for k, v in pretrained.state_dict().items()}, num_heads=2)
+    rebuilt.load_state_dict(pretrained.state_dict())
+    texts = ["person", "a red square", "traffic light on a long street corner", "hot dog", ""]
+    assert torch.equal(pretrained.encode(texts, per_string=True), rebuilt.encode(texts, per_string=True))

@@ -68,7 +68,25 @@ def _load_text_model(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"{len(missing)} text weights are missing from the checkpoint, e.g. {missing[:3]}")
     if info.get("mismatched_keys"):
         raise ValueError(f"text weights of the wrong shape: {list(info['mismatched_keys'])[:3]}")
+    _own_memory(model)
     return model
+
+
+def _own_memory(model: nn.Module) -> None:
+    """Copy every weight into memory of its own.
+
+    transformers 5 leaves the weights mapped from the safetensors file, at whatever (unaligned)
+    address the file puts them; PyTorch's CPU kernels then take other paths than for its own
+    (64-byte aligned) memory, and the embeddings differ in the last bits from those of the same
+    weights loaded into a tower built here (a resumed run, `worldtune eval`), which would make a
+    resumed run drift from the run it continues.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, tensor in table.items():
+                    if tensor is not None:
+                        tensor.data = tensor.data.clone()
 
 
 def _load_hf(loader, name: str, what: str):
