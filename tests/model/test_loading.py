@@ -205,3 +205,71 @@ def test_start_weights_from_a_training_checkpoint_leave_its_optimizer_state_on_d
     grown = peak_since_reset() - start
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in state.items())
     assert grown < 48 * 2**20, f"reading the start weights grew the process by {grown / 2**20:.0f} MiB"
+
+
+def _meta_tower_weights(**sizes) -> dict:
+    """A checkpoint's text tower weights of these sizes, as shapes only (meta tensors: no memory)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from worldtune.model.loading import TEXT_PREFIX
+
+    with torch.device("meta"):
+        tower = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **sizes))
+    return {TEXT_PREFIX + "model." + k: v for k, v in tower.state_dict().items()}
+
+
+def test_a_tower_the_checkpoint_fills_is_not_initialised():
+    """eval, predict, a resume or start weights fill the tower from the checkpoint right after it is
+    built: a ViT-B/32 tower (242 MiB) is then allocated, not initialised (nothing of it written)."""
+    from tests.helpers.memory import peak_since_reset, reset_peak
+    from worldtune.model.loading import build_text_model
+
+    weights = _meta_tower_weights(hidden_size=512, intermediate_size=2048, projection_dim=512,
+                                  num_hidden_layers=12, num_attention_heads=8)
+    start = reset_peak()
+    tower = build_text_model("openai/clip-vit-base-patch32", weights=weights)
+    grown = peak_since_reset() - start
+    assert tower.embed_dim == 512
+    assert grown < 64 * 2**20, f"building the tower grew the process by {grown / 2**20:.0f} MiB"
+    ids = tower.model.text_model.embeddings.position_ids  # the one tensor no checkpoint fills
+    assert torch.equal(ids, torch.arange(77).expand(1, -1))
+
+
+def test_a_tower_the_checkpoint_fills_in_part_is_initialised_and_refused(tmp_path):
+    """Where the checkpoint lacks a tower weight, the tower is initialised as before (no weight is
+    left as whatever the memory held), and loading it strictly names the missing weight."""
+    from worldtune.engine.checkpoint import CheckpointMismatchError
+    from worldtune.model.loading import TEXT_PREFIX, build_text_model, load_model
+
+    weights = _meta_tower_weights(hidden_size=64, intermediate_size=256, projection_dim=512,
+                                  num_hidden_layers=1, num_attention_heads=1)
+    missing = TEXT_PREFIX + "model.text_model.final_layer_norm.weight"
+    del weights[missing]
+    tower = build_text_model("random", weights=weights)
+    assert torch.equal(tower.model.text_model.final_layer_norm.weight, torch.ones(64))  # LayerNorm's init
+    state = {k: v for k, v in build_model("n", tower).state_dict().items() if k != missing}
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointMismatchError, match="final_layer_norm.weight"):
+        load_model(tmp_path / "partial.pt", text_model="random")
+
+
+def test_a_local_folder_gives_config_and_tokenizer_when_the_checkpoint_carries_the_tower(tiny_text_folder, tmp_path):
+    """A local CLIP folder with config.json: its config (and tokenizer) build the tower, but its
+    weights, which the checkpoint's replace, are not read (nor needed)."""
+    import json
+    import shutil
+
+    from worldtune.model.loading import TEXT_PREFIX, build_text_model
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_text_folder, folder)
+    trained = CLIPTextEncoder.from_pretrained(str(folder))
+    (folder / "model.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": 49407}))  # read from the folder
+    tower = build_text_model(str(folder), weights={TEXT_PREFIX + k: v for k, v in trained.state_dict().items()})
+    assert tower.model.config.eos_token_id == 49407 and tower.name == str(folder)
+    tower.load_state_dict(trained.state_dict())
+    texts = ["person", "a red square", ""]
+    assert torch.equal(tower.encode(texts, per_string=True), trained.encode(texts, per_string=True))

@@ -91,22 +91,32 @@ def build_text_model(name: str, seed: int = 0, weights: dict | None = None, num_
 
     `weights`: the state_dict that will fill the tower afterwards (start weights, a resumed run, a
     checkpoint to predict with). When it carries the tower's weights, as official and worldtune
-    checkpoints do, the tower is built empty in their shape and only the tokenizer is looked up (it
-    ships with worldtune for the official ids), so no download is needed. A local folder with its
-    own config.json is still read as given. `num_heads`: the tower's head count when known
-    (worldtune checkpoints record it), else CLIP's 64-wide heads are assumed. Random initial
-    weights come from `seed` and leave the global random stream alone.
+    checkpoints do, the tower is built empty in their shape (a local folder's config.json gives it
+    instead) and only the tokenizer is looked up (it ships with worldtune for the official ids), so
+    no download is needed and no weights are read or initialised twice; when it carries every
+    one of them, the tower is not even initialised (`text_encoder.build_tower`). `num_heads`: the
+    tower's head count when known (worldtune checkpoints record it), else CLIP's 64-wide heads are
+    assumed. Random initial weights come from `seed` and leave the global random stream alone.
     """
-    from worldtune.model.text_encoder import BUNDLED_TOKENIZER_DIR, CLIPTextEncoder
+    from worldtune.model.text_encoder import (BUNDLED_TOKENIZER_DIR, CLIPTextEncoder, clip_text_config, fills_tower,
+                                              load_folder_config)
 
     tokenizer = str(BUNDLED_TOKENIZER_DIR) if name == "random" else name
-    carried = weights and any(k.startswith(TEXT_PREFIX) for k in weights)
+    inner = TEXT_PREFIX + "model."
+    filled = {k[len(inner):]: v.shape for k, v in (weights or {}).items() if k.startswith(inner)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if carried and not (Path(name) / "config.json").is_file():
+        if filled and (Path(name) / "config.json").is_file():
+            config = load_folder_config(name)
+            if fills_tower(config, filled):
+                return CLIPTextEncoder.from_config(tokenizer_dir=tokenizer, config=config, empty=True, name=name)
+            # else the folder's own weights stand where the checkpoint has none
+        elif filled:
             shape = text_tower_shape(weights)
             shape["num_heads"] = num_heads or shape["num_heads"]
-            return CLIPTextEncoder.from_config(tokenizer_dir=tokenizer, **shape)
+            config = clip_text_config(**shape)
+            return CLIPTextEncoder.from_config(tokenizer_dir=tokenizer, config=config,
+                                               empty=fills_tower(config, filled))
         if name == "random":
             return CLIPTextEncoder.from_config(tokenizer_dir=tokenizer)
     return CLIPTextEncoder.from_pretrained(name)

@@ -89,6 +89,65 @@ def _own_memory(model: nn.Module) -> None:
                         tensor.data = tensor.data.clone()
 
 
+def clip_text_config(hidden_size: int = 512, num_layers: int = 12, num_heads: int = 8,
+                     intermediate_size: int | None = None, projection_dim: int | None = None):
+    """``CLIPTextConfig`` of OpenAI CLIP's text tower with these sizes (vocabulary 49408, 77 positions,
+    quick-GELU, the hub config's token ids)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        projection_dim=projection_dim or hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=MAX_TOKENS,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        attention_dropout=0.0,
+        dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=2,  # hub config value: pooled token at argmax(input_ids); we pool explicitly anyway
+        pad_token_id=1,
+    )
+
+
+def fills_tower(config, filled: dict) -> bool:
+    """Whether weights of these names and shapes (name -> shape, keys of the tower's state_dict)
+    fill every weight of a ``CLIPTextModelWithProjection(config)``: then it need not be initialised."""
+    from transformers import CLIPTextModelWithProjection
+
+    with torch.device("meta"):  # no memory, no initialisation
+        model = CLIPTextModelWithProjection(config)
+    state = model.state_dict()
+    # position_ids: rebuilt by `build_tower`, and not saved by transformers >= 4.31
+    if not all(k.endswith("position_ids") or filled.get(k) == v.shape for k, v in state.items()):
+        return False
+    # a buffer that is not saved either would stay empty
+    return all(name in state or name.endswith("position_ids") for name, _ in model.named_buffers())
+
+
+def build_tower(config, empty: bool = False) -> nn.Module:
+    """``CLIPTextModelWithProjection(config)``, randomly initialised or, with `empty`, allocated
+    without initialisation: its weights hold whatever the memory held, for a caller that loads
+    every one of them next (see `fills_tower`). The init of a ViT-B/32 tower takes about a
+    second and writes its 242 MiB, all of which a checkpoint then overwrites.
+    """
+    from transformers import CLIPTextModelWithProjection
+
+    if not empty:
+        return CLIPTextModelWithProjection(config)
+    with torch.device("meta"):
+        model = CLIPTextModelWithProjection(config)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("position_ids"):
+                buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
+    return model
+
+
 def _load_hf(loader, name: str, what: str):
     """Call ``loader(name, local_files_only=...)`` for a folder, the local cache, then the hub.
 
@@ -123,6 +182,13 @@ def _load_hf(loader, name: str, what: str):
         return loader(name, local_files_only=False)
     except Exception as err:  # noqa: BLE001
         raise _unavailable(name, what, f"download failed ({type(err).__name__}: {err})") from err
+
+
+def load_folder_config(folder: str):
+    """The ``CLIPTextConfig`` of a local Hugging Face CLIP (or CLIP text) folder, without its weights."""
+    from transformers import CLIPTextConfig
+
+    return _load_hf(CLIPTextConfig.from_pretrained, folder, "text model config")
 
 
 def load_clip_tokenizer(name_or_path: str = DEFAULT_CLIP):
@@ -196,33 +262,22 @@ class CLIPTextEncoder(nn.Module):
         intermediate_size: int | None = None,
         projection_dim: int | None = None,
         frozen: bool = True,
+        config=None,
+        empty: bool = False,
+        name: str = "config",
     ) -> "CLIPTextEncoder":
-        """Randomly initialised ViT-B/32-shaped text tower, for checkpoints that carry the text weights.
+        """ViT-B/32-shaped text tower with random (or no) initial weights, for checkpoints that carry them.
 
         Defaults: hidden 512, 12 layers, 8 heads, MLP 4*hidden = 2048, projection = hidden = 512,
         vocab 49408, 77 positions, quick-GELU. The tokenizer comes from ``tokenizer_dir`` or, when None,
-        from ``openai/clip-vit-base-patch32`` (local cache first).
+        from ``openai/clip-vit-base-patch32`` (local cache first). `config`: a ``CLIPTextConfig`` to
+        build instead of the sizes (a local model folder's). `empty`: no initial weights, for a
+        caller that loads all of them next (`build_tower`). `name`: where the weights come from.
         """
-        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-        config = CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size or 4 * hidden_size,
-            projection_dim=projection_dim or hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            max_position_embeddings=MAX_TOKENS,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-            attention_dropout=0.0,
-            dropout=0.0,
-            bos_token_id=0,
-            eos_token_id=2,  # hub config value: pooled token at argmax(input_ids); we pool explicitly anyway
-            pad_token_id=1,
-        )
+        if config is None:
+            config = clip_text_config(hidden_size, num_layers, num_heads, intermediate_size, projection_dim)
         tokenizer = load_clip_tokenizer(tokenizer_dir or DEFAULT_CLIP)
-        return cls(CLIPTextModelWithProjection(config), tokenizer, name="config", frozen=frozen)
+        return cls(build_tower(config, empty), tokenizer, name=name, frozen=frozen)
 
     @property
     def embed_dim(self) -> int:
