@@ -256,6 +256,12 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     heads = (ckpt.get("text_tower") or {}).get("num_heads") if ckpt else start[2] if start else None
     model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights, heads),
                         num_classes=cfg.data.num_texts)
+    if ckpt is not None and model.text_model is not None:
+        # The frozen tower takes the checkpoint's own tensors (read into memory, never written): they
+        # are not copied into a second 242 MiB (ViT-B/32) while the checkpoint is held. Whether they
+        # fit it all is restore_checkpoint's strict load's to say.
+        model.text_model.load_state_dict({k[len(TEXT_PREFIX):]: v for k, v in ckpt["ema"].items()}, strict=False,
+                                         assign=True)
     start_report = load_start_weights(model, start[0], start[1]) if start else None
     if ckpt is None and start is None:  # say it: a forgotten --weights none would otherwise go unnoticed
         start_report = "start weights: none (random initialisation)"
