@@ -257,9 +257,9 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights, heads),
                         num_classes=cfg.data.num_texts)
     if ckpt is not None and model.text_model is not None:
-        # The frozen tower takes the checkpoint's own tensors (read into memory, never written): they
-        # are not copied into a second 242 MiB (ViT-B/32) while the checkpoint is held. Whether they
-        # fit it all is restore_checkpoint's strict load's to say.
+        # The frozen tower takes the checkpoint's own tensors (read_resume reads the file, it does not
+        # map it; the tower never writes them): no second 242 MiB (ViT-B/32) while the checkpoint is
+        # held. Whether they fit it all is restore_checkpoint's strict load's to say.
         model.text_model.load_state_dict({k[len(TEXT_PREFIX):]: v for k, v in ckpt["ema"].items()}, strict=False,
                                          assign=True)
     start_report = load_start_weights(model, start[0], start[1]) if start else None

@@ -91,12 +91,13 @@ def build_text_model(name: str, seed: int = 0, weights: dict | None = None, num_
 
     `weights`: the state_dict that will fill the tower afterwards (start weights, a resumed run, a
     checkpoint to predict with). When it carries the tower's weights, as official and worldtune
-    checkpoints do, the tower is built empty in their shape (a local folder's config.json gives it
-    instead) and only the tokenizer is looked up (it ships with worldtune for the official ids), so
-    no download is needed and no weights are read or initialised twice; when it carries every
-    one of them, the tower is not even initialised (`text_encoder.build_tower`). `num_heads`: the
-    tower's head count when known (worldtune checkpoints record it), else CLIP's 64-wide heads are
-    assumed. Random initial weights come from `seed` and leave the global random stream alone.
+    checkpoints do, the tower is built in their shape and only the tokenizer is looked up (it ships
+    with worldtune for the official ids), so no download is needed. When it carries all of them,
+    the tower is not initialised (`text_encoder.build_tower`), and a local folder gives only its
+    config.json and tokenizer (where the checkpoint lacks some, the folder's own weights stand).
+    `num_heads`: the tower's head count when known (worldtune checkpoints record it), else CLIP's
+    64-wide heads are assumed. Random initial weights come from `seed` and leave the global random
+    stream alone.
     """
     from worldtune.model.text_encoder import (BUNDLED_TOKENIZER_DIR, CLIPTextEncoder, clip_text_config, fills_tower,
                                               load_folder_config)

@@ -84,7 +84,7 @@ def _own_memory(model: nn.Module) -> None:
     with torch.no_grad():
         for module in model.modules():
             for table in (module._parameters, module._buffers):
-                for name, tensor in table.items():
+                for tensor in table.values():
                     if tensor is not None:
                         tensor.data = tensor.data.clone()
 
