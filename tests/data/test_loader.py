@@ -149,3 +149,32 @@ def test_train_shards_drop_or_pad_the_tail_as_asked(drop_last, per_rank, distinc
         loader.set_epoch(0)
         shards.append(list(loader.sampler))
     assert [len(s) for s in shards] == [per_rank, per_rank] and len(set(shards[0] + shards[1])) == distinct
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, workers):
+    """A JPEG cut short and an image of another size than the annotation's: one warning each over
+    two epochs, though the (forked) workers are re-created every epoch, and counted."""
+    import warnings
+
+    import cv2
+    import numpy as np
+
+    shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
+    dataset = CocoDetection(tiny_coco["ann_file"], tmp_path / "images")
+    jpeg = next(i for i in range(len(dataset)) if dataset.image_path(i).suffix == ".jpg")
+    data = dataset.image_path(jpeg).read_bytes()
+    dataset.image_path(jpeg).write_bytes(data[: len(data) * 2 // 3])
+    other = next(i for i in range(len(dataset)) if i != jpeg)
+    h, w = dataset.image_size(other)
+    cv2.imwrite(str(dataset.image_path(other)), np.zeros((w + 8, h + 8, 3), np.uint8))
+    train = build_train_dataset(dataset, imgsz=64, num_texts=8, cache_images=False)  # no decoding before the loader
+    loader = build_train_loader(train, 4, workers=workers, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # Python's own "once per place" must not hide a repeat
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            assert all("warnings" not in batch for batch in loader)
+    messages = [str(w.message) for w in caught]
+    assert sum("is cut short" in m for m in messages) == 1 and sum("decoded" in m for m in messages) == 1, messages
+    assert len(loader.warnings_seen) == 2

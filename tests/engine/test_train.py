@@ -210,6 +210,19 @@ def test_a_validation_set_without_ground_truth_gives_no_best_checkpoint(tmp_path
     assert not (Path(cfg.out) / "best.pt").exists() and (Path(cfg.out) / "last.pt").exists()
 
 
+def test_the_run_end_counts_the_training_data_warnings(tmp_path, capsys):
+    """A training JPEG cut short is warned about once (test_loader: over epochs and workers), and counted
+    at the run's end."""
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=3)
+    cfg.data.cache_images, cfg.data.val_ann, cfg.data.val_images = "false", "", ""  # decoded by the loader only
+    jpeg = sorted(Path(cfg.data.train_images).glob("*.jpg"))[0]
+    jpeg.write_bytes(jpeg.read_bytes()[:-400])
+    with pytest.warns(UserWarning, match="is cut short") as caught:
+        T.fit(cfg)
+    assert sum("is cut short" in str(w.message) for w in caught) == 1
+    assert "loading the training data gave 1 distinct warning(s)" in capsys.readouterr().out
+
+
 def test_resuming_with_another_process_count_applies_its_weight_decay_rule(tmp_path, capsys):
     """A run of 8 processes x 16 (weight decay x2 by the batch rule) resumed by one process: the
     batch rule line and the warning say the decay follows the new total batch, and so it must be, not

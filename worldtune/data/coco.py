@@ -258,6 +258,9 @@ class CocoDetection:
         # False where the caller checked every file before (`image_file_problems`) and warned itself
         self.check_ends_at_decode = True
         self._cut_warned = 0  # JPEG files cut short, warned about
+        # How many files per problem `load_image` warns about in this process; None: every one
+        # (once), for a caller that lists them itself (the training loader, `TrainDataset`).
+        self.warn_limit: int | None = 3
         data = _load_json(self.ann_file)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
                 or not isinstance(data.get("categories"), list):
@@ -446,23 +449,26 @@ class CocoDetection:
             self._end_checked.add(index)
             if jpeg_cut_short(path):
                 self._cut_warned += 1  # a few times per process, as below
-                if self._cut_warned <= 3:
+                if self._listed(self._cut_warned):
                     warnings.warn(f"{path} (image id {self.image_ids[index]}) is cut short (no JPEG end marker): "
                                   "its missing rows decode as grey and are trained on as they are; restore the file "
-                                  f"({MOTION_PHOTO_NOTE})"
-                                  + (" (further such images are not listed)" if self._cut_warned == 3 else ""),
-                                  stacklevel=2)
+                                  f"({MOTION_PHOTO_NOTE})" + self._last_listed(self._cut_warned), stacklevel=2)
         expected = self.image_size(index)
         if img.shape[:2] != expected and index not in self._size_warned:
             # The official pipeline uses the boxes as given too; say so, a few times per process.
             self._size_warned.add(index)
-            if len(self._size_warned) <= 3:
+            if self._listed(len(self._size_warned)):
                 warnings.warn(f"{path}: decoded {img.shape[1]}x{img.shape[0]}, but {self.ann_file} says "
                               f"{expected[1]}x{expected[0]} (an EXIF rotation?); its boxes are used as given, "
                               "so they may not match the pixels: fix the annotation or the file"
-                              + (" (further such images are not listed)" if len(self._size_warned) == 3 else ""),
-                              stacklevel=2)
+                              + self._last_listed(len(self._size_warned)), stacklevel=2)
         return img
+
+    def _listed(self, count: int) -> bool:
+        return self.warn_limit is None or count <= self.warn_limit
+
+    def _last_listed(self, count: int) -> str:
+        return " (further such images are not listed)" if count == self.warn_limit else ""
 
     def _polygons(self, ann: dict, img: dict, h: int, w: int) -> list:
         """`merge_polygon_parts(polygons_from_segmentation(...))` of one annotation. A compressed

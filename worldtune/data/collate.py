@@ -29,7 +29,9 @@ def collate_train(samples: list) -> dict:
              bboxes_labels float32 Tensor[N, 6] rows [image index, label, x1, y1, x2, y2] where
              label indexes that image's entry of `texts`,
              texts list of B lists of strings (num_texts each, '' = padding),
-             image_ids list of B ints).
+             image_ids list of B ints,
+             warnings list of (category, message) raised while building the samples: see
+             `loader.WarningsWithSample`).
         Polygons are dropped (official RemoveDataElement).
     """
     rows = []
@@ -40,7 +42,8 @@ def collate_train(samples: list) -> dict:
     return {"images": _images_to_tensor([s["img"] for s in samples]),
             "bboxes_labels": torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, 6), np.float32)),
             "texts": [list(s["texts"]) for s in samples],
-            "image_ids": [s["image_id"] for s in samples]}
+            "image_ids": [s["image_id"] for s in samples],
+            "warnings": [w for s in samples for w in s.get("warnings", ())]}
 
 
 def collate_eval(samples: list) -> dict:

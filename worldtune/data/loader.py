@@ -4,9 +4,15 @@ Every augmentation draws from a generator seeded by (seed, epoch, index) inside 
 dataset, and the order comes from DistributedSampler(seed, epoch); so a run resumed at
 epoch e with `loader.set_epoch(e)` sees the same order and the same augmented images
 as the uninterrupted run.
+
+Warnings raised while a training sample is built (an image cut short, or of another size than
+the annotation file says) travel with its batch to the main process, which shows each one once
+per run and counts them (`TrainLoader.warnings_seen`): DataLoader workers are re-created every
+epoch (forked or spawned), so a worker's own "already warned" memory lasts one epoch only.
 """
 import random
 import signal
+import warnings
 
 import numpy as np
 import torch
@@ -28,19 +34,49 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+class WarningsWithSample(torch.utils.data.Dataset):
+    """`dataset` whose samples (dicts) carry the warnings raised while they were built, as
+    "warnings": [(category, message)], instead of showing them where they were raised (a worker)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        # The filters stay as they are (what they ignore stays ignored); entering the block also
+        # resets "shown once already", so a worker records its every warning for the main process.
+        with warnings.catch_warnings(record=True) as caught:
+            sample = self.dataset[index]
+        if caught and isinstance(sample, dict):
+            sample["warnings"] = [(w.category, str(w.message)) for w in caught]
+        else:
+            for w in caught:
+                warnings.warn(w.message, w.category)
+        return sample
+
+
 class TrainLoader:
     """Iterable over training batches (see `collate_train`). Call `set_epoch(epoch)` before each epoch.
 
-    Attributes: dataset, sampler (DistributedSampler), loader (torch DataLoader).
+    Warnings raised while building samples are shown here, in the main process, once per run:
+    the first `list_warnings` of them, then only counted (`warnings_seen`).
+
+    Attributes: dataset, sampler (DistributedSampler), loader (torch DataLoader),
+    warnings_seen (set of the distinct warning messages).
     """
 
     def __init__(self, dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int,
-                 drop_last: bool, pin_memory: bool):
+                 drop_last: bool, pin_memory: bool, list_warnings: int = 10):
         self.dataset = dataset
+        self.warnings_seen: set = set()
+        self.list_warnings = list_warnings
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                           drop_last=drop_last)
         # persistent_workers stays False: workers are re-created each epoch and so see set_epoch().
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+        self.loader = DataLoader(WarningsWithSample(dataset), batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=workers,
                                  collate_fn=collate_train, pin_memory=pin_memory, drop_last=drop_last,
                                  worker_init_fn=_worker_init, persistent_workers=False,
                                  generator=torch.Generator().manual_seed(seed))
@@ -53,7 +89,20 @@ class TrainLoader:
             self.dataset.set_order(list(self.sampler))
 
     def __iter__(self):
-        return iter(self.loader)
+        return self.reported(self.loader)
+
+    def reported(self, batches):
+        """`batches` with the warnings they carry taken out and shown (each once per run)."""
+        for batch in batches:
+            for category, message in batch.pop("warnings", ()) if isinstance(batch, dict) else ():
+                if message in self.warnings_seen:
+                    continue
+                self.warnings_seen.add(message)
+                if len(self.warnings_seen) <= self.list_warnings:
+                    last = len(self.warnings_seen) == self.list_warnings
+                    warnings.warn(message + (" (further warnings about the training data are not listed; the run's "
+                                             "end says how many there were)" if last else ""), category, stacklevel=2)
+            yield batch
 
     def __len__(self) -> int:
         return len(self.loader)
