@@ -75,14 +75,23 @@ class _SigintHandler(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         import signal
-        return int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+        return [int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN),
+                int(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)]
 
 
-def test_workers_leave_ctrl_c_to_the_main_process():
+def test_workers_leave_ctrl_c_to_the_main_process_and_end_on_sigterm():
+    """Workers ignore Ctrl-C, and a SIGTERM ends them even where the training loop's stop handler
+    (which only sets a flag) was copied into them by fork: the DataLoader ends its workers by SIGTERM."""
+    import signal
+
     from worldtune.data.loader import _worker_init
+    from worldtune.engine.stopping import StopFlag
 
-    loader = torch.utils.data.DataLoader(_SigintHandler(), batch_size=2, num_workers=1, worker_init_fn=_worker_init)
-    assert next(iter(loader)).tolist() == [1, 1]
+    loader = torch.utils.data.DataLoader(_SigintHandler(), batch_size=2, num_workers=1, worker_init_fn=_worker_init,
+                                         multiprocessing_context="fork", collate_fn=lambda batch: batch)
+    with StopFlag():
+        assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+        assert next(iter(loader)) == [[1, 1], [1, 1]]
 
 
 class _GlobalDraws(torch.utils.data.Dataset):

@@ -30,12 +30,12 @@ def test_single_process_helpers():
             dist.resolve_device("cuda")
 
 
-def _torchrun_train(cfg, cwd: Path, *sets: str) -> str:
+def _torchrun_train(cfg, cwd: Path, *sets: str, entry=("-m", "worldtune"), returncode=0) -> str:
     """Train `cfg`'s tiny set for one epoch with 2 CPU processes (batch 2 each, one stage-1 epoch);
-    returns the combined output."""
+    returns the combined output. `entry`: what torchrun starts (a script taking worldtune's arguments)."""
     d = cfg.data
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "worldtune", "train", "--recipe", "v2-s", "--variant", "n", "--weights", "none",
+           *entry, "train", "--recipe", "v2-s", "--variant", "n", "--weights", "none",
            "--text-model", cfg.model.text_model, "--train-ann", d.train_ann, "--train-images", d.train_images,
            "--val-ann", d.val_ann, "--val-images", d.val_images,
            "--class-texts", d.class_texts, "--epochs", "1", "--batch-size", "2", "--imgsz", "64",
@@ -47,7 +47,7 @@ def _torchrun_train(cfg, cwd: Path, *sets: str) -> str:
         cmd += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
 
@@ -99,6 +99,36 @@ def test_torchrun_ranks_agree_on_the_automatic_cache(tmp_path):
     assert out.count("image cache: the 6 training images") == 1  # said by rank 0 only
     assert out.count("have no usable segmentation") == 1  # warned by rank 0 only
     assert "x 2 processes" in out and "epoch 1: AP" in out
+
+
+# torchrun's worker script: rank 0 sends SIGTERM to torchrun in its first step, as SLURM or docker stop would.
+SIGTERM_TO_TORCHRUN = """
+import os, signal, sys, time
+from worldtune.engine import train
+real = train.batch_text_feats
+def first_step(*args, **kwargs):
+    if os.environ["RANK"] == "0" and not os.environ.get("SENT"):
+        os.environ["SENT"] = "1"
+        os.kill(os.getppid(), signal.SIGTERM)  # torchrun passes it on to both ranks
+        time.sleep(1)  # it arrives within the step
+    return real(*args, **kwargs)
+train.batch_text_feats = first_step
+from worldtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_after_the_step_with_last_pt(tmp_path):
+    """torchrun passes a SIGTERM on to the ranks (and SIGKILLs them 30 s later): they finish the step
+    and save, as on Ctrl-C, instead of dying with nothing saved. (Resuming is test_resume's.)"""
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=2)
+    (tmp_path / "entry.py").write_text(SIGTERM_TO_TORCHRUN)
+    # torchrun itself ends with its SignalException (exit status 1) once the ranks are done
+    out = _torchrun_train(cfg, tmp_path, entry=(str(tmp_path / "entry.py"),), returncode=1)
+    assert out.count("SIGTERM: finishing this step") == 1 and "stopped at epoch 1, step 1" in out
+    assert "forcefully" not in out  # within torchrun's grace period
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (0, 1, 1)
 
 
 def test_the_loss_is_scaled_by_the_process_count(tmp_path, monkeypatch):

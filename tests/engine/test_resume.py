@@ -126,16 +126,24 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
     _assert_same_final_state(reference, last)
 
 
-def test_ctrl_c_saves_and_resumes(tmp_path, reference, monkeypatch, capsys):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_and_resumes(tmp_path, reference, monkeypatch, capsys, sig):
+    """SIGTERM (torchrun passing on its own, SLURM, docker stop) stops the run like Ctrl-C."""
     from worldtune.engine import train as train_mod
 
-    sigint = before_call(train_mod.batch_text_feats, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    def send():
+        # without a handler, SIGTERM would end this test process
+        assert signal.getsignal(sig) not in (signal.SIG_DFL, None), f"{sig.name} would end the run unsaved"
+        os.kill(os.getpid(), sig)
+
     real = train_mod.batch_text_feats
-    monkeypatch.setattr(train_mod, "batch_text_feats", sigint)  # a real SIGINT, in the middle of step 3
+    monkeypatch.setattr(train_mod, "batch_text_feats", before_call(real, 3, send))  # in the middle of step 3
     cfg = _config(tmp_path)
     result = fit(cfg)
     assert result["status"] == "interrupted" and result["global_step"] == 3
-    assert "continue with: worldtune train --resume" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'}: finishing this step" in out
+    assert "continue with: worldtune train --resume" in out
     monkeypatch.setattr(train_mod, "batch_text_feats", real)
     _resume_from_and_compare(cfg, (1, 1, 3), reference)
 

@@ -28,6 +28,10 @@ def _worker_init(worker_id: int) -> None:
     # Ctrl-C is the main process's business (the training loop saves and stops, then shuts the
     # workers down): a worker killed by it would fail the batch the loop is waiting for.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the training loop's SIGTERM handler (engine.stopping), which only sets
+    # a flag: the worker would then outlive the SIGTERM that the DataLoader (and Python at exit)
+    # uses to end it. A SIGTERM ends a worker, as by default.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Nothing in worldtune uses global RNGs; seed them anyway so third-party code stays reproducible.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -4,13 +4,19 @@ import threading
 import time
 
 
-class StopFlag:
-    """Set by the first Ctrl-C (SIGINT): the loop finishes the current step, saves and returns.
+# SIGTERM is how torchrun passes on its own SIGTERM, and how SLURM, Kubernetes, `docker stop` and
+# `timeout` ask a program to end: without a handler it kills at once, and the run loses what it
+# trained since its last save.
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    A second Ctrl-C (2 s or more after the first) raises KeyboardInterrupt at once; `last.pt` is
+
+class StopFlag:
+    """Set by the first Ctrl-C (SIGINT) or SIGTERM: the loop finishes the current step, saves and returns.
+
+    A second one (2 s or more after the first) raises KeyboardInterrupt at once; `last.pt` is
     then written only if no weight update or validation was under way (else the previous one,
     written atomically, stays). While `immediate` is set (during a validation, which a resume
-    repeats from the `last.pt` saved before it), the first Ctrl-C raises at once.
+    repeats from the `last.pt` saved before it), the first one raises at once.
     """
 
     def __init__(self, announce: bool = True):
@@ -18,7 +24,7 @@ class StopFlag:
         self.requested = False
         self.immediate = False
         self._first = 0.0
-        self._previous = None
+        self._previous = {}
 
     def _handler(self, signum, frame):
         now = time.monotonic()
@@ -31,16 +37,19 @@ class StopFlag:
         if self.immediate:
             raise KeyboardInterrupt
         if self.announce:
-            print("\nCtrl-C: finishing this step, saving last.pt and stopping (press again to abort)", flush=True)
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            print(f"\n{name}: finishing this step, saving last.pt and stopping (press Ctrl-C again to abort)",
+                  flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
         return False
 
 
