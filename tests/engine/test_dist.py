@@ -131,6 +131,36 @@ def test_sigterm_to_torchrun_stops_both_ranks_after_the_step_with_last_pt(tmp_pa
     assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (0, 1, 1)
 
 
+# torchrun's worker script: each rank plays a machine of its own (LOCAL_WORLD_SIZE 1), and only rank 1's
+# gets a Ctrl-C, as it starts predicting its share of the validation.
+CTRL_C_ON_ONE_MACHINE = """
+import os, signal, sys
+os.environ["LOCAL_WORLD_SIZE"] = "1"
+from worldtune.eval import evaluate
+real = evaluate.collect_detections
+def predict(*args, **kwargs):
+    if os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+evaluate.collect_detections = predict
+from worldtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_on_one_machine_stops_every_rank_in_a_validation(tmp_path):
+    """Across machines a Ctrl-C reaches one machine's ranks only, and torchrun kills them 30 s later:
+    the ranks agree before each validation batch, so all stop there, and last.pt is the one saved
+    before the validation, which the resume repeats."""
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=2)
+    (tmp_path / "entry.py").write_text(CTRL_C_ON_ONE_MACHINE)
+    out = _torchrun_train(cfg, tmp_path, "data.val_batch_size=1", entry=(str(tmp_path / "entry.py"),),
+                          returncode=1)  # a rank's exit status 130 is a failure to torchrun
+    assert "aborted during a validation" in out and "epoch 1: AP" not in out
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["global_step"], saved["val_pending"]) == (1, 2, True)
+
+
 def test_the_loss_is_scaled_by_the_process_count(tmp_path, monkeypatch):
     """The criterion gets the world size (official loss x batch x world size); without it, DDP's
     gradients would be W times smaller and the clip at 10 would act differently. Checked in one

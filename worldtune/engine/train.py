@@ -350,12 +350,14 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         """Score the EMA weights after `epoch` (0-based), log it and keep best.pt (all ranks call it)."""
         nonlocal last_metrics
         # Ctrl-C stops a validation at once (a resume repeats it), on one machine: there every rank
-        # gets the signal. Across machines the ranks that did not would wait in its collectives.
+        # gets the signal. Across machines the ranks that did not would wait in its collectives:
+        # there the ranks agree before each prediction batch (evaluate_ema's `stop`) and stop together.
         state["validating"] = True
         stop.immediate = local_world_size == info.world_size
         if not dist.all_true(not stop.requested, info.device):  # pressed after the last step
             raise KeyboardInterrupt
-        metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device)
+        metrics, evaluated = evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch, info.device,
+                                          stop=None if stop.immediate else stop)
         stop.immediate = False
         if info.is_main:
             last_metrics = metrics

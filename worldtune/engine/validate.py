@@ -40,10 +40,38 @@ def precise_bn_copy(model: nn.Module, text_model: nn.Module, batches, device: to
             tower.train(was_training)
 
 
-def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device) -> tuple:
+class StopChecked:
+    """`loader`'s batches; before each of the first `common` (a count every rank reaches), the ranks
+    agree on `stop.requested` and all raise KeyboardInterrupt if any rank's is set. For runs across
+    machines, where a Ctrl-C reaches the ranks of one machine only: the others would otherwise go
+    on predicting, and wait in the gather for ranks that torchrun kills 30 s after the signal."""
+
+    def __init__(self, loader, stop, device: torch.device, common: int):
+        self.loader, self.stop, self.device, self.common = loader, stop, device, common
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i < self.common and not dist.all_true(not self.stop.requested, self.device):
+                raise KeyboardInterrupt
+            yield batch
+
+
+def common_batches(loader) -> int:
+    """Batches that every rank's strided eval loader gives: the shortest shard's."""
+    images = len(loader.dataset) // dist.get_world_size()
+    return -(-images // loader.batch_size)
+
+
+def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, device: torch.device,
+                 stop=None) -> tuple:
     """COCO metrics of the EMA weights (optionally with precise BN statistics, see the config).
 
     Call on every rank with that rank's loader (`build_eval_loader(..., rank, world_size)`).
+    With a `stop` flag (`engine.stopping.StopFlag`) under DDP, a stop requested on any rank ends the
+    prediction on every rank (KeyboardInterrupt), within a batch (`StopChecked`).
     Returns (metrics, evaluated model): `coco_evaluate`'s metrics on rank 0 and None elsewhere, and
     the module that was scored (the EMA module itself, or its copy with precise BN statistics), so
     that `best.pt` can hold exactly the weights behind its AP.
@@ -70,6 +98,8 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
     skipped: list[int] = []
+    if stop is not None and dist.is_dist():
+        val_loader = StopChecked(val_loader, stop, device, common_batches(val_loader))
     dets = collect_detections(model, val_loader, list(val_coco.cat_ids), list(val_coco.class_names),
                               skipped_ids=skipped, progress=dist.is_main_process())
     if dist.is_dist():
