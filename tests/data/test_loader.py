@@ -187,3 +187,32 @@ def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, 
     messages = [str(w.message) for w in caught]
     assert sum("is cut short" in m for m in messages) == 1 and sum("decoded" in m for m in messages) == 1, messages
     assert len(loader.warnings_seen) == 2
+
+
+class _WarnsOnOne(torch.utils.data.Dataset):
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, index):
+        import warnings
+        if index == 1:
+            warnings.warn("bad file")
+        return {"index": index}
+
+
+def test_sample_warnings_travel_with_the_sample_and_leave_other_warnings_once_only():
+    """Recording a sample's warnings must not reset Python's "shown once" memory: without workers the
+    training loop's own once-only warnings would then repeat every sample."""
+    import warnings
+
+    from worldtune.data.loader import WarningsWithSample
+
+    data = WarningsWithSample(_WarnsOnOne())
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        samples = []
+        for index in range(3):
+            samples.append(data[index])
+            warnings.warn("the loop's own warning")
+    assert [str(w.message) for w in shown] == ["the loop's own warning"]
+    assert [s.get("warnings") for s in samples] == [None, [(UserWarning, "bad file")], None]

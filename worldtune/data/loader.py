@@ -49,15 +49,21 @@ class WarningsWithSample(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        # The filters stay as they are (what they ignore stays ignored); entering the block also
-        # resets "shown once already", so a worker records its every warning for the main process.
-        with warnings.catch_warnings(record=True) as caught:
+        # What the filters let through is recorded instead of shown. Not `warnings.catch_warnings`: it
+        # resets every module's "already shown" memory, which in the main process (no workers) would
+        # repeat the training loop's own once-only warnings.
+        caught, show = [], warnings.showwarning
+        warnings.showwarning = lambda message, category, *args, **kwargs: caught.append((category, str(message)))
+        try:
             sample = self.dataset[index]
-        if caught and isinstance(sample, dict):
-            sample["warnings"] = [(w.category, str(w.message)) for w in caught]
+        finally:
+            warnings.showwarning = show
+        if isinstance(sample, dict):
+            if caught:
+                sample["warnings"] = caught
         else:
-            for w in caught:
-                warnings.warn(w.message, w.category)
+            for category, message in caught:
+                warnings.warn(message, category)
         return sample
 
 
