@@ -57,3 +57,36 @@ def test_prediction_creates_no_tensor_on_the_default_device(monkeypatch):
         dets = predict_batch(model, images, [(0.5, 0.5)], [(0, 0, 0, 0)], [(128, 128)],
                              PostprocessConfig(score_thr=0.0))
     assert len(dets[0]["scores"]) > 0 and dets[0]["boxes_xyxy"].device.type == "cpu"
+
+
+def test_default_config_is_the_official_test_cfg_in_behaviour():
+    """score_thr 0.001 (strictly above), IoU 0.7: 0.002 is a candidate, 0.0005 is not; boxes [0,0,10,10]
+    and [0,0,10,h] have IoU 10/h, so h = 14 (0.714) is suppressed and h = 15 (0.667) survives."""
+    far = [100.0, 100.0, 110.0, 110.0]
+    det = detect_one_image(torch.tensor([[0.0, 0.0, 10.0, 10.0], far]), torch.tensor([[0.002], [0.0005]]),
+                           PostprocessConfig())
+    torch.testing.assert_close(det["scores"], torch.tensor([0.002]))
+    for h, kept in ((14.0, 1), (15.0, 2)):
+        det = detect_one_image(torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, h]]),
+                               torch.tensor([[0.9], [0.8]]), PostprocessConfig())
+        assert len(det["scores"]) == kept, h
+
+
+def test_score_at_the_threshold_is_dropped_and_max_per_img_caps_after_nms():
+    # 0.5 equals score_thr (exact in float32) and is not a candidate. Of the rest, the box at 0.8 overlaps
+    # the 0.9 one (IoU 1) and goes in NMS, so max_per_img=2 keeps 0.9 and 0.7, not 0.9 and 0.8.
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0],
+                          [40.0, 0.0, 50.0, 10.0], [60.0, 0.0, 70.0, 10.0]])
+    scores = torch.tensor([[0.9], [0.8], [0.7], [0.6], [0.5]])
+    det = detect_one_image(boxes, scores, PostprocessConfig(score_thr=0.5, max_per_img=2))
+    torch.testing.assert_close(det["scores"], torch.tensor([0.9, 0.7]))
+    det = detect_one_image(boxes, scores, PostprocessConfig(score_thr=0.5))
+    torch.testing.assert_close(det["scores"], torch.tensor([0.9, 0.7, 0.6]))
+
+
+def test_multi_label_prior_gives_one_detection_per_class_above_the_threshold():
+    # One prior scoring 0.6 for class 0 and 0.9 for class 2: two detections with the same box, best first.
+    det = detect_one_image(torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([[0.6, 0.0001, 0.9]]),
+                           PostprocessConfig())
+    assert det["labels"].tolist() == [2, 0]
+    torch.testing.assert_close(det["boxes_xyxy"], torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 2))
