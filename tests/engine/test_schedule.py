@@ -147,3 +147,27 @@ def test_closed_form_equals_stateful_hook(iters_per_epoch):
             assert got == pytest.approx(lr, rel=1e-12, abs=1e-20), (epoch, i)
         if warmup_ended:
             lr = base * lr_multiplier(epoch, cfg.max_epochs)
+
+
+def test_after_warmup_momentum_is_set_from_scratch_not_left_as_found():
+    """The schedule is closed-form: after warm-up every call sets momentum to its initial value, whatever
+    the optimizer holds (a resumed or hand-modified optimizer must not keep a warm-up momentum)."""
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1, momentum=0.9)
+    for g in optimizer.param_groups:
+        g.update(initial_lr=0.01, initial_momentum=0.937, momentum=0.5)
+    cfg = ScheduleConfig(max_epochs=10, min_warmup_iters=5, warmup_epochs=1)  # W = max(round(10), 5) = 10
+    lr = apply_schedule(optimizer, 3, 35, 10, cfg)  # epoch 3 after warm-up trains with f(2) = 0.802
+    assert lr == pytest.approx(0.01 * 0.802) and optimizer.param_groups[0]["momentum"] == 0.937
+    apply_schedule(optimizer, 0, 5, 10, cfg)  # half-way through warm-up: 0.8 -> 0.937
+    assert optimizer.param_groups[0]["momentum"] == pytest.approx(0.8 + 0.137 / 2)
+
+
+def test_biases_mode_needs_every_parameter_of_a_group_to_be_a_bias():
+    layer, other = nn.Linear(1, 1), nn.Linear(1, 1)
+    optimizer = torch.optim.AdamW([{"params": [layer.weight, layer.bias], "param_names": ["fc.weight", "fc.bias"]},
+                                   {"params": [other.bias], "param_names": ["other.bias"]}], lr=0.1)
+    for g in optimizer.param_groups:
+        g.update(initial_lr=0.01, initial_momentum=0.9)
+    apply_schedule(optimizer, 0, 0, 10, ScheduleConfig(bias_warmup="biases"))
+    # the mixed group starts at 0 like a weight; the bias-only group at warmup_bias_lr
+    assert optimizer.param_groups[0]["lr"] == 0.0 and optimizer.param_groups[1]["lr"] == 0.1

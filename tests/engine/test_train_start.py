@@ -148,6 +148,10 @@ def test_short_runs_are_told_what_the_recipe_schedule_does():
     assert "close_mosaic_epochs=10 covers all 5 epochs" in mosaic
     long_run = SimpleNamespace(**{**vars(recipe_like), "epochs": 80})
     assert short_run_notes(long_run, iters_per_epoch=20, warmup=1000) == []
+    # close_mosaic_epochs equal to the run's epochs already leaves no mosaic epoch; one fewer leaves one
+    (note,) = short_run_notes(SimpleNamespace(**{**vars(long_run), "close_mosaic_epochs": 80}), 20, 1000)
+    assert "close_mosaic_epochs=80 covers all 80 epochs" in note
+    assert short_run_notes(SimpleNamespace(**{**vars(long_run), "close_mosaic_epochs": 79}), 20, 1000) == []
 
 
 def test_a_dataset_with_fewer_classes_than_texts_per_image_is_told_the_padding():
