@@ -116,3 +116,23 @@ def test_indented_comment_lines_are_not_class_texts(tmp_path):
     lines = tmp_path / "names.txt"
     lines.write_text("cat\n  # the vehicles\n\t# (tab)\nred car\n")
     assert load_class_texts(lines, None) == [["cat"], ["red car"]]
+
+
+def test_sample_texts_draws_every_synonym_and_pads_only_when_asked():
+    """Training draws a random synonym per class (official RandomLoadText), not always the first."""
+    class_texts = [["bike", "bicycle"], ["car"]]
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):  # P(one synonym never drawn in 40 draws) = 2 * 0.5**40
+        texts, new_labels, _ = sample_texts(np.array([0]), class_texts, rng, num_texts=4)
+        seen.add(texts[new_labels[0]])
+    assert seen == {"bike", "bicycle"}
+    texts, _, _ = sample_texts(np.array([0]), class_texts, rng, num_texts=4, pad=False)
+    assert len(texts) == 2 and "" not in texts
+
+
+def test_json_suffix_is_recognised_in_any_case(tmp_path):
+    # [["a", "b"]] read as one-text-per-line would be a single text '[["a", "b"]]'
+    path = tmp_path / "TEXTS.JSON"
+    path.write_text('[["a", "b"], ["c"]]')
+    assert load_class_texts(path, ["x", "y"]) == [["a", "b"], ["c"]]

@@ -164,3 +164,18 @@ def test_update_reads_replaced_tensors_not_stale_ones():
     ema.update(model)
     assert ema.module[1].running_mean.item() == pytest.approx(2.0)  # 0 + 0.5 * (4 - 0)
     assert ema.module[0].weight.item() == pytest.approx(4.0)  # 2 + 0.5 * (6 - 2)
+
+
+def test_interval_averages_only_every_interval_th_update():
+    """interval=2: step 0 copies, step 1 is skipped, step 2 averages with m(2), step 3 is skipped."""
+    ema = ExpMomentumEMA(_one_weight_model(0.0), interval=2)
+    for value in (4.0, 100.0):  # step 0 copies 4.0; step 1 (odd) leaves it
+        ema.update(_one_weight_model(value))
+    assert ema.module.w.item() == 4.0
+    ema.update(_one_weight_model(10.0))  # step 2
+    expected = 4.0 + ema_momentum(2) * 6.0
+    assert ema.module.w.item() == pytest.approx(expected, rel=1e-12)
+    ema.update(_one_weight_model(-50.0))  # step 3
+    assert ema.module.w.item() == pytest.approx(expected, rel=1e-12) and ema.steps == 4
+    with pytest.raises(ValueError, match="interval >= 1"):
+        ExpMomentumEMA(_one_weight_model(0.0), interval=0)
