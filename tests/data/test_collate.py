@@ -29,3 +29,12 @@ def test_collate_eval_fields():
     batch = collate_eval([s, s])
     assert batch["images"].shape == (2, 3, 8, 8) and batch["pad_params"].tolist() == [[1, 2, 0, 0]] * 2
     assert batch["scale_factors"].shape == (2, 2) and batch["ori_shapes"] == [(5, 8), (5, 8)]
+
+
+def test_each_sample_keeps_its_own_pixels_in_batch_order():
+    # Sample i is filled with BGR (i, 10 + i, 20 + i): in the batch, row i is RGB (20 + i, 10 + i, i).
+    samples = [{"img": np.full((2, 3, 3), (i, 10 + i, 20 + i), np.uint8), "image_id": i, "ori_shape": (2, 3),
+                "scale_factor": (1.0, 1.0), "pad_param": [0, 0, 0, 0], "texts": ["a"]} for i in range(3)]
+    images = collate_eval(samples)["images"]
+    assert images[:, :, 0, 0].tolist() == [[20 + i, 10 + i, i] for i in range(3)]
+    assert (images == images[:, :, :1, :1]).all()  # every pixel of an image is its sample's colour
