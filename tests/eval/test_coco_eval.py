@@ -155,6 +155,7 @@ def test_inputs_are_not_modified_and_files_work(tmp_path):
     ({"image_id": 999, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown image_id 999"),
     ({"image_id": 1, "category_id": 6, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown category_id 6"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, -1, 1], "score": 1.0}, "'bbox'"),
+    ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, -1], "score": 1.0}, "'bbox'"),  # height too
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1], "score": 1.0}, "'bbox'"),
     ({"image_id": 1, "category_id": 5, "bbox": ["0", 0, 1, 1], "score": 1.0}, "'bbox'"),
     ({"image_id": 1.0, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown image_id 1.0"),
@@ -196,6 +197,7 @@ def test_annotation_ids_zero_or_repeated_do_not_cost_ap(backend, ids):
 @pytest.mark.parametrize("bbox,message", [
     (None, "'bbox' must be 4 finite numbers"), ([100, 100, "5", 100], "'bbox' must be 4 finite numbers"),
     ([100, 100, float("nan"), 100], "'bbox' must be 4 finite numbers"), ([100, 100, -5, 100], "negative"),
+    ([100, 100, 100, -5], "negative"),
 ])
 def test_bad_gt_annotations_name_the_annotation(tmp_path, bbox, message):
     gt = single_box_gt()
