@@ -100,3 +100,9 @@ def test_resume_loader_gives_the_rest_of_the_epoch_in_the_same_order():
     assert resume_loader(loader, 0) is loader
     rest = [i for batch in resume_loader(loader, 2) for i in batch]
     assert rest == full[6:]
+    # a loader that drops the last partial batch still drops it after a resume: 10 samples, 3 full batches
+    loader = build_train_loader(Numbers(), batch_size=3, seed=7, drop_last=True)
+    loader.loader.collate_fn = lambda batch: list(batch)
+    loader.set_epoch(2)
+    full = [batch for batch in loader]
+    assert len(full) == 3 and [batch for batch in resume_loader(loader, 2)] == full[2:]
