@@ -62,3 +62,21 @@ def test_rep_equals_unfolded_with_attention_biases_and_unnormalised_embeddings(s
         out = rep(images)
     assert ref.cls_logits[0].std() > 0.1  # trained weights: the logits vary (random ones give the bias alone)
     _assert_same_outputs(ref, out)
+
+
+def test_the_source_model_keeps_its_text_tower_and_dtype():
+    """reparameterize returns a folded copy; the model passed in is unchanged (its tower stays on it)."""
+    torch.manual_seed(0)
+    model = build_model("n").eval()
+    tower = torch.nn.Linear(2, 2)  # a stand-in: only its identity matters here
+    model.backbone.text_model = tower
+    model.to(torch.bfloat16)
+    feats = torch.nn.functional.normalize(torch.randn(3, 512), dim=-1)
+    rep = reparameterize(model, ["a", "b", "c"], feats)
+    assert model.backbone.text_model is tower and rep.backbone.text_model is None
+    assert next(model.parameters()).dtype == torch.bfloat16
+    # the folded copy is float32 throughout (the folded convs are made from float32 embeddings)
+    assert {p.dtype for p in rep.parameters()} == {torch.float32}
+    with torch.no_grad():
+        out = rep(torch.rand(1, 3, 64, 64))
+    assert out.cls_logits[0].shape[1] == 3 and out.cls_logits[0].dtype == torch.float32
