@@ -203,3 +203,34 @@ def test_mosaic_polygons_use_the_rounded_resize_of_upstream_masks():
     out = mosaic_labels([sample], [place], img_scale=64)
     np.testing.assert_allclose(out["polygons"][0][0], [[64, 64], [128, 64], [128, 98], [64, 98]])
     np.testing.assert_allclose(out["bboxes"][0], [64, 64, 128, 64 + 37 * r], rtol=1e-6)  # boxes: plain r
+
+
+class _FixedCentre:
+    """An rng whose uniform draws are fixed: the mosaic centre is then known by hand."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def uniform(self, low, high):
+        return self.draws.pop(0)
+
+
+def test_mosaic_layout_truncates_sizes_and_keeps_every_rect_on_the_canvas():
+    from worldtune.data.mix import mosaic_layout
+
+    # s = 64, (h, w) = (51, 128): r = min(64/51, 0.5) = 0.5, size (64, int(25.5)) = (64, 25) as upstream's
+    # int(), not round()'s 26. Centre (int(1.4 * 64), int(0.6 * 64)) = (89, 38): the right-hand tiles
+    # would reach x = 89 + 64 = 153 and are cut at the canvas edge 128.
+    layout = mosaic_layout([(51, 128)] * 4, _FixedCentre(1.4, 0.6), img_scale=64)
+    assert [t["size"] for t in layout] == [(64, 25)] * 4
+    assert [t["rect"] for t in layout] == [(25, 13, 89, 38), (89, 13, 128, 38), (25, 38, 89, 63), (89, 38, 128, 63)]
+    assert [t["origin"] for t in layout] == [(0, 0), (0, 0), (0, 0), (0, 0)]
+
+
+def test_mosaic_labels_stay_with_their_boxes():
+    # one box per tile, labels 10..13: after the mosaic, box k (inside tile k) still has label 10 + k
+    samples = [{**_solid(c, 48, 64), "labels": np.array([10 + k])} for k, c in enumerate(COLOURS)]
+    out = mosaic(samples, np.random.default_rng(3), img_scale=64)
+    assert out["labels"].tolist() == [10, 11, 12, 13]
+    for box, colour in zip(out["bboxes"].astype(int), COLOURS):
+        assert (out["img"][box[1]:box[3], box[0]:box[2]] == colour).all()
