@@ -91,6 +91,25 @@ def test_side_car_files_and_metadata(folded):
     assert saved["text_feats_file"] is None and not path.with_suffix(".vocab.npy").exists()
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["worldtune.texts"]) == TEXTS and meta["worldtune.imgsz"] == str(IMGSZ)
+    # the shapes written for people match what the graph gives: N = sum((IMGSZ / s)^2) priors, strides 8, 16, 32
+    got = run_onnx(path, np.zeros((1, 3, IMGSZ, IMGSZ), np.float32))
+    n = sum((IMGSZ // s) ** 2 for s in (8, 16, 32))
+    assert got["boxes"].shape == (1, n, 4) and got["scores"].shape == (1, n, len(TEXTS))
+    assert saved["outputs"] == {"boxes": f"(batch, {n}, 4) float32 xyxy input pixels",
+                                "scores": f"(batch, {n}, K) float32 sigmoid"}
+
+
+def test_dynamic_vocab_export_module_leaves_the_model_its_text_tower():
+    from worldtune.model import build_model
+
+    model = build_model("n").eval()
+    tower = torch.nn.Linear(2, 2)  # a stand-in: only its identity matters here
+    model.backbone.text_model = tower
+    feats = F.normalize(torch.randn(2, 512), dim=-1)
+    for dynamic_vocab in (True, False):
+        module, _ = build_export_module(model, ["a", "b"], feats, dynamic_vocab=dynamic_vocab)
+        assert model.backbone.text_model is tower, dynamic_vocab
+        assert module.model.backbone.text_model is None  # the graph carries no tower
 
 
 def test_export_is_deterministic(setup, folded, tmp_path):
