@@ -126,7 +126,12 @@ def test_dynamic_vocab_round_trip_with_a_new_vocabulary(setup, tmp_path):
     info = export_onnx(model, TEXTS, path, text_feats=feats, imgsz=IMGSZ, dynamic_vocab=True, dynamic_batch=True)
     saved = np.load(tmp_path / info["text_feats_file"])
     np.testing.assert_allclose(saved, feats.numpy(), atol=1e-6)
-    assert [i.name for i in onnx.load(str(path)).graph.input] == ["images", "text_feats"]
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["images", "text_feats"]
+    # the declared scores shape leaves K open too (a fixed 3 would contradict any other vocabulary's output)
+    scores_dims = [d.dim_param or d.dim_value for d in next(o for o in graph.output if o.name == "scores")
+                   .type.tensor_type.shape.dim]
+    assert scores_dims[0] == "batch" and scores_dims[2] == "num_classes"
     # Five texts where three were exported: the vocabulary really is an input.
     new = F.normalize(torch.randn(2, 5, 512, generator=torch.Generator().manual_seed(1)), dim=-1)
     got = run_onnx(path, images.numpy(), new.numpy())
