@@ -248,6 +248,18 @@ def test_recent_images_are_bounded_and_reused(tiny_dataset):
     assert MosaicImageStore(tiny_dataset, 64).get(5)[0].shape == store.get(5)[0].shape
 
 
+def test_recent_images_evict_the_least_recently_used_and_hold_exactly_recent(tiny_dataset):
+    # capacity 2: 0 and 1 decoded, 0 read again (a hit: now 1 is the least recently used), 2 evicts 1
+    store = MosaicImageStore(tiny_dataset, 64, recent=2)
+    for i in [0, 1, 0, 2]:
+        store.get(i)
+    assert list(store._lru) == [0, 2] and store.decodes == 3
+    store.get(0)  # still held: no decode
+    assert store.decodes == 3
+    store.get(1)  # evicted: decoded again
+    assert store.decodes == 4
+
+
 def test_pool_partners_come_from_the_pool(tiny_dataset):
     train = build_train_dataset(tiny_dataset, **KW, mosaic_pool=4, cache_images=False)
     order = [5, 2, 7, 0, 1, 6, 3, 4]
