@@ -31,3 +31,16 @@ def test_grayscale_pil_and_arrays():
 def test_repeated_vocabulary_texts_warn():
     with pytest.warns(UserWarning, match=r"repeats \['cat'\]"):
         warn_repeated_texts(["cat", "dog", "cat"])
+
+
+def test_files_read_as_rgb_and_rgba_arrays_lose_their_alpha(tmp_path):
+    import cv2
+
+    path = tmp_path / "red.png"
+    cv2.imwrite(str(path), np.full((2, 3, 3), (0, 0, 255), np.uint8))  # red, in OpenCV's BGR order
+    assert read_image_rgb(path)[0, 0].tolist() == list(RED) and read_image_rgb(str(path)).shape == (2, 3, 3)
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 7
+    img = read_image_rgb(rgba)
+    assert img.shape == (2, 3, 3) and img[0, 0].tolist() == list(RED)
+

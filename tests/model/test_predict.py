@@ -1,0 +1,17 @@
+"""model.predict: the Python prediction API over several batches."""
+import numpy as np
+import torch
+
+from worldtune.model import build_model
+from worldtune.model.predict import predict
+
+
+def test_predict_batches_every_image_and_restores_the_training_mode():
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2)
+    model.set_vocabulary(["cat", "dog"], torch.nn.functional.normalize(torch.randn(2, 512), dim=-1))
+    model.train()
+    images = [np.zeros((40, 50, 3), np.uint8), np.full((30, 20, 3), 200, np.uint8), np.zeros((8, 8), np.uint8)]
+    results = predict(model, images, imgsz=64, batch_size=2)  # two batches: 2 images, then 1
+    assert len(results) == 3 and model.training
+    assert all(set(r) == {"boxes_xyxy", "scores", "labels", "names"} for r in results)
