@@ -231,6 +231,8 @@ class CocoDetection:
         on_bad_data: "error" raises `DataError` on the first problem; "skip" drops bad
             annotations / images, counts them and warns once.
         min_size: images whose shorter side is below this are left out (official: 32).
+        check_text_order: refuse class texts that name the categories in another order
+            (`texts.load_class_texts`); off for a val file compared with the training file's instead.
 
     Attributes:
         num_classes, class_names (first synonyms), class_texts (synonym lists),
@@ -243,7 +245,8 @@ class CocoDetection:
         too (`worldtune.eval.evaluate.score_detections`).
     """
 
-    def __init__(self, ann_file, image_dir, class_texts=None, on_bad_data: str = "error", min_size: int = 32):
+    def __init__(self, ann_file, image_dir, class_texts=None, on_bad_data: str = "error", min_size: int = 32,
+                 check_text_order: bool = True):
         if on_bad_data not in ("error", "skip"):
             raise ValueError(f"on_bad_data must be 'error' or 'skip', got {on_bad_data!r}")
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
@@ -289,7 +292,7 @@ class CocoDetection:
         self.cat_id_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
         names_by_id = {int(c["id"]): str(c["name"]) for c in cats}
         self.category_names = [names_by_id[cid] for cid in self.cat_ids]
-        self.class_texts = load_class_texts(class_texts, self.category_names, self.ann_file)
+        self.class_texts = load_class_texts(class_texts, self.category_names, self.ann_file, check_text_order)
         self.class_names = [t[0] for t in self.class_texts]
         _warn_same_texts(self.ann_file, self.class_names, self.cat_ids)
 

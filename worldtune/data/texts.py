@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 
-def load_class_texts(source, category_names: list | None, ann_file=None) -> list:
+def load_class_texts(source, category_names: list | None, ann_file=None, check_order: bool = True) -> list:
     """Resolve class texts to a list (one per class) of non-empty lists of strings.
 
     Args:
@@ -19,6 +19,8 @@ def load_class_texts(source, category_names: list | None, ann_file=None) -> list
         category_names: names of the categories in label order (used for None and messages), or
             None to take the file's entries as they are, however many (a vocabulary for `predict`).
         ann_file: the annotation file the categories come from, named in messages.
+        check_order: refuse entries that name the categories in another order (see `_check_order`);
+            off where the caller compares the file's categories with another's that were checked.
     Raises:
         ValueError (DataError) naming the file and the mismatch when the entry count differs
         from the number of categories or an entry is not a list of strings.
@@ -61,7 +63,7 @@ def load_class_texts(source, category_names: list | None, ann_file=None) -> list
                 if i >= len(texts) or i >= len(category_names)]
         raise DataError(f"{where} has {len(texts)} entries but the annotation file has {len(category_names)}"
                         f" categories; unmatched:\n" + "\n".join(rows[:20]))
-    if category_names is not None:
+    if category_names is not None and check_order:
         _check_order(texts, category_names, where, ann_file or "the annotation file")
     return texts
 
