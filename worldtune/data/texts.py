@@ -76,12 +76,16 @@ def _check_order(texts: list, category_names: list, where: str, ann_file) -> Non
     def key(text):
         return " ".join(text.lower().split())
 
+    holders = {}  # text -> the entry positions holding it; built once: LVIS has 1203 classes
+    for j, entry in enumerate(texts):
+        for text in {key(t) for t in entry}:
+            holders.setdefault(text, []).append(j)
     owner = {}  # category position -> the entry position whose synonyms hold its name
     for k, name in enumerate(category_names):
-        holders = [j for j, entry in enumerate(texts) if key(name) in {key(t) for t in entry}]
-        if len(holders) != 1:
+        found = holders.get(key(name), [])
+        if len(found) != 1:
             return
-        owner[k] = holders[0]
+        owner[k] = found[0]
     moved = [(k, j) for k, j in owner.items() if k != j]
     if moved and len(set(owner.values())) == len(owner):
         from worldtune.data.coco import DataError
