@@ -273,3 +273,25 @@ def test_a_local_folder_gives_config_and_tokenizer_when_the_checkpoint_carries_t
     tower.load_state_dict(trained.state_dict())
     texts = ["person", "a red square", ""]
     assert torch.equal(tower.encode(texts, per_string=True), trained.encode(texts, per_string=True))
+
+
+def test_a_tower_from_a_half_precision_folder_config_is_float32(tiny_text_folder, tmp_path):
+    """A CLIP folder saved in half precision says so in config.json ("dtype": "float16"), which a tower
+    built from that config takes on: the checkpoint's float32 weights would be rounded to float16 and
+    encode otherwise than in training, where `from_pretrained` gives a float32 tower."""
+    import json
+    import shutil
+
+    from worldtune.model.loading import TEXT_PREFIX, build_text_model
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_text_folder, folder)
+    trained = CLIPTextEncoder.from_pretrained(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": "float16", "torch_dtype": "float16"}))
+    tower = build_text_model(str(folder), weights={TEXT_PREFIX + k: v for k, v in trained.state_dict().items()})
+    assert {p.dtype for p in tower.parameters()} == {torch.float32}
+    tower.load_state_dict(trained.state_dict())
+    texts = ["person", "a red square", ""]
+    assert torch.equal(tower.encode(texts, per_string=True), trained.encode(texts, per_string=True))

@@ -136,10 +136,12 @@ def build_tower(config, empty: bool = False) -> nn.Module:
     """
     from transformers import CLIPTextModelWithProjection
 
+    # float32 as `from_pretrained(...).float()`: a folder saved in half precision says "dtype":
+    # "float16" in its config, which the constructor applies (to some weights)
     if not empty:
-        return CLIPTextModelWithProjection(config)
+        return CLIPTextModelWithProjection(config).float()
     with torch.device("meta"):
-        model = CLIPTextModelWithProjection(config)
+        model = CLIPTextModelWithProjection(config).float()
     model.to_empty(device="cpu")
     with torch.no_grad():
         for name, buffer in model.named_buffers():
