@@ -95,7 +95,10 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
     """Files as given, folders expanded to their images (sorted; subfolders are not searched).
     Returns (paths, entries for what is skipped: missing inputs, videos, folders' unsearched subfolders)."""
     paths, missing = [], []
+    # a subfolder given as an input, or holding one, is searched: one set, not a scan of every input
+    # per subfolder (a shell glob gives thousands of inputs)
     given = [Path(os.path.abspath(item)) for item in inputs]
+    searched = {folder for path in given for folder in (path, *path.parents)}
     for item in inputs:
         if item.is_dir():
             entries = sorted(item.iterdir())
@@ -104,8 +107,7 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], list[dict]]:
                         if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
             # said, not silently passed over: photos sorted into day or camera folders
             subfolders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")
-                          and not any(g == Path(os.path.abspath(p)) or Path(os.path.abspath(p)) in g.parents
-                                      for g in given)]  # one given as an input, or holding one, is searched
+                          and Path(os.path.abspath(p)) not in searched]
             unsearched = (f"{len(subfolders)} subfolder(s) not searched ({', '.join(subfolders[:3])}"
                           f"{', ...' if len(subfolders) > 3 else ''}): give them as inputs too") if subfolders else ""
             if not found:
