@@ -43,4 +43,3 @@ def test_files_read_as_rgb_and_rgba_arrays_lose_their_alpha(tmp_path):
     rgba[..., 0], rgba[..., 3] = 255, 7
     img = read_image_rgb(rgba)
     assert img.shape == (2, 3, 3) and img[0, 0].tolist() == list(RED)
-

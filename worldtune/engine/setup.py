@@ -1,6 +1,7 @@
 """What a training run is built from: the data sets and loaders, the start weights (the text tower:
 `worldtune.model.loading.build_text_model`)."""
 import os
+import warnings
 
 from torch import nn
 
@@ -46,7 +47,6 @@ def check_val_categories(train_coco, val_coco, class_texts_file: str) -> None:
         raise DataError(f"{val_coco.ann_file} numbers the categories of {train_coco.ann_file} otherwise, so the "
                         f"class-text file {class_texts_file} (one entry per category in id order) would give "
                         f"validation classes the texts of others: {listed}; give both files the same category ids")
-    import warnings
     warnings.warn(f"{val_coco.ann_file}: its categories differ from {train_coco.ann_file}'s, and the class-text "
                   f"file {class_texts_file} gives each the entry of its position: {listed}", stacklevel=2)
 

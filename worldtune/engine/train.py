@@ -260,8 +260,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # The frozen tower takes the checkpoint's own tensors (read_resume reads the file, it does not
         # map it; the tower never writes them): no second 242 MiB (ViT-B/32) while the checkpoint is
         # held. Whether they fit it all is restore_checkpoint's strict load's to say.
-        model.text_model.load_state_dict({k[len(TEXT_PREFIX):]: v for k, v in ckpt["ema"].items()}, strict=False,
-                                         assign=True)
+        model.text_model.load_state_dict({k[len(TEXT_PREFIX):]: v for k, v in ckpt["ema"].items()
+                                          if k.startswith(TEXT_PREFIX)}, strict=False, assign=True)
     start_report = load_start_weights(model, start[0], start[1]) if start else None
     if ckpt is None and start is None:  # say it: a forgotten --weights none would otherwise go unnoticed
         start_report = "start weights: none (random initialisation)"
