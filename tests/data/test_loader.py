@@ -216,3 +216,38 @@ def test_sample_warnings_travel_with_the_sample_and_leave_other_warnings_once_on
             warnings.warn("the loop's own warning")
     assert [str(w.message) for w in shown] == ["the loop's own warning"]
     assert [s.get("warnings") for s in samples] == [None, [(UserWarning, "bad file")], None]
+
+
+def _loader_worker(main_pid, ready):
+    import time
+
+    from worldtune.data.loader import _worker_init
+    _worker_init(0, main_pid)
+    ready.set()
+    time.sleep(60)
+
+
+def test_workers_end_on_the_main_process_sigterm_only():
+    """SIGTERM sent to every process of a job (scancel, `kill -TERM -<pgid>`) leaves a worker to the
+    main process, which stops after its step and ends the workers itself; the main process's own
+    SIGTERM (DataLoader shutdown, Python at exit) ends it."""
+    import multiprocessing
+    import os
+    import signal
+    import subprocess
+
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=_loader_worker, args=(os.getpid(), ready), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(30)
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from another process
+        worker.join(1.0)
+        assert worker.is_alive()
+        worker.terminate()  # SIGTERM from this, its main process
+        worker.join(5.0)
+        assert worker.exitcode == -signal.SIGTERM
+    finally:
+        if worker.is_alive():
+            worker.kill()

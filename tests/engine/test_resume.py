@@ -287,3 +287,41 @@ def test_ctrl_c_between_epochs_stops_before_the_next(tmp_path, reference, monkey
     assert result["status"] == "interrupted" and result["global_step"] == 2
     monkeypatch.setattr(ckpt_module, "save_checkpoint_atomic", real)
     _resume_from_and_compare(cfg, (1, 0, 2), reference)
+
+
+# Runs a config (with DataLoader workers) in a fresh process that, in the middle of step 1, has
+# `kill` send a signal to its whole process group, workers included (as SLURM's scancel does).
+GROUP_SIGNAL = textwrap.dedent("""
+    import os, subprocess, sys
+    import torch
+    torch.set_num_threads(1)
+    from worldtune.config import load
+    from worldtune.engine import train
+    real, count = train.batch_text_feats, [0]
+    def signal_group_then_feats(*args, **kwargs):
+        count[0] += 1
+        if count[0] == 1:
+            subprocess.run(["kill", "-" + sys.argv[2], "--", f"-{os.getpgid(0)}"])  # ends itself too
+        return real(*args, **kwargs)
+    train.batch_text_feats = signal_group_then_feats
+    result = train.fit(load(sys.argv[1]))
+    sys.exit(130 if result["status"] == "interrupted" else 0)
+""")
+
+
+def test_sigterm_to_the_whole_process_group_stops_like_ctrl_c(tmp_path):
+    """SIGTERM sent to every process of the run, DataLoader workers included, stops it after the
+    step like a SIGTERM to the main process alone: last.pt, exit 130, no "DataLoader worker ... is
+    killed by signal" error. (Workers ignore Ctrl-C: see tests/data/test_loader.py.)"""
+    cfg = _config(tmp_path)
+    cfg.data.workers = 2
+    dump(cfg, tmp_path / "cfg.yaml")
+    script = tmp_path / "group_signal.py"
+    script.write_text(GROUP_SIGNAL)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"), "TERM"], env=env,
+                          capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "killed by signal" not in proc.stderr
+    saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (0, 1, 1)

@@ -10,9 +10,12 @@ the annotation file says) travel with its batch to the main process, which shows
 per run and counts them (`TrainLoader.warnings_seen`): DataLoader workers are re-created every
 epoch (forked or spawned), so a worker's own "already warned" memory lasts one epoch only.
 """
+import os
 import random
 import signal
+import threading
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -21,7 +24,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from worldtune.data.collate import collate_eval, collate_train
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, main_pid: int | None = None) -> None:
+    """Signals and global seeds of a DataLoader worker; `main_pid`: the process that iterates the
+    loader (by default the worker's parent, which it is when workers are forked)."""
     # cv2.setNumThreads() is deliberately NOT called here: in a forked worker it can deadlock on
     # the thread pool copied from the parent (seen with OpenCV 5.0). To limit cv2 threads, call
     # it in the main process before building the loader.
@@ -30,12 +35,38 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A forked worker inherits the training loop's SIGTERM handler (engine.stopping), which only sets
     # a flag: the worker would then outlive the SIGTERM that the DataLoader (and Python at exit)
-    # uses to end it. A SIGTERM ends a worker, as by default.
+    # uses to end it. The main process's SIGTERM ends a worker, as by default.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_on_sigterm_only_from(main_pid or os.getppid())
     # Nothing in worldtune uses global RNGs; seed them anyway so third-party code stays reproducible.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _end_on_sigterm_only_from(main_pid: int) -> None:
+    """Lets this worker ignore a SIGTERM that another process than `main_pid` sends.
+
+    SLURM's scancel and `kill -TERM -<pgid>` send SIGTERM to every process of the job: the main
+    process then finishes its step (with the batch it holds), saves last.pt and shuts its workers
+    down itself. Workers ended by that SIGTERM would fail the run instead: torch raises "DataLoader
+    worker (pid N) is killed by signal: Terminated" in the main process wherever it is (its SIGCHLD
+    handler), in a forward pass or while saving, and under DDP on each rank at another point.
+    Where a signal's sender cannot be read (no sigwaitinfo: macOS, Windows), SIGTERM ends a worker.
+    """
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    # Blocked in this thread, and so in every thread started from it later (the result queue's
+    # feeder, OpenCV's pool): the thread below is the only one that takes a SIGTERM.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_pid:
+            pass
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.kill(os.getpid(), signal.SIGTERM)  # taken by this thread, the only one open to it: the default, the end
+
+    threading.Thread(target=wait, name="sigterm-from-main", daemon=True).start()
 
 
 class WarningsWithSample(torch.utils.data.Dataset):
@@ -88,7 +119,8 @@ class TrainLoader:
         self.loader = DataLoader(WarningsWithSample(dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers,
                                  collate_fn=collate_train, pin_memory=pin_memory, drop_last=drop_last,
-                                 worker_init_fn=_worker_init, persistent_workers=False,
+                                 worker_init_fn=partial(_worker_init, main_pid=os.getpid()),
+                                 persistent_workers=False,
                                  generator=torch.Generator().manual_seed(seed))
 
     def set_epoch(self, epoch: int) -> None:
@@ -142,4 +174,4 @@ def build_eval_loader(dataset, batch_size: int = 1, workers: int = 0, rank: int 
     """Loader over an `EvalDataset` in dataset order (a rank takes every world_size-th image)."""
     sampler = StridedSampler(len(dataset), rank, world_size) if world_size > 1 else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_eval, worker_init_fn=_worker_init)
+                      collate_fn=collate_eval, worker_init_fn=partial(_worker_init, main_pid=os.getpid()))
