@@ -160,12 +160,8 @@ def test_train_shards_drop_or_pad_the_tail_as_asked(drop_last, per_rank, distinc
     assert [len(s) for s in shards] == [per_rank, per_rank] and len(set(shards[0] + shards[1])) == distinct
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, workers):
-    """A JPEG cut short and an image of another size than the annotation's: one warning each over
-    two epochs, though the (forked) workers are re-created every epoch, and counted."""
-    import warnings
-
+def _with_bad_images(tiny_coco, tmp_path):
+    """The tiny set with one JPEG cut short and one image of another size than the annotation's."""
     import cv2
     import numpy as np
 
@@ -177,6 +173,16 @@ def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, 
     other = next(i for i in range(len(dataset)) if i != jpeg)
     h, w = dataset.image_size(other)
     cv2.imwrite(str(dataset.image_path(other)), np.zeros((w + 8, h + 8, 3), np.uint8))
+    return dataset
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, workers):
+    """A JPEG cut short and an image of another size than the annotation's: one warning each over
+    two epochs, though the (forked) workers are re-created every epoch, and counted."""
+    import warnings
+
+    dataset = _with_bad_images(tiny_coco, tmp_path)
     train = build_train_dataset(dataset, imgsz=64, num_texts=8, cache_images=False)  # no decoding before the loader
     loader = build_train_loader(train, 4, workers=workers, seed=0)
     with warnings.catch_warnings(record=True) as caught:
@@ -185,6 +191,29 @@ def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, 
             loader.set_epoch(epoch)
             assert all("warnings" not in batch for batch in loader)
     messages = [str(w.message) for w in caught]
+    assert sum("is cut short" in m for m in messages) == 1 and sum("decoded" in m for m in messages) == 1, messages
+    assert len(loader.warnings_seen) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_validation_image_is_warned_about_once_per_loader(tiny_coco, tmp_path, workers, monkeypatch):
+    """Two validations with the run's one eval loader: one warning per bad file, though the workers
+    are new at each."""
+    import warnings
+
+    shown = tmp_path / "shown.txt"  # what any process (main or worker) shows, appended
+
+    def show(message, *args, **kwargs):
+        with open(shown, "a") as f:
+            f.write(f"{message}\n")
+
+    loader = build_eval_loader(build_eval_dataset(_with_bad_images(tiny_coco, tmp_path), imgsz=64), 2, workers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # Python's own "once per place" must not hide a repeat
+        monkeypatch.setattr(warnings, "showwarning", show)
+        for _ in range(2):
+            assert sum(len(batch["image_ids"]) for batch in loader if "warnings" not in batch) == len(loader.dataset)
+    messages = shown.read_text().splitlines()
     assert sum("is cut short" in m for m in messages) == 1 and sum("decoded" in m for m in messages) == 1, messages
     assert len(loader.warnings_seen) == 2
 

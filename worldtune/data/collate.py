@@ -53,7 +53,8 @@ def collate_eval(samples: list) -> dict:
         dict(images uint8 Tensor[B, 3, S, S] RGB, image_ids list[int], ori_shapes list of (h, w),
              scale_factors float32 Tensor[B, 2] (sx, sy), pad_params int64 Tensor[B, 4]
              [top, bottom, left, right], texts list of B lists of class names, skipped list[bool]:
-             unreadable images under on_bad_data="skip", to leave out of the scoring).
+             unreadable images under on_bad_data="skip", to leave out of the scoring, warnings as in
+             `collate_train`).
         Map a letterboxed box back with (box - [left, top, left, top]) / [sx, sy, sx, sy].
     """
     return {"images": _images_to_tensor([s["img"] for s in samples]),
@@ -62,4 +63,5 @@ def collate_eval(samples: list) -> dict:
             "scale_factors": torch.tensor([s["scale_factor"] for s in samples], dtype=torch.float32),
             "pad_params": torch.tensor([s["pad_param"] for s in samples], dtype=torch.int64),
             "texts": [list(s["texts"]) for s in samples],
-            "skipped": [bool(s.get("skipped", False)) for s in samples]}
+            "skipped": [bool(s.get("skipped", False)) for s in samples],
+            "warnings": [w for s in samples for w in s.get("warnings", ())]}

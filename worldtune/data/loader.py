@@ -5,10 +5,11 @@ dataset, and the order comes from DistributedSampler(seed, epoch); so a run resu
 epoch e with `loader.set_epoch(e)` sees the same order and the same augmented images
 as the uninterrupted run.
 
-Warnings raised while a training sample is built (an image cut short, or of another size than
-the annotation file says) travel with its batch to the main process, which shows each one once
-per run and counts them (`TrainLoader.warnings_seen`): DataLoader workers are re-created every
-epoch (forked or spawned), so a worker's own "already warned" memory lasts one epoch only.
+Warnings raised while a sample is built (an image cut short, or of another size than the
+annotation file says) travel with its batch to the main process, which shows each one once per
+loader, i.e. per run, and counts them (`TrainLoader.warnings_seen`, `EvalLoader.warnings_seen`):
+DataLoader workers are re-created every epoch and every validation (forked or spawned), so a
+worker's own "already warned" memory lasts one pass only.
 """
 import os
 import random
@@ -98,6 +99,28 @@ class WarningsWithSample(torch.utils.data.Dataset):
         return sample
 
 
+class WarningsReporter:
+    """Shows the warnings that batches carry ("warnings", see `WarningsWithSample`) in this process,
+    each once: the first `limit` (None: all) of them, the last of those followed by `note`; the
+    rest are only counted (`seen`: the distinct messages)."""
+
+    def __init__(self, limit: int | None = None, note: str = ""):
+        self.seen: set = set()
+        self.limit, self.note = limit, note
+
+    def reported(self, batches):
+        """`batches` with the warnings they carry taken out and shown."""
+        for batch in batches:
+            for category, message in batch.pop("warnings", ()) if isinstance(batch, dict) else ():
+                if message in self.seen:
+                    continue
+                self.seen.add(message)
+                if self.limit is None or len(self.seen) <= self.limit:
+                    last = len(self.seen) == self.limit
+                    warnings.warn(message + (self.note if last else ""), category, stacklevel=2)
+            yield batch
+
+
 class TrainLoader:
     """Iterable over training batches (see `collate_train`). Call `set_epoch(epoch)` before each epoch.
 
@@ -111,8 +134,10 @@ class TrainLoader:
     def __init__(self, dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int,
                  drop_last: bool, pin_memory: bool, list_warnings: int = 10):
         self.dataset = dataset
-        self.warnings_seen: set = set()
         self.list_warnings = list_warnings
+        self.reporter = WarningsReporter(list_warnings, " (further warnings about the training data are not "
+                                                        "listed; the run's end says how many there were)")
+        self.warnings_seen = self.reporter.seen
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                           drop_last=drop_last)
         # persistent_workers stays False: workers are re-created each epoch and so see set_epoch().
@@ -131,20 +156,11 @@ class TrainLoader:
             self.dataset.set_order(list(self.sampler))
 
     def __iter__(self):
-        return self.reported(self.loader)
+        return self.reporter.reported(self.loader)
 
     def reported(self, batches):
         """`batches` with the warnings they carry taken out and shown (each once per run)."""
-        for batch in batches:
-            for category, message in batch.pop("warnings", ()) if isinstance(batch, dict) else ():
-                if message in self.warnings_seen:
-                    continue
-                self.warnings_seen.add(message)
-                if len(self.warnings_seen) <= self.list_warnings:
-                    last = len(self.warnings_seen) == self.list_warnings
-                    warnings.warn(message + (" (further warnings about the training data are not listed; the run's "
-                                             "end says how many there were)" if last else ""), category, stacklevel=2)
-            yield batch
+        return self.reporter.reported(batches)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -170,8 +186,33 @@ class StridedSampler(Sampler):
         return len(self.indices)
 
 
-def build_eval_loader(dataset, batch_size: int = 1, workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+class EvalLoader:
+    """Iterable over evaluation batches (see `collate_eval`), in dataset order or strided.
+
+    Warnings raised while reading the images (a file cut short, of another size than the annotation
+    file says, left out under on_bad_data="skip") are shown here, in the main process, each once per
+    loader: a run validates with the same loader every time, while its workers are new each time.
+
+    Attributes: dataset (the EvalDataset), batch_size, sampler (StridedSampler or None),
+    loader (torch DataLoader), warnings_seen (set of the distinct warning messages).
+    """
+
+    def __init__(self, dataset, batch_size: int, workers: int, rank: int, world_size: int):
+        self.dataset, self.batch_size = dataset, batch_size
+        self.sampler = StridedSampler(len(dataset), rank, world_size) if world_size > 1 else None
+        self.reporter = WarningsReporter()  # the dataset lists a few files per problem and process itself
+        self.warnings_seen = self.reporter.seen
+        self.loader = DataLoader(WarningsWithSample(dataset), batch_size=batch_size, shuffle=False,
+                                 sampler=self.sampler, num_workers=workers, collate_fn=collate_eval,
+                                 worker_init_fn=partial(_worker_init, main_pid=os.getpid()))
+
+    def __iter__(self):
+        return self.reporter.reported(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def build_eval_loader(dataset, batch_size: int = 1, workers: int = 0, rank: int = 0, world_size: int = 1) -> EvalLoader:
     """Loader over an `EvalDataset` in dataset order (a rank takes every world_size-th image)."""
-    sampler = StridedSampler(len(dataset), rank, world_size) if world_size > 1 else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_eval, worker_init_fn=partial(_worker_init, main_pid=os.getpid()))
+    return EvalLoader(dataset, batch_size, workers, rank, world_size)
