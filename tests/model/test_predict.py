@@ -15,3 +15,18 @@ def test_predict_batches_every_image_and_restores_the_training_mode():
     results = predict(model, images, imgsz=64, batch_size=2)  # two batches: 2 images, then 1
     assert len(results) == 3 and model.training
     assert all(set(r) == {"boxes_xyxy", "scores", "labels", "names"} for r in results)
+
+
+def test_each_result_belongs_to_its_image_in_input_order():
+    # Batched results must be those of each image predicted alone, in the order given.
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2)
+    model.set_vocabulary(["cat", "dog"], torch.nn.functional.normalize(torch.randn(2, 512), dim=-1))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40 + 10 * i, 60 - 10 * i, 3), dtype=np.uint8) for i in range(3)]
+    batched = predict(model, images, imgsz=64, batch_size=2)
+    for image, result in zip(images, batched):
+        (alone,) = predict(model, [image], imgsz=64, batch_size=1)
+        assert len(alone["scores"]) > 0
+        torch.testing.assert_close(torch.as_tensor(result["boxes_xyxy"]), torch.as_tensor(alone["boxes_xyxy"]))
+        torch.testing.assert_close(torch.as_tensor(result["scores"]), torch.as_tensor(alone["scores"]))
