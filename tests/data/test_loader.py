@@ -176,8 +176,21 @@ def _with_bad_images(tiny_coco, tmp_path):
     return dataset
 
 
+def _show_into(path, monkeypatch):
+    """Make every process (main, or a worker forked from it) append the warnings it shows to `path`:
+    `record=True` would miss one that a worker shows by itself."""
+    import warnings
+
+    def show(message, *args, **kwargs):
+        with open(path, "a") as f:
+            f.write(f"{message}\n")
+
+    warnings.simplefilter("always")  # Python's own "once per place" must not hide a repeat
+    monkeypatch.setattr(warnings, "showwarning", show)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, workers):
+def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, workers, monkeypatch):
     """A JPEG cut short and an image of another size than the annotation's: one warning each over
     two epochs, though the (forked) workers are re-created every epoch, and counted."""
     import warnings
@@ -185,12 +198,13 @@ def test_a_bad_training_image_is_warned_about_once_per_run(tiny_coco, tmp_path, 
     dataset = _with_bad_images(tiny_coco, tmp_path)
     train = build_train_dataset(dataset, imgsz=64, num_texts=8, cache_images=False)  # no decoding before the loader
     loader = build_train_loader(train, 4, workers=workers, seed=0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")  # Python's own "once per place" must not hide a repeat
+    shown = tmp_path / "shown.txt"
+    with warnings.catch_warnings():
+        _show_into(shown, monkeypatch)
         for epoch in range(2):
             loader.set_epoch(epoch)
             assert all("warnings" not in batch for batch in loader)
-    messages = [str(w.message) for w in caught]
+    messages = shown.read_text().splitlines()
     assert sum("is cut short" in m for m in messages) == 1 and sum("decoded" in m for m in messages) == 1, messages
     assert len(loader.warnings_seen) == 2
 
@@ -201,16 +215,10 @@ def test_a_bad_validation_image_is_warned_about_once_per_loader(tiny_coco, tmp_p
     are new at each."""
     import warnings
 
-    shown = tmp_path / "shown.txt"  # what any process (main or worker) shows, appended
-
-    def show(message, *args, **kwargs):
-        with open(shown, "a") as f:
-            f.write(f"{message}\n")
-
+    shown = tmp_path / "shown.txt"
     loader = build_eval_loader(build_eval_dataset(_with_bad_images(tiny_coco, tmp_path), imgsz=64), 2, workers)
     with warnings.catch_warnings():
-        warnings.simplefilter("always")  # Python's own "once per place" must not hide a repeat
-        monkeypatch.setattr(warnings, "showwarning", show)
+        _show_into(shown, monkeypatch)
         for _ in range(2):
             assert sum(len(batch["image_ids"]) for batch in loader if "warnings" not in batch) == len(loader.dataset)
     messages = shown.read_text().splitlines()
