@@ -1,5 +1,6 @@
 """model.predict: the Python prediction API over several batches."""
 import numpy as np
+import pytest
 import torch
 
 from worldtune.model import build_model
@@ -30,3 +31,26 @@ def test_each_result_belongs_to_its_image_in_input_order():
         assert len(alone["scores"]) > 0
         torch.testing.assert_close(torch.as_tensor(result["boxes_xyxy"]), torch.as_tensor(alone["boxes_xyxy"]))
         torch.testing.assert_close(torch.as_tensor(result["scores"]), torch.as_tensor(alone["scores"]))
+
+
+def _model():
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2).eval()
+    model.set_vocabulary(["cat", "dog"], torch.nn.functional.normalize(torch.randn(2, 512), dim=-1))
+    return model
+
+
+@pytest.mark.parametrize("imgsz", [100, 0, (64, 64)])
+def test_imgsz_that_is_not_a_multiple_of_32_is_refused_in_one_line(imgsz):
+    # 100 used to fail inside the neck ("Sizes of tensors must match")
+    with pytest.raises(ValueError, match="imgsz must be a positive int multiple of 32"):
+        predict(_model(), [np.zeros((40, 50, 3), np.uint8)], imgsz=imgsz)
+
+
+def test_one_image_or_any_iterable_of_images():
+    model = _model()
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    (listed,) = predict(model, [image], imgsz=64)
+    for images in (image, torch.from_numpy(image), (im for im in [image])):
+        (result,) = predict(model, images, imgsz=64)
+        torch.testing.assert_close(result["boxes_xyxy"], listed["boxes_xyxy"])

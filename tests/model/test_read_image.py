@@ -43,3 +43,12 @@ def test_files_read_as_rgb_and_rgba_arrays_lose_their_alpha(tmp_path):
     rgba[..., 0], rgba[..., 3] = 255, 7
     img = read_image_rgb(rgba)
     assert img.shape == (2, 3, 3) and img[0, 0].tolist() == list(RED)
+
+
+def test_single_channel_arrays_read_as_grey():
+    assert tuple(read_image_rgb(np.full((2, 2, 1), 9, np.uint8))[1, 1]) == (9, 9, 9)
+
+
+def test_channels_first_arrays_are_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"channels last, got \(3, 4, 5\)"):
+        read_image_rgb(np.zeros((3, 4, 5), np.uint8))

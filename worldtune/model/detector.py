@@ -44,16 +44,28 @@ class YOLOWorld(nn.Module):
     def set_vocabulary(self, texts: list[str], text_feats: Tensor | None = None) -> None:
         """Fix the class vocabulary used by `predict`-style calls: label k <-> texts[k].
 
-        text_feats: (K, 512) L2-normalised embeddings of the K texts; when omitted they are computed
-        with the model's text tower (an error for a model built without one).
+        texts: a non-empty list of K strings (a bare string is refused, not split into letters).
+        text_feats: (K, 512) L2-normalised embeddings of the K texts (tensor or array); when omitted
+        they are computed with the model's text tower (an error for a model built without one).
+        Raises a one-line ValueError/TypeError for another shape or rows whose norm is not 1.
         """
+        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"texts must be a non-empty list of strings, e.g. ['person', 'bus'], got {texts!r:.80}")
         warn_repeated_texts(texts)
         if text_feats is None:
             if self.text_model is None:
                 raise RuntimeError("this model has no text tower: pass text_feats of shape (K, 512)")
             text_feats = self.text_model.encode_vocabulary(list(texts))
-        if text_feats.shape[0] != len(texts):
-            raise ValueError(f"{len(texts)} texts but {text_feats.shape[0]} embeddings")
+        text_feats = torch.as_tensor(text_feats)
+        dim = self.vocab_feats.shape[1]
+        if text_feats.shape != (len(texts), dim):
+            raise ValueError(f"text_feats must have shape ({len(texts)}, {dim}) for {len(texts)} texts, "
+                             f"got {tuple(text_feats.shape)}")
+        norms = text_feats.float().norm(dim=-1)
+        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-2):
+            # the official text tower normalises; raw embeddings would silently change every score
+            raise ValueError(f"text_feats rows must be L2-normalised (norms {norms.min():.3g}..{norms.max():.3g}): "
+                             "use torch.nn.functional.normalize(text_feats, dim=-1)")
         self.vocabulary = list(texts)
         self.vocab_feats = text_feats.detach().to(self.vocab_feats.device, self.vocab_feats.dtype)
 

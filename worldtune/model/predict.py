@@ -1,5 +1,6 @@
 """Test-time inference: official pre-processing (keep-ratio resize + centred letterbox, pad 114),
 forward, decoding and post-processing, with boxes returned in original image coordinates."""
+import numbers
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,8 @@ from worldtune.model.postprocess import PostprocessConfig, decode_outputs, detec
 
 
 def read_image_rgb(source) -> np.ndarray:
-    """A path, a PIL image or an RGB uint8 array (H, W, 3) or (H, W) -> RGB uint8 (H, W, 3)."""
+    """A path, a PIL image or a uint8 array (H, W, 3) RGB, (H, W, 4) RGBA, (H, W) or (H, W, 1) grey
+    -> RGB uint8 (H, W, 3). Arrays are taken as RGB: one from `cv2.imread` (BGR) needs `img[..., ::-1]`."""
     if isinstance(source, (str, Path)):
         img = cv2.imread(str(source), cv2.IMREAD_COLOR)
         if img is None:
@@ -21,12 +23,14 @@ def read_image_rgb(source) -> np.ndarray:
     if hasattr(source, "convert") and hasattr(source, "mode"):  # PIL: palette, CMYK, LA, 16-bit -> RGB
         source = source.convert("RGB") if source.mode != "RGB" else source
     img = np.asarray(source)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"expected an image of shape (H, W, 3), got {img.shape}")
+        raise ValueError(f"expected one image of shape (H, W, 3), channels last, got {img.shape}")
     if img.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {img.dtype}")
+        raise ValueError(f"expected a uint8 image (0-255), got {img.dtype}")
     return np.ascontiguousarray(img[:, :, :3])
 
 
@@ -54,15 +58,20 @@ def predict_batch(model, images_uint8_rgb: Tensor, scale_factors, pad_params, or
 @torch.no_grad()
 def predict(model, images, imgsz: int = 640, cfg: PostprocessConfig | None = None,
             batch_size: int = 8) -> list[dict]:
-    """Detect the model's vocabulary in images (paths, PIL images or RGB uint8 arrays).
+    """Detect the model's vocabulary in images: one image or a list of them, each a path, a PIL
+    image or a uint8 array (H, W, 3) in RGB order (see `read_image_rgb`; BGR arrays from OpenCV
+    need `img[..., ::-1]`). `imgsz`: the letterbox size, a multiple of 32.
 
     Returns one dict per image: boxes_xyxy (N, 4) float in original pixels, scores (N,),
     labels (N,) int64 and `names` (list of N vocabulary strings).
     """
     if not model.vocabulary:
         raise RuntimeError("set a vocabulary first: model.set_vocabulary(['person', 'bus'])")
-    if not isinstance(images, (list, tuple)):
-        images = [images]
+    if not isinstance(imgsz, numbers.Integral) or imgsz <= 0 or imgsz % 32:
+        raise ValueError(f"imgsz must be a positive int multiple of 32 (the largest stride), e.g. 640, got {imgsz!r}")
+    if isinstance(images, (str, Path, np.ndarray, Tensor)) or hasattr(images, "convert"):
+        images = [images]  # one image
+    images = list(images)  # also a generator or other iterable of images
     was_training = model.training
     model.eval()
     results = []

@@ -1,0 +1,48 @@
+"""YOLOWorld.set_vocabulary: what it accepts, and one-line errors for what would break later."""
+import numpy as np
+import pytest
+import torch
+
+from worldtune.model import build_model
+
+
+def _feats(k: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(k, 512), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("n", num_classes=2).eval()
+
+
+@pytest.mark.parametrize("texts", ["cat", [], ["cat", 3]])
+def test_texts_must_be_a_non_empty_list_of_strings(model, texts):
+    # a bare string used to become the vocabulary ['c', 'a', 't']
+    with pytest.raises(TypeError, match="non-empty list of strings"):
+        model.set_vocabulary(texts, _feats(max(len(texts), 1)))
+
+
+@pytest.mark.parametrize("shape", [(2, 256), (1, 2, 512), (3, 512)])
+def test_text_feats_of_another_shape_are_refused_in_one_line(model, shape):
+    # (2, 256) used to pass and fail deep in the neck with a matmul error
+    with pytest.raises(ValueError, match=r"text_feats must have shape \(2, 512\)"):
+        model.set_vocabulary(["cat", "dog"], torch.nn.functional.normalize(torch.randn(shape), dim=-1))
+
+
+def test_unnormalised_text_feats_are_refused(model):
+    with pytest.raises(ValueError, match="L2-normalised"):
+        model.set_vocabulary(["cat", "dog"], 5 * _feats(2))
+
+
+def test_numpy_text_feats_are_accepted(model):
+    # `worldtune export` writes det.vocab.npy; its rows can be passed back as they are
+    feats = _feats(2)
+    model.set_vocabulary(["cat", "dog"], feats.numpy())
+    assert model.vocabulary == ["cat", "dog"]
+    torch.testing.assert_close(model.vocab_feats, feats)
+
+
+def test_repeated_texts_warn(model):
+    with pytest.warns(UserWarning, match="repeats"):
+        model.set_vocabulary(["cat", "cat"], _feats(2))
