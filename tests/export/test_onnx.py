@@ -249,3 +249,26 @@ def test_verification_feeds_a_fixed_batch_graph_its_batch(setup, tmp_path):
     info = export_onnx(model, TEXTS, path, text_feats=feats, imgsz=IMGSZ, batch=2)
     diffs, detections = verify_onnx(model, TEXTS, path, info, text_feats=feats)
     assert detections is None and max(diffs.values()) < 1e-3
+
+
+def test_readme_recipe_maps_onnx_boxes_to_original_pixels(setup, folded):
+    # README "Using an exported model": letterbox_for_test, feed (1, 3, S, S) float in [0, 1], then
+    # (boxes - [left, top, left, top]) / [sx, sy, sx, sy] clipped to the image = what model.predict returns
+    from skimage import data
+
+    from worldtune.model.predict import letterbox_for_test
+
+    model, feats, _ = setup
+    model.set_vocabulary(TEXTS, feats)
+    img = data.chelsea()  # 300 x 451: padding above and below
+    boxed, (sx, sy), (top, _, left, _) = letterbox_for_test(img, IMGSZ)
+    assert top > 0
+    out = run_onnx(folded[0], boxed.transpose(2, 0, 1)[None].astype("float32") / 255)
+    boxes, scores = out["boxes"], out["scores"]
+    h, w = img.shape[:2]
+    boxes = np.clip((boxes[0] - [left, top, left, top]) / [sx, sy, sx, sy], 0, [w, h, w, h])
+    (det,) = model.predict([img], imgsz=IMGSZ, cfg=PostprocessConfig(score_thr=0.0, iou_thr=1.01, max_per_img=30))
+    assert len(det["scores"]) == 30
+    for box, score, label in zip(det["boxes_xyxy"].numpy(), det["scores"].numpy(), det["labels"].numpy()):
+        same = (np.abs(scores[0][:, label] - score) < 1e-5) & (np.abs(boxes - box).max(1) < 1e-2)
+        assert same.any(), (box, score, label)
