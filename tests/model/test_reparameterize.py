@@ -1,6 +1,7 @@
 """Folding a vocabulary into the weights gives the official rep layout and the same outputs."""
 import json
 
+import pytest
 import torch
 
 from worldtune.model import build_model
@@ -55,7 +56,8 @@ def test_rep_equals_unfolded_with_attention_biases_and_unnormalised_embeddings(s
         for layer in [*model.neck.top_down_layers, *model.neck.bottom_up_layers]:
             layer.attn_block.bias.uniform_(-2.0, 2.0)
     text_feats = 3.0 * fixture["text_feats"][0]  # the 5 texts of image 0, 3x their unit length
-    rep = reparameterize(model, fixture["texts"][0], text_feats)
+    with pytest.warns(UserWarning, match="not L2-normalised"):  # allowed, but not what the tower gives
+        rep = reparameterize(model, fixture["texts"][0], text_feats)
     images = fixture["images"][:1]
     with torch.no_grad():
         ref = model(images, text_feats.unsqueeze(0))
@@ -80,3 +82,11 @@ def test_the_source_model_keeps_its_text_tower_and_dtype():
     with torch.no_grad():
         out = rep(torch.rand(1, 3, 64, 64))
     assert out.cls_logits[0].shape[1] == 3 and out.cls_logits[0].dtype == torch.float32
+
+
+def test_a_model_without_text_tower_needs_embeddings_and_gets_a_one_line_error():
+    model = build_model("n").eval()  # text_model=None
+    with pytest.raises(RuntimeError, match="no text tower: pass text_feats"):
+        reparameterize(model, ["a", "b"])
+    feats = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
+    assert reparameterize(model, ["a", "b"], feats.numpy()).vocabulary == ["a", "b"]  # as set_vocabulary takes

@@ -47,7 +47,9 @@ class YOLOWorld(nn.Module):
         texts: a non-empty list of K strings (a bare string is refused, not split into letters).
         text_feats: (K, 512) L2-normalised embeddings of the K texts (tensor or array); when omitted
         they are computed with the model's text tower (an error for a model built without one).
-        Raises a one-line ValueError/TypeError for another shape or rows whose norm is not 1.
+        Raises a one-line ValueError/TypeError for another shape; warns for rows whose norm is not 1
+        (the text tower's are; the contrastive head normalises anyway, but the neck's max-sigmoid
+        guide takes the rows as given, so their scale changes the detections).
         """
         if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"texts must be a non-empty list of strings, e.g. ['person', 'bus'], got {texts!r:.80}")
@@ -62,10 +64,10 @@ class YOLOWorld(nn.Module):
             raise ValueError(f"text_feats must have shape ({len(texts)}, {dim}) for {len(texts)} texts, "
                              f"got {tuple(text_feats.shape)}")
         norms = text_feats.float().norm(dim=-1)
-        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-2):
-            # the official text tower normalises; raw embeddings would silently change every score
-            raise ValueError(f"text_feats rows must be L2-normalised (norms {norms.min():.3g}..{norms.max():.3g}): "
-                             "use torch.nn.functional.normalize(text_feats, dim=-1)")
+        if norms.numel() and not torch.allclose(norms, torch.ones_like(norms), atol=1e-2):
+            warnings.warn(f"text_feats rows are not L2-normalised (norms {norms.min():.3g}..{norms.max():.3g}) "
+                          "as the text tower's are, which changes the neck's attention; if they should "
+                          "be, pass torch.nn.functional.normalize(text_feats, dim=-1)", stacklevel=2)
         self.vocabulary = list(texts)
         self.vocab_feats = text_feats.detach().to(self.vocab_feats.device, self.vocab_feats.dtype)
 

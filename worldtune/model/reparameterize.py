@@ -67,11 +67,14 @@ def reparameterize(model: YOLOWorld, texts: list[str], text_feats: Tensor | None
 
     Args:
         texts: the K class texts.
-        text_feats: (K, 512) embeddings; computed with the model's text tower when omitted.
+        text_feats: (K, 512) L2-normalised embeddings (as `set_vocabulary` takes them); computed with
+            the model's text tower when omitted.
     """
     if text_feats is None:
+        if model.text_model is None:
+            raise RuntimeError("this model has no text tower: pass text_feats of shape (K, 512)")
         text_feats = model.text_model.encode_vocabulary(list(texts))
-    text_feats = text_feats.detach().float()
+    text_feats = torch.as_tensor(text_feats).detach().float()
     text_model = model.backbone.text_model
     model.backbone.text_model = None  # keep the tower out of the deep copy
     try:
