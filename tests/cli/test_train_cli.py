@@ -37,6 +37,16 @@ def test_default_run_folder_is_numbered(tmp_path, monkeypatch):
     assert build_config(_args("--recipe", "v2-l-sgd")).out == "runs/train/v2-l-sgd-2"
 
 
+def test_out_from_config_or_set_is_the_run_folder(tmp_path, monkeypatch):
+    # the default run folder once replaced any out given by --config or --set, silently
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "over.yaml").write_text("out: from_yaml\n")
+    assert build_config(_args("--config", "over.yaml")).out == "from_yaml"
+    assert build_config(_args("--config", "over.yaml", "--set", "out=from_set")).out == "from_set"
+    assert build_config(_args("--set", "out=from_set", "--out", "flag")).out == "from_set"  # --set is last
+    assert build_config(_args("--out", "flag")).out == "flag"
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--weights", "none"], "data.train_ann is not set"),
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys:"),

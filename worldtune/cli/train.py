@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from worldtune.cli.argtypes import add_threads_argument, non_negative_int, positive_int, set_threads
-from worldtune.config import (RECIPE_ALIASES, ConfigError, absolute_paths, load_recipe, load_yaml, merge, parse_set,
-                              set_value, to_yaml, validate)
+from worldtune.config import (RECIPE_ALIASES, Config, ConfigError, absolute_paths, load_recipe, load_yaml, merge,
+                              parse_set, set_value, to_yaml, validate)
 
 
 def add_arguments(parser) -> None:
@@ -84,6 +84,8 @@ def _free_run_dir(base: Path) -> Path:
 def build_config(args):
     """Recipe -> --config -> flags -> --set, with type checks on every value."""
     cfg = load_recipe(args.recipe)
+    if cfg.out == Config().out:  # default folder: here, so that --config, --out and --set may still name one
+        cfg.out = str(_free_run_dir(Path("runs/train") / _short_name(args.recipe)))
     if args.config:
         merge(cfg, load_yaml(args.config), args.config)
     if args.data_root:
@@ -99,8 +101,6 @@ def build_config(args):
         if value is not None:
             set_value(cfg, key, value)
     merge(cfg, parse_set(args.set), "--set")
-    if args.out is None:
-        cfg.out = str(_free_run_dir(Path("runs/train") / _short_name(args.recipe)))
     return cfg
 
 
