@@ -147,6 +147,14 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     ("train.val_interval=-1", r"train.val_interval must be >= 0 \(0 = off\), got -1"),
     ("train.checkpoint_interval=-5", r"train.checkpoint_interval must be >= 0"),
     ("train.log_interval=0", r"train.log_interval must be >= 1"),
+    ("train.grad_clip=0", r"train.grad_clip must be > 0 \(the max gradient norm; .inf turns clipping off\), got 0.0"),
+    ("train.grad_clip=-10", r"train.grad_clip must be > 0"),
+    ("train.grad_clip=nan", r"train.grad_clip must be > 0"),
+    ("train.ema_momentum=2", r"train.ema_momentum must be in \(0, 1\]"),
+    ("train.ema_momentum=0", r"train.ema_momentum must be in \(0, 1\]"),
+    ("train.ema_gamma=0", r"train.ema_gamma > 0"),
+    ("train.lr_factor=-0.5", r"train.lr_factor must be >= 0, got -0.5"),
+    ("data.val_batch_size=0", r"data.val_batch_size must be >= 1, got 0"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))
@@ -187,3 +195,14 @@ def test_a_fixed_affine_scale_is_valid():
     """low == high (no random zoom) is allowed; only low > high is refused."""
     cfg = C.merge(C.Config(), C.parse_set(["data.affine_scale=[1, 1]"]))
     assert C.validate(cfg).data.affine_scale == [1.0, 1.0]
+
+
+def test_an_infinite_grad_clip_is_valid_and_never_clips():
+    """.inf is the way to turn clipping off (clip_grad_norm_ then leaves the gradients as they are)."""
+    import torch
+
+    cfg = C.validate(C.merge(C.Config(), C.parse_set(["train.grad_clip=.inf"])))
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 100.0)
+    torch.nn.utils.clip_grad_norm_([p], cfg.train.grad_clip)
+    assert torch.equal(p.grad, torch.full((3,), 100.0))

@@ -364,6 +364,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
     if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
         raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    # clip_grad_norm_ scales the gradients by grad_clip / norm: 0 zeroes every step, a negative value
+    # flips the update's sign (both silently); .inf never clips
+    if not t.grad_clip > 0:
+        raise ConfigError(f"train.grad_clip must be > 0 (the max gradient norm; .inf turns clipping off), got {t.grad_clip}")
+    # the EMA's per-step weight lies between ema_momentum and 1 only for a momentum in (0, 1] and gamma > 0
+    if not (0 < t.ema_momentum <= 1 and t.ema_gamma > 0):
+        raise ConfigError(f"train.ema_momentum must be in (0, 1] and train.ema_gamma > 0, got {t.ema_momentum}, "
+                          f"{t.ema_gamma}")
+    if not (math.isfinite(t.lr_factor) and t.lr_factor >= 0):  # a negative final lr factor steps uphill
+        raise ConfigError(f"train.lr_factor must be >= 0, got {t.lr_factor}")
+    if d.val_batch_size < 1:
+        raise ConfigError(f"data.val_batch_size must be >= 1, got {d.val_batch_size}")
     for key, value in (("data.mixup_prob", d.mixup_prob), ("data.copypaste_prob", d.copypaste_prob)):
         if not 0 <= value <= 1:  # (False for NaN too)
             raise ConfigError(f"{key} is a probability, it must be in [0, 1], got {value}")
