@@ -94,8 +94,8 @@ class TrainConfig:
     merge_param_groups: bool = True
     ema_momentum: float = 1e-4
     ema_gamma: float = 2000.0
-    val_interval: int = 5
-    val_interval_stage2: int = 1
+    val_interval: int = 5          # validate every N epochs (0 = off; the last epoch always validates)
+    val_interval_stage2: int = 1   # the same from dynamic_interval_epoch on (0 = off)
     # Completed-epoch count from which val_interval_stage2 applies; -1 = epochs - close_mosaic_epochs - 1
     # (69 for 80e, 9 for the SGD 40e recipe, as REFERENCE.md §1.2 records).
     dynamic_interval_epoch: int = -1

@@ -40,6 +40,11 @@ def test_validation_schedule_is_official():
     assert [e for e in range(1, 41) if validation_due(e, cfg)] == [5] + list(range(9, 41))
     cfg.train.val_interval_stage2 = 2  # mmengine checks `completed % interval` once the interval changes
     assert [e for e in range(1, 41) if validation_due(e, cfg)] == [5] + list(range(10, 41, 2))
+    # 0 = off, as the config's check says, in either stage (it acted as 1 in stage 2); the last epoch stays
+    cfg.train.val_interval_stage2 = 0
+    assert [e for e in range(1, 41) if validation_due(e, cfg)] == [5, 40]
+    cfg.train.val_interval = 0
+    assert [e for e in range(1, 41) if validation_due(e, cfg)] == [40]
 
 
 def test_amp_is_gpu_only():

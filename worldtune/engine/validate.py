@@ -116,11 +116,12 @@ def evaluate_ema(ema, val_coco, val_loader, cfg, train_loader, epoch: int, devic
 def validation_due(completed: int, cfg) -> bool:
     """Official val schedule: every `val_interval` epochs, every `val_interval_stage2` epochs from the
     dynamic-interval epoch on (69 of 80), and always after the last epoch. Both intervals count
-    completed epochs from the start of the run, as mmengine's loop does (`epoch % interval`)."""
+    completed epochs from the start of the run, as mmengine's loop does (`epoch % interval`); an
+    interval of 0 turns its stage's validations off (the last epoch's stays)."""
     t = cfg.train
     start = t.dynamic_interval_epoch if t.dynamic_interval_epoch >= 0 else t.epochs - t.close_mosaic_epochs - 1
     if completed >= t.epochs:
         return True
     if completed >= start:
-        return completed % max(t.val_interval_stage2, 1) == 0
+        return t.val_interval_stage2 > 0 and completed % t.val_interval_stage2 == 0
     return t.val_interval > 0 and completed % t.val_interval == 0
