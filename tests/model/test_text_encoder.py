@@ -228,6 +228,7 @@ def test_missing_local_folder_error(tmp_path):
     with pytest.raises(TextModelUnavailableError, match="no_such_clip") as info:
         CLIPTextEncoder.from_pretrained(str(missing))
     assert "local folder" in str(info.value)
+    assert "hf download" not in str(info.value)  # it named the path as a hub id to download
 
 
 def test_offline_hub_id_error_is_fast_and_clear(monkeypatch):

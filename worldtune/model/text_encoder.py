@@ -168,7 +168,8 @@ def _load_hf(loader, name: str, what: str):
             reason = f"the folder could not be read as a Hugging Face {what} ({type(err).__name__}: {err})"
             raise _unavailable(name, what, reason, hub=False) from err
     if not _HUB_ID.match(name):
-        raise _unavailable(name, what, "no such local folder, and it is not a valid hub id")
+        # a path (no hub id has more than one '/'): `hf download <path>` is no help
+        raise _unavailable(name, what, "no such local folder, and it is not a valid hub id", hub=False)
     try:
         return loader(name, local_files_only=True)
     except Exception:  # noqa: BLE001 - not in the cache: fall through to the hub
