@@ -155,6 +155,8 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     ("train.ema_gamma=0", r"train.ema_gamma > 0"),
     ("train.lr_factor=-0.5", r"train.lr_factor must be >= 0, got -0.5"),
     ("data.val_batch_size=0", r"data.val_batch_size must be >= 1, got 0"),
+    ("train.dynamic_interval_epoch=-5", r"train.dynamic_interval_epoch must be >= 0, or -1 for epochs - "
+                                         r"close_mosaic_epochs - 1, got -5"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

@@ -348,6 +348,9 @@ def validate(cfg: Config) -> Config:
                        ("train.precise_bn_batches", t.precise_bn_batches)):
         if value < 0:  # 0 turns these off; a negative value would silently act as 0
             raise ConfigError(f"{key} must be >= 0 (0 = off), got {value}")
+    if t.dynamic_interval_epoch < -1:  # any negative value acted as 0: the stage-2 interval from the start
+        raise ConfigError(f"train.dynamic_interval_epoch must be >= 0, or -1 for epochs - close_mosaic_epochs - 1, "
+                          f"got {t.dynamic_interval_epoch}")
     if t.log_interval < 1:
         raise ConfigError(f"train.log_interval must be >= 1, got {t.log_interval}")
     if d.mosaic_pool < 0 or d.cache_max_gb < 0:
