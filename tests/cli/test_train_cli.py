@@ -78,6 +78,11 @@ def test_resume_names_ignored_flags_and_unreadable_checkpoints(tmp_path, capsys)
     assert main(["train", "--device", "cpu", "--resume", str(run), "--epochs", "5", "--set", "train.lr=1"]) == 2
     err = capsys.readouterr().err
     assert "--epochs, --set ignored" in err and "no checkpoint at" in err
+    # a recipe, --config or --data-root on a resume were ignored without a word
+    (tmp_path / "over.yaml").write_text("train:\n  lr: 1.0e-3\n")
+    assert main(["train", "--resume", str(run), "--recipe", "v2-x", "--config", str(tmp_path / "over.yaml"),
+                 "--data-root", str(tmp_path)]) == 2
+    assert "--recipe, --config, --data-root ignored" in capsys.readouterr().err
     run.mkdir()
     (run / "last.pt").write_bytes(b"not a checkpoint")
     assert main(["train", "--device", "cpu", "--resume", str(run)]) == 2

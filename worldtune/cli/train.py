@@ -21,7 +21,7 @@ from worldtune.config import (RECIPE_ALIASES, Config, ConfigError, absolute_path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--recipe", default="v2-l", help=f"alias ({', '.join(RECIPE_ALIASES)}), official name or YAML (default: v2-l)")
+    parser.add_argument("--recipe", help=f"alias ({', '.join(RECIPE_ALIASES)}), official name or YAML (default: v2-l)")
     parser.add_argument("--config", help="a YAML file of overrides applied after the recipe")
     parser.add_argument("--data-root", help="COCO 2017 folder: annotations/instances_{train,val}2017.json, "
                                             "train2017/, val2017/")
@@ -83,9 +83,10 @@ def _free_run_dir(base: Path) -> Path:
 
 def build_config(args):
     """Recipe -> --config -> flags -> --set, with type checks on every value."""
-    cfg = load_recipe(args.recipe)
+    recipe = args.recipe or "v2-l"
+    cfg = load_recipe(recipe)
     if cfg.out == Config().out:  # default folder: here, so that --config, --out and --set may still name one
-        cfg.out = str(_free_run_dir(Path("runs/train") / _short_name(args.recipe)))
+        cfg.out = str(_free_run_dir(Path("runs/train") / _short_name(recipe)))
     if args.config:
         merge(cfg, load_yaml(args.config), args.config)
     if args.data_root:
@@ -111,12 +112,13 @@ def run(args) -> int:
     set_threads(args.threads)
     try:
         if args.resume:
-            cfg = load_recipe(args.recipe)  # replaced by the run's saved config; only where-to-run flags apply
+            cfg = Config()  # replaced by the run's saved config; only where-to-run flags apply
             for flag in ("device", "workers"):
                 if getattr(args, flag) is not None:
                     set_value(cfg, FLAG_KEYS[flag], getattr(args, flag))
             ignored = [f"--{flag.replace('_', '-')}" for flag in FLAG_KEYS
                        if flag not in ("device", "workers") and getattr(args, flag, None) is not None]
+            ignored += [f"--{flag.replace('_', '-')}" for flag in ("recipe", "config", "data_root") if getattr(args, flag)]
             ignored += ["--set"] if args.set else []
             if ignored:
                 print(f"worldtune train: --resume continues the run with its saved config: {', '.join(ignored)} "
