@@ -66,6 +66,9 @@ def test_set_overrides_parse_by_field_type():
     # a text choice that YAML would read as a boolean, from --set or from a YAML file
     assert C.merge(C.Config(), C.parse_set(["data.cache_images=true"])).data.cache_images == "true"
     assert C.merge(C.Config(), {"data": {"cache_images": False}}).data.cache_images == "false"
+    # --set reads a boolean as a --config file does (True was refused: "choose one of auto, true, false")
+    assert C.merge(C.Config(), C.parse_set(["data.cache_images=True"])).data.cache_images == "true"
+    assert C.merge(C.Config(), C.parse_set(["data.cache_images=off"])).data.cache_images == "false"
     with pytest.raises(C.ConfigError, match="data.cache_dir: expected str"):  # only for true/false choices
         C.merge(C.Config(), {"data": {"cache_dir": False}})
     cfg = C.Config()

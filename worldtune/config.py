@@ -137,6 +137,8 @@ def valid_keys(cfg: Config | None = None) -> list[str]:
 def _coerce(value, hint, key: str):
     """Check `value` against the type hint of `key`; ints are accepted for floats."""
     if isinstance(value, RawValue):
+        if hint is str and key in BOOL_LIKE_CHOICES and value.lower() in _YAML_BOOLS:
+            return _YAML_BOOLS[value.lower()]  # True, yes, off: as a --config file reads them
         if hint is str:
             return str(value)
         try:
@@ -321,6 +323,8 @@ def batch_rule(world_size: int, batch_per_gpu: int, weight_decay: float | None =
     return factor, msg
 
 
+# The words YAML 1.1 (PyYAML) reads as booleans, any case.
+_YAML_BOOLS = {**dict.fromkeys(("true", "yes", "on"), "true"), **dict.fromkeys(("false", "no", "off"), "false")}
 # Text keys whose choices include "true" and "false" (a YAML boolean is taken as that text).
 BOOL_LIKE_CHOICES = ("data.cache_images",)
 # Keys with a closed set of values; checked by `validate` (the model variant by build_model).
