@@ -374,7 +374,8 @@ def validate(cfg: Config) -> Config:
     # clip_grad_norm_ scales the gradients by grad_clip / norm: 0 zeroes every step, a negative value
     # flips the update's sign (both silently); .inf never clips
     if not t.grad_clip > 0:
-        raise ConfigError(f"train.grad_clip must be > 0 (the max gradient norm; .inf turns clipping off), got {t.grad_clip}")
+        raise ConfigError(f"train.grad_clip must be > 0 (the max gradient norm; .inf turns clipping off), "
+                          f"got {t.grad_clip}")
     # the EMA's per-step weight lies between ema_momentum and 1 only for a momentum in (0, 1] and gamma > 0
     if not (0 < t.ema_momentum <= 1 and t.ema_gamma > 0):
         raise ConfigError(f"train.ema_momentum must be in (0, 1] and train.ema_gamma > 0, got {t.ema_momentum}, "

@@ -118,7 +118,8 @@ def run(args) -> int:
                     set_value(cfg, FLAG_KEYS[flag], getattr(args, flag))
             ignored = [f"--{flag.replace('_', '-')}" for flag in FLAG_KEYS
                        if flag not in ("device", "workers") and getattr(args, flag, None) is not None]
-            ignored += [f"--{flag.replace('_', '-')}" for flag in ("recipe", "config", "data_root") if getattr(args, flag)]
+            ignored += [f"--{flag.replace('_', '-')}" for flag in ("recipe", "config", "data_root")
+                        if getattr(args, flag)]
             ignored += ["--set"] if args.set else []
             if ignored:
                 print(f"worldtune train: --resume continues the run with its saved config: {', '.join(ignored)} "
