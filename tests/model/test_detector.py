@@ -1,5 +1,4 @@
 """YOLOWorld.set_vocabulary: what it accepts, and one-line errors for what would break later."""
-import numpy as np
 import pytest
 import torch
 
