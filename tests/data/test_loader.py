@@ -7,6 +7,8 @@ from worldtune.data.coco import CocoDetection, DataError
 from worldtune.data.loader import build_eval_loader, build_train_loader
 from worldtune.data.presets import build_eval_dataset, build_train_dataset
 
+from tests.helpers.index_dataset import IndexDataset
+
 
 def _epoch_batches(loader, epoch):
     loader.set_epoch(epoch)
@@ -142,19 +144,9 @@ def test_eval_shards_cover_every_image_once():
 def test_train_shards_drop_or_pad_the_tail_as_asked(drop_last, per_rank, distinct):
     """7 images on 2 ranks: drop_last leaves one out (3 each, all different); without it a rank
     repeats one to keep the ranks in step (4 each)."""
-    class Seven(torch.utils.data.Dataset):
-        def __len__(self):
-            return 7
-
-        def __getitem__(self, i):
-            return i
-
-        def set_epoch(self, epoch):
-            pass
-
     shards = []
     for rank in range(2):
-        loader = build_train_loader(Seven(), batch_size=1, seed=0, rank=rank, world_size=2, drop_last=drop_last)
+        loader = build_train_loader(IndexDataset(7), batch_size=1, seed=0, rank=rank, world_size=2, drop_last=drop_last)
         loader.set_epoch(0)
         shards.append(list(loader.sampler))
     assert [len(s) for s in shards] == [per_rank, per_rank] and len(set(shards[0] + shards[1])) == distinct

@@ -4,6 +4,8 @@ import torch
 from worldtune.engine import run_state
 from worldtune.engine.run_state import make_checkpoint, restore_checkpoint, resume_loader
 
+from tests.helpers.index_dataset import IndexDataset
+
 
 def test_cuda_rng_states_of_more_gpus_than_this_machine_has_are_cut_to_its_gpus(monkeypatch):
     """rank 0 of an 8-GPU run saves 8 CUDA generator states; resuming where 1 GPU is visible must
@@ -83,17 +85,7 @@ def test_restore_keeps_the_weight_decay_of_this_run_and_takes_the_rest_of_the_op
 def test_resume_loader_gives_the_rest_of_the_epoch_in_the_same_order():
     from worldtune.data.loader import build_train_loader
 
-    class Numbers(torch.utils.data.Dataset):
-        def __len__(self):
-            return 10
-
-        def __getitem__(self, i):
-            return i
-
-        def set_epoch(self, epoch):
-            pass
-
-    loader = build_train_loader(Numbers(), batch_size=3, seed=7)
+    loader = build_train_loader(IndexDataset(10), batch_size=3, seed=7)
     loader.loader.collate_fn = lambda batch: list(batch)
     loader.set_epoch(2)
     full = [i for batch in loader for i in batch]
@@ -101,7 +93,7 @@ def test_resume_loader_gives_the_rest_of_the_epoch_in_the_same_order():
     rest = [i for batch in resume_loader(loader, 2) for i in batch]
     assert rest == full[6:]
     # a loader that drops the last partial batch still drops it after a resume: 10 samples, 3 full batches
-    loader = build_train_loader(Numbers(), batch_size=3, seed=7, drop_last=True)
+    loader = build_train_loader(IndexDataset(10), batch_size=3, seed=7, drop_last=True)
     loader.loader.collate_fn = lambda batch: list(batch)
     loader.set_epoch(2)
     full = [batch for batch in loader]

@@ -331,7 +331,7 @@ class CocoDetection:
                 small += 1
                 continue
             path = self.image_dir / img["file_name"]
-            if not os.path.isfile(path) and "\\" in img["file_name"]:  # written on Windows: day1\a.jpg
+            if "\\" in img["file_name"] and not os.path.isfile(path):  # written on Windows: day1\a.jpg
                 posix = img["file_name"].replace("\\", "/")
                 if os.path.isfile(self.image_dir / posix):
                     img = dict(img, file_name=posix)

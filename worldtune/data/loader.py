@@ -127,14 +127,14 @@ class TrainLoader:
     Warnings raised while building samples are shown here, in the main process, once per run:
     the first `list_warnings` of them, then only counted (`warnings_seen`).
 
-    Attributes: dataset, sampler (DistributedSampler), loader (torch DataLoader),
-    warnings_seen (set of the distinct warning messages).
+    Attributes: dataset, sampler (DistributedSampler), loader (torch DataLoader), reporter
+    (`WarningsReporter`; a resumed epoch's loader goes through it too), warnings_seen (its set of
+    the distinct warning messages).
     """
 
     def __init__(self, dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int,
                  drop_last: bool, pin_memory: bool, list_warnings: int = 10):
         self.dataset = dataset
-        self.list_warnings = list_warnings
         self.reporter = WarningsReporter(list_warnings, " (further warnings about the training data are not "
                                                         "listed; the run's end says how many there were)")
         self.warnings_seen = self.reporter.seen
@@ -157,10 +157,6 @@ class TrainLoader:
 
     def __iter__(self):
         return self.reporter.reported(self.loader)
-
-    def reported(self, batches):
-        """`batches` with the warnings they carry taken out and shown (each once per run)."""
-        return self.reporter.reported(batches)
 
     def __len__(self) -> int:
         return len(self.loader)

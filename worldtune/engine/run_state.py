@@ -125,7 +125,7 @@ def resume_loader(train_loader, skip_batches: int):
     from torch.utils.data import DataLoader
     dl = train_loader.loader
     indices = list(train_loader.sampler)[skip_batches * dl.batch_size:]
-    return train_loader.reported(DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=indices,
-                                            num_workers=dl.num_workers, collate_fn=dl.collate_fn,
-                                            pin_memory=dl.pin_memory, drop_last=dl.drop_last,
-                                            worker_init_fn=dl.worker_init_fn))
+    return train_loader.reporter.reported(DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=indices,
+                                                     num_workers=dl.num_workers, collate_fn=dl.collate_fn,
+                                                     pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                                                     worker_init_fn=dl.worker_init_fn))

@@ -440,10 +440,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 f"{plot_eval(last_metrics, out / 'last_val.png', title=f'{out.name}: last validation, EMA weights')}")
         if state["best_epoch"] >= 0:
             say(f"best AP {100 * state['best_ap']:.1f} after epoch {state['best_epoch'] + 1} ({out / 'best.pt'})")
-    seen, listed = len(train_loader.warnings_seen), train_loader.list_warnings  # each rank: its own shard's
+    seen, limit = len(train_loader.warnings_seen), train_loader.reporter.limit  # each rank: its own shard's
     if seen:
-        listed = "shown above" if seen <= listed else f"the first {listed} shown above"
+        shown = "shown above" if limit is None or seen <= limit else f"the first {limit} shown above"
         print(f"{f'rank {info.rank}: ' if info.distributed else ''}loading the training data gave {seen} "
-              f"distinct warning(s) (bad or mis-sized images and the like; {listed})", flush=True)
+              f"distinct warning(s) (bad or mis-sized images and the like; {shown})", flush=True)
     return {"status": status, "out": out, "best_ap": state["best_ap"], "best_epoch": state["best_epoch"],
             "last_metrics": last_metrics, "epochs": state["epoch"], "global_step": state["global_step"]}
