@@ -218,6 +218,43 @@ def test_a_bad_validation_image_is_warned_about_once_per_loader(tiny_coco, tmp_p
     assert len(loader.warnings_seen) == 2
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_many_bad_validation_images_are_listed_up_to_the_loaders_limit_whatever_the_workers(
+        tiny_coco, tmp_path, workers, monkeypatch):
+    """Every image mis-sized, the JPEGs also cut short, two unreadable: the main process lists the
+    first 10 warnings and counts them all. The dataset's own limit (3 per problem) must not apply in
+    each worker, which let 2 workers show twice as many as 0."""
+    import warnings
+
+    import cv2
+    import numpy as np
+
+    shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
+    dataset = CocoDetection(tiny_coco["ann_file"], tmp_path / "images", on_bad_data="skip")
+    for index in range(len(dataset)):
+        h, w = dataset.image_size(index)
+        path = dataset.image_path(index)
+        if index in (1, 2):
+            path.write_text("not a picture")
+            continue
+        cv2.imwrite(str(path), np.zeros((h + 8, w + 8, 3), np.uint8))
+        if path.suffix == ".jpg":
+            path.write_bytes(path.read_bytes()[:-200])
+    shown = tmp_path / "shown.txt"
+    loader = build_eval_loader(build_eval_dataset(dataset, imgsz=64), 2, workers)
+    with warnings.catch_warnings():
+        _show_into(shown, monkeypatch)
+        for _ in range(2):
+            list(loader)
+    messages = shown.read_text().splitlines()
+    jpegs = sum(dataset.image_path(i).suffix == ".jpg" for i in range(len(dataset)) if i not in (1, 2))
+    assert len(loader.warnings_seen) == (len(dataset) - 2) + jpegs + 2 > 10
+    assert len(messages) == 10 and len(set(messages)) == 10, messages
+    assert [m.endswith("(further warnings about the evaluation images are not listed)") for m in messages] == \
+        [False] * 9 + [True]
+    assert not any("further such images are not listed" in m for m in messages)
+
+
 class _WarnsOnOne(torch.utils.data.Dataset):
     def __len__(self):
         return 3

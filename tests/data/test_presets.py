@@ -139,3 +139,27 @@ def test_training_draws_random_synonyms(tiny_dataset):
     words = {t for i in range(len(train)) for t in train[i]["texts"] if t}
     assert {"red", "red thing"} <= words or {"green", "green thing"} <= words  # both synonyms get used
     assert build_eval_dataset(tiny_dataset)[0]["texts"] == ["red", "green", "blue", "yellow", "cyan"]
+
+
+def test_the_training_set_leaves_the_coco_sets_warning_limit_alone(tiny_coco, tmp_path):
+    """The CocoDetection given to the training set may serve other code too: read there directly, it
+    still lists its first 3 mis-sized images only (the training loader lists its own, in its process)."""
+    import shutil
+    import warnings
+
+    import cv2
+
+    from worldtune.data.coco import CocoDetection
+
+    shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
+    dataset = CocoDetection(tiny_coco["ann_file"], tmp_path / "images")
+    for index in range(len(dataset)):
+        h, w = dataset.image_size(index)
+        cv2.imwrite(str(dataset.image_path(index)), np.zeros((h + 8, w + 8, 3), np.uint8))
+    _train_set(dataset, cache_images=False)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        for index in range(len(dataset)):
+            dataset.load_image(index)
+    messages = [str(w.message) for w in shown]
+    assert len(messages) == 3 and messages[-1].endswith("(further such images are not listed)"), messages

@@ -7,6 +7,7 @@ reads the JSON itself. Every problem that can be found without decoding images i
 found at construction, with the file and annotation id in the message, so nothing
 fails later inside a DataLoader worker with a bare traceback.
 """
+import contextlib
 import json
 import os
 import pickle
@@ -23,6 +24,22 @@ from worldtune.jsonfile import id_problem, is_finite_number, is_int, load_json
 
 class DataError(ValueError):
     """Bad annotation file, class-text file or image; the message names the file and the item."""
+
+
+_every_file_warned = False  # True inside `every_file_warned()`
+
+
+@contextlib.contextmanager
+def every_file_warned():
+    """Inside, `CocoDetection.load_image` warns about every bad file (once per file and process),
+    whatever the dataset's `warn_limit`: for a caller that lists and counts the warnings itself, as
+    the loaders do in their main process over all their workers (`loader.WarningsWithSample`)."""
+    global _every_file_warned
+    before, _every_file_warned = _every_file_warned, True
+    try:
+        yield
+    finally:
+        _every_file_warned = before
 
 
 def _load_json(path: Path):
@@ -261,8 +278,8 @@ class CocoDetection:
         # False where the caller checked every file before (`image_file_problems`) and warned itself
         self.check_ends_at_decode = True
         self._cut_warned = 0  # JPEG files cut short, warned about
-        # How many files per problem `load_image` warns about in this process; None: every one
-        # (once), for a caller that lists them itself (the training loader, `TrainDataset`).
+        # How many files per problem `load_image` warns about in this process; None: every one (once).
+        # Not applied inside `every_file_warned()` (the loaders list and count the warnings themselves).
         self.warn_limit: int | None = 3
         data = _load_json(self.ann_file)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
@@ -468,10 +485,11 @@ class CocoDetection:
         return img
 
     def _listed(self, count: int) -> bool:
-        return self.warn_limit is None or count <= self.warn_limit
+        return _every_file_warned or self.warn_limit is None or count <= self.warn_limit
 
     def _last_listed(self, count: int) -> str:
-        return " (further such images are not listed)" if count == self.warn_limit else ""
+        last = count == self.warn_limit and not _every_file_warned
+        return " (further such images are not listed)" if last else ""
 
     def _polygons(self, ann: dict, img: dict, h: int, w: int) -> list:
         """`merge_polygon_parts(polygons_from_segmentation(...))` of one annotation. A compressed

@@ -7,9 +7,10 @@ as the uninterrupted run.
 
 Warnings raised while a sample is built (an image cut short, or of another size than the
 annotation file says) travel with its batch to the main process, which shows each one once per
-loader, i.e. per run, and counts them (`TrainLoader.warnings_seen`, `EvalLoader.warnings_seen`):
-DataLoader workers are re-created every epoch and every validation (forked or spawned), so a
-worker's own "already warned" memory lasts one pass only.
+loader, i.e. per run, the first few only, and counts them (`TrainLoader.warnings_seen`,
+`EvalLoader.warnings_seen`): DataLoader workers are re-created every epoch and every validation
+(forked or spawned), so a worker's own "already warned" memory lasts one pass only, and a limit
+per worker would let N workers show N times as many.
 """
 import os
 import random
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from worldtune.data.coco import every_file_warned
 from worldtune.data.collate import collate_eval, collate_train
 
 
@@ -72,7 +74,9 @@ def _end_on_sigterm_only_from(main_pid: int) -> None:
 
 class WarningsWithSample(torch.utils.data.Dataset):
     """`dataset` whose samples (dicts) carry the warnings raised while they were built, as
-    "warnings": [(category, message)], instead of showing them where they were raised (a worker)."""
+    "warnings": [(category, message)], instead of showing them where they were raised (a worker).
+    A CocoDetection inside then warns about every bad file, not its `warn_limit` first ones: the
+    main process limits them (`WarningsReporter`), over all the workers."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -87,7 +91,8 @@ class WarningsWithSample(torch.utils.data.Dataset):
         caught, show = [], warnings.showwarning
         warnings.showwarning = lambda message, category, *args, **kwargs: caught.append((category, str(message)))
         try:
-            sample = self.dataset[index]
+            with every_file_warned():
+                sample = self.dataset[index]
         finally:
             warnings.showwarning = show
         if isinstance(sample, dict):
@@ -187,16 +192,19 @@ class EvalLoader:
 
     Warnings raised while reading the images (a file cut short, of another size than the annotation
     file says, left out under on_bad_data="skip") are shown here, in the main process, each once per
-    loader: a run validates with the same loader every time, while its workers are new each time.
+    loader (a run validates with the same loader every time, while its workers are new each time):
+    the first `list_warnings` of them, then only counted (`warnings_seen`), whatever the worker count.
 
     Attributes: dataset (the EvalDataset), batch_size, sampler (StridedSampler or None),
-    loader (torch DataLoader), warnings_seen (set of the distinct warning messages).
+    loader (torch DataLoader), reporter (`WarningsReporter`), warnings_seen (its set of the distinct
+    warning messages).
     """
 
-    def __init__(self, dataset, batch_size: int, workers: int, rank: int, world_size: int):
+    def __init__(self, dataset, batch_size: int, workers: int, rank: int, world_size: int, list_warnings: int = 10):
         self.dataset, self.batch_size = dataset, batch_size
         self.sampler = StridedSampler(len(dataset), rank, world_size) if world_size > 1 else None
-        self.reporter = WarningsReporter()  # the dataset lists a few files per problem and process itself
+        self.reporter = WarningsReporter(list_warnings, " (further warnings about the evaluation images are not "
+                                                        "listed)")
         self.warnings_seen = self.reporter.seen
         self.loader = DataLoader(WarningsWithSample(dataset), batch_size=batch_size, shuffle=False,
                                  sampler=self.sampler, num_workers=workers, collate_fn=collate_eval,

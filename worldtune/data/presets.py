@@ -44,8 +44,6 @@ class TrainDataset(torch.utils.data.Dataset):
                  min_area_ratio: float, hsv_gains: tuple, albu_prob: float, flip_prob: float,
                  mosaic_pool: int = 0, images: MosaicImageStore | None = None):
         self.dataset = dataset
-        # Every bad file once per process: the training loader lists them once per run and counts them.
-        dataset.warn_limit = None
         self.mosaic_pool, self.images = int(mosaic_pool), images
         self._order = None  # this epoch's loading order (see set_order), or None
         self.imgsz, self.mask_refine, self.affine_scale = imgsz, mask_refine, tuple(affine_scale)
