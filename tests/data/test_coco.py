@@ -293,15 +293,66 @@ def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, 
         dataset.load_image(1)  # the others match
 
 
-def _tag_rotated_90(path):
-    """Re-save a JPEG with EXIF orientation 6 (shown rotated 90 degrees clockwise), pixels as stored."""
+def _tag_orientation(path, orientation=6):
+    """Re-save a JPEG with EXIF `orientation` (6: shown rotated 90 degrees clockwise), pixels as stored."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
     exif = im.getexif()
-    exif[0x0112] = 6
+    exif[0x0112] = orientation
     im.save(path, exif=exif.tobytes(), quality=95)
+
+
+def _marked_jpeg(path, orientation, h=40, w=60):
+    """An h x w JPEG, white and red corners set apart so that every turn and mirror differs, tagged
+    with EXIF `orientation` (None: no EXIF)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:5, :10] = 255
+    img[-4:, -20:] = (0, 0, 255)
+    cv2.imwrite(str(path), img)
+    if orientation is not None:
+        _tag_orientation(path, orientation)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_orientation_reads_the_header_as_opencv_applies_it(tmp_path, orientation):
+    from worldtune.data.coco import jpeg_orientation
+
+    path = tmp_path / "a.jpg"
+    _marked_jpeg(path, orientation)
+    assert jpeg_orientation(path) == (orientation, (40, 60))
+    assert cv2.imread(str(path)).shape[:2] == ((60, 40) if orientation >= 5 else (40, 60))
+
+
+def test_jpeg_orientation_of_other_files_is_unknown(tmp_path):
+    from worldtune.data.coco import jpeg_orientation
+
+    _marked_jpeg(tmp_path / "plain.jpg", None)
+    assert jpeg_orientation(tmp_path / "plain.jpg") == (1, (40, 60))
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 6, 3), np.uint8))
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "plain.jpg").read_bytes()[:30])  # before its frame header
+    (tmp_path / "page.jpg").write_text("<html></html>")
+    for name in ("a.png", "cut.jpg", "page.jpg", "missing.jpg"):
+        assert jpeg_orientation(tmp_path / name) is None, name
+
+
+@pytest.mark.parametrize("annotated", ["stored", "turned"])
+@pytest.mark.parametrize("orientation", [None, *range(1, 9)])
+def test_a_jpeg_is_decoded_once_in_the_frame_its_annotation_gives(tmp_path, monkeypatch, orientation, annotated):
+    from worldtune.data import coco
+
+    path = tmp_path / "a.jpg"
+    _marked_jpeg(path, orientation)
+    stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    turned = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    quarter = orientation in (5, 6, 7, 8)
+    expected_hw = (60, 40) if annotated == "turned" and quarter else (40, 60)
+    decodes, imread = [], cv2.imread
+    monkeypatch.setattr(coco.cv2, "imread", lambda *args: decodes.append(args) or imread(*args))
+    img = coco.read_image_bgr(path, expected_hw)
+    assert len(decodes) == 1
+    np.testing.assert_array_equal(img, stored if quarter and annotated == "stored" else turned)
 
 
 @pytest.mark.parametrize("annotated", ["stored", "rotated"])
@@ -315,7 +366,7 @@ def test_exif_rotated_images_are_read_in_the_frame_their_annotation_gives(tiny_c
     dataset = CocoDetection(ann, img)
     path = dataset.image_path(0)
     assert path.suffix == ".jpg"
-    _tag_rotated_90(path)
+    _tag_orientation(path)
     stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     shown = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert shown.shape[:2] == stored.shape[:2][::-1]

@@ -178,21 +178,83 @@ def jpeg_cut_short(path) -> bool:
     return image_file_problem(path) == "cut_short"
 
 
-def read_image_bgr(path, expected_hw: tuple | None = None) -> np.ndarray | None:
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they give the stored size.
+_JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_orientation(path) -> tuple[int, tuple[int, int]] | None:
+    """(EXIF orientation, stored (height, width)) of a JPEG, from the markers before its pixel data
+    (no decode); the orientation is that of the first EXIF block, as OpenCV reads it, and 1 without
+    one. None for another format or a header that cannot be walked."""
+    orientation = None
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                return None
+            while True:
+                marker = f.read(2)
+                while marker[1:] == b"\xff":  # fill bytes before a marker
+                    marker = marker[1:] + f.read(1)
+                if len(marker) < 2 or marker[0] != 0xFF or marker[1] in (0xD9, 0xDA):  # end, or pixels first
+                    return None
+                if marker[1] == 0x01 or 0xD0 <= marker[1] <= 0xD7:  # markers without a segment
+                    continue
+                length = int.from_bytes(f.read(2), "big") - 2
+                if length < 0:
+                    return None
+                if marker[1] in _JPEG_FRAME_MARKERS:
+                    body = f.read(5)
+                    if len(body) < 5:
+                        return None
+                    stored_hw = (int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big"))
+                    return orientation or 1, stored_hw
+                if marker[1] == 0xE1 and orientation is None:
+                    body = f.read(length)
+                    if body.startswith(b"Exif\x00\x00"):
+                        orientation = _tiff_orientation(body[6:])
+                else:
+                    f.seek(length, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of the first directory of an EXIF block, 1 where it has none."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    start = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[start:start + 2], order)
+    for entry in range(start + 2, start + 2 + 12 * count, 12):
+        if tiff[entry:entry + 2] == (0x0112).to_bytes(2, order) and len(tiff) >= entry + 10:
+            return int.from_bytes(tiff[entry + 8:entry + 10], order)  # a SHORT, first in the value field
+    return 1
+
+
+def read_image_bgr(path, expected_hw: tuple | None = None, header: tuple | None = None) -> np.ndarray | None:
     """uint8 [H, W, 3] BGR (grayscale, 16-bit, RGBA expanded or reduced by OpenCV), or None if unreadable.
 
-    The EXIF orientation is applied, as OpenCV and the official loader apply it, unless the rotated
-    frame is the transpose of `expected_hw` (the annotation's (height, width)) and the stored pixels
-    have exactly that size: the file was then annotated by a tool that shows the stored pixels
-    (pycocotools-based ones do), so its boxes are in that frame, and rotating would misplace them.
+    The EXIF orientation is applied, as OpenCV and the official loader apply it, unless it turns the
+    image by 90 degrees (5-8) and the stored pixels have exactly the size `expected_hw` (the
+    annotation's (height, width), not square): the file was then annotated by a tool that shows the
+    stored pixels (pycocotools-based ones do), so its boxes are in that frame, and rotating would
+    misplace them. A JPEG is decoded once, in the frame its header calls for (`header`: its
+    `jpeg_orientation`, read here when not given); another format is decoded again when the
+    orientation turned it out of the annotation's frame.
     """
+    if expected_hw is None:
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
+    expected = (int(expected_hw[0]), int(expected_hw[1]))
+    header = header or jpeg_orientation(path)
+    if header is not None:
+        orientation, stored_hw = header
+        as_stored = orientation in (5, 6, 7, 8) and stored_hw == expected and expected[0] != expected[1]
+        return cv2.imread(str(path), cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if as_stored else 0))
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is not None and expected_hw is not None:
-        expected = (int(expected_hw[0]), int(expected_hw[1]))
-        if img.shape[:2] != expected and img.shape[:2] == expected[::-1]:
-            stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if stored is not None and stored.shape[:2] == expected:
-                return stored
+    if img is not None and img.shape[:2] != expected and img.shape[:2] == expected[::-1]:
+        stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if stored is not None and stored.shape[:2] == expected:
+            return stored
     return img
 
 
@@ -461,8 +523,9 @@ class CocoDetection:
 
     def load_image(self, index: int) -> np.ndarray:
         """uint8 [H, W, 3] BGR (grayscale files are expanded). Raises DataError naming the file."""
-        path = self.image_path(index)
-        img = read_image_bgr(path, self.image_size(index))  # in the annotation's frame where EXIF alone differs
+        path, expected = self.image_path(index), self.image_size(index)
+        header = jpeg_orientation(path)
+        img = read_image_bgr(path, expected, header)  # in the annotation's frame where EXIF alone differs
         if img is None:
             raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
         if self.check_ends_at_decode and index not in self._end_checked:  # once per image and process
@@ -473,7 +536,6 @@ class CocoDetection:
                     warnings.warn(f"{path} (image id {self.image_ids[index]}) is cut short (no JPEG end marker): "
                                   "its missing rows decode as grey and are trained on as they are; restore the file "
                                   f"({MOTION_PHOTO_NOTE})" + self._last_listed(self._cut_warned), stacklevel=2)
-        expected = self.image_size(index)
         if img.shape[:2] != expected and index not in self._size_warned:
             # The official pipeline uses the boxes as given too; say so, a few times per process.
             self._size_warned.add(index)
