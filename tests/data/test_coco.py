@@ -378,6 +378,33 @@ def test_exif_rotated_images_are_read_in_the_frame_their_annotation_gives(tiny_c
     np.testing.assert_array_equal(loaded, stored if annotated == "stored" else shown)
 
 
+@pytest.mark.parametrize("orientation,square,noted", [
+    (None, False, False), (1, False, False), (6, False, False),  # no turn, or the sizes tell the frame
+    (3, False, True), (2, False, True), (6, True, True),  # a half turn, a mirror, a square's quarter turn
+])
+def test_an_exif_orientation_the_sizes_cannot_confirm_is_noted_once(tiny_coco, tmp_path, orientation, square, noted):
+    import warnings
+
+    side = 120
+
+    def resize(d):
+        if square:
+            d["images"][0]["width"] = side
+    ann, img = _copy_set(tiny_coco, tmp_path, resize)
+    dataset = CocoDetection(ann, img)
+    h, w = dataset.image_size(0)
+    assert dataset.image_path(0).suffix == ".jpg" and h == side
+    _marked_jpeg(dataset.image_path(0), orientation, h, w)
+    _marked_jpeg(dataset.image_path(3), orientation, *dataset.image_size(3))  # the other JPEG
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        for index in (0, 3, 0, 1):
+            assert dataset.load_image(index).shape[:2] == dataset.image_size(index)
+    notes = [str(w.message) for w in shown if "EXIF orientation" in str(w.message)]
+    assert len(notes) == (1 if noted else 0) and len(shown) == len(notes), [str(w.message) for w in shown]
+    assert all(note.startswith(f"{ann}: ") for note in notes)
+
+
 def test_file_names_written_with_windows_separators_are_found(tiny_coco, tmp_path):
     def to_windows(d):
         d["images"][0]["file_name"] = "day 1\\" + d["images"][0]["file_name"]

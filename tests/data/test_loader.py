@@ -255,6 +255,32 @@ def test_many_bad_validation_images_are_listed_up_to_the_loaders_limit_whatever_
     assert not any("further such images are not listed" in m for m in messages)
 
 
+def test_an_exif_frame_note_is_shown_once_though_each_worker_meets_such_a_file(tiny_coco, tmp_path, monkeypatch):
+    """Two JPEGs turned by half (EXIF orientation 3), one per worker (batches of 2 alternate between
+    the workers): the note names no file, so the main process shows it once."""
+    import warnings
+
+    from PIL import Image
+
+    shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
+    dataset = CocoDetection(tiny_coco["ann_file"], tmp_path / "images")
+    for index in (0, 3):
+        path = dataset.image_path(index)
+        assert path.suffix == ".jpg"
+        with Image.open(path) as im:
+            im.load()
+        exif = im.getexif()
+        exif[0x0112] = 3
+        im.save(path, exif=exif.tobytes())
+    shown = tmp_path / "shown.txt"
+    loader = build_eval_loader(build_eval_dataset(dataset, imgsz=64), 2, workers=2)
+    with warnings.catch_warnings():
+        _show_into(shown, monkeypatch)
+        list(loader)
+    messages = shown.read_text().splitlines()
+    assert len(messages) == 1 and "EXIF orientation" in messages[0], messages
+
+
 class _WarnsOnOne(torch.utils.data.Dataset):
     def __len__(self):
         return 3

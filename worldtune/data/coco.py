@@ -231,6 +231,13 @@ def _tiff_orientation(tiff: bytes) -> int:
     return 1
 
 
+def _frame_unknown(orientation: int, expected_hw: tuple) -> bool:
+    """Whether an image's (height, width) in the annotation file cannot tell if its annotator applied
+    the EXIF `orientation` (2-8 turn or mirror it; 1, absent or invalid do nothing): never for a
+    half turn or a mirror (2-4), and for a quarter turn (5-8) when the image is square."""
+    return orientation in (2, 3, 4) or (orientation in (5, 6, 7, 8) and expected_hw[0] == expected_hw[1])
+
+
 def read_image_bgr(path, expected_hw: tuple | None = None, header: tuple | None = None) -> np.ndarray | None:
     """uint8 [H, W, 3] BGR (grayscale, 16-bit, RGBA expanded or reduced by OpenCV), or None if unreadable.
 
@@ -340,6 +347,7 @@ class CocoDetection:
         # False where the caller checked every file before (`image_file_problems`) and warned itself
         self.check_ends_at_decode = True
         self._cut_warned = 0  # JPEG files cut short, warned about
+        self._exif_noted = False  # said that an EXIF orientation's frame cannot be told from the size
         # How many files per problem `load_image` warns about in this process; None: every one (once).
         # Not applied inside `every_file_warned()` (the loaders list and count the warnings themselves).
         self.warn_limit: int | None = 3
@@ -528,6 +536,14 @@ class CocoDetection:
         img = read_image_bgr(path, expected, header)  # in the annotation's frame where EXIF alone differs
         if img is None:
             raise DataError(f"cannot read image {path} (image id {self.image_ids[index]}): missing or corrupt")
+        if header is not None and not self._exif_noted and _frame_unknown(header[0], expected):
+            # One note per process, naming no file: the loaders then show it once per run, whatever
+            # the workers (each would meet another file first).
+            self._exif_noted = True
+            warnings.warn(f"{self.ann_file}: some images carry an EXIF orientation that their width and height "
+                          "there cannot confirm (a half turn, a mirror, or a quarter turn of a square image): they "
+                          "are read turned, as OpenCV and the official loader read them, so their boxes must be in "
+                          "the turned frame (as tools that apply the orientation draw them)", stacklevel=2)
         if self.check_ends_at_decode and index not in self._end_checked:  # once per image and process
             self._end_checked.add(index)
             if jpeg_cut_short(path):
