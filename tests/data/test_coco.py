@@ -279,6 +279,23 @@ def test_jpegs_cut_short_are_found_and_warned_about(tiny_coco, tmp_path):
     assert not jpeg_cut_short(tmp_path / "missing.jpg")
 
 
+def test_jpegs_cut_short_found_before_evaluation_are_not_warned_about_again_at_decode(tiny_coco, tmp_path):
+    import warnings
+
+    from worldtune.data.coco import warn_image_file_problems
+
+    ann, img = _copy_set(tiny_coco, tmp_path)
+    dataset = CocoDetection(ann, img)
+    jpeg = next(i for i in range(len(dataset)) if dataset.image_path(i).suffix == ".jpg")
+    data = dataset.image_path(jpeg).read_bytes()
+    dataset.image_path(jpeg).write_bytes(data[: len(data) * 2 // 3])
+    with pytest.warns(UserWarning, match=r"1 validation JPEG file\(s\) are cut short"):
+        warn_image_file_problems(dataset, "the evaluation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dataset.load_image(jpeg) is not None
+
+
 def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, tmp_path):
     ann, img = _copy_set(tiny_coco, tmp_path)
     dataset = CocoDetection(ann, img)

@@ -613,7 +613,9 @@ class CocoDetection:
 def warn_image_file_problems(coco: CocoDetection, scoring: str) -> None:
     """Warn, before anything is decoded, about evaluation files that do not look like pictures or are
     JPEGs cut short (`image_file_problem`), which `scoring` (e.g. "the first validation") would
-    otherwise meet only when it gets to them."""
+    otherwise meet only when it gets to them. `coco` then no longer checks the JPEG ends at decode:
+    that would read every file again and warn about each file cut short a second time."""
+    coco.check_ends_at_decode = False
     problems = coco.image_file_problems()
     count, first = problems["not_pictures"]
     if count:
