@@ -332,28 +332,6 @@ def _marked_jpeg(path, orientation, h=40, w=60):
         _tag_orientation(path, orientation)
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_jpeg_orientation_reads_the_header_as_opencv_applies_it(tmp_path, orientation):
-    from worldtune.data.coco import jpeg_orientation
-
-    path = tmp_path / "a.jpg"
-    _marked_jpeg(path, orientation)
-    assert jpeg_orientation(path) == (orientation, (40, 60))
-    assert cv2.imread(str(path)).shape[:2] == ((60, 40) if orientation >= 5 else (40, 60))
-
-
-def test_jpeg_orientation_of_other_files_is_unknown(tmp_path):
-    from worldtune.data.coco import jpeg_orientation
-
-    _marked_jpeg(tmp_path / "plain.jpg", None)
-    assert jpeg_orientation(tmp_path / "plain.jpg") == (1, (40, 60))
-    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 6, 3), np.uint8))
-    (tmp_path / "cut.jpg").write_bytes((tmp_path / "plain.jpg").read_bytes()[:30])  # before its frame header
-    (tmp_path / "page.jpg").write_text("<html></html>")
-    for name in ("a.png", "cut.jpg", "page.jpg", "missing.jpg"):
-        assert jpeg_orientation(tmp_path / name) is None, name
-
-
 @pytest.mark.parametrize("annotated", ["stored", "turned"])
 @pytest.mark.parametrize("orientation", [None, *range(1, 9)])
 def test_a_jpeg_is_decoded_once_in_the_frame_its_annotation_gives(tmp_path, monkeypatch, orientation, annotated):
