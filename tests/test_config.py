@@ -160,6 +160,24 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     ("data.val_batch_size=0", r"data.val_batch_size must be >= 1, got 0"),
     ("train.dynamic_interval_epoch=-5", r"train.dynamic_interval_epoch must be >= 0, or -1 for epochs - "
                                          r"close_mosaic_epochs - 1, got -5"),
+    # SGD momentum: Nesterov needs one > 0 (torch's error named no key); at 1 or more it never decays
+    ("train.momentum=1.5", r"train.momentum=1.5: must be in \[0, 1\)"),
+    ("train.momentum=nan", r"train.momentum=nan: must be in \[0, 1\)"),
+    ("train.warmup_momentum=-0.1", r"train.warmup_momentum=-0.1: must be in \[0, 1\)"),
+    ("train.warmup_momentum=nan", r"train.warmup_momentum=nan: must be in \[0, 1\)"),
+    # a box's kept area fraction: 1 or more drops every box, NaN too (silently: images without labels)
+    ("data.min_area_ratio=1.5", r"data.min_area_ratio=1.5: must be in \[0, 1\)"),
+    ("data.min_area_ratio=1", r"data.min_area_ratio=1.0: must be in \[0, 1\)"),
+    ("data.min_area_ratio=-0.1", r"data.min_area_ratio=-0.1: must be in \[0, 1\)"),
+    ("data.min_area_ratio=nan", r"data.min_area_ratio=nan: must be in \[0, 1\)"),
+    # a negative warm-up acted as 0; NaN and inf crashed in round() after the data had loaded
+    ("train.warmup_epochs=-1", r"train.warmup_epochs=-1.0: must be a finite number >= 0"),
+    ("train.warmup_epochs=nan", r"train.warmup_epochs=nan: must be a finite number >= 0"),
+    ("train.warmup_epochs=inf", r"train.warmup_epochs=inf: must be a finite number >= 0"),
+    ("train.min_warmup_iters=-1", r"train.min_warmup_iters=-1: must be >= 0"),
+    # the bias groups' warm-up start lr: negative steps uphill, NaN ended the run at its first step
+    ("train.warmup_bias_lr=-0.1", r"train.warmup_bias_lr=-0.1: must be a finite number >= 0"),
+    ("train.warmup_bias_lr=nan", r"train.warmup_bias_lr=nan: must be a finite number >= 0"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))
@@ -211,3 +229,18 @@ def test_an_infinite_grad_clip_is_valid_and_never_clips():
     p.grad = torch.full((3,), 100.0)
     torch.nn.utils.clip_grad_norm_([p], cfg.train.grad_clip)
     assert torch.equal(p.grad, torch.full((3,), 100.0))
+
+
+def test_sgd_momentum_must_be_positive():
+    """Nesterov SGD needs a momentum > 0 (torch refused it later, naming no key); AdamW has none."""
+    cfg = C.merge(C.Config(), C.parse_set(["train.optimizer=sgd", "train.momentum=0"]))
+    with pytest.raises(C.ConfigError, match=r"train.momentum=0.0: must be in \(0, 1\) with train.optimizer=sgd"):
+        C.validate(cfg)
+    C.validate(C.merge(C.Config(), C.parse_set(["train.momentum=0"])))  # unused by AdamW
+
+
+@pytest.mark.parametrize("item", ["train.warmup_epochs=0", "train.min_warmup_iters=0", "train.warmup_bias_lr=0",
+                                  "train.warmup_momentum=0", "data.min_area_ratio=0", "data.min_area_ratio=0.99"])
+def test_zero_turns_warmup_and_box_filtering_off(item):
+    """0 is a real choice for these (no warm-up, bias groups start at 0 like the others, keep every box)."""
+    C.validate(C.merge(C.Config(), C.parse_set([item])))

@@ -382,6 +382,28 @@ def validate(cfg: Config) -> Config:
                           f"{t.ema_gamma}")
     if not (math.isfinite(t.lr_factor) and t.lr_factor >= 0):  # a negative final lr factor steps uphill
         raise ConfigError(f"train.lr_factor must be >= 0, got {t.lr_factor}")
+    # SGD's momentum and its warm-up start (AdamW has neither; checked anyway, so that a switch to SGD
+    # cannot pick up a meaningless one): at 1 or more the velocity never decays and the steps grow
+    # without bound, and Nesterov needs a momentum > 0 (torch's own refusal names no key).
+    sgd = t.optimizer == "sgd"
+    if not (0 < t.momentum < 1 if sgd else 0 <= t.momentum < 1):  # (False for NaN too)
+        raise ConfigError(f"train.momentum={t.momentum}: must be in (0, 1) with train.optimizer=sgd"
+                          if sgd else f"train.momentum={t.momentum}: must be in [0, 1)")
+    if not 0 <= t.warmup_momentum < 1:
+        raise ConfigError(f"train.warmup_momentum={t.warmup_momentum}: must be in [0, 1)")
+    # 0 is no warm-up by epochs (min_warmup_iters then sets it); a negative value acted as 0, and NaN or
+    # inf crashed in round() once the data had loaded
+    if not (math.isfinite(t.warmup_epochs) and t.warmup_epochs >= 0):
+        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs}: must be a finite number >= 0")
+    if t.min_warmup_iters < 0:
+        raise ConfigError(f"train.min_warmup_iters={t.min_warmup_iters}: must be >= 0")
+    # the lr the warm-up-bias groups start from: 0 starts them like the others; negative steps uphill
+    if not (math.isfinite(t.warmup_bias_lr) and t.warmup_bias_lr >= 0):
+        raise ConfigError(f"train.warmup_bias_lr={t.warmup_bias_lr}: must be a finite number >= 0")
+    # a box is kept when more than this fraction of its (scaled) area stays in the image: 0 keeps all,
+    # 1 or more (or NaN) drops every box, silently training on images without labels
+    if not 0 <= d.min_area_ratio < 1:
+        raise ConfigError(f"data.min_area_ratio={d.min_area_ratio}: must be in [0, 1)")
     if d.val_batch_size < 1:
         raise ConfigError(f"data.val_batch_size must be >= 1, got {d.val_batch_size}")
     for key, value in (("data.mixup_prob", d.mixup_prob), ("data.copypaste_prob", d.copypaste_prob)):
