@@ -8,7 +8,7 @@ import torch
 from tests.helpers.tiny_run import tiny_config
 from worldtune.engine import train as T
 from worldtune.engine.checkpoint import CheckpointMismatchError
-from worldtune.engine.schedule import short_run_notes, vocabulary_note
+from worldtune.engine.schedule import batch_note, short_run_notes, vocabulary_note
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,6 +159,17 @@ def test_a_dataset_with_fewer_classes_than_texts_per_image_is_told_the_padding()
     assert "padded with 75 empty ones" in note and note.endswith("--set data.num_texts=5")
     assert vocabulary_note(num_classes=80, num_texts=80) == ""  # COCO with its recipe: nothing to say
     assert vocabulary_note(num_classes=1203, num_texts=80) == ""  # a large vocabulary is subsampled, not padded
+
+
+def test_a_batch_larger_than_the_training_set_is_told_it_is_one_step():
+    """The loader keeps the last, short batch (drop_last=False, as the official one): with fewer images
+    than train.batch_size an epoch is a single step of those images, and the weight-decay rule still
+    counts the configured batch. Said once at the start; a full batch says nothing."""
+    note = batch_note(batch_size=16, images_per_process=6, world_size=1)
+    assert note.startswith("train.batch_size=16 is more than the 6 training images: each epoch is one step of 6 images")
+    assert "weight-decay rule still counts 16" in note and "\n" not in note
+    assert "per process" in batch_note(batch_size=16, images_per_process=3, world_size=2)
+    assert batch_note(batch_size=6, images_per_process=6, world_size=1) == ""
 
 
 def test_the_efficient_neck_recipe_may_start_from_plain_l_weights(tmp_path):

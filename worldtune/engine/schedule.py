@@ -159,3 +159,18 @@ def vocabulary_note(num_classes: int, num_texts: int) -> str:
     return (f"data.num_texts={num_texts} but the dataset has {num_classes} classes: each image's "
             f"texts are padded with {num_texts - num_classes} empty ones, as the COCO recipe does; "
             f"for a custom dataset the official guide uses the class count: --set data.num_texts={num_classes}")
+
+
+def batch_note(batch_size: int, images_per_process: int, world_size: int) -> str:
+    """Said at the start of a run whose training set is smaller than one batch: the loader keeps the
+    short last batch (drop_last=False, as the official loader), so an epoch is then a single step of
+    fewer images than `train.batch_size`, while the weight-decay rule counts the configured batch.
+
+    `images_per_process`: the sampler's share of one process (DistributedSampler pads it to
+    ceil(images / world_size))."""
+    if batch_size <= images_per_process:
+        return ""
+    where = " per process" if world_size > 1 else ""
+    return (f"train.batch_size={batch_size} is more than the {images_per_process} training images{where}: each "
+            f"epoch is one step of {images_per_process} images{where} (the weight-decay rule still counts "
+            f"{batch_size})")

@@ -213,7 +213,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     from worldtune.engine.ema import ExpMomentumEMA
     from worldtune.engine.logger import plot_curves, summary_table
     from worldtune.engine.optim import OptimConfig, build_optimizer
-    from worldtune.engine.schedule import ScheduleConfig, apply_schedule, short_run_notes, vocabulary_note, warmup_iters
+    from worldtune.engine.schedule import (ScheduleConfig, apply_schedule, batch_note, short_run_notes, vocabulary_note,
+                                           warmup_iters)
     from worldtune.loss.criterion import YOLOWorldCriterion
     from worldtune.model import build_model
 
@@ -338,7 +339,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         f"({len(train_set)} images, batch {t.batch_size} x {info.world_size} process(es)) on {info.device}; "
         f"run folder {out}")
     for line in short_run_notes(t, iters, warmup_iters(iters, sched)) + \
-            [vocabulary_note(train_set.dataset.num_classes, cfg.data.num_texts)]:
+            [vocabulary_note(train_set.dataset.num_classes, cfg.data.num_texts),
+             batch_note(t.batch_size, len(train_loader.sampler), info.world_size)]:
         if line:
             say(f"note: {line}")
 
