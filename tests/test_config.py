@@ -178,6 +178,20 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     # the bias groups' warm-up start lr: negative steps uphill, NaN ended the run at its first step
     ("train.warmup_bias_lr=-0.1", r"train.warmup_bias_lr=-0.1: must be a finite number >= 0"),
     ("train.warmup_bias_lr=nan", r"train.warmup_bias_lr=nan: must be a finite number >= 0"),
+    # torch's "num_workers option should be non-negative" named no key
+    ("data.workers=-1", r"data.workers=-1: must be >= 0 \(0 = load in the training process\)"),
+    ("data.min_size=-1", r"data.min_size=-1: must be >= 0"),  # acted as 0
+    # int(nan * 2**30) and numpy's uniform(0.5, inf) crashed with a traceback once the data had loaded
+    ("data.cache_max_gb=nan", r"data.cache_max_gb=nan: must be a finite number >= 0"),
+    ("data.cache_max_gb=inf", r"data.cache_max_gb=inf: must be a finite number >= 0"),
+    ("data.affine_scale=[0.5, .inf]", r"data.affine_scale must be \[low, high\] with 0 < low <= high, finite, "
+                                      r"got \[0.5, inf\]"),
+    # numpy refused a negative seed ("expected non-negative integer") after the data had loaded; torch
+    # one past 64 bits ("Overflow when unpacking long long")
+    ("train.seed=-1", r"train.seed=-1: must be in \[0, 2\*\*63\)"),
+    ("train.seed=9223372036854775808", r"train.seed=9223372036854775808: must be in \[0, 2\*\*63\)"),
+    # an empty run folder trained into the current one, among the user's own files
+    ("out=", r"out is empty: name the run folder \(\. for the current one\)"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

@@ -355,14 +355,26 @@ def validate(cfg: Config) -> Config:
     if t.dynamic_interval_epoch < -1:  # any negative value acted as 0: the stage-2 interval from the start
         raise ConfigError(f"train.dynamic_interval_epoch must be >= 0, or -1 for epochs - close_mosaic_epochs - 1, "
                           f"got {t.dynamic_interval_epoch}")
+    # numpy's generators refuse a negative seed and torch's one past 64 bits (the sampler adds the epoch)
+    if not 0 <= t.seed < 2**63:
+        raise ConfigError(f"train.seed={t.seed}: must be in [0, 2**63)")
+    if not cfg.out:  # Path("") is the current folder: the run's files would land among the user's own
+        raise ConfigError("out is empty: name the run folder (. for the current one)")
     if t.log_interval < 1:
         raise ConfigError(f"train.log_interval must be >= 1, got {t.log_interval}")
-    if d.mosaic_pool < 0 or d.cache_max_gb < 0:
-        raise ConfigError(f"data.mosaic_pool and data.cache_max_gb must be >= 0, got {d.mosaic_pool}, {d.cache_max_gb}")
+    if d.mosaic_pool < 0:
+        raise ConfigError(f"data.mosaic_pool must be >= 0 (0 = off), got {d.mosaic_pool}")
+    if not (math.isfinite(d.cache_max_gb) and d.cache_max_gb >= 0):  # NaN and inf crashed in int(gb * 2**30)
+        raise ConfigError(f"data.cache_max_gb={d.cache_max_gb}: must be a finite number >= 0")
+    if d.workers < 0:  # torch's own refusal names no key
+        raise ConfigError(f"data.workers={d.workers}: must be >= 0 (0 = load in the training process)")
+    if d.min_size < 0:  # a negative size acted as 0 (keep every image)
+        raise ConfigError(f"data.min_size={d.min_size}: must be >= 0")
     if d.imgsz < 32 or d.imgsz % 32:
         raise ConfigError(f"data.imgsz must be a positive multiple of 32, got {d.imgsz}")
-    if len(d.affine_scale) != 2 or not 0 < d.affine_scale[0] <= d.affine_scale[1]:
-        raise ConfigError(f"data.affine_scale must be [low, high] with 0 < low <= high, got {d.affine_scale}")
+    # (an infinite high crashed in the first mosaic's random scale, with a traceback)
+    if len(d.affine_scale) != 2 or not 0 < d.affine_scale[0] <= d.affine_scale[1] < math.inf:
+        raise ConfigError(f"data.affine_scale must be [low, high] with 0 < low <= high, finite, got {d.affine_scale}")
     if t.close_mosaic_epochs < 0:  # more than `epochs` is fine: the whole run is stage 2
         raise ConfigError(f"train.close_mosaic_epochs must be >= 0, got {t.close_mosaic_epochs}")
     # named here: the optimizer's own "Invalid learning rate: nan" names no key, and a probability
