@@ -192,6 +192,8 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     ("train.seed=9223372036854775808", r"train.seed=9223372036854775808: must be in \[0, 2\*\*63\)"),
     # an empty run folder trained into the current one, among the user's own files
     ("out=", r"out is empty: name the run folder \(\. for the current one\)"),
+    # told by build_model only after the data were read (and the image cache filled: minutes on COCO)
+    ("model.variant=L", r"model.variant='L': choose one of n, s, m, l, x, xl, l_efficient_neck"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

@@ -327,7 +327,7 @@ def batch_rule(world_size: int, batch_per_gpu: int, weight_decay: float | None =
 _YAML_BOOLS = {**dict.fromkeys(("true", "yes", "on"), "true"), **dict.fromkeys(("false", "no", "off"), "false")}
 # Text keys whose choices include "true" and "false" (a YAML boolean is taken as that text).
 BOOL_LIKE_CHOICES = ("data.cache_images",)
-# Keys with a closed set of values; checked by `validate` (the model variant by build_model).
+# Keys with a closed set of values; checked by `validate` (the model variant against worldtune.model.VARIANTS).
 CHOICES = {"train.optimizer": ("adamw", "sgd"), "train.amp": ("bf16", "fp16", "none"),
            "train.bias_warmup": ("group2", "biases"), "data.on_bad_data": ("error", "skip"),
            "data.cache_images": ("auto", "true", "false")}
@@ -343,6 +343,10 @@ def validate(cfg: Config) -> Config:
             setattr(getattr(cfg, section), name, value)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+    # here, not only in build_model: that comes after the data are read and the image cache is filled
+    from worldtune.model import VARIANTS  # (imports torch, so not at the top of this light module)
+    if cfg.model.variant not in VARIANTS:
+        raise ConfigError(f"model.variant={cfg.model.variant!r}: choose one of {', '.join(VARIANTS)}")
     t, d = cfg.train, cfg.data
     for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("data.num_texts", d.num_texts)):
         if value < 1:

@@ -55,6 +55,10 @@ def test_out_from_config_or_set_is_the_run_folder(tmp_path, monkeypatch):
     (["--recipe", "v7-z"], "unknown recipe 'v7-z'"),
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
     (["--imgsz", "100", "--weights", "none"], "data.imgsz must be a positive multiple of 32"),
+    # refused before the data are read, with the value and its range
+    (["--weights", "none", "--set", "train.optimizer=sgd", "--set", "train.momentum=0"],
+     "train.momentum=0.0: must be in (0, 1) with train.optimizer=sgd"),
+    (["--weights", "none", "--variant", "L"], "model.variant='L': choose one of n, s, m, l, x"),
     (["--weights", "none", "--train-ann", "a.json", "--train-images", ".", "--val-ann", "b.json"],
      "data.val_ann is set but data.val_images is not"),
 ])
