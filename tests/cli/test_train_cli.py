@@ -3,6 +3,7 @@ import pytest
 
 from worldtune.cli import build_parser, main
 from worldtune.cli.train import build_config
+from worldtune.config import ConfigError, to_yaml
 
 
 def _args(*argv):
@@ -26,6 +27,26 @@ def test_precedence_recipe_config_flags_set(tmp_path):
     assert cfg.data.val_images == str(root / "val2017")
     assert cfg.data.on_bad_data == "error"
     assert build_config(_args("--on-bad-data", "skip", "--out", str(tmp_path / "r2"))).data.on_bad_data == "skip"
+
+
+def test_a_recipe_named_in_the_config_file_or_set_is_the_base(tmp_path, monkeypatch):
+    """`recipe: v2-s` in a --config file (or --set recipe=v2-s) once only relabelled the run: it trained
+    with the default v2-l recipe's model and values under the v2-s name."""
+    monkeypatch.chdir(tmp_path)
+    v2s = "yolo_world_v2_s_vlpan_bn_2e-4_80e_8gpus_mask-refine_finetune_coco"
+    (tmp_path / "over.yaml").write_text("recipe: v2-s\ntrain:\n  lr: 1.0e-4\n")
+    for argv in (["--config", "over.yaml"], ["--set", "recipe=v2-s"], ["--recipe", "v2-s", "--set", f"recipe={v2s}"]):
+        cfg = build_config(_args(*argv))
+        assert (cfg.recipe, cfg.model.variant, cfg.data.affine_scale) == (v2s, "s", [0.5, 1.5]), argv
+    assert build_config(_args("--config", "over.yaml")).train.lr == 1e-4  # the file still overrides its recipe
+    # a run's saved config.yaml, given as --config, rebuilds that run's config
+    saved = build_config(_args("--recipe", "v2-l-sgd", "--out", "a"))
+    (tmp_path / "saved.yaml").write_text(to_yaml(saved))
+    assert build_config(_args("--config", "saved.yaml")) == saved
+    with pytest.raises(ConfigError, match=r"--set recipe=v2-s names another recipe than --recipe v2-l"):
+        build_config(_args("--recipe", "v2-l", "--set", "recipe=v2-s"))
+    with pytest.raises(ConfigError, match=r"over.yaml: recipe=v2-s names another recipe than --recipe v2-m"):
+        build_config(_args("--recipe", "v2-m", "--config", "over.yaml"))
 
 
 def test_default_run_folder_is_numbered(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@
   worldtune train --resume runs/train/v2-l        # continue an interrupted run
 
 Recipes (aliases): v2-s, v2-m, v2-l, v2-x, v2-l-efficient, v2-l-sgd, or your own YAML of overrides.
-Order of precedence: recipe < --config < flags < --set.
+Order of precedence: recipe < --config < flags < --set. A `recipe` key in the --config file or --set
+chooses the recipe when --recipe is not given.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from worldtune.cli.argtypes import add_threads_argument, non_negative_int, positive_int, set_threads
 from worldtune.config import (RECIPE_ALIASES, Config, ConfigError, absolute_paths, load_recipe, load_yaml, merge,
-                              parse_set, set_value, to_yaml, validate)
+                              parse_set, recipe_path, set_value, to_yaml, validate)
 
 
 def add_arguments(parser) -> None:
@@ -81,14 +82,40 @@ def _free_run_dir(base: Path) -> Path:
     return candidate
 
 
+def _chosen_recipe(args, overrides, sets: dict) -> str:
+    """--recipe, else the recipe a `recipe` key of the --config file or --set names (--set last), else
+    v2-l. That key chooses the base rather than overriding a value: merged as a value it only renamed
+    the run, which then trained with another recipe's model and values. Names that disagree are refused."""
+    named = []  # (where, name)
+    if isinstance(overrides, dict) and isinstance(overrides.get("recipe"), str):
+        named.append((f"{args.config}: recipe={overrides['recipe']}", overrides["recipe"]))
+    if "recipe" in sets:
+        named.append((f"--set recipe={sets['recipe']}", str(sets["recipe"])))
+    if args.recipe:
+        chosen, source = args.recipe, f"--recipe {args.recipe}"
+    elif named:
+        (source, chosen), named = named[-1], named[:-1]
+    else:
+        return "v2-l"
+    for where, name in named:
+        if recipe_path(name).resolve() != recipe_path(chosen).resolve():
+            raise ConfigError(f"{where} names another recipe than {source}")
+    return chosen
+
+
 def build_config(args):
     """Recipe -> --config -> flags -> --set, with type checks on every value."""
-    recipe = args.recipe or "v2-l"
+    overrides = load_yaml(args.config) if args.config else {}
+    sets = parse_set(args.set)
+    recipe = _chosen_recipe(args, overrides, sets)
+    if isinstance(overrides, dict):
+        overrides.pop("recipe", None)  # chose the recipe above; the run keeps its official name
+    sets.pop("recipe", None)
     cfg = load_recipe(recipe)
     if cfg.out == Config().out:  # default folder: here, so that --config, --out and --set may still name one
         cfg.out = str(_free_run_dir(Path("runs/train") / _short_name(recipe)))
     if args.config:
-        merge(cfg, load_yaml(args.config), args.config)
+        merge(cfg, overrides, args.config)
     if args.data_root:
         root = Path(args.data_root)
         if not root.is_dir():
@@ -101,7 +128,7 @@ def build_config(args):
         value = getattr(args, flag, None)
         if value is not None:
             set_value(cfg, key, value)
-    merge(cfg, parse_set(args.set), "--set")
+    merge(cfg, sets, "--set")
     return cfg
 
 
