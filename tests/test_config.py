@@ -194,6 +194,10 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     ("out=", r"out is empty: name the run folder \(\. for the current one\)"),
     # told by build_model only after the data were read (and the image cache filled: minutes on COCO)
     ("model.variant=L", r"model.variant='L': choose one of n, s, m, l, x, xl, l_efficient_neck"),
+    # an empty name was read as the current folder: "checkpoint . is a folder", "Could not load the CLIP
+    # text model ''", neither naming the key
+    ("model.weights=", r"model.weights is empty: name a zoo model, a weights file, or none"),
+    ("model.text_model=", r"model.text_model is empty: name a Hugging Face hub id or a local CLIP folder"),
 ])
 def test_validate_refuses_bad_values(item, match):
     cfg = C.merge(C.Config(), C.parse_set([item]))

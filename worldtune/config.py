@@ -347,6 +347,11 @@ def validate(cfg: Config) -> Config:
     from worldtune.model import VARIANTS  # (imports torch, so not at the top of this light module)
     if cfg.model.variant not in VARIANTS:
         raise ConfigError(f"model.variant={cfg.model.variant!r}: choose one of {', '.join(VARIANTS)}")
+    # an empty name would be read as the current folder, and the error would name neither key
+    if not cfg.model.weights.strip():
+        raise ConfigError("model.weights is empty: name a zoo model, a weights file, or none")
+    if not cfg.model.text_model.strip():
+        raise ConfigError("model.text_model is empty: name a Hugging Face hub id or a local CLIP folder")
     t, d = cfg.train, cfg.data
     for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("data.num_texts", d.num_texts)):
         if value < 1:
