@@ -264,3 +264,13 @@ def test_sgd_momentum_must_be_positive():
 def test_zero_turns_warmup_and_box_filtering_off(item):
     """0 is a real choice for these (no warm-up, bias groups start at 0 like the others, keep every box)."""
     C.validate(C.merge(C.Config(), C.parse_set([item])))
+
+
+def test_copy_paste_without_mask_refinement_is_told_it_does_nothing():
+    """Copy-paste fills the objects' polygons; without mask refinement samples carry none, so the
+    probability is ignored (as in the official non-mask-refine pipeline, which has no copy-paste)."""
+    cfg = C.merge(C.load_recipe("v2-l"), C.parse_set(["data.mask_refine=false"]))
+    (note,) = C.unused_value_notes(cfg)
+    assert note.startswith("data.copypaste_prob=0.3 has no effect with data.mask_refine=false")
+    assert C.unused_value_notes(C.load_recipe("v2-l")) == []
+    assert C.unused_value_notes(C.load_recipe("v2-l-sgd")) == []  # no mask refinement, copy-paste 0

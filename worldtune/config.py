@@ -431,3 +431,14 @@ def validate(cfg: Config) -> Config:
         if not 0 <= value <= 1:  # (False for NaN too)
             raise ConfigError(f"{key} is a probability, it must be in [0, 1], got {value}")
     return cfg
+
+
+def unused_value_notes(cfg: Config) -> list[str]:
+    """Lines for the start of a run about valid values that have no effect with the rest of `cfg`."""
+    notes = []
+    if cfg.data.copypaste_prob > 0 and not cfg.data.mask_refine:
+        # the training set passes 0 then (data.presets): copy-paste fills the objects' polygons, which
+        # only mask refinement loads; the official non-mask-refine pipeline has no copy-paste either
+        notes.append(f"data.copypaste_prob={cfg.data.copypaste_prob:g} has no effect with data.mask_refine=false "
+                     f"(copy-paste needs the polygons that mask refinement loads)")
+    return notes

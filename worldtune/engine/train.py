@@ -208,7 +208,7 @@ def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object, bool]:
 
 
 def _fit(cfg, info: dist.DistInfo, resume) -> dict:
-    from worldtune.config import absolute_paths, batch_rule, dump, validate
+    from worldtune.config import absolute_paths, batch_rule, dump, unused_value_notes, validate
     from worldtune.engine.checkpoint import save_checkpoint_atomic
     from worldtune.engine.ema import ExpMomentumEMA
     from worldtune.engine.logger import plot_curves, summary_table
@@ -340,7 +340,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         f"run folder {out}")
     for line in short_run_notes(t, iters, warmup_iters(iters, sched)) + \
             [vocabulary_note(train_set.dataset.num_classes, cfg.data.num_texts),
-             batch_note(t.batch_size, len(train_loader.sampler), info.world_size)]:
+             batch_note(t.batch_size, len(train_loader.sampler), info.world_size)] + unused_value_notes(cfg):
         if line:
             say(f"note: {line}")
 
