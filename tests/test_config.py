@@ -274,3 +274,13 @@ def test_copy_paste_without_mask_refinement_is_told_it_does_nothing():
     assert note.startswith("data.copypaste_prob=0.3 has no effect with data.mask_refine=false")
     assert C.unused_value_notes(C.load_recipe("v2-l")) == []
     assert C.unused_value_notes(C.load_recipe("v2-l-sgd")) == []  # no mask refinement, copy-paste 0
+
+
+def test_a_cache_dir_that_is_a_file_is_refused(tmp_path):
+    """The run made its cache file inside data.cache_dir: a file there failed late with a bare
+    "[Errno 17] File exists", naming no key."""
+    (tmp_path / "cache").write_text("")
+    cfg = C.merge(C.Config(), C.parse_set([f"data.cache_dir={tmp_path / 'cache'}"]))
+    with pytest.raises(C.ConfigError, match=r"data.cache_dir=.*cache: a file, not a folder"):
+        C.validate(cfg)
+    C.validate(C.merge(C.Config(), C.parse_set([f"data.cache_dir={tmp_path / 'new'}"])))  # made by the run

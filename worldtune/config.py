@@ -375,6 +375,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.mosaic_pool must be >= 0 (0 = off), got {d.mosaic_pool}")
     if not (math.isfinite(d.cache_max_gb) and d.cache_max_gb >= 0):  # NaN and inf crashed in int(gb * 2**30)
         raise ConfigError(f"data.cache_max_gb={d.cache_max_gb}: must be a finite number >= 0")
+    if d.cache_dir and os.path.exists(d.cache_dir) and not os.path.isdir(d.cache_dir):  # failed late, unnamed
+        raise ConfigError(f"data.cache_dir={d.cache_dir}: a file, not a folder")
     if d.workers < 0:  # torch's own refusal names no key
         raise ConfigError(f"data.workers={d.workers}: must be >= 0 (0 = load in the training process)")
     if d.min_size < 0:  # a negative size acted as 0 (keep every image)
