@@ -284,3 +284,14 @@ def test_a_cache_dir_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(C.ConfigError, match=r"data.cache_dir=.*cache: a file, not a folder"):
         C.validate(cfg)
     C.validate(C.merge(C.Config(), C.parse_set([f"data.cache_dir={tmp_path / 'new'}"])))  # made by the run
+
+
+def test_a_changed_sgd_momentum_under_adamw_is_told_it_does_nothing():
+    """AdamW has no momentum (its betas are fixed, as in the official configs): a train.momentum or
+    train.warmup_momentum set for it was ignored silently."""
+    cfg = C.merge(C.load_recipe("v2-l"), C.parse_set(["train.momentum=0.9", "train.warmup_momentum=0.5"]))
+    (note,) = C.unused_value_notes(cfg)
+    assert note == ("train.momentum=0.9 and train.warmup_momentum=0.5 have no effect with train.optimizer=adamw "
+                    "(SGD only)")
+    cfg.train.optimizer = "sgd"
+    assert C.unused_value_notes(cfg) == []

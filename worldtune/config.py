@@ -443,4 +443,10 @@ def unused_value_notes(cfg: Config) -> list[str]:
         # only mask refinement loads; the official non-mask-refine pipeline has no copy-paste either
         notes.append(f"data.copypaste_prob={cfg.data.copypaste_prob:g} has no effect with data.mask_refine=false "
                      f"(copy-paste needs the polygons that mask refinement loads)")
+    t, default = cfg.train, TrainConfig()
+    changed = [f"train.{key}={getattr(t, key):g}" for key in ("momentum", "warmup_momentum")
+               if getattr(t, key) != getattr(default, key)]
+    if t.optimizer == "adamw" and changed:  # AdamW's betas are fixed (official); momentum is SGD's alone
+        notes.append(f"{' and '.join(changed)} {'has' if len(changed) == 1 else 'have'} no effect with "
+                     f"train.optimizer=adamw (SGD only)")
     return notes
