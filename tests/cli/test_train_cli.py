@@ -47,6 +47,9 @@ def test_a_recipe_named_in_the_config_file_or_set_is_the_base(tmp_path, monkeypa
         build_config(_args("--recipe", "v2-l", "--set", "recipe=v2-s"))
     with pytest.raises(ConfigError, match=r"over.yaml: recipe=v2-s names another recipe than --recipe v2-m"):
         build_config(_args("--recipe", "v2-m", "--config", "over.yaml"))
+    (tmp_path / "typo.yaml").write_text("recipe: v2-ss\n")
+    with pytest.raises(ConfigError, match=r"^typo.yaml: recipe=v2-ss: unknown recipe 'v2-ss'"):
+        build_config(_args("--config", "typo.yaml"))
 
 
 def test_default_run_folder_is_numbered(tmp_path, monkeypatch):

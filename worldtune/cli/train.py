@@ -97,9 +97,17 @@ def _chosen_recipe(args, overrides, sets: dict) -> str:
         (source, chosen), named = named[-1], named[:-1]
     else:
         return "v2-l"
+
+    def path(where: str, name: str) -> Path:
+        try:
+            return recipe_path(name).resolve()
+        except ConfigError as e:  # say where the name came from
+            raise ConfigError(e if where.startswith("--recipe") else f"{where}: {e}") from None
+
     for where, name in named:
-        if recipe_path(name).resolve() != recipe_path(chosen).resolve():
+        if path(where, name) != path(source, chosen):
             raise ConfigError(f"{where} names another recipe than {source}")
+    path(source, chosen)
     return chosen
 
 
