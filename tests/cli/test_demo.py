@@ -45,6 +45,7 @@ def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
     (["--num-train", "0"], "--num-train: must be at least 1"),
     (["--imgsz", "100"], "--imgsz: must be a multiple of 32"),
     (["--epochs", "0"], "--epochs: must be at least 1"),
+    (["--seed", "-1"], "--seed: must be 0 or more"),
 ])
 def test_demo_refuses_bad_arguments_before_building_anything(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):

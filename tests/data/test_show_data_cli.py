@@ -62,3 +62,12 @@ def test_show_data_refuses_a_non_positive_affine_scale(tiny_coco, tmp_path, caps
     rc = main(["show-data", "--ann", str(tiny_coco["ann_file"]), "--images", str(tiny_coco["image_dir"]),
                "--out", str(tmp_path / "g.png"), "--affine-scale", "0", "1.5"])
     assert rc == 2 and "--affine-scale wants MIN MAX with 0 < MIN <= MAX, got 0.0 1.5" in capsys.readouterr().err
+
+
+def test_show_data_refuses_a_negative_seed(tiny_coco, tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):  # numpy's generators take no negative seed: told by argparse, naming it
+        main(["show-data", "--ann", str(tiny_coco["ann_file"]), "--images", str(tiny_coco["image_dir"]),
+              "--out", str(tmp_path / "g.png"), "--seed", "-1"])
+    assert "--seed: must be 0 or more" in capsys.readouterr().err and not (tmp_path / "g.png").exists()

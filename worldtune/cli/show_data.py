@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
+from worldtune.cli.argtypes import image_size, non_negative_int, output_file, positive_int, probability
 from worldtune.cli.drawing import draw_label
 
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epoch", type=int, default=0, help="epoch (stage 2 from --close-mosaic-epoch on)")
     parser.add_argument("--close-mosaic-epoch", type=int, default=70,
                         help="first epoch of stage 2 (no mosaic); the recipes' 80 - 10")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations and of the samples shown")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the augmentations and of the samples shown")
     parser.add_argument("--imgsz", type=image_size, default=640, help="training image size (multiple of 32)")
     parser.add_argument("--no-mask-refine", action="store_true",
                         help="boxes only, no copy-paste, as the SGD recipe (which also uses --affine-scale 0.1 1.9 "
