@@ -275,6 +275,28 @@ def test_atomic_save_roundtrip_and_crash_keeps_previous(tmp_path, monkeypatch):
     assert os.listdir(path.parent) == ["last.pth"]  # no temp file left behind
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_full_disk_while_saving_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch, suffix):
+    """A failed write() names no file ("[Errno 28] No space left on device"): the error says which."""
+    import errno
+
+    from worldtune.outputs import OutputWriteError
+
+    path = tmp_path / f"last{suffix}"
+    save_checkpoint_atomic({"w": torch.zeros(2)}, path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # after the bytes went out, as a real full disk reports it late
+    with pytest.raises(OutputWriteError) as info:
+        save_checkpoint_atomic({"w": torch.ones(2)}, path)
+    monkeypatch.undo()
+    assert str(info.value) == f"cannot write {path}: No space left on device"
+    assert info.value.errno == errno.ENOSPC and info.value.path == path
+    assert os.listdir(tmp_path) == [path.name] and torch.equal(load_checkpoint_file(path)["w"], torch.zeros(2))
+
+
 def test_safetensors_roundtrip_with_strided_views(tmp_path):
     base = torch.arange(40, dtype=torch.float16)
     weights = {"a": base.as_strided((4, 3), (7, 1)), "b": torch.randn(2, 2)}

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from worldtune.engine.safe_pickle import RESTRICTED_PICKLE, UnpickledObject  # noqa: F401 (UnpickledObject: public)
 from worldtune.jsonfile import is_int
+from worldtune.outputs import writing
 
 
 class CheckpointError(RuntimeError):
@@ -385,32 +386,34 @@ def save_checkpoint_atomic(obj, path: str | Path, metadata: dict[str, str] | Non
     """Save ``obj`` to ``path`` so that a crash never leaves a half-written file there.
 
     Writes to a temporary file in the same folder, fsyncs it, then ``os.replace``s it over ``path``
-    (atomic on POSIX and Windows). ``.safetensors`` paths take a flat name -> tensor dict (and
+    (atomic on POSIX and Windows); on failure the temporary file is removed and an OutputWriteError
+    names ``path`` and the cause. ``.safetensors`` paths take a flat name -> tensor dict (and
     string `metadata`); anything else goes through ``torch.save``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import save
-
-                f.write(save({k: _dense(v) for k, v in obj.items()}, metadata=metadata))
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+    with writing(path):  # a full disk's error names no file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            with os.fdopen(fd, "wb") as f:
+                if path.suffix == ".safetensors":
+                    from safetensors.torch import save
+
+                    f.write(save({k: _dense(v) for k, v in obj.items()}, metadata=metadata))
+                else:
+                    torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+            dir_fd = os.open(path.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     return path

@@ -1,0 +1,64 @@
+"""Writing output files: a failure names the file and its cause in one line.
+
+A failed `write()` (a full disk) raises an OSError that names no file, and a long command writes
+several: `writing(path)` adds the name. `check_writable(folder)` finds an unwritable output place
+before a command does its work, not after.
+"""
+from __future__ import annotations
+
+import errno
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written. str() is the one-line message; `errno` and `path` are kept."""
+
+    def __init__(self, message: str, path: Path, cause: OSError):
+        super().__init__(message)
+        self.errno, self.path = cause.errno, Path(path)
+
+
+def reason(err: OSError) -> str:
+    """The system's wording of the cause ("No space left on device"), without "[Errno 28]"."""
+    return err.strerror or str(err) or type(err).__name__
+
+
+def remedy(err: OSError, folder: Path) -> str:
+    """What to do before trying again."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some space on the disk of {folder}"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {folder} writable"
+    if err.errno == errno.ENOENT:
+        return f"restore the folder {folder}"
+    return "fix that"
+
+
+@contextmanager
+def writing(path):
+    """Re-raise an OSError of the block as an OutputWriteError "cannot write PATH: cause"."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as err:
+        raise OutputWriteError(f"cannot write {path}: {reason(err)}", path, err) from err
+
+
+def check_writable(folder, what: str = "folder") -> None:
+    """Raise OutputWriteError unless files can be created in `folder` (or, where it does not exist
+    yet, in its nearest existing parent, where it would be made). Tries it: permission bits do not
+    tell a read-only file system or a full disk, nor what root may do."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OutputWriteError(f"cannot create {what} {folder}: {existing} is a file, not a folder", folder,
+                               OSError(errno.ENOTDIR, "not a folder"))
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        where = "" if existing == folder else f" (in {existing})"
+        raise OutputWriteError(f"cannot write {what} {folder}: {reason(err)}{where}", folder, err) from err
