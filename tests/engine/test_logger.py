@@ -19,3 +19,66 @@ def test_tensor_values_are_written_as_numbers_and_non_finite_ones_as_null(tmp_pa
     log.log("train", torch.tensor(3), loss=torch.tensor(2.5), lr=torch.tensor(float("inf")), n=torch.tensor(4))
     record = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert record == {"kind": "train", "step": 3, "loss": 2.5, "lr": None, "n": 4}
+
+
+def test_a_failed_metrics_write_is_one_warning_and_the_next_record_gets_its_own_line(tmp_path, monkeypatch):
+    """A full disk while appending: the run goes on (its checkpoints hold its state); a line the
+    failure cut is closed before the next record, which would otherwise be glued to it and lost."""
+    import builtins
+    import errno
+
+    import pytest
+
+    from worldtune.engine.logger import read_metrics
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    log.log("train", 1, loss=1.0)
+    real_open = builtins.open
+
+    class FullFile:  # writes part of the line, then the disk is full
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, text):
+            self.f.write(text[:7])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: FullFile(real_open(*a, **k)))
+    with pytest.warns(UserWarning, match=r"cannot write .*metrics.jsonl: No space left on device; its records are "
+                                         r"missing until a write succeeds; training goes on") as caught:
+        log.log("train", 2, loss=2.0)
+        log.log("train", 3, loss=3.0)
+    assert len(caught) == 1  # told once, not at every step
+    monkeypatch.undo()
+    log.log("train", 4, loss=4.0)
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1.0), (4, 4.0)]
+
+
+def test_tensorboard_that_cannot_write_is_dropped_with_one_warning_and_no_thread_traceback(tmp_path, capfd):
+    """Its folder removed mid-run (or a full disk): TensorBoard's writer thread fails; the run warns
+    once and goes on with metrics.jsonl, without the thread's traceback on the console."""
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("torch.utils.tensorboard")
+    log = RunLogger(tmp_path)
+    log.log("train", 1, loss=1.0)
+    shutil.rmtree(tmp_path / "tensorboard")
+    with pytest.warns(UserWarning, match="cannot write the TensorBoard events in .*TensorBoard logging stops"):
+        for step in range(2, 5):  # the thread's failure surfaces at a later call
+            log.log("train", step, loss=float(step))
+    assert log.writer is None
+    log.log("train", 5, loss=5.0)
+    log.close()
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert "Traceback" not in capfd.readouterr().err

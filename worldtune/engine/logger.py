@@ -3,11 +3,18 @@
 Only the main process logs (`RunLogger(enabled=False)` elsewhere does nothing). Records are plain
 dicts with a `kind`: "train" (every log_interval steps), "epoch" (epoch means) and "val" (COCO
 metrics); `metrics.jsonl` is appended to, so a resumed run continues the same file.
+
+Both files are records, not the run's state (the checkpoints are): a failed write to either (a full
+disk, a folder made read-only) is a warning and training goes on. A full disk then stops the run at
+its next checkpoint, with a message that says what is safe; stopping at a log line instead would
+lose every step since the last checkpoint.
 """
 from __future__ import annotations
 
 import json
 import math
+import threading
+import warnings
 from pathlib import Path
 
 from worldtune.progress import progress_bar
@@ -23,6 +30,7 @@ class RunLogger:
         self.enabled = enabled and out_dir is not None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.writer = None
+        self._jsonl_failed = False  # a write failed: the file may end in a cut line, and it was told
         if self.enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._end_cut_line()
@@ -30,6 +38,7 @@ class RunLogger:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
                     self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge_step)
+                    _quiet_tensorboard_thread()
                 except ImportError:  # tensorboard is optional: metrics.jsonl always has everything
                     self.writer = None
 
@@ -52,13 +61,27 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"kind": kind, "step": int(step), **{k: _plain(v) for k, v in values.items()}}
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            if self._jsonl_failed:
+                self._end_cut_line()
+            with open(self.jsonl_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            if not self._jsonl_failed:
+                warnings.warn(f"cannot write {self.jsonl_path}: {err.strerror or err}; its records are missing "
+                              f"until a write succeeds; training goes on (the checkpoints hold the run's state)")
+            self._jsonl_failed = True
         if self.writer is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step",) and v is not None:
-                    self.writer.add_scalar(f"{kind}/{k}", v, int(step))
-            self.writer.flush()
+            try:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k not in ("step",) and v is not None:
+                        self.writer.add_scalar(f"{kind}/{k}", v, int(step))
+                self.writer.flush()
+            except OSError as err:  # an optional view of metrics.jsonl: given up for the rest of the run
+                warnings.warn(f"cannot write the TensorBoard events in {self.out_dir / 'tensorboard'}: "
+                              f"{err.strerror or err}; TensorBoard logging stops, training goes on "
+                              f"(metrics.jsonl has every record)")
+                self.close()
 
     def progress(self, iterable, total: int, desc: str, initial: int = 0):
         """A tqdm bar on the main process (shows rate and ETA); the bare iterable elsewhere."""
@@ -67,9 +90,29 @@ class RunLogger:
         return progress_bar(iterable, total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:  # its events could not be written: told when that happened
+                pass
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes events in a thread that, on a failed write (a full disk), prints its
+    traceback and ends; the writer raises the same error at the logger's next call, which tells
+    it as one warning. Keep the thread's traceback off the console (once per process)."""
+    previous = threading.excepthook
+    if getattr(previous, "worldtune_quiet_tensorboard", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+
+    hook.worldtune_quiet_tensorboard = True
+    threading.excepthook = hook
 
 
 def _plain(v):
