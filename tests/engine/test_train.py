@@ -160,7 +160,7 @@ def test_non_finite_gradient_stops_before_the_weights_change(tmp_path, monkeypat
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
-def test_a_failed_validation_keeps_the_epoch_and_runs_again_on_resume(tmp_path, monkeypatch):
+def test_a_failed_validation_keeps_the_epoch_and_runs_again_on_resume(tmp_path, monkeypatch, capsys):
     real, calls = T.evaluate_ema, [0]
 
     def out_of_memory_once(*args, **kwargs):
@@ -170,17 +170,132 @@ def test_a_failed_validation_keeps_the_epoch_and_runs_again_on_resume(tmp_path, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(T, "evaluate_ema", out_of_memory_once)
-    cfg = tiny_config(tmp_path, epochs=2, batch_size=3)
+    cfg = tiny_config(tmp_path, epochs=2, batch_size=3, checkpoint_interval=1)
     with pytest.raises(RuntimeError, match="out of memory"):
         T.fit(cfg)
+    # the command line prints the error itself; this line says what is safe and how to go on
+    assert (f"worldtune train: the validation after epoch 1 stopped with the error below; {cfg.out}/last.pt is "
+            f"its latest checkpoint, saved before this validation, which a resume runs again; continue with: "
+            f"worldtune train --resume {cfg.out} --device cpu") in capsys.readouterr().err
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert (saved["epoch"], saved["global_step"], saved["val_pending"]) == (1, 2, True)  # the epoch is kept
+    assert not (Path(cfg.out) / "epoch_1.pt").exists()
     result = T.fit(cfg, resume=cfg.out)
     assert result["status"] == "finished" and calls[0] == 3  # epoch 1's validation first, then epoch 2's
+    # the epoch's snapshot, written after its validation, is not skipped when the resume runs that validation
+    assert ckpt_io.load_checkpoint_file(Path(cfg.out) / "epoch_1.pt")["global_step"] == 2
     val = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
            if '"kind": "val"' in line]
     assert [r["epoch"] for r in val] == [0, 1]
     assert ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")["val_pending"] is False
+
+
+def test_a_best_checkpoint_that_cannot_be_written_stops_the_run_and_the_resume_writes_it(tmp_path, monkeypatch):
+    """A full disk at best.pt: one line with what is safe; the resume repeats that validation (from
+    the last.pt saved before it) and logs it once, and the epoch's snapshot is written after it."""
+    import errno
+
+    from worldtune.engine.logger import read_metrics
+    from worldtune.outputs import OutputWriteError
+
+    real = ckpt_io.save_checkpoint_atomic
+
+    def full_at_best(obj, path, *args, **kwargs):
+        if Path(path).name == "best.pt":
+            raise OutputWriteError(f"cannot write {path}: No space left on device", Path(path),
+                                   OSError(errno.ENOSPC, "No space left on device"))
+        return real(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io, "save_checkpoint_atomic", full_at_best)
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=3, checkpoint_interval=1)
+    run = Path(cfg.out)
+    with pytest.raises(OutputWriteError) as info:
+        T.fit(cfg)
+    assert str(info.value) == (
+        f"cannot write {run}/best.pt: No space left on device; no best.pt was written, and last.pt, saved before "
+        f"this validation, runs it again on resume; free some space on the disk of {run}, then continue with: "
+        f"worldtune train --resume {run} --device cpu")
+    assert sorted(p.name for p in run.glob("*.pt")) == ["last.pt"]
+    monkeypatch.undo()
+    assert T.fit(cfg, resume=run)["status"] == "finished"
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "epoch_1.pt", "last.pt"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records if r["kind"] != "train"] == ["epoch", "val"]  # neither missing nor repeated
+    assert ckpt_io.load_checkpoint_file(run / "best.pt")["best_ap"] == read_metrics(run / "metrics.jsonl")[-1]["AP"]
+
+
+def test_a_checkpoint_write_failure_says_what_is_safe(tmp_path):
+    """The message by file: last.pt (previous one kept, or none yet), an epoch snapshot (last.pt has it)."""
+    import errno
+
+    from worldtune.outputs import OutputWriteError
+
+    def failure(name, code=errno.ENOSPC, cause="No space left on device"):
+        err = OutputWriteError(f"cannot write {tmp_path / name}: {cause}", tmp_path / name, OSError(code, cause))
+        return str(T.checkpoint_write_failure(err, "worldtune train --resume R"))
+
+    assert failure("last.pt") == (f"cannot write {tmp_path}/last.pt: No space left on device; no last.pt was "
+                                  f"written; free some space on the disk of {tmp_path}, then start the run again")
+    (tmp_path / "last.pt").write_bytes(b"x")
+    assert failure("last.pt", errno.EROFS, "Read-only file system") == (
+        f"cannot write {tmp_path}/last.pt: Read-only file system; the previous last.pt is intact; make {tmp_path} "
+        f"writable, then continue with: worldtune train --resume R")
+    assert failure("epoch_4.pt") == (
+        f"cannot write {tmp_path}/epoch_4.pt: No space left on device; {tmp_path}/last.pt holds the same state "
+        f"(copy it to epoch_4.pt); free some space on the disk of {tmp_path}, then continue with: "
+        f"worldtune train --resume R")
+
+
+def test_an_error_in_training_says_where_it_stopped_and_what_resumes(tmp_path):
+    out = tmp_path / "run"
+    state = {"epoch": 2, "step_in_epoch": 7}
+    assert T.stopped_note(out, state, "worldtune train --resume R") == (
+        "worldtune train: training at epoch 3, step 7 stopped with the error below, before any checkpoint was "
+        "written")
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"x")
+    assert T.stopped_note(out, state, "worldtune train --resume R") == (
+        f"worldtune train: training at epoch 3, step 7 stopped with the error below; {out}/last.pt is its latest "
+        f"checkpoint; continue with: worldtune train --resume R")
+
+
+def test_a_plot_that_cannot_be_written_leaves_the_finished_run_finished(tmp_path, monkeypatch, capsys):
+    """The pictures come after the last checkpoint: a full disk there is a warning, not a failed run."""
+    import errno
+
+    from worldtune.engine import logger
+    from worldtune.eval import plots
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logger, "plot_curves", full)
+    monkeypatch.setattr(plots, "plot_eval", full)
+    cfg = tiny_config(tmp_path, epochs=1, batch_size=3)
+    with pytest.warns(UserWarning) as caught:
+        result = T.fit(cfg)
+    assert result["status"] == "finished" and result["best_epoch"] == 0
+    said = [str(w.message) for w in caught if "could not draw" in str(w.message)]
+    assert said == [f"could not draw {cfg.out}/{name} (OSError: [Errno 28] No space left on device); the run "
+                    f"itself is complete" for name in ("curves.png", "last_val.png")]
+    assert (Path(cfg.out) / "best.pt").is_file() and "best AP" in capsys.readouterr().out
+
+
+def test_an_unwritable_run_folder_is_told_before_the_data_is_read(tmp_path, monkeypatch):
+    import errno
+
+    from worldtune import outputs
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(outputs.tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr(T, "build_datasets", lambda *a, **k: pytest.fail("the data was read first"))
+    cfg = tiny_config(tmp_path, epochs=1)
+    with pytest.raises(outputs.OutputWriteError, match=rf"^cannot write run folder {cfg.out}: Read-only file "
+                                                        rf"system \(in {tmp_path}\)$"):
+        T.fit(cfg)
+    assert not Path(cfg.out).exists()
 
 
 def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path, capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -34,10 +35,27 @@ from worldtune.engine.stopping import StopFlag, resume_hint
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema, validation_due
 from worldtune.model.loading import TEXT_PREFIX, build_text_model
+from worldtune.outputs import OutputWriteError, check_writable, remedy
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+def checkpoint_write_failure(err: OutputWriteError, resume_command: str) -> OutputWriteError:
+    """The run's message for a checkpoint it could not write (`err`, from save_checkpoint_atomic):
+    the file and the cause, what is still safe, and how to go on. One line."""
+    path = err.path
+    if path.name == "last.pt" or not (path.parent / "last.pt").is_file():
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+    elif path.name == "best.pt":  # saved in a validation, which the last.pt saved before it repeats on resume
+        kept = (f"{'the previous best.pt is intact' if path.is_file() else 'no best.pt was written'}, and "
+                f"last.pt, saved before this validation, runs it again on resume")
+    else:  # epoch_N.pt, written after last.pt: the same state
+        kept = f"{path.parent / 'last.pt'} holds the same state (copy it to {path.name})"
+    then = (f"continue with: {resume_command}" if (path.parent / "last.pt").is_file()
+            else "start the run again")
+    return OutputWriteError(f"{err}; {kept}; {remedy(err, path.parent)}, then {then}", path, err)
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -152,6 +170,30 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
 
 # ----------------------------------------------------------------------------- the run
 
+def stopped_note(out: Path, state: dict, resume_command: str) -> str:
+    """One line for a run stopped by an error (out of memory, bad data, a failing validation): where
+    it stopped and the checkpoint it goes on from."""
+    if state.get("validating"):
+        where = f"the validation after epoch {state['epoch']}"
+        kept = "its latest checkpoint, saved before this validation, which a resume runs again"
+    else:
+        where = f"training at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}"
+        kept = "its latest checkpoint"
+    last = out / "last.pt"
+    if not last.is_file():
+        return f"worldtune train: {where} stopped with the error below, before any checkpoint was written"
+    return f"worldtune train: {where} stopped with the error below; {last} is {kept}; continue with: {resume_command}"
+
+
+def drawn(plot, *args, **kwargs):
+    """plot(*args, **kwargs), the picture's path or None; a failure is a warning that names the picture."""
+    try:
+        return plot(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - after a finished run, any plotting failure is only a lost picture
+        warnings.warn(f"could not draw {args[1]} ({type(err).__name__}: {err}); the run itself is complete")
+        return None
+
+
 def fit(cfg, resume=None) -> dict:
     """Train `cfg` (a `worldtune.config.Config`) to the end, or continue the run of `resume`.
 
@@ -237,6 +279,8 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     if not dist.all_true(not taken, info.device):
         raise ValueError(f"run folder {out} already holds a run: continue it with --resume {out}, or choose "
                          f"another --out (a new run there would mix its logs and checkpoints with the old one's)")
+    if info.is_main:  # now, not after the data is read and the images cached
+        check_writable(out, "run folder")
     t = cfg.train
     torch.manual_seed(t.seed)
     if info.device.type == "cpu":
@@ -325,9 +369,18 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         apply_schedule(opt, epoch, global_step, iters, sched)
 
     def save(name: str, evaluated=None) -> None:
-        dist.save_on_master(save_checkpoint_atomic,
-                            make_checkpoint(model, ema, optimizer, scaler, state, cfg, evaluated,
-                                            vocabulary=train_set.dataset.class_names), out / name)
+        try:
+            dist.save_on_master(save_checkpoint_atomic,
+                                make_checkpoint(model, ema, optimizer, scaler, state, cfg, evaluated,
+                                                vocabulary=train_set.dataset.class_names), out / name)
+        except OutputWriteError as err:  # a full disk, a folder made read-only or removed
+            raise checkpoint_write_failure(err, resume_command) from err
+
+    def save_epoch_end(epoch: int) -> None:
+        """last.pt after `epoch` (0-based), then its epoch_N.pt when one is due (the same state)."""
+        save("last.pt")
+        if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:
+            save(f"epoch_{epoch + 1}.pt")
 
     def on_step_end(s):
         if t.save_every_steps > 0 and s["global_step"] % t.save_every_steps == 0:
@@ -382,7 +435,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         with stop:
             if state.get("val_pending") and val_loader is not None:  # stopped during that validation
                 validate(state["epoch"] - 1)
-                save("last.pt")
+                save_epoch_end(state["epoch"] - 1)
             for epoch in range(state["epoch"], t.epochs):
                 if not dist.all_true(not stop.requested, info.device):  # Ctrl-C between two epochs' steps
                     raise KeyboardInterrupt
@@ -401,9 +454,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                     state["val_pending"] = True
                     save("last.pt")
                     validate(epoch)
-                save("last.pt")
-                if t.checkpoint_interval > 0 and (epoch + 1) % t.checkpoint_interval == 0:
-                    save(f"epoch_{epoch + 1}.pt")
+                save_epoch_end(epoch)
                 trained = state["global_step"] - start_step  # a resumed first epoch may be a few steps only
                 if epoch + 1 < t.epochs and trained > 0:  # the bars give each epoch's ETA; this the whole run's
                     left = (time.monotonic() - started) / trained * iters * (t.epochs - epoch - 1)
@@ -429,17 +480,29 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         raise NonFiniteLossError(f"{e}. Training stopped; the last good checkpoint "
                                  f"{'is ' + str(good) if good.is_file() else 'was never written'} "
                                  "(try a lower train.lr or check the data)") from None
+    except OutputWriteError:  # a checkpoint not written: its message says what is safe and how to go on
+        logger.close()
+        raise
+    except Exception:
+        logger.close()
+        if info.is_main:  # the error itself follows (the command line prints it); this says what is safe
+            print(stopped_note(out, state, resume_command), file=sys.stderr, flush=True)
+        raise
     logger.close()
     if info.is_main and status == "finished":
-        png = plot_curves(out / "metrics.jsonl", out / "curves.png")
+        # The run is done and its checkpoints are written: a picture that cannot be drawn or written
+        # (a full disk, a plotting problem) is told, not made the run's failure.
+        png = drawn(plot_curves, out / "metrics.jsonl", out / "curves.png")
         say("\n" + summary_table(out / "metrics.jsonl"))
         if png:
             say(f"curves: {png}")
         if last_metrics and last_metrics.get("pr_curves"):  # validated in this process: its PR curves and classes
             from worldtune.eval.plots import plot_eval
 
-            say(f"last validation, PR curves and per-class AP: "
-                f"{plot_eval(last_metrics, out / 'last_val.png', title=f'{out.name}: last validation, EMA weights')}")
+            png = drawn(plot_eval, last_metrics, out / "last_val.png",
+                        title=f"{out.name}: last validation, EMA weights")
+            if png:
+                say(f"last validation, PR curves and per-class AP: {png}")
         if state["best_epoch"] >= 0:
             say(f"best AP {100 * state['best_ap']:.1f} after epoch {state['best_epoch'] + 1} ({out / 'best.pt'})")
     seen, limit = len(train_loader.warnings_seen), train_loader.reporter.limit  # each rank: its own shard's
