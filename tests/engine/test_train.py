@@ -298,6 +298,21 @@ def test_an_unwritable_run_folder_is_told_before_the_data_is_read(tmp_path, monk
     assert not Path(cfg.out).exists()
 
 
+def test_a_config_that_cannot_be_saved_is_named(tmp_path, monkeypatch):
+    import errno
+
+    from worldtune import config
+    from worldtune.outputs import OutputWriteError
+
+    def full(cfg, path):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file named
+
+    monkeypatch.setattr(config, "dump", full)
+    cfg = tiny_config(tmp_path, epochs=1)
+    with pytest.raises(OutputWriteError, match=rf"^cannot write {cfg.out}/config.yaml: No space left on device$"):
+        T.fit(cfg)
+
+
 def test_resuming_an_older_checkpoint_keeps_a_better_best(tmp_path, capsys):
     """Resumed from epoch_1.pt after the run went on: the folder's best.pt (logged AP) is not
     replaced by a worse one just because the older checkpoint remembers a lower best AP."""

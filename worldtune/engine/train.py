@@ -35,7 +35,7 @@ from worldtune.engine.stopping import StopFlag, resume_hint
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema, validation_due
 from worldtune.model.loading import TEXT_PREFIX, build_text_model
-from worldtune.outputs import OutputWriteError, check_writable, remedy
+from worldtune.outputs import OutputWriteError, check_writable, remedy, writing
 
 
 class NonFiniteLossError(RuntimeError):
@@ -318,8 +318,9 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     if train_set.cache_report:
         say(train_set.cache_report)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump(cfg, out / "config.yaml")
+        with writing(out / "config.yaml"):  # a full disk's error names no file
+            out.mkdir(parents=True, exist_ok=True)
+            dump(cfg, out / "config.yaml")
         if ckpt is None and (out / "metrics.jsonl").exists():  # from a start that failed before any checkpoint
             say(f"{out / 'metrics.jsonl'}: the log of an earlier attempt that saved no checkpoint is replaced")
             (out / "metrics.jsonl").unlink()
