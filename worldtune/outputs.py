@@ -1,12 +1,13 @@
 """Writing output files: a failure names the file and its cause in one line.
 
 A failed `write()` (a full disk) raises an OSError that names no file, and a long command writes
-several: `writing(path)` adds the name. `check_writable(folder)` finds an unwritable output place
+several: `writing(path)` adds the name, and `write_text` leaves no cut-short file. `check_writable(folder)` finds an unwritable output place
 before a command does its work, not after.
 """
 from __future__ import annotations
 
 import errno
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,23 @@ def writing(path):
         raise
     except OSError as err:
         raise OutputWriteError(f"cannot write {path}: {reason(err)}", path, err) from err
+
+
+def write_text(path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it and a rename: a failure (a full
+    disk) leaves no cut-short file at `path` and raises an OutputWriteError that names it."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def check_writable(folder, what: str = "folder") -> None:

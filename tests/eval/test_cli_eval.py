@@ -154,6 +154,57 @@ def test_output_paths_are_checked_before_any_work(gt_and_dets, tmp_path, capsys)
         assert message in err and "COCO box metrics" not in err
 
 
+def test_an_output_folder_that_takes_no_file_is_refused_before_any_work(gt_and_dets, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from worldtune import outputs
+
+    def refused(*args, **kwargs):  # a read-only mount: permission bits would not tell (nor for root)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    gt, dets = gt_and_dets
+    monkeypatch.setattr(outputs.tempfile, "TemporaryFile", refused)
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path / "out" / "m.json")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "COCO box metrics" not in err
+    assert f"argument --json: cannot write {tmp_path}/out/m.json: Read-only file system" in err
+
+
+def test_a_full_disk_at_the_end_names_the_file_and_leaves_none_cut_short(gt_and_dets, tmp_path, capsys, monkeypatch):
+    """The metrics are printed; the file that could not be written is named (a failed write() names
+    none: "[Errno 28] No space left on device"), and no empty or partial file is left in its place."""
+    import errno
+    import os
+
+    gt, dets = gt_and_dets
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(out / "m.json")]) == 2
+    captured = capsys.readouterr()
+    assert "COCO box metrics" in captured.out
+    assert captured.err == f"worldtune eval: error: cannot write {out}/m.json: No space left on device\n"
+    assert list(out.iterdir()) == []
+
+
 def test_an_error_the_command_does_not_catch_is_still_one_line(gt_and_dets, tmp_path, capsys, monkeypatch):
     import worldtune.cli.eval as eval_cli
 

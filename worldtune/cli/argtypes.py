@@ -47,12 +47,19 @@ def positive_float(text: str) -> float:
 
 
 def _creatable(path: Path) -> Path:
-    """`path`, unless an existing ancestor of it is a file (then nothing can be created there)."""
+    """`path`, unless an existing ancestor of it is a file (then nothing can be created there) or its
+    nearest existing folder takes no new file (read-only, no permission): told before the work."""
+    from worldtune.outputs import OutputWriteError, check_writable, reason
+
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise argparse.ArgumentTypeError(f"cannot create {path}: {parent} is a file, not a folder")
             break
+    try:
+        check_writable(path if path.is_dir() else path.parent)
+    except OutputWriteError as err:  # e.g. "cannot write out/m.json: Read-only file system"
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {reason(err.__cause__)}") from None
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from worldtune.cli.argtypes import (add_threads_argument, image_size, non_negative_int, output_file, positive_int,
                                     set_threads, text_tower)
 from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
+from worldtune.outputs import write_text, writing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,14 +119,14 @@ def run(args: argparse.Namespace) -> int:
     if metrics.get("dropped_annotations"):
         print(f"note: {metrics['dropped_annotations']} bad annotation(s) left out of the scoring (--on-bad-data skip)")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics_to_json(metrics), indent=2))
+        write_text(args.json, json.dumps(metrics_to_json(metrics), indent=2))  # a failure names the file
         print(f"metrics written to {args.json}")
     if args.plot is not None:
         from worldtune.eval.plots import plot_eval
 
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
         source = args.weights if args.weights is not None else args.detections.name
-        plot_eval(metrics, args.plot, title=f"{source} on {Path(ann).name}")
+        with writing(args.plot):
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
+            plot_eval(metrics, args.plot, title=f"{source} on {Path(ann).name}")
         print(f"plot written to {args.plot}")
     return 0

@@ -23,6 +23,7 @@ from worldtune.cli.drawing import draw_label, write_image
 from worldtune.cli.errors import report, user_errors
 from worldtune.data.coco import MOTION_PHOTO_NOTE, jpeg_cut_short
 from worldtune.data.texts import load_class_texts
+from worldtune.outputs import write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -215,13 +216,13 @@ def run(args: argparse.Namespace) -> int:
             write_image(args.out / name, draw_detections(img, det, texts))
             record = {"image": str(path), "width": img.shape[1], "height": img.shape[0], "annotated": name,
                       "detections": _detections_json(det, texts), **({"cut_short": True} if path in cut_short else {})}
-            (args.out / Path(name).with_suffix(".json")).write_text(json.dumps(record, indent=1))
+            write_text(args.out / Path(name).with_suffix(".json"), json.dumps(record, indent=1))
             results.append(record)
             bar.update(1)
     bar.close()
     summary = {"weights": str(args.weights), "classes": texts, "imgsz": args.imgsz, "score_thr": args.score_thr,
                "iou_thr": args.iou_thr, "max_det": args.max_det, "images": results, "skipped": skipped}
-    (args.out / "predictions.json").write_text(json.dumps(summary, indent=1))
+    write_text(args.out / "predictions.json", json.dumps(summary, indent=1))
     n_det = sum(len(r["detections"]) for r in results)
     print(f"{len(results)} images, {n_det} detections -> {args.out}")
     for s in skipped:

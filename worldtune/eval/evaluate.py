@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from worldtune.eval.coco_eval import coco_evaluate
+from worldtune.outputs import write_text
 
 
 def detections_to_coco(dets: list[dict], image_ids: list[int], cat_ids: list[int]) -> list[dict]:
@@ -131,9 +132,7 @@ def evaluate_model(model, loader, dataset, *, ann: str | Path | dict | None = No
                               skipped)
     seconds = time.perf_counter() - start
     if out_detections is not None:
-        path = Path(out_detections)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dets))
+        write_text(out_detections, json.dumps(dets))
     metrics = score_detections(base, ann, dets, skipped, backend)
     num_images = len(loader.dataset) if hasattr(loader, "dataset") else None
     metrics["seconds"] = round(seconds, 3)
