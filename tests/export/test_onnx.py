@@ -120,6 +120,28 @@ def test_export_is_deterministic(setup, folded, tmp_path):
     assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(path.read_bytes()).digest()
 
 
+def test_a_full_disk_leaves_no_cut_short_model_and_names_the_file(setup, folded, tmp_path, monkeypatch):
+    """Export writes the graph beside `out` and renames it last: an earlier model there stays whole."""
+    import errno
+
+    from worldtune.outputs import OutputWriteError
+
+    model, feats, _ = setup
+    out = tmp_path / "model.onnx"
+    out.write_bytes(folded[0].read_bytes())  # an earlier export
+
+    def full(proto, path, *args, **kwargs):  # the metadata pass rewrites the graph: the disk fills up
+        with open(path, "wb") as f:
+            f.write(b"\x08\x07")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    with pytest.raises(OutputWriteError, match=rf"^cannot write {out}: No space left on device$"):
+        export_onnx(model, TEXTS, out, text_feats=feats, imgsz=IMGSZ, dynamic_batch=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no partial file left
+    assert out.read_bytes() == folded[0].read_bytes()
+
+
 def test_dynamic_vocab_round_trip_with_a_new_vocabulary(setup, tmp_path):
     model, feats, images = setup
     path = tmp_path / "open.onnx"

@@ -22,6 +22,7 @@ We use the TorchScript-based exporter (`dynamo=False`): it needs no `onnxscript`
 import copy
 import importlib.util
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from worldtune.export.nms import DetectorWithNMS
 from worldtune.model.detector import warn_repeated_texts
 from worldtune.model.postprocess import decode_outputs
 from worldtune.model.reparameterize import reparameterize
+from worldtune.outputs import writing
 
 MIN_OPSET = 12  # Einsum (dynamic vocabulary) needs 12; NonMaxSuppression and TopK need 10/11
 DEFAULT_OPSET = 17
@@ -102,6 +104,9 @@ def export_onnx(model: nn.Module, texts: list[str], out: str | Path, *, text_fea
                 max_det: int = 300, simplify: bool = False) -> dict:
     """Write `out` (.onnx) and `<stem>.vocab.json` (plus `<stem>.vocab.npy` with `dynamic_vocab`).
 
+    The graph is written beside `out` and renamed to it last, so a failed export (a full disk) leaves
+    no cut-short model there; the error (an OutputWriteError) names `out`.
+
     Returns:
         the vocab.json content: paths, texts, input/output names and shapes, options.
     """
@@ -130,12 +135,6 @@ def export_onnx(model: nn.Module, texts: list[str], out: str | Path, *, text_fea
             axes[2] = "num_classes"
         if axes:
             dynamic_axes[name] = axes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(module, args, str(out), dynamo=False, opset_version=opset, input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes or None, do_constant_folding=True)
-    if simplify:
-        simplify_onnx(out)
     info = {
         "model": out.name, "vocab_file": out.with_suffix(".vocab.json").name, "texts": list(texts),
         "num_classes": len(texts), "imgsz": imgsz, "batch": batch, "opset": opset,
@@ -144,10 +143,23 @@ def export_onnx(model: nn.Module, texts: list[str], out: str | Path, *, text_fea
         "text_feats_file": out.with_suffix(".vocab.npy").name if dynamic_vocab else None,
         **_io_shapes("batch" if dynamic_batch else batch, imgsz, dynamic_vocab, nms, max_det),
     }
-    _add_metadata(out, info)
-    if dynamic_vocab:
-        np.save(out.with_suffix(".vocab.npy"), feats.numpy().astype(np.float32))
-    out.with_suffix(".vocab.json").write_text(json.dumps(info, indent=2))
+    partial = out.with_name(f".{out.stem}.partial.onnx")
+    try:
+        with writing(out):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+                torch.onnx.export(module, args, str(partial), dynamo=False, opset_version=opset,
+                                  input_names=input_names, output_names=output_names,
+                                  dynamic_axes=dynamic_axes or None, do_constant_folding=True)
+            if simplify:
+                simplify_onnx(partial)
+            _add_metadata(partial, info)
+            if dynamic_vocab:
+                np.save(out.with_suffix(".vocab.npy"), feats.numpy().astype(np.float32))
+            out.with_suffix(".vocab.json").write_text(json.dumps(info, indent=2))
+            os.replace(partial, out)  # last: a model at `out` comes with its vocab files
+    finally:
+        partial.unlink(missing_ok=True)
     return info
 
 
