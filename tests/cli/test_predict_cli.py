@@ -126,6 +126,29 @@ def test_an_annotated_image_that_cannot_be_written_is_an_error(setup, tmp_path, 
     assert "could not write the image " + str(tmp_path / "o") in capsys.readouterr().err
 
 
+def test_a_full_disk_at_the_summary_names_it_and_leaves_no_cut_short_file(setup, tmp_path, monkeypatch, capsys):
+    """A failed write() names no file ("[Errno 28] No space left on device"): the error says which."""
+    import errno
+
+    from worldtune import outputs
+
+    real = outputs.os.replace
+
+    def full_at_the_summary(tmp, path):
+        if str(path).endswith("predictions.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tmp, path)
+
+    monkeypatch.setattr(outputs.os, "replace", full_at_the_summary)
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    out = tmp_path / "o"
+    assert _predict(setup, out, "--classes", "cat") == 2
+    assert f"worldtune predict: error: cannot write {out}/predictions.json: No space left on device" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json" or p.name.startswith(".")) == \
+        ["astronaut.json", "coffee.json"]  # what was written stays; no temporary or partial summary
+
+
 def test_read_vocabulary(tmp_path):
     assert read_vocabulary(" person, red car ,", None) == ["person", "red car"]
     assert read_vocabulary(None, None) is None
