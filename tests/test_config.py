@@ -77,10 +77,24 @@ def test_set_overrides_parse_by_field_type():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(C.ConfigError, match=r"unknown config key 'train\.lrr'.*train\.lr,"):
-        C.merge(C.Config(), C.parse_set(["train.lrr=1"]), "--set")
-    with pytest.raises(C.ConfigError, match="unknown config key 'model'"):
-        C.set_value(C.Config(), "model", 3)
+    with pytest.raises(C.ConfigError, match=r"unknown config key 'learning_rate'; valid keys: .*train\.lr,"):
+        C.merge(C.Config(), C.parse_set(["learning_rate=1"]), "--set")
+
+
+@pytest.mark.parametrize("key,guess", [
+    ("train.lrr", "'train.lr'?"),                    # a typo
+    ("lr", "'train.lr'?"),                           # the section left out
+    ("train.imgsz", "'data.imgsz'?"),                # the wrong section
+    ("data.num_text", "'data.num_texts'?"),
+    ("train.batch-size", "'train.batch_size'?"),     # the flag's spelling
+    ("data.cache", "one of 'data.cache_images', 'data.cache_max_gb', 'data.cache_dir'?"),
+    ("model", "one of 'model.variant', 'model.text_model', 'model.weights'?"),  # a section
+])
+def test_a_mistyped_key_names_the_keys_it_is_close_to(key, guess):
+    with pytest.raises(C.ConfigError) as info:
+        C.merge(C.Config(), C.parse_set([f"{key}=1"]), "--set")
+    assert str(info.value) == (f"--set: unknown config key {key!r}; did you mean {guess} "
+                               "(`worldtune train --print-config` lists every key)")
 
 
 @pytest.mark.parametrize("item,match", [

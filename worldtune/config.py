@@ -8,6 +8,7 @@ them; the CLI applies `--set section.key=value` last. Order: defaults -> recipe 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import typing
@@ -188,8 +189,26 @@ def absolute_paths(cfg: Config) -> Config:
     return cfg
 
 
+def close_keys(key: str, keys: list[str]) -> list[str]:
+    """The valid keys a mistyped `key` most likely meant: the same name in another section ('lr',
+    'train.imgsz' -> 'data.imgsz'), else the names of its section that contain it ('data.mixup' ->
+    'data.mixup_prob'), else the nearest spellings ('train.lrr' -> 'train.lr'); for a section name,
+    its keys. Empty: no guess."""
+    key = key.replace("-", "_")  # a flag's spelling: train.batch-size
+    section, _, name = key.rpartition(".")
+    same_name = [k for k in keys if k.rpartition(".")[2] == name]
+    if same_name:
+        return same_name
+    if any(k.startswith(key + ".") for k in keys):  # a section: 'model' -> its keys
+        return [k for k in keys if k.startswith(key + ".")]
+    in_section = [k for k in keys if not section or k.startswith(section + ".")]
+    containing = [k for k in in_section if len(name) >= 3 and name in k.rpartition(".")[2]]
+    return containing or difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
+
+
 def set_value(cfg: Config, key: str, value) -> None:
-    """Set a dotted key with type checking; an unknown key lists the valid ones."""
+    """Set a dotted key with type checking; an unknown key names the keys it is closest to, or
+    lists the valid ones."""
     parts = key.split(".")
     target = cfg
     for p in parts[:-1]:
@@ -201,6 +220,12 @@ def set_value(cfg: Config, key: str, value) -> None:
     name = parts[-1]
     if target is None or not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)} \
             or dataclasses.is_dataclass(getattr(target, name)):
+        close = close_keys(key, valid_keys(cfg))
+        if close:
+            shown = ", ".join(map(repr, close[:5])) + (", ..." if len(close) > 5 else "")
+            guess = repr(close[0]) if len(close) == 1 else f"one of {shown}"
+            raise ConfigError(f"unknown config key {key!r}; did you mean {guess}? "
+                              "(`worldtune train --print-config` lists every key)")
         raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
     hint = typing.get_type_hints(type(target))[name]
     setattr(target, name, _coerce(value, hint, key))

@@ -73,7 +73,7 @@ def test_out_from_config_or_set_is_the_run_folder(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv,message", [
     (["--weights", "none"], "data.train_ann is not set"),
-    (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid keys:"),
+    (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
     (["--set", "train.epochs=many"], "train.epochs: expected int"),
     (["--data-root", "/nonexistent/coco"], "--data-root /nonexistent/coco: no such folder"),
     (["--recipe", "v7-z"], "unknown recipe 'v7-z'"),
