@@ -76,6 +76,9 @@ def test_out_from_config_or_set_is_the_run_folder(tmp_path, monkeypatch):
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
     (["--set", "train.epochs=many"], "train.epochs: expected int"),
     (["--data-root", "/nonexistent/coco"], "--data-root /nonexistent/coco: no such folder"),
+    (["--data-root", ".", "--train-ann", "a.json", "--val-images", "v"],
+     "give either --data-root (the COCO 2017 layout) or --train-ann, --train-images, --val-ann and --val-images, "
+     "not both (--train-ann, --val-images with --data-root)"),
     (["--recipe", "v7-z"], "unknown recipe 'v7-z'"),
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
     (["--imgsz", "100", "--weights", "none"], "data.imgsz must be a positive multiple of 32"),

@@ -125,6 +125,13 @@ def build_config(args):
     if args.config:
         merge(cfg, overrides, args.config)
     if args.data_root:
+        # --train-ann beside --data-root once replaced the root's file without a word, mixing two data sets
+        mixed = [f"--{flag.replace('_', '-')}" for flag in ("train_ann", "train_images", "val_ann", "val_images")
+                 if getattr(args, flag) is not None]
+        if mixed:
+            raise ConfigError(f"give either --data-root (the COCO 2017 layout) or --train-ann, --train-images, "
+                              f"--val-ann and --val-images, not both ({', '.join(mixed)} with --data-root); to "
+                              "replace one path of a data root, use --set, e.g. --set data.train_ann=FILE")
         root = Path(args.data_root)
         if not root.is_dir():
             raise ConfigError(f"--data-root {root}: no such folder")
