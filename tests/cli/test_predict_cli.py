@@ -175,6 +175,15 @@ def test_read_vocabulary(tmp_path):
     assert read_vocabulary(None, txt) == ["person", "car"]
 
 
+def test_a_class_text_file_in_the_wrong_format_is_one_line_before_any_model_loads(tmp_path, capsys):
+    texts = tmp_path / "classes.txt"  # JSON, but read as one text per line it would be one class
+    texts.write_text('[["person"], ["red car"]]')
+    assert main(["predict", str(tmp_path), "--weights", str(tmp_path / "nope.pt"), "--class-texts", str(texts)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"worldtune predict: error: class-text file {texts} holds a JSON list")
+    assert err.rstrip().endswith("rename it to .json") and err.count("\n") == 1
+
+
 def test_inputs_and_output_names(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

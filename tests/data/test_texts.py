@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -148,3 +149,44 @@ def test_the_order_check_stays_fast_for_a_large_vocabulary():
     start = time.perf_counter()
     assert load_class_texts(texts, names) == texts
     assert time.perf_counter() - start < 1.0
+
+
+def test_a_class_text_file_in_the_wrong_format_says_what_the_formats_are(tmp_path):
+    # JSON in a file not named .json would be read as one class named '[["red"], ...'
+    misnamed = tmp_path / "texts.txt"
+    misnamed.write_text('[["red"], ["green"]]\n')
+    for names in (["red", "green"], None):  # training and evaluation; predict and export
+        with pytest.raises(DataError, match=r"texts.txt holds a JSON list, but only a file named \.json is read "
+                                            r"as JSON .*: rename it to \.json"):
+            load_class_texts(misnamed, names)
+    lines = tmp_path / "lines.json"  # one text per line, named .json
+    lines.write_text("red\ngreen\n")
+    with pytest.raises(DataError, match=r"lines.json: malformed JSON \(.*\); a \.json class-text file holds a list "
+                                        r"of synonym lists, e.g. \[\[\"person\"\], \[\"bicycle\", \"bike\"\]\] "
+                                        r"\(a file of another suffix, e.g. \.txt, holds one text per line\)"):
+        load_class_texts(lines, ["red", "green"])
+    mapping = tmp_path / "ids.json"  # {category id: name}
+    mapping.write_text('{"1": "red", "3": "green"}')
+    with pytest.raises(DataError, match=r"ids.json: expected a JSON list of synonym lists, e.g. \[\[.*, got dict"):
+        load_class_texts(mapping, ["red", "green"])
+    # a text line starting with '[' that is no JSON list is an ordinary class text
+    bracket = tmp_path / "bracket.txt"
+    bracket.write_text("[unused]\nred\n")
+    assert load_class_texts(bracket, None) == [["[unused]"], ["red"]]
+
+
+def test_comma_separated_classes_in_a_text_file_are_pointed_out(tmp_path):
+    csv = tmp_path / "classes.txt"
+    csv.write_text("red,green\n")
+    with pytest.raises(DataError, match=r"classes.txt has 1 entries but the annotation file has 2 categories "
+                                        r"\(.*read as one text per line, and 'red,green' holds commas: put each "
+                                        r"class on a line of its own\)"):
+        load_class_texts(csv, ["red", "green"])
+    with pytest.warns(UserWarning, match=r"classes.txt: every line holds a comma \('red,green'\), but each line "
+                                         r"is one class text"):
+        assert load_class_texts(csv, None) == [["red,green"]]  # a vocabulary: still read as written
+    some = tmp_path / "some.txt"  # a comma inside one of several texts is no sign of a wrong format
+    some.write_text("red car, parked\nperson\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_class_texts(some, None) == [["red car, parked"], ["person"]]

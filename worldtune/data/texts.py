@@ -5,9 +5,12 @@ order. Training draws a random synonym per class, evaluation takes the first. A 
 .json holds one text per line (no synonyms; lines whose first non-blank character is # are skipped).
 """
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+EXAMPLE = '[["person"], ["bicycle", "bike"]]'  # the official format, shown in messages
 
 
 def load_class_texts(source, category_names: list | None, ann_file=None, check_order: bool = True) -> list:
@@ -29,7 +32,7 @@ def load_class_texts(source, category_names: list | None, ann_file=None, check_o
 
     if source is None:
         return [[str(n)] for n in category_names]
-    where = "class_texts"
+    where, comma_lines = "class_texts", []
     if isinstance(source, (str, Path)):
         where = str(source)
         if not Path(source).is_file():
@@ -40,14 +43,17 @@ def load_class_texts(source, category_names: list | None, ann_file=None, check_o
         except UnicodeDecodeError as e:
             raise DataError(f"class-text file {where}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
         if Path(source).suffix.lower() != ".json":  # one class per line
-            source = [line.strip() for line in raw.splitlines() if line.strip() and not line.strip().startswith("#")]
+            source = _text_lines(raw, where)
+            comma_lines = [line for line in source if "," in line]
         else:
             try:
                 source = json.loads(raw)
             except json.JSONDecodeError as e:
-                raise DataError(f"class-text file {where}: malformed JSON ({e})") from None
+                raise DataError(f"class-text file {where}: malformed JSON ({e}); a .json class-text file holds "
+                                f"a list of synonym lists, e.g. {EXAMPLE} (a file of another suffix, e.g. .txt, "
+                                "holds one text per line)") from None
     if not isinstance(source, list):
-        raise DataError(f"{where}: expected a JSON list of synonym lists, got {type(source).__name__}")
+        raise DataError(f"{where}: expected a JSON list of synonym lists, e.g. {EXAMPLE}, got {type(source).__name__}")
     texts = []
     for i, entry in enumerate(source):
         if isinstance(entry, str):
@@ -61,11 +67,32 @@ def load_class_texts(source, category_names: list | None, ann_file=None, check_o
         rows = [f"  {i}: category {category_names[i] if i < len(category_names) else '<none>'!r}"
                 f" <-> texts {texts[i] if i < len(texts) else '<none>'}" for i in range(n)
                 if i >= len(texts) or i >= len(category_names)]
+        hint = f" ({where} is read as one text per line, and {comma_lines[0]!r} holds commas: put each " \
+            "class on a line of its own)" if comma_lines else ""
         raise DataError(f"{where} has {len(texts)} entries but the annotation file has {len(category_names)}"
-                        f" categories; unmatched:\n" + "\n".join(rows[:20]))
+                        f" categories{hint}; unmatched:\n" + "\n".join(rows[:20]))
+    if category_names is None and comma_lines and len(comma_lines) == len(texts):
+        warnings.warn(f"{where}: every line holds a comma ({comma_lines[0]!r}), but each line is one class text: "
+                      "put each class on a line of its own (synonyms need a .json list of lists)", stacklevel=2)
     if category_names is not None and check_order:
         _check_order(texts, category_names, where, ann_file or "the annotation file")
     return texts
+
+
+def _text_lines(raw: str, where: str) -> list[str]:
+    """The texts of a class-text file not named .json: its non-blank lines, without # comments.
+    Refuses a file that holds a JSON list: read line by line it would be one class named '[[...'."""
+    from worldtune.data.coco import DataError  # local: coco imports this module
+
+    if raw.lstrip().startswith("["):
+        try:
+            is_json_list = isinstance(json.loads(raw), list)
+        except json.JSONDecodeError:
+            is_json_list = False
+        if is_json_list:
+            raise DataError(f"class-text file {where} holds a JSON list, but only a file named .json is read as "
+                            "JSON (another suffix means one text per line): rename it to .json")
+    return [line.strip() for line in raw.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 def _check_order(texts: list, category_names: list, where: str, ann_file) -> None:
