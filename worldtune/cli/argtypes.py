@@ -77,6 +77,10 @@ def output_folder(text: str) -> Path:
     return _creatable(Path(text))
 
 
+# --device in every command that runs the model (engine.dist.resolve_device reads it)
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
+
+
 def add_threads_argument(parser) -> None:
     """--threads: torch's CPU threads for this command (`set_threads`)."""
     parser.add_argument("--threads", type=non_negative_int, default=0,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from worldtune.cli.argtypes import (add_threads_argument, image_size, non_negative_int, positive_float, positive_int,
+from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, non_negative_int, positive_float, positive_int,
                                     set_threads)
 from worldtune.cli.errors import report
 
@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW lr (the COCO recipes use 2e-4 from "
                                                                "pre-trained weights; random weights need more)")
     parser.add_argument("--num-train", type=positive_int, default=48, help="training images to generate")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data set, the weights and the sampling")
     add_threads_argument(parser)

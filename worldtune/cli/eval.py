@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import (add_threads_argument, image_size, non_negative_int, output_file, positive_int,
+from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, non_negative_int, output_file, positive_int,
                                     set_threads, text_tower)
 from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
 from worldtune.outputs import write_text, writing
@@ -20,12 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--detections", type=Path, help="COCO results JSON [{image_id, category_id, bbox, score}]")
     src.add_argument("--weights", help="checkpoint path or zoo name (see `worldtune zoo`)")
     data = parser.add_argument_group("ground truth and images")
-    data.add_argument("--ann", type=Path, help="COCO instances JSON")
-    data.add_argument("--images", type=Path, help="image folder (with --weights)")
+    data.add_argument("--ann", type=Path, help="COCO instances JSON (with --data-root: used instead of its "
+                                               "annotations/instances_val2017.json)")
+    data.add_argument("--images", type=Path, help="image folder, with --weights (with --data-root: used instead of "
+                                                  "its val2017/)")
     data.add_argument("--data-root", type=Path,
                       help="COCO folder: annotations/instances_val2017.json and val2017/")
     data.add_argument("--class-texts", type=Path,
-                      help="JSON list of synonym lists, or a text file of one text per line; one per category")
+                      help="JSON list of synonym lists, or a text file (not .json) of one text per line; one per "
+                           "category in id order (default: the category names)")
     data.add_argument("--on-bad-data", choices=("error", "skip"), default="error",
                       help="skip: drop bad annotations, and leave unreadable images (with their objects) out "
                            "of the scoring, reporting them; error: stop at the first problem, naming it")
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="network input size (default: the checkpoint's training size, else 640)")
     model.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     model.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes")
-    model.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    model.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_threads_argument(model)
     model.add_argument("--allow-hash-mismatch", action="store_true",
                        help="accept a zoo file whose SHA-256 disagrees with its name")
@@ -68,7 +71,7 @@ def _score_model(args, ann: Path, images: Path) -> dict:
 
     if images is None:
         raise ValueError("--weights needs --images DIR (or --data-root)")
-    device = resolve_device(args.device or "auto")
+    device = resolve_device(args.device)
     dataset = CocoDetection(ann, images, class_texts=args.class_texts, on_bad_data=args.on_bad_data)
     warn_image_file_problems(dataset, "the evaluation")  # said before the model loads, not when met
     model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,

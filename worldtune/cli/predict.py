@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import (add_threads_argument, image_size, output_folder, positive_int, probability,
+from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, output_folder, positive_int, probability,
                                     set_threads, text_tower)
 from worldtune.cli.drawing import draw_label, write_image
 from worldtune.cli.errors import report, user_errors
@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep detections above this score (the official 0.001 is for AP evaluation)")
     parser.add_argument("--iou-thr", type=probability, default=0.7, help="class-aware NMS IoU threshold")
     parser.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (cuda when available)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_threads_argument(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
 

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import add_threads_argument, non_negative_int, positive_int, set_threads
+from worldtune.cli.argtypes import DEVICE_HELP, add_threads_argument, non_negative_int, positive_int, set_threads
 from worldtune.config import (RECIPE_ALIASES, Config, ConfigError, absolute_paths, load_recipe, load_yaml, merge,
                               parse_set, recipe_path, set_value, to_yaml, validate)
 
@@ -40,7 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=positive_int, help="training epochs (recipe: 80, SGD 40)")
     parser.add_argument("--batch-size", type=positive_int, help="images per GPU/process (recipe: 16)")
     parser.add_argument("--imgsz", type=int, help="training and validation size (recipe: 640)")
-    parser.add_argument("--device", help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", help=f"{DEVICE_HELP} (default: auto)")
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process (recipe: 8)")
     add_threads_argument(parser)
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
