@@ -184,6 +184,24 @@ def test_a_class_text_file_in_the_wrong_format_is_one_line_before_any_model_load
     assert err.rstrip().endswith("rename it to .json") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["predict", "export"])
+@pytest.mark.parametrize("weights, why", [
+    ("v2-s-coco", "--weights v2-s-coco is an official checkpoint, which holds no class texts"),
+    ("none", "--weights none (random weights) brings no class texts"),
+])
+def test_forgetting_the_classes_is_told_before_any_download(command, weights, why, tmp_path, monkeypatch, capsys):
+    import worldtune.zoo
+
+    def download(*args, **kwargs):
+        raise AssertionError("the checkpoint was fetched before the missing vocabulary was told")
+
+    monkeypatch.setattr(worldtune.zoo, "resolve_weights", download)
+    where = [str(tmp_path)] if command == "predict" else ["--out", str(tmp_path / "m.onnx")]
+    assert main([command, *where, "--weights", weights, "--variant", "n", "--text-model", "random"]) == 2
+    assert capsys.readouterr().err == (f"worldtune {command}: error: no vocabulary: {why}; give --classes "
+                                       "'person,car' or --class-texts FILE\n")
+
+
 def test_inputs_and_output_names(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
 from worldtune.cli.errors import report, user_errors
-from worldtune.cli.predict import add_vocabulary_arguments, read_vocabulary
+from worldtune.cli.predict import add_vocabulary_arguments, check_weights_bring_texts, read_vocabulary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,13 +79,15 @@ def run(args: argparse.Namespace) -> int:
         args.simplify = False
     try:
         texts = read_vocabulary(args.classes, args.class_texts)
+        feats_note = " (the class names are still needed with --text-feats: they label the outputs)"
+        if texts is None:
+            check_weights_bring_texts(args.weights, feats_note if args.text_feats else "")
         model = load_model(args.weights, variant=args.variant, text_model=text_model, device="cpu")
         if texts is None:
             texts = list(model.vocabulary)
         if not texts:
             raise ValueError("empty vocabulary: give --classes 'person,car' or --class-texts FILE"
-                             + (" (the class names are still needed with --text-feats: they label the outputs)"
-                                if args.text_feats else ""))
+                             + (feats_note if args.text_feats else ""))
         args.imgsz = args.imgsz or model.trained_imgsz or 640
         text_feats = _load_text_feats(args.text_feats, texts, model.vocab_feats.shape[1])
         if text_feats is None and model.text_model is None:

@@ -67,6 +67,27 @@ def read_vocabulary(classes: str | None, class_texts: Path | None) -> list[str] 
     return texts
 
 
+def check_weights_bring_texts(weights: str, note: str = "") -> None:
+    """Without --classes or --class-texts only a worldtune run's checkpoint gives the vocabulary:
+    refuse random weights and zoo names (official checkpoints hold no class texts) before loading,
+    which for a zoo name can mean a download of hundreds of MB. `note` ends the message.
+
+    Raises:
+        ValueError naming --weights and the options that give a vocabulary.
+    """
+    from worldtune import zoo
+
+    if Path(weights).expanduser().exists():
+        return  # a file: a run's checkpoint brings its class texts; an official .pth is told after loading
+    if weights.lower() == "none":
+        why = "--weights none (random weights) brings no class texts"
+    elif weights in zoo.names():
+        why = f"--weights {weights} is an official checkpoint, which holds no class texts"
+    else:
+        return
+    raise ValueError(f"no vocabulary: {why}; give --classes 'person,car' or --class-texts FILE{note}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     parser.add_argument("--weights", required=True,
@@ -173,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         texts = read_vocabulary(args.classes, args.class_texts)
+        if texts is None:
+            check_weights_bring_texts(args.weights)
         paths, skipped = expand_inputs(args.inputs)
         device = resolve_device(args.device)  # engine.dist: auto / cpu / cuda[:N]
         model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device)
