@@ -138,6 +138,18 @@ def test_unknown_and_unreleased_names():
         zoo.resolve_weights("v2-l-efficient-neck-coco", download=no_download)
 
 
+@pytest.mark.parametrize("name, guess", [
+    ("v2-l", "did you mean v2-l-coco or v2-l-pretrain or v2-l-sgd-coco? "),  # the recipe alias, not a file
+    ("v2-s-cooc", "did you mean v2-s-coco? "),
+    ("v2-m-pretrained", "did you mean v2-m-pretrain? "),
+    ("model.pth", ""),                                      # a missing file: no guess
+])
+def test_an_unknown_name_names_the_close_aliases(name, guess):
+    with pytest.raises(zoo.UnknownWeightsError) as info:
+        zoo.resolve_weights(name, download=no_download)
+    assert str(info.value).startswith(f"{name}: no such file, and not a zoo name; {guess}Zoo aliases: v2-l-coco, ")
+
+
 def test_zoo_cli_marks_cached_files(hub_cache, capsys):
     put_in_cache(hub_cache, zoo.PRETRAINED["v2-s-pretrain"], b"not checked by the listing")
     assert main(["zoo"]) == 0

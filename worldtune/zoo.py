@@ -12,6 +12,7 @@ still usable: download it yourself and pass its local path.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -189,7 +190,11 @@ def resolve_weights(name_or_path: str | Path, *, allow_hash_mismatch: bool = Fal
             if key in (e.alias, e.recipe) and e.finetuned is None:
                 raise WeightsNotAvailableError(f"{key}: {e.note}. Its pre-trained start is {e.pretrained}.")
         aliases = sorted(n for n in table if not n.endswith(".pth") and not n.startswith("yolo_world"))
-        raise UnknownWeightsError(f"{key}: no such file, and not a zoo name. Zoo aliases: {', '.join(aliases)} "
+        # a recipe alias (v2-l) names two files: the fine-tuned one (v2-l-coco) and its start (v2-l-pretrain)
+        close = ([a for a in aliases if a.startswith(key + "-")]
+                 or difflib.get_close_matches(key, aliases, n=2, cutoff=0.88))
+        guess = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UnknownWeightsError(f"{key}: no such file, and not a zoo name; {guess}Zoo aliases: {', '.join(aliases)} "
                                   f"(`worldtune zoo` lists the files).")
     filename = table[key]
     found = cached_path(filename)
