@@ -135,6 +135,18 @@ def test_missing_image_folder_is_named_once(tiny_coco, tmp_path, policy):
         CocoDetection(tiny_coco["ann_file"], tmp_path / "val2017", on_bad_data=policy)
 
 
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_an_image_folder_holding_none_of_the_images_is_named(tiny_coco, tmp_path, policy):
+    # the wrong folder exists (e.g. the val folder given for train): its first image was named, with a
+    # hint to skip it, which would have dropped every image
+    with pytest.raises(DataError, match=rf"image folder {tmp_path} holds none of the 8 images of "
+                                        rf".*annotations.json \(e.g. .*img_000.jpg does not exist\): is it the right"):
+        CocoDetection(tiny_coco["ann_file"], tmp_path, on_bad_data=policy)
+    (tmp_path / "img_004.jpg").write_bytes(Path(tiny_coco["image_dir"], "img_004.jpg").read_bytes())
+    with pytest.raises(DataError, match=r"image id 1000: file .*img_000.jpg does not exist \(--on-bad-data skip"):
+        CocoDetection(tiny_coco["ann_file"], tmp_path, on_bad_data="error")  # one image there: the usual report
+
+
 def test_skip_policy_counts(tiny_coco, tmp_path):
     def edit(d):
         d["annotations"][0]["category_id"] = 99

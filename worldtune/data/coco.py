@@ -360,7 +360,7 @@ class CocoDetection:
                 continue
             anns_by_image[int(ann["image_id"])].append(ann)
 
-        self.image_ids, entries, small = [], [], 0
+        self.image_ids, entries, small, folder_checked = [], [], 0, False
         for image_id, img in images.items():
             if min(int(img["width"]), int(img["height"])) < min_size:
                 small += 1
@@ -371,6 +371,13 @@ class CocoDetection:
                 if os.path.isfile(self.image_dir / posix):
                     img = dict(img, file_name=posix)
                     path = self.image_dir / posix
+            if not os.path.isfile(path) and not folder_checked:  # once: the search reads every name
+                folder_checked = True
+                if not any(os.path.isfile(self.image_dir / im["file_name"].replace("\\", "/"))
+                           for im in images.values()):
+                    # a wrong folder: naming its first image and offering 'skip', which would drop all, misleads
+                    raise DataError(f"image folder {self.image_dir} holds none of the {len(images)} images of "
+                                    f"{self.ann_file} (e.g. {path} does not exist): is it the right folder?")
             if not os.path.isfile(path):
                 self._bad("missing image", f"{self.ann_file}: image id {image_id}: file {path} "
                           + ("is a folder, not an image" if os.path.isdir(path) else "does not exist"))
