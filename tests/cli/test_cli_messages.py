@@ -157,3 +157,21 @@ def test_a_reader_that_leaves_early_is_no_error():
     proc.stdout.close()  # gone before the interpreter has even started
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--lr", "1e-4"], "worldtune train: error: unrecognized arguments: --lr 1e-4 "
+                                "(did you mean --set train.lr=... for --lr?)"),
+    (["train", "--batchsize", "4"], "worldtune train: error: unrecognized arguments: --batchsize 4 "
+                                    "(did you mean --batch-size for --batchsize?)"),
+    (["predict", "x.jpg", "--weights", "none", "--clases", "cat"],
+     "worldtune predict: error: unrecognized arguments: --clases cat (did you mean --classes for --clases?)"),
+    (["zoo", "--xyzzy"], "worldtune zoo: error: unrecognized arguments: --xyzzy"),
+])
+def test_an_unknown_option_is_told_by_its_command_with_the_nearest_one(argv, said, capsys):
+    """Not the top-level parser's 'worldtune: error:' and usage line, which name no command's options."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == said and err.startswith(f"usage: worldtune {argv[0]} ")

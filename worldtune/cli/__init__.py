@@ -72,9 +72,34 @@ def warning_printer(main_pid: int):
     return show
 
 
+def unknown_option_hint(command: str, options: list[str], unknown: list[str]) -> str:
+    """' (did you mean ...?)' for mistyped options of `command`: the nearest of its `options`, and for
+    `train` a config key `--set` takes (--lr -> --set train.lr=...). Empty when nothing is close."""
+    import difflib
+
+    guesses = []
+    for item in unknown:
+        if not item.startswith("--"):
+            continue
+        flag = item.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.75)
+        if not close and command == "train":
+            from worldtune.config import close_keys, valid_keys
+
+            close = [f"--set {key}=..." for key in close_keys(flag[2:].replace("-", "_"), valid_keys())[:1]]
+        guesses += [f"{g} for {flag}" for g in close]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, with its usage line and a guess, not by the top-level one
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        command = sub.choices.get(args.command, parser)
+        options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}"
+                      + unknown_option_hint(args.command, options, unknown))
     if args.command is None:
         parser.print_help()
         return 0
