@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, non_negative_int, positive_float, positive_int,
-                                    set_threads)
+from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, non_negative_int, positive_float,
+                                    positive_int, set_threads)
 from worldtune.cli.errors import report
 
 

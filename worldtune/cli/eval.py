@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, non_negative_int, output_file, positive_int,
-                                    set_threads, text_tower)
+from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, non_negative_int, output_file,
+                                    positive_int, set_threads, text_tower)
 from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
 from worldtune.outputs import write_text, writing
 

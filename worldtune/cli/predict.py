@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, output_folder, positive_int, probability,
-                                    set_threads, text_tower)
+from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, output_folder, positive_int,
+                                    probability, set_threads, text_tower)
 from worldtune.cli.drawing import draw_label, write_image
 from worldtune.cli.errors import report, user_errors
 from worldtune.data.coco import MOTION_PHOTO_NOTE, jpeg_cut_short

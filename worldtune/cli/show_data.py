@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=output_file, default="show_data.png", help="output picture (.png or .jpg)")
     parser.add_argument("--num", type=positive_int, default=8, help="number of samples")
     parser.add_argument("--cols", type=positive_int, default=4, help="tiles per row")
-    parser.add_argument("--epoch", type=int, default=0, help="epoch, counted from 0 as in metrics.jsonl (stage 2 from --close-mosaic-epoch on)")
+    parser.add_argument("--epoch", type=int, default=0,
+                        help="epoch, counted from 0 as in metrics.jsonl (stage 2 from --close-mosaic-epoch on)")
     parser.add_argument("--close-mosaic-epoch", type=int, default=70,
                         help="first epoch of stage 2 (no mosaic), counted from 0; the recipes' 80 - 10")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the augmentations and of the samples shown")
