@@ -29,7 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-train", type=positive_int, default=48, help="training images to generate")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data set, the weights and the sampling")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the data set, the weights and the sampling")
     add_threads_argument(parser)
 
 

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="epoch, counted from 0 as in metrics.jsonl (stage 2 from --close-mosaic-epoch on)")
     parser.add_argument("--close-mosaic-epoch", type=int, default=70,
                         help="first epoch of stage 2 (no mosaic), counted from 0; the recipes' 80 - 10")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the augmentations and of the samples shown")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the augmentations and of the samples shown")
     parser.add_argument("--imgsz", type=image_size, default=640, help="training image size (multiple of 32)")
     parser.add_argument("--no-mask-refine", action="store_true",
                         help="boxes only, no copy-paste, as the SGD recipe (which also uses --affine-scale 0.1 1.9 "
