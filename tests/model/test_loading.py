@@ -1,4 +1,5 @@
 """Building ready-to-use models from checkpoints: variant recognition, official layout, mismatches."""
+import numpy as np
 import pytest
 import torch
 
@@ -295,3 +296,42 @@ def test_a_tower_from_a_half_precision_folder_config_is_float32(tiny_text_folder
     tower.load_state_dict(trained.state_dict())
     texts = ["person", "a red square", ""]
     assert torch.equal(tower.encode(texts, per_string=True), trained.encode(texts, per_string=True))
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory, tiny_text_folder):
+    """A worldtune run checkpoint (config, class texts, text tower) and its slim file."""
+    from worldtune.cli.slim import slim_checkpoint
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    torch.manual_seed(0)
+    model = build_model("n", CLIPTextEncoder.from_pretrained(str(tiny_text_folder)), num_classes=2).eval()
+    folder = tmp_path_factory.mktemp("run")
+    torch.save({"format": "worldtune-train-1", "ema": model.state_dict(), "vocabulary": ["cat", "dog"],
+                "config": {"model": {"variant": "n", "text_model": str(tiny_text_folder)}, "data": {"imgsz": 64}},
+                "text_tower": {"num_heads": 1}}, folder / "best.pt")
+    slim_checkpoint(folder / "best.pt", folder / "model.safetensors")
+    return folder / "best.pt", folder / "model.safetensors"
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["checkpoint", "slim"])
+def test_a_run_file_loaded_without_text_tower_keeps_its_vocabulary(run_files, tiny_text_folder, which):
+    """README: a model loaded from a run comes with the run's class texts as its vocabulary; with
+    text_model=None too (they were dropped), where predicting says how to give their embeddings."""
+    from worldtune.model.detector import YOLOWorld
+    from worldtune.model.postprocess import PostprocessConfig
+
+    path = run_files[which]
+    model = YOLOWorld.from_pretrained(path, text_model=None)
+    assert model.text_model is None and model.vocabulary == ["cat", "dog"]
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    with pytest.raises(RuntimeError, match=r"vocabulary \['cat', 'dog'\] has no text embedding.*"
+                                           r"model.set_vocabulary\(model.vocabulary, text_feats\)"):
+        model.predict(image)
+    with_tower = YOLOWorld.from_pretrained(path, text_model=str(tiny_text_folder))
+    assert with_tower.vocabulary == ["cat", "dog"]
+    model.set_vocabulary(model.vocabulary, with_tower.text_model.encode_vocabulary(["cat", "dog"]))
+    cfg = PostprocessConfig(score_thr=0.0, max_per_img=20)
+    (expected,), (actual,) = with_tower.predict(image, cfg=cfg), model.predict(image, cfg=cfg)
+    assert actual["names"] == expected["names"] and len(actual["names"]) == 20
+    torch.testing.assert_close(actual["scores"], expected["scores"])

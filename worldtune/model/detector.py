@@ -71,15 +71,27 @@ class YOLOWorld(nn.Module):
         self.vocabulary = list(texts)
         self.vocab_feats = text_feats.detach().to(self.vocab_feats.device, self.vocab_feats.dtype)
 
+    def vocabulary_feats(self) -> Tensor:
+        """(K, 512) embeddings of `vocabulary`. A checkpoint's vocabulary comes as names only: it is
+        encoded here at first use, with the text tower (a one-line error for a model without one)."""
+        if self.vocab_feats.numel() == 0 and self.vocabulary:
+            if self.text_model is None:
+                shown = ", ".join(repr(t) for t in self.vocabulary[:3]) + (", ..." if len(self.vocabulary) > 3 else "")
+                raise RuntimeError(
+                    f"the vocabulary [{shown}] has no text embeddings, and this model has no text tower to compute "
+                    "them (loaded with text_model=None): load it with one (text_model='openai/clip-vit-base-patch32' "
+                    "or a local CLIP folder), or pass them: model.set_vocabulary(model.vocabulary, text_feats) "
+                    "with (K, 512) L2-normalised rows")
+            self.set_vocabulary(self.vocabulary)
+        if self.vocab_feats.numel() == 0:
+            raise RuntimeError("no text features given and no vocabulary set (call set_vocabulary)")
+        return self.vocab_feats
+
     def forward(self, images: Tensor, text_feats: Tensor | None = None) -> HeadOutputs:
         """images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
         text_feats: (B, K, 512) L2-normalised; defaults to the vocabulary set by `set_vocabulary`."""
         if text_feats is None and not self.reparameterized:
-            if self.vocab_feats.numel() == 0 and self.vocabulary and self.text_model is not None:
-                self.set_vocabulary(self.vocabulary)  # a checkpoint's vocabulary, encoded at first use
-            if self.vocab_feats.numel() == 0:
-                raise RuntimeError("no text features given and no vocabulary set (call set_vocabulary)")
-            text_feats = self.vocab_feats.unsqueeze(0).expand(images.shape[0], -1, -1)
+            text_feats = self.vocabulary_feats().unsqueeze(0).expand(images.shape[0], -1, -1)
         feats = self.backbone.image_model(images)
         feats = self.neck(feats, text_feats)
         return self.bbox_head(feats, text_feats)
@@ -92,7 +104,8 @@ class YOLOWorld(nn.Module):
         `weights`: an official `.pth`, a worldtune checkpoint or slim `.safetensors` file (which bring
         the run's class texts as `vocabulary` and its image size as `trained_imgsz`), a zoo name or
         alias (`worldtune zoo`); or a variant name ("s") or "none" with `variant` for random weights.
-        `text_model=None` builds no text tower (then `set_vocabulary(texts, text_feats)`).
+        `text_model=None` builds no text tower (then `set_vocabulary(texts, text_feats)`; a run's
+        class texts stay as `vocabulary`, without embeddings).
         See `worldtune.model.loading.load_model` for the other arguments.
         """
         from worldtune.model import VARIANTS

@@ -186,6 +186,8 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     model = model.to(device).eval()
     # worldtune checkpoints carry their config: the CLIs default --imgsz to the training size
     model.trained_imgsz = config.get("data", {}).get("imgsz")
-    if vocabulary and tower is not None:
-        model.vocabulary = list(vocabulary)  # encoded at first use: a caller may set another one first
+    if vocabulary:
+        # names only, encoded at first use (a caller may set another vocabulary first); without a
+        # tower, the caller gives the embeddings (`YOLOWorld.vocabulary_feats` says how)
+        model.vocabulary = list(vocabulary)
     return model

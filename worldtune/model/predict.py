@@ -67,6 +67,7 @@ def predict(model, images, imgsz: int = 640, cfg: PostprocessConfig | None = Non
     """
     if not model.vocabulary:
         raise RuntimeError("set a vocabulary first: model.set_vocabulary(['person', 'bus'])")
+    model.vocabulary_feats()  # encoded now, or its error before any image is read
     if not isinstance(imgsz, numbers.Integral) or imgsz <= 0 or imgsz % 32:
         raise ValueError(f"imgsz must be a positive int multiple of 32 (the largest stride), e.g. 640, got {imgsz!r}")
     if isinstance(images, (str, Path, np.ndarray, Tensor)) or hasattr(images, "convert"):
