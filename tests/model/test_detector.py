@@ -46,3 +46,14 @@ def test_numpy_text_feats_are_accepted(model):
 def test_repeated_texts_warn(model):
     with pytest.warns(UserWarning, match="repeats"):
         model.set_vocabulary(["cat", "cat"], _feats(2))
+
+
+def test_from_pretrained_with_a_variant_name_builds_that_variant_or_says_what_clashes():
+    # "s" with variant="s" used to be looked up as a weights file ("s: no such file, and not a zoo name")
+    from worldtune.model.detector import YOLOWorld
+
+    assert YOLOWorld.from_pretrained("n", variant="n", text_model=None).variant == "n"
+    assert YOLOWorld.from_pretrained("none", variant="n", text_model=None).variant == "n"
+    with pytest.raises(ValueError, match=r"from_pretrained\('s', variant='l'\): 's' names a variant.*"
+                                         r"from_pretrained\('l'\)"):
+        YOLOWorld.from_pretrained("s", variant="l", text_model=None)
