@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from worldtune.model import build_model
+from worldtune.model.postprocess import PostprocessConfig
 from worldtune.model.predict import predict
 
 
@@ -54,3 +55,21 @@ def test_one_image_or_any_iterable_of_images():
     for images in (image, torch.from_numpy(image), (im for im in [image])):
         (result,) = predict(model, images, imgsz=64)
         torch.testing.assert_close(result["boxes_xyxy"], listed["boxes_xyxy"])
+
+
+@pytest.mark.parametrize("imgsz", [0, -64, 100, 64.0, "64", True])
+def test_model_predict_refuses_a_bad_imgsz_instead_of_its_default(imgsz):
+    # imgsz=0 used to fall back to the training size or 640 silently
+    model = _model()
+    model.trained_imgsz = 64
+    with pytest.raises(ValueError, match="imgsz must be a positive int multiple of 32"):
+        model.predict([np.zeros((40, 50, 3), np.uint8)], imgsz=imgsz)
+
+
+def test_model_predict_defaults_imgsz_to_the_training_size():
+    model = _model()
+    model.trained_imgsz = 64
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    cfg = PostprocessConfig(score_thr=0.0)
+    torch.testing.assert_close(model.predict(image, cfg=cfg)[0]["scores"],
+                               predict(model, image, imgsz=64, cfg=cfg)[0]["scores"])

@@ -126,7 +126,8 @@ class YOLOWorld(nn.Module):
         """
         from worldtune.model.predict import predict
 
-        imgsz = imgsz or getattr(self, "trained_imgsz", None) or 640
+        if imgsz is None:  # not `imgsz or ...`: imgsz=0 is refused by `predict`, not replaced
+            imgsz = getattr(self, "trained_imgsz", None) or 640
         return predict(self, images, imgsz=imgsz, **kwargs)
 
 
