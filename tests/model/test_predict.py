@@ -73,3 +73,47 @@ def test_model_predict_defaults_imgsz_to_the_training_size():
     cfg = PostprocessConfig(score_thr=0.0)
     torch.testing.assert_close(model.predict(image, cfg=cfg)[0]["scores"],
                                predict(model, image, imgsz=64, cfg=cfg)[0]["scores"])
+
+
+@pytest.mark.parametrize("kwargs,error,says", [
+    ({"images": None}, TypeError, "images must be one image .* got NoneType"),
+    ({"images": 5}, TypeError, "images must be one image .* got int"),
+    ({"batch_size": 0}, ValueError, "batch_size must be a positive int, got 0"),
+    ({"batch_size": 2.5}, ValueError, "batch_size must be a positive int, got 2.5"),
+    ({"cfg": {"score_thr": 0.25}}, TypeError, r"cfg must be a PostprocessConfig .* got dict"),
+])
+def test_bad_arguments_are_refused_in_one_line(kwargs, error, says):
+    # they failed deep: "'int' object is not iterable", "range() arg 3 must not be zero",
+    # "'dict' object has no attribute 'score_thr'" (after the first batch was computed)
+    args = {"images": [np.zeros((40, 50, 3), np.uint8)], "imgsz": 64, **kwargs}
+    with pytest.raises(error, match=says):
+        predict(_model(), **args)
+
+
+def test_an_unreadable_image_leaves_the_training_mode_as_it_was(tmp_path):
+    model = _model().train()
+    with pytest.raises(ValueError, match="no such file"):
+        predict(model, [np.zeros((40, 50, 3), np.uint8), tmp_path / "nope.jpg"], imgsz=64, batch_size=1)
+    assert model.training
+
+
+def test_an_empty_list_gives_no_results_and_mixed_sizes_one_each():
+    model = _model()
+    assert predict(model, [], imgsz=64) == []
+    images = [np.zeros((40, 50, 3), np.uint8), np.zeros((300, 20, 3), np.uint8), np.zeros((7, 90), np.uint8)]
+    results = predict(model, images, imgsz=64, cfg=PostprocessConfig(score_thr=0.0, max_per_img=5))
+    assert [len(r["scores"]) for r in results] == [5, 5, 5]
+    for image, result in zip(images, results):  # each in its own image's pixels
+        assert (result["boxes_xyxy"][:, [0, 2]] <= image.shape[1]).all()
+        assert (result["boxes_xyxy"][:, [1, 3]] <= image.shape[0]).all()
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_predict_under_no_grad_or_inference_mode_gives_the_same(mode):
+    model = _model()
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    cfg = PostprocessConfig(score_thr=0.0)
+    (plain,) = predict(model, image, imgsz=64, cfg=cfg)
+    with mode():
+        (inside,) = predict(model, image, imgsz=64, cfg=cfg)
+    torch.testing.assert_close(inside["scores"], plain["scores"])

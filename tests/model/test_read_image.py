@@ -52,3 +52,31 @@ def test_single_channel_arrays_read_as_grey():
 def test_channels_first_arrays_are_refused_in_one_line():
     with pytest.raises(ValueError, match=r"channels last, got \(3, 4, 5\)"):
         read_image_rgb(np.zeros((3, 4, 5), np.uint8))
+
+
+def test_a_missing_path_or_a_folder_is_named_with_what_is_wrong(tmp_path, capfd):
+    # both used to say "missing file or not a decodable image", after OpenCV logged a warning
+    with pytest.raises(ValueError, match=f"cannot read image {tmp_path / 'nope.jpg'}: no such file"):
+        read_image_rgb(tmp_path / "nope.jpg")
+    with pytest.raises(ValueError, match=r"it is a folder; pass the paths of its images, e\.g\. sorted\(Path"):
+        read_image_rgb(str(tmp_path))
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.jpg: unreadable or not a decodable image"):
+        read_image_rgb(tmp_path / "notes.jpg")
+    assert "nope.jpg" not in capfd.readouterr().err
+
+
+def test_an_empty_array_is_refused_in_one_line():
+    # (0, 5, 3) used to fail inside cv2.resize with an assertion
+    with pytest.raises(ValueError, match=r"at least 1 x 1 pixels, got shape \(0, 5, 3\)"):
+        read_image_rgb(np.zeros((0, 5, 3), np.uint8))
+
+
+def test_a_16_bit_png_reads_as_its_8_bit_image(tmp_path):
+    import cv2
+
+    deep = np.random.default_rng(0).integers(0, 2**16, (4, 5, 3)).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    img = read_image_rgb(tmp_path / "deep.png")
+    assert img.dtype == np.uint8 and img.shape == (4, 5, 3)
+    assert np.array_equal(img, (deep >> 8).astype(np.uint8)[..., ::-1])  # the high byte, BGR -> RGB

@@ -1,6 +1,7 @@
 """Test-time inference: official pre-processing (keep-ratio resize + centred letterbox, pad 114),
 forward, decoding and post-processing, with boxes returned in original image coordinates."""
 import numbers
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -16,9 +17,15 @@ def read_image_rgb(source) -> np.ndarray:
     """A path, a PIL image or a uint8 array (H, W, 3) RGB, (H, W, 4) RGBA, (H, W) or (H, W, 1) grey
     -> RGB uint8 (H, W, 3). Arrays are taken as RGB: one from `cv2.imread` (BGR) needs `img[..., ::-1]`."""
     if isinstance(source, (str, Path)):
+        # checked first: OpenCV says only "None" (and logs a warning) for a missing file or a folder
+        if Path(source).is_dir():
+            raise ValueError(f"cannot read image {source}: it is a folder; pass the paths of its images, "
+                             f"e.g. sorted(Path({str(source)!r}).glob('*.jpg'))")
+        if not Path(source).is_file():
+            raise ValueError(f"cannot read image {source}: no such file")
         img = cv2.imread(str(source), cv2.IMREAD_COLOR)
         if img is None:
-            raise ValueError(f"cannot read image {source}: missing file or not a decodable image")
+            raise ValueError(f"cannot read image {source}: unreadable or not a decodable image")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if hasattr(source, "convert") and hasattr(source, "mode"):  # PIL: palette, CMYK, LA, 16-bit -> RGB
         source = source.convert("RGB") if source.mode != "RGB" else source
@@ -31,6 +38,8 @@ def read_image_rgb(source) -> np.ndarray:
         raise ValueError(f"expected one image of shape (H, W, 3), channels last, got {img.shape}")
     if img.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image (0-255), got {img.dtype}")
+    if img.size == 0:
+        raise ValueError(f"expected an image of at least 1 x 1 pixels, got shape {img.shape}")
     return np.ascontiguousarray(img[:, :, :3])
 
 
@@ -70,21 +79,31 @@ def predict(model, images, imgsz: int = 640, cfg: PostprocessConfig | None = Non
     model.vocabulary_feats()  # encoded now, or its error before any image is read
     if not isinstance(imgsz, numbers.Integral) or imgsz <= 0 or imgsz % 32:
         raise ValueError(f"imgsz must be a positive int multiple of 32 (the largest stride), e.g. 640, got {imgsz!r}")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if cfg is not None and not isinstance(cfg, PostprocessConfig):
+        raise TypeError(f"cfg must be a PostprocessConfig (worldtune.model.postprocess), e.g. "
+                        f"PostprocessConfig(score_thr=0.25), got {type(cfg).__name__}")
     if isinstance(images, (str, Path, np.ndarray, Tensor)) or hasattr(images, "convert"):
         images = [images]  # one image
+    if not isinstance(images, Iterable):
+        raise TypeError("images must be one image (a path, a PIL image or a uint8 array) or a list of them, "
+                        f"got {type(images).__name__}")
     images = list(images)  # also a generator or other iterable of images
     was_training = model.training
     model.eval()
     results = []
-    for start in range(0, len(images), batch_size):
-        chunk = [read_image_rgb(s) for s in images[start:start + batch_size]]
-        boxed = [letterbox_for_test(img, imgsz) for img in chunk]
-        batch = torch.from_numpy(np.stack([b[0] for b in boxed])).permute(0, 3, 1, 2)
-        dets = predict_batch(model, batch, [b[1] for b in boxed], [b[2] for b in boxed],
-                             [img.shape[:2] for img in chunk], cfg)
-        for det in dets:
-            det = {k: v.cpu() for k, v in det.items()}
-            det["names"] = [model.vocabulary[i] for i in det["labels"].tolist()]
-            results.append(det)
-    model.train(was_training)
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = [read_image_rgb(s) for s in images[start:start + batch_size]]
+            boxed = [letterbox_for_test(img, imgsz) for img in chunk]
+            batch = torch.from_numpy(np.stack([b[0] for b in boxed])).permute(0, 3, 1, 2)
+            dets = predict_batch(model, batch, [b[1] for b in boxed], [b[2] for b in boxed],
+                                 [img.shape[:2] for img in chunk], cfg)
+            for det in dets:
+                det = {k: v.cpu() for k, v in det.items()}
+                det["names"] = [model.vocabulary[i] for i in det["labels"].tolist()]
+                results.append(det)
+    finally:  # also after an unreadable image: a training loop's model stays in training mode
+        model.train(was_training)
     return results
