@@ -57,3 +57,16 @@ def test_from_pretrained_with_a_variant_name_builds_that_variant_or_says_what_cl
     with pytest.raises(ValueError, match=r"from_pretrained\('s', variant='l'\): 's' names a variant.*"
                                          r"from_pretrained\('l'\)"):
         YOLOWorld.from_pretrained("s", variant="l", text_model=None)
+
+
+def test_a_reparameterized_model_refuses_a_new_vocabulary():
+    # its folded weights kept scoring the old 2 texts: a 1-text vocabulary then failed with an
+    # IndexError in predict, a 2-text one silently put the new names on the old classes
+    from worldtune.model.reparameterize import reparameterize
+
+    torch.manual_seed(0)
+    rep = reparameterize(build_model("n", num_classes=2).eval(), ["cat", "dog"], _feats(2))
+    assert rep.vocabulary == ["cat", "dog"]
+    with pytest.raises(RuntimeError, match="folded into its weights.*reparameterize the original model"):
+        rep.set_vocabulary(["bus", "car"], _feats(2))
+    assert rep.vocabulary == ["cat", "dog"]

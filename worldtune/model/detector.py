@@ -51,6 +51,9 @@ class YOLOWorld(nn.Module):
         (the text tower's are; the contrastive head normalises anyway, but the neck's max-sigmoid
         guide takes the rows as given, so their scale changes the detections).
         """
+        if self.reparameterized:  # the folded weights would go on scoring the old texts under the new names
+            raise RuntimeError(f"this model's vocabulary ({len(self.vocabulary)} texts) is folded into its weights "
+                               "(reparameterize): to detect other texts, reparameterize the original model with them")
         if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"texts must be a non-empty list of strings, e.g. ['person', 'bus'], got {texts!r:.80}")
         warn_repeated_texts(texts)
