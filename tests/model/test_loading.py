@@ -335,3 +335,23 @@ def test_a_run_file_loaded_without_text_tower_keeps_its_vocabulary(run_files, ti
     (expected,), (actual,) = with_tower.predict(image, cfg=cfg), model.predict(image, cfg=cfg)
     assert actual["names"] == expected["names"] and len(actual["names"]) == 20
     torch.testing.assert_close(actual["scores"], expected["scores"])
+
+
+@pytest.mark.parametrize("device,says", [("gpu", "device='gpu' is not a device: use 'cpu', 'cuda'"),
+                                         ("cuda", "device='cuda': CUDA is not available here"),
+                                         (torch.device("cuda", 0), "CUDA is not available here")])
+def test_a_device_that_is_not_there_is_refused_in_one_line(monkeypatch, device, says):
+    # "cuda" without a GPU failed deep in .to() ("Found no NVIDIA driver"), "gpu" inside torch's parser
+    from worldtune.model.loading import load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=says):
+        load_model(None, variant="n", text_model=None, device=device)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu:0", torch.device("cpu")])
+def test_cpu_device_spellings_load(device):
+    from worldtune.model.loading import load_model
+
+    model = load_model(None, variant="n", text_model=None, device=device)
+    assert next(model.parameters()).device.type == "cpu" and not model.training

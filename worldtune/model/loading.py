@@ -123,6 +123,21 @@ def build_text_model(name: str, seed: int = 0, weights: dict | None = None, num_
     return CLIPTextEncoder.from_pretrained(name)
 
 
+def checked_device(device) -> torch.device:
+    """`device` (a string or torch.device) as a torch.device, or a one-line ValueError naming it:
+    an unknown name, or CUDA where there is none (torch's own error comes from deep in `.to()`)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         "use device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def load_model(weights: str | Path | None = None, variant: str | None = None,
                text_model: str | None = DEFAULT_TEXT_MODEL, device: str | torch.device = "cpu",
                strict: bool = True, allow_hash_mismatch: bool = False) -> YOLOWorld:
@@ -143,6 +158,7 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     from worldtune.engine.checkpoint import (CheckpointMismatchError, extract_model_state, load_checkpoint_file,
                                              load_model_state)
 
+    device = checked_device(device)
     if weights is None or str(weights).lower() == "none":
         if variant is None:
             raise ValueError("no weights given: name a variant (one of " + ", ".join(VARIANTS) + ")")
