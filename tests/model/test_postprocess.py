@@ -1,4 +1,5 @@
 """detect_one_image on hand-made candidates: the map back to original pixels, the clamp, nms_pre."""
+import pytest
 import torch
 
 from worldtune.model.postprocess import PostprocessConfig, detect_one_image
@@ -90,3 +91,16 @@ def test_multi_label_prior_gives_one_detection_per_class_above_the_threshold():
                            PostprocessConfig())
     assert det["labels"].tolist() == [2, 0]
     torch.testing.assert_close(det["boxes_xyxy"], torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 2))
+
+
+@pytest.mark.parametrize("field,value", [("score_thr", 25), ("score_thr", -0.1), ("score_thr", float("nan")),
+                                         ("iou_thr", 1.5), ("iou_thr", "0.7"), ("max_per_img", 0),
+                                         ("max_per_img", -1), ("max_per_img", 2.0), ("nms_pre", True)])
+def test_out_of_range_settings_are_refused_in_one_line(field, value):
+    # score_thr=25 kept nothing, max_per_img=-1 silently dropped the last box ([:-1])
+    with pytest.raises(ValueError, match=f"PostprocessConfig.{field} must be"):
+        PostprocessConfig(**{field: value})
+
+
+def test_boundary_settings_are_accepted():
+    assert PostprocessConfig(score_thr=0, iou_thr=1.0, nms_pre=1, max_per_img=1).max_per_img == 1

@@ -5,6 +5,7 @@ import torch
 import torchvision
 from torch import Tensor
 
+from worldtune.jsonfile import is_finite_number, is_int
 from worldtune.model.head import HeadOutputs, dfl_expectation
 from worldtune.ops.boxes import distance_to_bbox
 
@@ -17,6 +18,18 @@ class PostprocessConfig:
     nms_pre: int = 30000
     iou_thr: float = 0.7
     max_per_img: int = 300
+
+    def __post_init__(self):
+        # Refused here, in one line: a score_thr of 25 (meant as %) kept nothing, and a negative
+        # count slices from the end ([:-1] silently drops the last box).
+        for name in ("score_thr", "iou_thr"):
+            value = getattr(self, name)
+            if not (is_finite_number(value) and 0 <= value <= 1):
+                raise ValueError(f"PostprocessConfig.{name} must be a number in [0, 1], got {value!r}")
+        for name in ("nms_pre", "max_per_img"):
+            value = getattr(self, name)
+            if not (is_int(value) and value >= 1):
+                raise ValueError(f"PostprocessConfig.{name} must be a positive int, got {value!r}")
 
 
 def make_priors(feature_sizes: list[tuple[int, int]], strides: tuple[int, ...], device=None,
