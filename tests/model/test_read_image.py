@@ -80,3 +80,18 @@ def test_a_16_bit_png_reads_as_its_8_bit_image(tmp_path):
     img = read_image_rgb(tmp_path / "deep.png")
     assert img.dtype == np.uint8 and img.shape == (4, 5, 3)
     assert np.array_equal(img, (deep >> 8).astype(np.uint8)[..., ::-1])  # the high byte, BGR -> RGB
+    with pytest.raises(ValueError, match=r"got uint16; for 16 bits per channel pass \(img >> 8\)"):
+        read_image_rgb(deep)
+
+
+def test_a_16_bit_grey_image_reads_the_same_from_its_path_and_from_pil(tmp_path):
+    # PIL's convert("RGB") clips mode I;16 at 255: every pixel above 255 came out white
+    import cv2
+
+    grey = (np.arange(12).reshape(3, 4) * 5000).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    from_path = read_image_rgb(tmp_path / "grey.png")
+    with Image.open(tmp_path / "grey.png") as pil:
+        assert pil.mode.startswith("I")
+        from_pil = read_image_rgb(pil)
+    assert np.array_equal(from_pil, from_path) and from_path[..., 0].tolist() == (grey >> 8).tolist()

@@ -15,7 +15,8 @@ from worldtune.model.postprocess import PostprocessConfig, decode_outputs, detec
 
 def read_image_rgb(source) -> np.ndarray:
     """A path, a PIL image or a uint8 array (H, W, 3) RGB, (H, W, 4) RGBA, (H, W) or (H, W, 1) grey
-    -> RGB uint8 (H, W, 3). Arrays are taken as RGB: one from `cv2.imread` (BGR) needs `img[..., ::-1]`."""
+    -> RGB uint8 (H, W, 3). Arrays are taken as RGB: one from `cv2.imread` (BGR) needs `img[..., ::-1]`.
+    A 16-bit file or PIL image gives its high byte."""
     if isinstance(source, (str, Path)):
         # checked first: OpenCV says only "None" (and logs a warning) for a missing file or a folder
         if Path(source).is_dir():
@@ -28,7 +29,11 @@ def read_image_rgb(source) -> np.ndarray:
             raise ValueError(f"cannot read image {source}: unreadable or not a decodable image")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if hasattr(source, "convert") and hasattr(source, "mode"):  # PIL: palette, CMYK, LA, 16-bit -> RGB
-        source = source.convert("RGB") if source.mode != "RGB" else source
+        if source.mode == "I" or source.mode.startswith("I;16"):
+            # 16-bit grey: its high byte, as OpenCV reads the file (PIL's convert clips at 255: white)
+            source = (np.clip(np.asarray(source), 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+        elif source.mode != "RGB":
+            source = source.convert("RGB")
     img = np.asarray(source)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
@@ -37,7 +42,8 @@ def read_image_rgb(source) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise ValueError(f"expected one image of shape (H, W, 3), channels last, got {img.shape}")
     if img.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image (0-255), got {img.dtype}")
+        hint = "; for 16 bits per channel pass (img >> 8).astype(np.uint8)" if img.dtype == np.uint16 else ""
+        raise ValueError(f"expected a uint8 image (0-255), got {img.dtype}{hint}")
     if img.size == 0:
         raise ValueError(f"expected an image of at least 1 x 1 pixels, got shape {img.shape}")
     return np.ascontiguousarray(img[:, :, :3])
