@@ -70,3 +70,21 @@ def test_a_reparameterized_model_refuses_a_new_vocabulary():
     with pytest.raises(RuntimeError, match="folded into its weights.*reparameterize the original model"):
         rep.set_vocabulary(["bus", "car"], _feats(2))
     assert rep.vocabulary == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["feats-made-in-inference-mode", "set-in-inference-mode"])
+def test_a_vocabulary_set_under_inference_mode_still_trains(inside):
+    # its embeddings were inference tensors: a later training forward failed in the neck with
+    # "Inference tensors cannot be saved for backward" (e.g. after predicting under inference_mode)
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2).train()
+    with torch.inference_mode():
+        feats = _feats(2)
+        if inside:
+            model.set_vocabulary(["cat", "dog"], feats)
+    if not inside:
+        model.set_vocabulary(["cat", "dog"], feats)
+    out = model(torch.rand(1, 3, 64, 64))
+    sum(o.sum() for o in out.cls_logits).backward()
+    assert model.neck.top_down_layers[0].attn_block.guide_fc.weight.grad is not None
+    torch.testing.assert_close(model.vocab_feats, feats.clone())

@@ -71,8 +71,14 @@ class YOLOWorld(nn.Module):
             warnings.warn(f"text_feats rows are not L2-normalised (norms {norms.min():.3g}..{norms.max():.3g}) "
                           "as the text tower's are, which changes the neck's attention; if they should "
                           "be, pass torch.nn.functional.normalize(text_feats, dim=-1)", stacklevel=2)
+        feats = text_feats.detach().to(self.vocab_feats.device, self.vocab_feats.dtype)
+        if feats.is_inference():
+            # made under torch.inference_mode (or encoded while predicting in it): a later training
+            # forward could not save it for backward
+            with torch.inference_mode(False):
+                feats = feats.clone()
         self.vocabulary = list(texts)
-        self.vocab_feats = text_feats.detach().to(self.vocab_feats.device, self.vocab_feats.dtype)
+        self.vocab_feats = feats
 
     def vocabulary_feats(self) -> Tensor:
         """(K, 512) embeddings of `vocabulary`. A checkpoint's vocabulary comes as names only: it is
