@@ -90,3 +90,17 @@ def test_a_model_without_text_tower_needs_embeddings_and_gets_a_one_line_error()
         reparameterize(model, ["a", "b"])
     feats = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
     assert reparameterize(model, ["a", "b"], feats.numpy()).vocabulary == ["a", "b"]  # as set_vocabulary takes
+
+
+def test_bad_texts_embeddings_or_a_folded_model_are_refused_before_folding():
+    # a bare string was split into letters ('ab' -> ['a', 'b']), (2, 256) embeddings failed in a
+    # matmul and folding a folded model with an AttributeError
+    model = build_model("n").eval()
+    feats = torch.nn.functional.normalize(torch.randn(2, 512), dim=-1)
+    with pytest.raises(TypeError, match="texts must be a non-empty list of strings"):
+        reparameterize(model, "ab", feats)
+    with pytest.raises(ValueError, match=r"text_feats must have shape \(2, 512\) for 2 texts, got \(2, 256\)"):
+        reparameterize(model, ["a", "b"], feats[:, :256])
+    rep = reparameterize(model, ["a", "b"], feats)
+    with pytest.raises(RuntimeError, match="reparameterized already: reparameterize the original model"):
+        reparameterize(rep, ["a", "b"], feats)

@@ -54,8 +54,7 @@ class YOLOWorld(nn.Module):
         if self.reparameterized:  # the folded weights would go on scoring the old texts under the new names
             raise RuntimeError(f"this model's vocabulary ({len(self.vocabulary)} texts) is folded into its weights "
                                "(reparameterize): to detect other texts, reparameterize the original model with them")
-        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"texts must be a non-empty list of strings, e.g. ['person', 'bus'], got {texts!r:.80}")
+        check_texts(texts)
         warn_repeated_texts(texts)
         if text_feats is None:
             if self.text_model is None:
@@ -138,6 +137,12 @@ class YOLOWorld(nn.Module):
         if imgsz is None:  # not `imgsz or ...`: imgsz=0 is refused by `predict`, not replaced
             imgsz = getattr(self, "trained_imgsz", None) or 640
         return predict(self, images, imgsz=imgsz, **kwargs)
+
+
+def check_texts(texts) -> None:
+    """Refuse anything but a non-empty list of strings (a bare string is not split into letters)."""
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a non-empty list of strings, e.g. ['person', 'bus'], got {texts!r:.80}")
 
 
 def warn_repeated_texts(texts) -> None:

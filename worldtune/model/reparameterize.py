@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldtune.model.detector import YOLOWorld
+from worldtune.model.detector import YOLOWorld, check_texts
 from worldtune.model.head import BNContrastiveHead
 from worldtune.model.neck import MaxSigmoidAttnBlock
 
@@ -70,11 +70,17 @@ def reparameterize(model: YOLOWorld, texts: list[str], text_feats: Tensor | None
         text_feats: (K, 512) L2-normalised embeddings (as `set_vocabulary` takes them); computed with
             the model's text tower when omitted.
     """
+    if model.reparameterized:  # its blocks are folded ones already, which cannot be folded again
+        raise RuntimeError("this model is reparameterized already: reparameterize the original model with the texts")
+    check_texts(texts)
     if text_feats is None:
         if model.text_model is None:
             raise RuntimeError("this model has no text tower: pass text_feats of shape (K, 512)")
         text_feats = model.text_model.encode_vocabulary(list(texts))
     text_feats = torch.as_tensor(text_feats).detach().float()
+    if text_feats.shape != (len(texts), 512):  # checked before folding, which would fail deep in a matmul
+        raise ValueError(f"text_feats must have shape ({len(texts)}, 512) for {len(texts)} texts, "
+                         f"got {tuple(text_feats.shape)}")
     text_model = model.backbone.text_model
     model.backbone.text_model = None  # keep the tower out of the deep copy
     try:
