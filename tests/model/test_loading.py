@@ -355,3 +355,18 @@ def test_cpu_device_spellings_load(device):
 
     model = load_model(None, variant="n", text_model=None, device=device)
     assert next(model.parameters()).device.type == "cpu" and not model.training
+
+
+def test_text_model_random_for_a_file_without_its_tower_warns(run_files, tmp_path):
+    # the tower was silently random: meaningless text embeddings, so meaningless detections
+    import warnings
+
+    from worldtune.cli.slim import slim_checkpoint
+    from worldtune.model.loading import load_model
+
+    slim_checkpoint(run_files[0], tmp_path / "image_side.safetensors", text_tower=False)
+    with pytest.warns(UserWarning, match="image_side.safetensors carries no text tower, so text_model='random'"):
+        load_model(tmp_path / "image_side.safetensors", text_model="random")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a file with its tower fills the random-shaped one: no warning
+        load_model(run_files[1], text_model="random")

@@ -1,4 +1,5 @@
 """Build a ready-to-use model from a checkpoint (official `.pth`, worldtune checkpoint, zoo name) or a variant."""
+import warnings
 from pathlib import Path
 
 import torch
@@ -183,6 +184,10 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     saved_tower = config.get("model", {}).get("text_model")
     if not has_text and text_model == DEFAULT_TEXT_MODEL and isinstance(saved_tower, str) and Path(saved_tower).is_dir():
         text_model = saved_tower  # a file without its tower (slim --no-text-tower): the run's own local CLIP folder
+    if not has_text and text_model == "random":
+        warnings.warn(f"{path} carries no text tower, so text_model='random' gives one with random weights: its "
+                      "text embeddings, and so the detections, mean nothing; pass the CLIP model (hub id or local "
+                      "folder) the weights were trained with", stacklevel=2)
     if text_model is None:
         tower = None
         state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
