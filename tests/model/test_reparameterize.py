@@ -104,3 +104,17 @@ def test_bad_texts_embeddings_or_a_folded_model_are_refused_before_folding():
     rep = reparameterize(model, ["a", "b"], feats)
     with pytest.raises(RuntimeError, match="reparameterized already: reparameterize the original model"):
         reparameterize(rep, ["a", "b"], feats)
+
+
+def test_the_folded_model_stays_on_the_model_device(monkeypatch):
+    # A GPU model got its folded convs on the CPU (its forward then failed), and CPU embeddings for
+    # it failed in the first folded matmul. The meta device stands in for the GPU here: a model
+    # there computes shapes only, so set_vocabulary's check of the rows' norms is left out.
+    from worldtune.model.detector import YOLOWorld
+
+    monkeypatch.setattr(YOLOWorld, "set_vocabulary", lambda self, texts, feats: setattr(self, "vocab_feats", feats))
+    with torch.device("meta"):
+        model = build_model("n").eval()
+    rep = reparameterize(model, ["a", "b"], torch.nn.functional.normalize(torch.randn(2, 512), dim=-1))
+    assert rep.vocab_feats.device.type == "meta"
+    assert {p.device.type for p in rep.parameters()} == {"meta"}

@@ -30,7 +30,8 @@ class RepMaxSigmoidAttnBlock(nn.Module):
             guide = block.guide_fc(text_feats).reshape(-1, self.num_heads, self.head_channels)  # (K, M, c)
         self.guide_convs = nn.ModuleList()
         for m in range(self.num_heads):
-            conv = nn.Conv2d(self.head_channels, guide.shape[0], 1, bias=False)
+            # on the block's device: a folded GPU model must not get CPU convs
+            conv = nn.Conv2d(self.head_channels, guide.shape[0], 1, bias=False, device=guide.device)
             conv.weight.data.copy_(guide[:, m, :, None, None])
             self.guide_convs.append(conv)
         self.project_conv = block.project_conv
@@ -52,11 +53,11 @@ class RepBNContrastiveHead(nn.Module):
         super().__init__()
         self.norm = head.norm
         k, dims = text_feats.shape
-        self.conv = nn.Conv2d(dims, k, 1)
+        self.conv = nn.Conv2d(dims, k, 1, device=text_feats.device)
         with torch.no_grad():
             weight = F.normalize(text_feats, dim=-1, p=2) * head.logit_scale.exp()
             self.conv.weight.copy_(weight[:, :, None, None])
-            self.conv.bias.fill_(head.bias.item())
+            self.conv.bias.fill_(head.bias.detach())
 
     def forward(self, x: Tensor, text_feats: Tensor | None = None) -> Tensor:
         return self.conv(self.norm(x))
@@ -77,7 +78,8 @@ def reparameterize(model: YOLOWorld, texts: list[str], text_feats: Tensor | None
         if model.text_model is None:
             raise RuntimeError("this model has no text tower: pass text_feats of shape (K, 512)")
         text_feats = model.text_model.encode_vocabulary(list(texts))
-    text_feats = torch.as_tensor(text_feats).detach().float()
+    # on the model's device: folding multiplies them with its weights (CPU rows for a GPU model failed there)
+    text_feats = torch.as_tensor(text_feats).detach().float().to(next(model.parameters()).device)
     if text_feats.shape != (len(texts), 512):  # checked before folding, which would fail deep in a matmul
         raise ValueError(f"text_feats must have shape ({len(texts)}, 512) for {len(texts)} texts, "
                          f"got {tuple(text_feats.shape)}")
