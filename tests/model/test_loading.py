@@ -370,3 +370,21 @@ def test_text_model_random_for_a_file_without_its_tower_warns(run_files, tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a file with its tower fills the random-shaped one: no warning
         load_model(run_files[1], text_model="random")
+
+
+@pytest.mark.parametrize("text_model", [5, ""])
+def test_a_text_model_that_is_no_name_is_refused_in_one_line(run_files, text_model):
+    # 5 failed in pathlib; "" built no tower for random weights but a tower for a file's
+    from worldtune.model.loading import load_model
+
+    with pytest.raises(TypeError, match="text_model must be a CLIP hub id or local folder, 'random', or None"):
+        load_model(run_files[1], text_model=text_model)
+
+
+def test_a_text_model_folder_may_be_a_path(run_files, tiny_text_folder):
+    from pathlib import Path
+
+    from worldtune.model.loading import load_model
+
+    model = load_model(run_files[1], text_model=Path(tiny_text_folder))
+    assert model.text_model.name == str(tiny_text_folder)

@@ -160,6 +160,11 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
                                              load_model_state)
 
     device = checked_device(device)
+    if text_model is not None:
+        if not isinstance(text_model, (str, Path)) or not str(text_model):
+            raise TypeError("text_model must be a CLIP hub id or local folder, 'random', or None (no text tower), "
+                            f"got {text_model!r}")
+        text_model = str(text_model)  # a pathlib.Path folder too
     if weights is None or str(weights).lower() == "none":
         if variant is None:
             raise ValueError("no weights given: name a variant (one of " + ", ".join(VARIANTS) + ")")
