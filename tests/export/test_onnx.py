@@ -289,7 +289,7 @@ def test_readme_recipe_maps_onnx_boxes_to_original_pixels(setup, folded):
     boxes, scores = out["boxes"], out["scores"]
     h, w = img.shape[:2]
     boxes = np.clip((boxes[0] - [left, top, left, top]) / [sx, sy, sx, sy], 0, [w, h, w, h])
-    (det,) = model.predict([img], imgsz=IMGSZ, cfg=PostprocessConfig(score_thr=0.0, iou_thr=1.01, max_per_img=30))
+    (det,) = model.predict([img], imgsz=IMGSZ, cfg=PostprocessConfig(score_thr=0.0, iou_thr=1.0, max_per_img=30))
     assert len(det["scores"]) == 30
     for box, score, label in zip(det["boxes_xyxy"].numpy(), det["scores"].numpy(), det["labels"].numpy()):
         same = (np.abs(scores[0][:, label] - score) < 1e-5) & (np.abs(boxes - box).max(1) < 1e-2)

@@ -94,7 +94,7 @@ def test_multi_label_prior_gives_one_detection_per_class_above_the_threshold():
 
 
 @pytest.mark.parametrize("field,value", [("score_thr", 25), ("score_thr", -0.1), ("score_thr", float("nan")),
-                                         ("iou_thr", 1.5), ("iou_thr", "0.7"), ("max_per_img", 0),
+                                         ("iou_thr", 1.01), ("iou_thr", "0.7"), ("max_per_img", 0),
                                          ("max_per_img", -1), ("max_per_img", 2.0), ("nms_pre", True)])
 def test_out_of_range_settings_are_refused_in_one_line(field, value):
     # score_thr=25 kept nothing, max_per_img=-1 silently dropped the last box ([:-1])

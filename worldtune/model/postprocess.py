@@ -25,7 +25,8 @@ class PostprocessConfig:
         for name in ("score_thr", "iou_thr"):
             value = getattr(self, name)
             if not (is_finite_number(value) and 0 <= value <= 1):
-                raise ValueError(f"PostprocessConfig.{name} must be a number in [0, 1], got {value!r}")
+                raise ValueError(f"PostprocessConfig.{name} must be a number in [0, 1], got {value!r}"
+                                 + (" (1.0 suppresses no box)" if name == "iou_thr" else ""))
         for name in ("nms_pre", "max_per_img"):
             value = getattr(self, name)
             if not (is_int(value) and value >= 1):
