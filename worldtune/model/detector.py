@@ -121,9 +121,9 @@ class YOLOWorld(nn.Module):
 
         if weights in VARIANTS:
             if variant is not None and variant != weights:
-                raise ValueError(f"from_pretrained({weights!r}, variant={variant!r}): {weights!r} names a variant (random "
-                                 f"weights), and variant another; pass one: from_pretrained({variant!r}) for random "
-                                 "weights, or a weights file or zoo name with variant=")
+                raise ValueError(f"from_pretrained({weights!r}, variant={variant!r}): {weights!r} names a variant "
+                                 f"(random weights), and variant another; pass one: from_pretrained({variant!r}) for "
+                                 "random weights, or a weights file or zoo name with variant=")
             return load_model(None, variant=weights, text_model=text_model, device=device, **kwargs)
         return load_model(weights, variant=variant, text_model=text_model, device=device, **kwargs)
 
