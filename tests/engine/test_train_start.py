@@ -294,3 +294,17 @@ def test_a_validation_file_with_other_categories_than_the_class_texts_is_caught(
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         build_datasets(cfg, dist.init_distributed("cpu"))
+
+
+def test_a_wrong_weights_path_is_told_before_the_data_is_read(tmp_path, monkeypatch):
+    from worldtune.zoo import UnknownWeightsError
+
+    def read_data(*args, **kwargs):
+        raise AssertionError("the data was read before the weights name was checked")
+
+    monkeypatch.setattr(T, "build_datasets", read_data)
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg.model.weights = str(tmp_path / "no_such_weights.pth")
+    with pytest.raises(UnknownWeightsError, match="no_such_weights.pth: no such file, and not a zoo name"):
+        T.fit(cfg)
+    assert not (tmp_path / "run").exists()

@@ -102,7 +102,7 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     return train_set, train_loader, val_coco, val_loader
 
 
-def read_start_weights(weights: str, variant: str) -> tuple:
+def read_start_weights(weights, variant: str) -> tuple:
     """(path, state_dict, text-tower head count or None) of the start weights (zoo name, official
     .pth, worldtune checkpoint).
 

@@ -35,6 +35,7 @@ from worldtune.engine.stopping import StopFlag, resume_hint
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema, validation_due
 from worldtune.model.loading import TEXT_PREFIX, build_text_model
+from worldtune.zoo import resolve_weights
 from worldtune.outputs import OutputWriteError, check_writable, remedy, writing
 
 
@@ -287,16 +288,18 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         # Gradients through the low-prior class bias (sigmoid(-11)) underflow to denormal floats,
         # which x86 CPUs process ~100x slower: flushing them halves a CPU training step.
         torch.set_flush_denormal(True)
-    # bad data and bad weights fail here, early, before the run folder exists
+    # bad data and bad weights fail here, early, before the run folder exists; a wrong weights name or
+    # path before the data is read (reading and caching the images can take minutes)
+    weights_path = None
+    if ckpt is None and cfg.model.weights.lower() != "none":
+        weights_path = resolve_weights(cfg.model.weights)
     if cfg.data.train_ann:
         say(f"reading {cfg.data.train_ann}" + (f" and {cfg.data.val_ann}" if cfg.data.val_ann else "") + " ...")
     with warnings.catch_warnings():
         if not info.is_main:  # every rank reads the same files: rank 0 reports their problems once
             warnings.simplefilter("ignore")
         train_set, train_loader, val_coco, val_loader = build_datasets(cfg, info, ckpt["epoch"] if ckpt else 0)
-    start = None
-    if ckpt is None and cfg.model.weights.lower() != "none":
-        start = read_start_weights(cfg.model.weights, cfg.model.variant)
+    start = read_start_weights(weights_path, cfg.model.variant) if weights_path else None
     tower_weights = ckpt["ema"] if ckpt else start[1] if start else None
     heads = (ckpt.get("text_tower") or {}).get("num_heads") if ckpt else start[2] if start else None
     model = build_model(cfg.model.variant, build_text_model(cfg.model.text_model, t.seed, tower_weights, heads),
