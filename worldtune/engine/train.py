@@ -171,15 +171,16 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
 
 # ----------------------------------------------------------------------------- the run
 
-def stopped_note(out: Path, state: dict, resume_command: str) -> str:
+def stopped_note(out: Path, state: dict, resume_command: str, saved_now: bool = False) -> str:
     """One line for a run stopped by an error (out of memory, bad data, a failing validation): where
-    it stopped and the checkpoint it goes on from."""
+    it stopped and the checkpoint it goes on from (`saved_now`: last.pt was just written, at the
+    last completed step)."""
     if state.get("validating"):
         where = f"the validation after epoch {state['epoch']}"
         kept = "its latest checkpoint, saved before this validation, which a resume runs again"
     else:
         where = f"training at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}"
-        kept = "its latest checkpoint"
+        kept = "saved at that step (a resume runs the failed step again)" if saved_now else "its latest checkpoint"
     last = out / "last.pt"
     if not last.is_file():
         return f"worldtune train: {where} stopped with the error below, before any checkpoint was written"
@@ -435,6 +436,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         state["validating"] = state["val_pending"] = False
 
     started, start_step = time.monotonic(), state["global_step"]  # the pace of this process's own steps
+    in_epoch = False  # inside train_one_epoch: an error there may save the steps done so far
     try:
         with stop:
             if state.get("val_pending") and val_loader is not None:  # stopped during that validation
@@ -446,8 +448,10 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
                 state["epoch"] = epoch
                 train_loader.set_epoch(epoch)
                 batches = resume_loader(train_loader, state["step_in_epoch"])
+                in_epoch = True
                 stats = train_one_epoch(train_model, text_model, criterion, batches, optimizer, ema, scaler,
                                         epoch, state, cfg, info.device, schedule_fn, logger, stop, on_step_end)
+                in_epoch = False
                 if stats.pop("interrupted"):
                     raise KeyboardInterrupt
                 state["epoch"], state["step_in_epoch"] = epoch + 1, 0
@@ -489,8 +493,18 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
         raise
     except Exception:
         logger.close()
+        # An error between two weight updates (out of memory, an unreadable image with on_bad_data=error)
+        # leaves the weights, optimizer and EMA at the last completed step: keep the steps trained since
+        # the last checkpoint. One in the middle of an update keeps the previous last.pt.
+        saved_now = False
+        if in_epoch and not state.get("updating") and state["global_step"] > start_step:
+            try:
+                save("last.pt")
+                saved_now = True
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
         if info.is_main:  # the error itself follows (the command line prints it); this says what is safe
-            print(stopped_note(out, state, resume_command), file=sys.stderr, flush=True)
+            print(stopped_note(out, state, resume_command, saved_now), file=sys.stderr, flush=True)
         raise
     logger.close()
     if info.is_main and status == "finished":
