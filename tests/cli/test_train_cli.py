@@ -108,7 +108,7 @@ def test_resume_names_ignored_flags_and_unreadable_checkpoints(tmp_path, capsys)
     run = tmp_path / "run"
     assert main(["train", "--device", "cpu", "--resume", str(run), "--epochs", "5", "--set", "train.lr=1"]) == 2
     err = capsys.readouterr().err
-    assert "--epochs, --set ignored" in err and "no checkpoint at" in err
+    assert "--epochs, --set train.lr ignored" in err and "no checkpoint at" in err
     # a recipe, --config or --data-root on a resume were ignored without a word
     (tmp_path / "over.yaml").write_text("train:\n  lr: 1.0e-3\n")
     assert main(["train", "--resume", str(run), "--recipe", "v2-x", "--config", str(tmp_path / "over.yaml"),
@@ -148,6 +148,16 @@ def test_print_config_of_a_resume_shows_the_runs_saved_config(tmp_path, capsys, 
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["variant"] == "n" and printed["data"]["imgsz"] == cfg.data.imgsz
     assert printed["out"] == cfg.out
+    # the validation batch may change (what the out-of-memory hint suggests); what is trained may not
+    assert printed["data"]["val_batch_size"] != 2
+    assert main(["train", "--resume", cfg.out, "--print-config", "--set", "data.val_batch_size=2",
+                 "--set", "train.lr=1"]) == 0
+    out, err = capsys.readouterr()
+    printed = yaml.safe_load(out)
+    assert printed["data"]["val_batch_size"] == 2 and printed["train"]["lr"] == cfg.train.lr
+    assert "--set train.lr ignored" in err
+    with pytest.raises(ValueError, match="train.lr cannot change in a resumed run"):
+        T.read_resume(cfg.out, cfg, 1, say=print, changes={"train.lr": 1.0})
 
 
 def test_help_names_the_defaults_a_user_gets_without_the_flag(capsys):

@@ -31,8 +31,8 @@ def user_message(error: BaseException) -> str:
 
 # What to try when a command runs out of memory, by command.
 OUT_OF_MEMORY_HINTS = {
-    "train": "try a smaller --batch-size (images per process), or a smaller data.val_batch_size if it ran "
-             "out in validation",
+    "train": "try a smaller --batch-size (images per process), or if it ran out in validation a smaller "
+             "data.val_batch_size (which --resume takes: --set data.val_batch_size=N)",
     "eval": "try a smaller --batch-size",
     "predict": "try a smaller --batch-size",
     "export": "try a smaller --batch or --imgsz",

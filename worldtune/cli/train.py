@@ -44,9 +44,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process (recipe: 8)")
     add_threads_argument(parser)
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
-    parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run: its folder (from last.pt) or one of its checkpoints "
-                                                                    "(e.g. epoch_N.pt), in that folder, with its saved config (only --device and "
-                             "--workers may change)")
+    parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
+                        help="continue a run: its folder (from last.pt) or one of its checkpoints (e.g. epoch_N.pt), "
+                             "in that folder, with its saved config (only --device, --workers and "
+                             "--set data.val_batch_size may change)")
     parser.add_argument("--save-every-steps", type=non_negative_int, help="also save last.pt every N steps (default 0: at the end of each epoch only)")
     parser.add_argument("--on-bad-data", choices=("error", "skip"),
                         help="error (default): stop at the first bad image or annotation, naming it; skip: drop "
@@ -149,7 +150,7 @@ def build_config(args):
 
 def run(args) -> int:
     from worldtune.cli.errors import report, user_errors
-    from worldtune.engine.train import NonFiniteLossError, fit
+    from worldtune.engine.train import RESUME_CHANGEABLE, NonFiniteLossError, fit
 
     set_threads(args.threads)
     try:
@@ -162,17 +163,19 @@ def run(args) -> int:
                        if flag not in ("device", "workers") and getattr(args, flag, None) is not None]
             ignored += [f"--{flag.replace('_', '-')}" for flag in ("recipe", "config", "data_root")
                         if getattr(args, flag)]
-            ignored += ["--set"] if args.set else []
+            sets = parse_set(args.set)
+            changes = {k: v for k, v in sets.items() if k in RESUME_CHANGEABLE}
+            ignored += [f"--set {k}" for k in sets if k not in changes]
             if ignored:
                 print(f"worldtune train: --resume continues the run with its saved config: {', '.join(ignored)} "
                       "ignored (start a new run with --weights RUN/last.pt to change them)", file=sys.stderr)
             if args.print_config:  # the config the resumed run goes on with
                 from worldtune.engine.train import read_resume
 
-                _, saved, _ = read_resume(args.resume, cfg, 1, say=lambda *a, **k: None)
+                _, saved, _ = read_resume(args.resume, cfg, 1, say=lambda *a, **k: None, changes=changes)
                 print(to_yaml(saved), end="")
                 return 0
-            result = fit(cfg, resume=args.resume)
+            result = fit(cfg, resume=args.resume, resume_changes=changes)
         else:
             cfg = build_config(args)
             if args.print_config:

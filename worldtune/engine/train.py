@@ -196,8 +196,14 @@ def drawn(plot, *args, **kwargs):
         return None
 
 
-def fit(cfg, resume=None) -> dict:
-    """Train `cfg` (a `worldtune.config.Config`) to the end, or continue the run of `resume`.
+# Keys a resumed run may change (`fit(..., resume_changes=)`, `--resume` with `--set`): they change how
+# it is validated, not what it trains (device and workers come with `cfg`).
+RESUME_CHANGEABLE = ("data.val_batch_size",)
+
+
+def fit(cfg, resume=None, resume_changes: dict | None = None) -> dict:
+    """Train `cfg` (a `worldtune.config.Config`) to the end, or continue the run of `resume`
+    (its saved config, with `cfg`'s device and workers and `resume_changes` of RESUME_CHANGEABLE keys).
 
     Returns dict(status: "finished" | "interrupted", out, best_ap, best_epoch, last_metrics, epochs).
     On a CPU it turns on flush-to-zero for denormal floats (process-wide; see `_fit`).
@@ -205,7 +211,7 @@ def fit(cfg, resume=None) -> dict:
     """
     info = dist.init_distributed(cfg.train.device)
     try:
-        return _fit(cfg, info, resume)
+        return _fit(cfg, info, resume, resume_changes)
     finally:
         dist.cleanup()
 
@@ -215,11 +221,11 @@ RESUME_KEYS = ("model", "ema", "ema_state", "optimizer", "scaler", "epoch", "ste
                "best_ap", "best_epoch", "rng", "config")
 
 
-def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object, bool]:
+def read_resume(resume, cfg, world_size: int, say, changes: dict | None = None) -> tuple[dict, object, bool]:
     """(checkpoint, its run's config, whether the run has finished) for `--resume RUN_DIR_OR_CKPT`,
-    checked; `cfg` gives only where the run goes on (device, workers). Says what is resumed, or that
-    nothing is left to train."""
-    from worldtune.config import from_dict
+    checked; `cfg` gives only where the run goes on (device, workers), `changes` values of
+    RESUME_CHANGEABLE keys. Says what is resumed, or that nothing is left to train."""
+    from worldtune.config import from_dict, merge
     from worldtune.engine.checkpoint import load_checkpoint_file
 
     path = resolve_resume(resume)
@@ -234,6 +240,11 @@ def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object, bool]:
     saved = from_dict(ckpt["config"], f"{path} (saved config)")
     # The recipe and data come from the run; where it runs may change.
     saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
+    other = sorted(set(changes or {}) - set(RESUME_CHANGEABLE))
+    if other:
+        raise ValueError(f"--resume: {', '.join(other)} cannot change in a resumed run (only "
+                         f"{', '.join(RESUME_CHANGEABLE)}, --device and --workers may)")
+    merge(saved, changes or {}, "--set")
     if ckpt["epoch"] >= saved.train.epochs and not ckpt.get("val_pending"):
         say(f"{path}: the run already finished its {saved.train.epochs} epochs; nothing is left to train "
             f"(start a new run with --weights {path} to train further)")
@@ -251,7 +262,7 @@ def read_resume(resume, cfg, world_size: int, say) -> tuple[dict, object, bool]:
     return ckpt, saved, False
 
 
-def _fit(cfg, info: dist.DistInfo, resume) -> dict:
+def _fit(cfg, info: dist.DistInfo, resume, resume_changes: dict | None = None) -> dict:
     from worldtune.config import absolute_paths, batch_rule, dump, unused_value_notes, validate
     from worldtune.engine.checkpoint import save_checkpoint_atomic
     from worldtune.engine.ema import ExpMomentumEMA
@@ -265,7 +276,7 @@ def _fit(cfg, info: dist.DistInfo, resume) -> dict:
     say = print if info.is_main else (lambda *a, **k: None)
     ckpt = None
     if resume is not None:
-        ckpt, cfg, finished = read_resume(resume, cfg, info.world_size, say)
+        ckpt, cfg, finished = read_resume(resume, cfg, info.world_size, say, resume_changes)
         if finished:
             return {"status": "finished", "out": Path(cfg.out), "best_ap": ckpt["best_ap"],
                     "best_epoch": ckpt["best_epoch"], "last_metrics": None, "epochs": ckpt["epoch"],
