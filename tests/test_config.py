@@ -43,6 +43,17 @@ def test_sgd_recipe():
     assert (cfg.data.mask_refine, cfg.data.min_area_ratio, cfg.data.copypaste_prob) == (False, 0.1, 0.0)
 
 
+def test_a_users_recipe_file_is_named_by_its_path_not_as_the_official_v2_l(tmp_path):
+    mine = tmp_path / "my_recipe.yaml"
+    mine.write_text("model:\n  variant: s\ntrain:\n  lr: 1.0e-4\n")
+    cfg = C.load_recipe(str(mine))
+    assert cfg.recipe == str(mine.resolve()) and cfg.model.variant == "s"
+    assert C.load_recipe(cfg.recipe).train.lr == 1e-4  # the saved label leads back to the file
+    named = tmp_path / "named.yaml"
+    named.write_text("recipe: my-experiment\n")
+    assert C.load_recipe(str(named)).recipe == "my-experiment"
+
+
 def test_recipe_weights_are_zoo_names():
     from worldtune.zoo import names
     for alias in C.RECIPE_ALIASES:

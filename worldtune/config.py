@@ -302,9 +302,12 @@ def recipe_path(name: str) -> Path:
 def load_recipe(name: str) -> Config:
     """Defaults + the recipe's overrides."""
     path = recipe_path(name)
-    cfg = merge(Config(), load_yaml(path), str(path))
+    content = load_yaml(path)
+    cfg = merge(Config(), content, str(path))
     if path.parent == RECIPE_DIR:
         cfg.recipe = path.stem
+    elif not (isinstance(content, dict) and "recipe" in content):  # else the default's, v2-l's, name
+        cfg.recipe = str(path.resolve())
     return cfg
 
 
