@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
                     cut_short.add(path)
                     warnings.warn(f"{path} is cut short (no JPEG end marker): its missing rows are grey "
                                   f"({MOTION_PHOTO_NOTE})")
-            except (ValueError, cv2.error) as e:  # unreadable, or too thin to resize (e.g. 1 x 2000 px)
+            except (ValueError, cv2.error) as e:  # unreadable, or an image OpenCV cannot process
                 skipped.append({"image": str(path), "error": (str(e).strip().splitlines() or [repr(e)])[-1]})
                 bar.update(1)
         if not batch:
