@@ -51,13 +51,18 @@ def writing(path):
 def write_text(path, text: str) -> None:
     """Write `text` to `path` through a temporary file beside it and a rename: a failure (a full
     disk) leaves no cut-short file at `path` and raises an OutputWriteError that names it."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path, data: bytes) -> None:
+    """`write_text` for bytes (an encoded picture)."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.chmod(tmp, 0o644)  # mkstemp creates 0600
             os.replace(tmp, path)
         except BaseException:

@@ -3,6 +3,7 @@
 Variant `n` at 128 px with a 1-layer CLIP text tower; the checkpoint is saved in the official layout.
 """
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -117,13 +118,30 @@ def test_nothing_readable_is_an_error(setup, tmp_path, capsys):
     assert "broken.jpg" in err and "missing.png: no such file or folder" in err
 
 
-def test_an_annotated_image_that_cannot_be_written_is_an_error(setup, tmp_path, monkeypatch, capsys):
-    """cv2.imwrite says nothing when it fails (full disk, no permission): only its return value tells."""
-    import worldtune.cli.drawing as drawing
+def test_an_annotated_image_that_cannot_be_written_is_an_error_naming_the_cause(setup, tmp_path, monkeypatch,
+                                                                               capsys):
+    """cv2.imwrite tells a failure (full disk, no permission) only by returning False: the picture is
+    encoded, then written as any output file, so the message names the file and the cause."""
+    import errno
 
-    monkeypatch.setattr(drawing.cv2, "imwrite", lambda path, image: False)
-    assert _predict(setup, tmp_path / "o", "--classes", "cat") == 2
-    assert "could not write the image " + str(tmp_path / "o") in capsys.readouterr().err
+    from worldtune import outputs
+
+    real = outputs.os.replace
+
+    def full_at_a_picture(tmp, path):
+        if str(path).endswith(".jpg"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tmp, path)
+
+    monkeypatch.setattr(outputs.os, "replace", full_at_a_picture)
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    out = tmp_path / "o"
+    assert _predict(setup, out, "--classes", "cat") == 2
+    err = capsys.readouterr().err
+    # on a line of its own, after the progress bar's last state (and no bar drawn after it)
+    assert re.search(rf"\nworldtune predict: error: cannot write {re.escape(str(out))}/\w+\.jpg: No space left on "
+                     rf"device\n$", err), err
+    assert not [p for p in out.iterdir() if p.suffix == ".jpg" or p.name.startswith(".")]  # nothing cut short
 
 
 def test_a_full_disk_at_the_summary_names_it_and_leaves_no_cut_short_file(setup, tmp_path, monkeypatch, capsys):

@@ -1,4 +1,6 @@
 """Box labels drawn on pictures (predict's results, show-data's samples)."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -16,6 +18,15 @@ def draw_label(img: np.ndarray, text: str, x: int, y: int, colour: tuple, font_s
 
 
 def write_image(path, bgr: np.ndarray) -> None:
-    """cv2.imwrite, which reports failure (full disk, no permission, unknown suffix) only by returning False."""
-    if not cv2.imwrite(str(path), bgr):
-        raise OSError(f"could not write the image {path}")
+    """Encode `bgr` in the format of `path`'s suffix and write it whole or not at all. (cv2.imwrite
+    tells a failure, a full disk or no permission, only by returning False, without its cause.)"""
+    from worldtune.outputs import write_bytes
+
+    try:
+        ok, encoded = cv2.imencode(Path(path).suffix or ".", bgr)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"cannot write the image {path}: OpenCV writes no picture named {Path(path).suffix!r} "
+                         f"(use .jpg or .png)")
+    write_bytes(path, encoded.tobytes())

@@ -3,6 +3,8 @@ import os
 import re
 import sys
 
+from worldtune.progress import end_progress_bars
+
 # Problems with the user's input or environment. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (OSError, ValueError, ImportError)
 
@@ -58,6 +60,7 @@ def report_out_of_memory(command: str, error: BaseException) -> int:
         raise error
     first = (user_message(error).strip().splitlines() or [type(error).__name__])[0]
     hint = OUT_OF_MEMORY_HINTS.get(command)
+    end_progress_bars()
     print(f"worldtune {command}: error: out of memory ({first})" + (f"; {hint}" if hint else ""), file=sys.stderr)
     return 1
 
@@ -71,5 +74,6 @@ def report(command: str, error: BaseException) -> int:
     """Print a user error as one line and return exit status 2; under WORLDTUNE_DEBUG=1, re-raise it."""
     if debug():
         raise error
+    end_progress_bars()
     print(f"worldtune {command}: error: {user_message(error)}", file=sys.stderr)
     return 2

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from worldtune.cli.argtypes import image_size, non_negative_int, output_file, positive_int, probability
-from worldtune.cli.drawing import draw_label
+from worldtune.cli.drawing import draw_label, write_image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,9 +111,10 @@ def run(args: argparse.Namespace) -> int:
     train_set.set_epoch(args.epoch)
     indices = np.random.default_rng(args.seed).permutation(len(train_set))[:args.num]
     tiles = [draw_sample(train_set[int(i)]) for i in np.resize(indices, args.num)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), make_grid(tiles, min(args.cols, len(tiles)))):
-        print(f"worldtune show-data: error: could not write {out}", file=sys.stderr)
+    try:
+        write_image(out, make_grid(tiles, min(args.cols, len(tiles))))
+    except OSError as e:
+        print(f"worldtune show-data: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}: {len(tiles)} samples, stage {train_set.stage}, epoch {args.epoch}")
     return 0

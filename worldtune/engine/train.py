@@ -35,6 +35,7 @@ from worldtune.engine.stopping import StopFlag, resume_hint
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema, validation_due
 from worldtune.model.loading import TEXT_PREFIX, build_text_model
+from worldtune.progress import end_progress_bars
 from worldtune.zoo import resolve_weights
 from worldtune.outputs import OutputWriteError, check_writable, remedy, writing
 
@@ -515,6 +516,7 @@ def _fit(cfg, info: dist.DistInfo, resume, resume_changes: dict | None = None) -
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
         if info.is_main:  # the error itself follows (the command line prints it); this says what is safe
+            end_progress_bars()
             print(stopped_note(out, state, resume_command, saved_now), file=sys.stderr, flush=True)
         raise
     logger.close()
