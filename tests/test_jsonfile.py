@@ -24,3 +24,18 @@ def test_nan_written_by_python_still_loads_and_malformed_files_raise(tmp_path):
     bad.write_text('{"images": [1, 2,')
     with pytest.raises(json.JSONDecodeError):
         load_json(bad)
+
+
+def test_id_problem_accepts_signed_64_bit_integers_only():
+    """COCO ids are held as int64 by numpy and the COCO tools; a bool (`true` in the file) would pass
+    for the id 1 and match another entry's 1."""
+    import numpy as np
+
+    from worldtune.jsonfile import id_problem
+
+    for good in (0, 7, -5, -2**63, 2**63 - 1, np.int64(3)):
+        assert id_problem(good) == "", good
+    assert id_problem(True) == "must be an integer, got True"
+    assert id_problem("3") == "must be an integer, got '3'"
+    for outside in (2**63, -2**63 - 1, 2**64 - 1):
+        assert id_problem(outside).startswith(f"{outside} does not fit in a signed 64-bit integer")

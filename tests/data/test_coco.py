@@ -470,6 +470,8 @@ def _rle(counts, size=(120, 160)):
     (lambda d: d["images"][0].update(height=None), r"image id 1000: 'height' must be a positive integer"),
     (lambda d: d["images"].__setitem__(0, 7), r"an entry of the images must be an object, got 7"),
     (lambda d: d["categories"][0].update(id="1"), r"category \{.*\}: 'id' must be an integer, got '1'"),
+    # `true` would pass for the id 1 (True == 1 in every look-up), silently
+    (lambda d: d["categories"][0].update(id=True), r"category \{.*\}: 'id' must be an integer, got True"),
     (lambda d: d["categories"][0].update(name=""), r"category id 1: 'name' must be a non-empty string"),
     (lambda d: d["categories"][0].update(name=None), r"category id 1: 'name' must be a non-empty string"),
     (lambda d: d.update(categories=[], annotations=[]), r"'categories' is empty"),

@@ -113,6 +113,24 @@ def test_class_texts_naming_the_categories_in_another_order_are_refused(tmp_path
     assert load_class_texts([["cat"], ["cat person"], ["cup", "person"]], names)[2] == ["cup", "person"]
 
 
+def test_class_texts_whose_names_are_shared_by_entries_are_not_judged_misordered():
+    """Only a clear case is refused: a name that two entries hold says nothing of the order (here
+    "person" is a synonym of entries 0 and 1, so entry 1's "cat" need not be category 1's)."""
+    names = ["cat", "person", "cup"]
+    texts = [["person"], ["cat", "person"], ["cup"]]
+    assert load_class_texts(texts, names) == texts
+
+
+def test_a_misordered_entry_that_repeats_its_name_is_refused_and_long_lists_are_cut():
+    names = ["cat", "person", "cup"]
+    with pytest.raises(DataError, match=r"entry 0 is \['person'\] but category 0 is 'cat' \(entry 2\)"):
+        load_class_texts([["person"], ["cup"], ["Cat", "cat"]], names)  # one entry, the name twice
+    names = [f"class {i}" for i in range(4)]
+    with pytest.raises(DataError, match=r"\(entry 1\); \.\.\.\); list one entry") as caught:
+        load_class_texts([[name] for name in names[1:] + names[:1]], names)  # all 4 moved, 3 shown
+    assert str(caught.value).count("but category") == 3
+
+
 def test_indented_comment_lines_are_not_class_texts(tmp_path):
     lines = tmp_path / "names.txt"
     lines.write_text("cat\n  # the vehicles\n\t# (tab)\nred car\n")
