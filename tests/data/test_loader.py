@@ -310,6 +310,39 @@ def test_sample_warnings_travel_with_the_sample_and_leave_other_warnings_once_on
     assert [s.get("warnings") for s in samples] == [None, [(UserWarning, "bad file")], None]
 
 
+def test_sample_warnings_of_a_non_dict_sample_are_shown_where_raised():
+    """A sample that cannot carry them (not a dict) leaves its warnings shown, not dropped."""
+    import warnings
+
+    from worldtune.data.loader import WarningsWithSample
+
+    class Tuples(_WarnsOnOne):
+        def __getitem__(self, index):
+            return tuple(super().__getitem__(index).values())
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert WarningsWithSample(Tuples())[1] == (1,)
+    assert [(w.category, str(w.message)) for w in shown] == [(UserWarning, "bad file")]
+
+
+def test_the_reporter_shows_the_first_warnings_then_only_counts():
+    """The training loader lists the first `limit` distinct warnings, the last of them with the note
+    that no more are listed, and counts the rest (the run's end says how many)."""
+    import warnings
+
+    from worldtune.data.loader import WarningsReporter
+
+    reporter = WarningsReporter(limit=2, note=" (no more listed)")
+    batches = [{"warnings": [(UserWarning, "a"), (UserWarning, "a")], "i": 0},
+               {"warnings": [(RuntimeWarning, "b")], "i": 1}, {"warnings": [(UserWarning, "c")], "i": 2}, {"i": 3}]
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert list(reporter.reported(batches)) == [{"i": i} for i in range(4)]
+    assert [(w.category, str(w.message)) for w in shown] == [(UserWarning, "a"), (RuntimeWarning, "b (no more listed)")]
+    assert reporter.seen == {"a", "b", "c"}
+
+
 def _loader_worker(main_pid, ready):
     import time
 
