@@ -152,6 +152,27 @@ def test_train_shards_drop_or_pad_the_tail_as_asked(drop_last, per_rank, distinc
     assert [len(s) for s in shards] == [per_rank, per_rank] and len(set(shards[0] + shards[1])) == distinct
 
 
+class _PooledIndexDataset(IndexDataset):
+    """Records the loading order that a `mosaic_pool` training set is given."""
+    mosaic_pool = 2
+
+    def set_order(self, order):
+        self.order = list(order)
+
+
+def test_a_pooled_set_is_given_each_epochs_loading_order_on_its_rank():
+    """data.mosaic_pool draws partners among the images loaded next to a sample: the set must know
+    this rank's order of each epoch, not a permutation of its own."""
+    dataset = _PooledIndexDataset(9)
+    loader = build_train_loader(dataset, batch_size=2, seed=0, rank=1, world_size=2)
+    orders = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        assert dataset.order == list(loader.sampler)  # the indices the loader loads, in its order
+        orders.append(dataset.order)
+    assert orders[0] != orders[1]
+
+
 def _with_bad_images(tiny_coco, tmp_path):
     """The tiny set with one JPEG cut short and one image of another size than the annotation's."""
     import cv2

@@ -79,3 +79,42 @@ def test_precise_bn_copy_averages_batch_statistics_and_shares_the_text_tower():
     means = [conv(b["images"].float() / 255).mean((0, 2, 3)) for b in batches]
     torch.testing.assert_close(copy.backbone.image_model.stem.bn.running_mean, torch.stack(means).mean(0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_stop_checked_ranks_agree_before_each_batch_that_every_rank_reaches(monkeypatch):
+    """Across machines a Ctrl-C reaches some ranks only: every rank votes before each of the first
+    `common` batches and all stop together; a vote past the shortest shard would wait forever."""
+    from types import SimpleNamespace
+
+    from worldtune.engine import dist
+    from worldtune.engine.validate import StopChecked
+
+    votes = []
+    monkeypatch.setattr(dist, "all_true", lambda flag, device: votes.append(flag) or True)
+    stop = SimpleNamespace(requested=False)
+    assert list(StopChecked(range(5), stop, torch.device("cpu"), common=3)) == [0, 1, 2, 3, 4]
+    assert votes == [True, True, True]
+    answers = iter([True, True, False])  # another rank was stopped before the third batch
+    monkeypatch.setattr(dist, "all_true", lambda flag, device: next(answers))
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for batch in StopChecked(range(5), stop, torch.device("cpu"), common=3):
+            seen.append(batch)
+    assert seen == [0, 1]
+    stop.requested, votes = True, []
+    monkeypatch.setattr(dist, "all_true", lambda flag, device: votes.append(flag) or flag)
+    with pytest.raises(KeyboardInterrupt):
+        list(StopChecked(range(5), stop, torch.device("cpu"), common=3))
+    assert votes == [False]  # this rank's own request is its vote
+
+
+@pytest.mark.parametrize("images, world_size, batch_size", [(7, 2, 2), (7, 3, 2), (9, 2, 4), (8, 4, 1)])
+def test_common_batches_is_the_shortest_shards_batch_count(monkeypatch, images, world_size, batch_size):
+    from worldtune.engine import dist
+    from worldtune.engine.validate import common_batches
+    from tests.helpers.index_dataset import IndexDataset
+
+    loaders = [build_eval_loader(IndexDataset(images), batch_size, rank=r, world_size=world_size)
+               for r in range(world_size)]
+    monkeypatch.setattr(dist, "get_world_size", lambda: world_size)
+    assert common_batches(loaders[0]) == min(len(loader) for loader in loaders)
