@@ -79,6 +79,24 @@ def test_cache_hit_is_used_without_download(hub_cache, monkeypatch):
     assert zoo.cached_path(entry.finetuned) == target
 
 
+def test_the_cache_under_hf_home_is_found_without_download(tmp_path, monkeypatch):
+    """Without HF_HUB_CACHE, huggingface_hub keeps its cache in $HF_HOME/hub: look there, as it does."""
+    payload = b"cached weights"
+    entry = fake_entry(payload)
+    monkeypatch.setattr(zoo, "ZOO", zoo.ZOO + (entry,))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    target = put_in_cache(tmp_path / "hf" / "hub", entry.finetuned, payload)
+    assert zoo.resolve_weights("fake-coco", download=no_download) == target
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " on "])
+def test_every_spelling_of_hf_hub_offline_is_honoured(hub_cache, monkeypatch, value):
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    with pytest.raises(zoo.WeightsNotAvailableError, match="HF_HUB_OFFLINE is set"):
+        zoo.resolve_weights("v2-s-coco", download=no_download)
+
+
 def test_download_then_hash_verification(hub_cache, monkeypatch):
     payload = b"downloaded weights"
     entry = fake_entry(payload)
