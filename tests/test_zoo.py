@@ -168,6 +168,20 @@ def test_an_unknown_name_names_the_close_aliases(name, guess):
     assert str(info.value).startswith(f"{name}: no such file, and not a zoo name; {guess}Zoo aliases: v2-l-coco, ")
 
 
+def test_only_a_hash_right_before_the_suffix_is_a_promise():
+    assert zoo.expected_sha256_prefix("yolo_world_v2_l_ep80-81c701ee.pth") == "81c701ee"
+    # renamed or other files: no 8 hex digits between the last '-' and the suffix, nothing to check
+    for name in ("mine-81c701ee-copy.pth", "run-0123456789.pth", "weights-81c701ee.pth.bak", "best.pt"):
+        assert zoo.expected_sha256_prefix(name) is None, name
+
+
+def test_an_unknown_name_is_told_the_aliases_not_every_file_name():
+    with pytest.raises(zoo.UnknownWeightsError) as info:
+        zoo.resolve_weights("v2-q-coco", download=no_download)
+    aliases = str(info.value).split("Zoo aliases: ")[1].split(" (")[0].split(", ")
+    assert aliases == sorted(set(zoo.PRETRAINED) | {e.alias for e in zoo.ZOO if e.finetuned})
+
+
 def test_zoo_cli_marks_cached_files(hub_cache, capsys):
     put_in_cache(hub_cache, zoo.PRETRAINED["v2-s-pretrain"], b"not checked by the listing")
     assert main(["zoo"]) == 0
