@@ -107,6 +107,8 @@ def test_deterministic_and_seed_dependent(tmp_path, demo):
 def test_val_split_does_not_depend_on_train_size(tmp_path, demo):
     bigger = build_demo_dataset(tmp_path / "bigger", **dict(SMALL, num_train=12), seed=0)
     assert bigger["val_ann"].read_text() == demo["val_ann"].read_text()
+    # and the val images are not copies of the first training images
+    assert (demo["val_images"] / "val_0000.jpg").read_bytes() != (demo["train_images"] / "train_0000.jpg").read_bytes()
 
 
 def test_existing_build_is_reused_and_bad_arguments_refused(tmp_path):
@@ -114,5 +116,9 @@ def test_existing_build_is_reused_and_bad_arguments_refused(tmp_path):
     stamp = first["train_ann"].stat().st_mtime_ns
     build_demo_dataset(tmp_path, num_train=1, num_val=1, imgsz=96)
     assert first["train_ann"].stat().st_mtime_ns == stamp
+    rebuilt = build_demo_dataset(tmp_path, num_train=2, num_val=1, imgsz=96)  # other arguments: built again
+    assert len(json.loads(rebuilt["train_ann"].read_text())["images"]) == 2
+    with pytest.raises(ValueError, match="num_val"):
+        build_demo_dataset(tmp_path, num_train=1, num_val=0)
     with pytest.raises(ValueError, match="num_train"):
         build_demo_dataset(tmp_path, num_train=0)

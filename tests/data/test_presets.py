@@ -163,3 +163,29 @@ def test_the_training_set_leaves_the_coco_sets_warning_limit_alone(tiny_coco, tm
             dataset.load_image(index)
     messages = [str(w.message) for w in shown]
     assert len(messages) == 3 and messages[-1].endswith("(further such images are not listed)"), messages
+
+
+def test_cache_images_false_in_any_form_caches_nothing(tiny_dataset):
+    """"false" as written in a YAML config or on --set is a string: it must not count as true."""
+    for off in (False, "false"):
+        assert _train_set(tiny_dataset, cache_images=off).images is None
+    assert _train_set(tiny_dataset, cache_images="true").images is not None
+
+
+def test_without_mask_refine_missing_polygons_are_not_warned_about_and_bad_sizes_refused(tiny_coco, tmp_path):
+    import json
+    import warnings
+
+    from worldtune.data.coco import CocoDetection
+
+    data = json.loads(open(tiny_coco["ann_file"]).read())
+    for ann in data["annotations"]:
+        ann.pop("segmentation", None)
+    ann_file = tmp_path / "no_polygons.json"
+    ann_file.write_text(json.dumps(data))
+    coco = CocoDetection(ann_file, tiny_coco["image_dir"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train_set(coco, mask_refine=False, cache_images=False)  # boxes are all it uses
+    with pytest.raises(ValueError, match="cache_max_gb must be >= 0, got 0, -1"):
+        _train_set(coco, cache_max_gb=-1)
