@@ -62,3 +62,14 @@ def test_demo_refuses_a_missing_gpu_or_a_file_as_folder(tmp_path, capsys, monkey
     (tmp_path / "f").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "f")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_the_drawn_val_image_is_the_one_with_the_most_objects(tmp_path):
+    import json
+
+    from worldtune.cli.demo import busiest_image
+
+    ann = {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in (1, 2, 3)],
+           "annotations": [{"image_id": i} for i in (1, 2, 2, 3, 3)]}
+    (tmp_path / "val.json").write_text(json.dumps(ann))
+    assert busiest_image(tmp_path / "val.json", tmp_path) == tmp_path / "2.jpg"  # a tie goes to the lower id
