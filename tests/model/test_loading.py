@@ -236,6 +236,16 @@ def test_a_tower_the_checkpoint_fills_is_not_initialised():
     assert torch.equal(ids, torch.arange(77).expand(1, -1))
 
 
+def test_a_tower_narrower_than_one_clip_head_is_built_with_one_head():
+    """Without a recorded head count the heads are CLIP's 64 wide; a narrower tower still has one."""
+    from worldtune.model.loading import build_text_model
+
+    weights = _meta_tower_weights(hidden_size=32, intermediate_size=64, projection_dim=32,
+                                  num_hidden_layers=1, num_attention_heads=1)
+    tower = build_text_model("random", weights=weights)
+    assert (tower.model.config.num_attention_heads, tower.embed_dim) == (1, 32)
+
+
 def test_a_tower_the_checkpoint_fills_in_part_is_initialised_and_refused(tmp_path):
     """Where the checkpoint lacks a tower weight, the tower is initialised as before (no weight is
     left as whatever the memory held), and loading it strictly names the missing weight."""
