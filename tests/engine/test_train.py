@@ -669,3 +669,45 @@ def test_under_torchrun_a_stop_on_any_rank_travels_with_the_logged_losses(monkey
                                stop=stopping.StopFlag(announce=False))
     assert result["interrupted"] and state["global_step"] == 2 and len(reductions) == 2
     assert "stop_requests" in reductions[0] and "stop_requests" not in result  # voted, not logged as a loss
+
+
+class _Recorder:
+    """A RunLogger stand-in that keeps the logged records."""
+
+    def __init__(self):
+        self.records = []
+
+    def progress(self, loader, **kwargs):
+        return loader
+
+    def log(self, kind, step, **values):
+        self.records.append({"kind": kind, "step": step, **values})
+
+
+def test_an_epochs_mean_losses_are_of_its_own_steps(one_thread):
+    """The epoch record averages that epoch's steps: a finished epoch's sums must not carry into the next
+    (only an epoch resumed in its middle keeps the sums of its steps before the stop)."""
+    from worldtune.engine.ema import ExpMomentumEMA
+    from worldtune.engine.optim import OptimConfig, build_optimizer
+    from worldtune.engine.schedule import apply_schedule
+    from worldtune.loss.criterion import YOLOWorldCriterion
+    from worldtune.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2)
+    names = ["red", "green"]
+    text_model = FixedTexts({n: torch.nn.functional.normalize(torch.randn(512), dim=0) for n in names})
+    batch = {"images": torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), "texts": [names],
+             "bboxes_labels": torch.tensor([[0, 1, 8, 8, 40, 40]], dtype=torch.float32)}
+    cfg = Config()
+    cfg.train.log_interval = 1
+    state = {"step_in_epoch": 0, "global_step": 0, "iters_per_epoch": 1}
+    optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=1))
+    ema, logger = ExpMomentumEMA(model), _Recorder()
+    for epoch in (0, 1):
+        result = T.train_one_epoch(model, text_model, YOLOWorldCriterion(), [batch], optimizer, ema,
+                                   torch.amp.GradScaler("cpu", enabled=False), epoch, state, cfg, torch.device("cpu"),
+                                   lambda opt, e, step: apply_schedule(opt, e, step, 1), logger)
+        state["step_in_epoch"] = 0  # as `fit` does after an epoch
+        assert result["loss"] == pytest.approx(logger.records[-1]["loss"])  # its one step's loss
+    assert logger.records[0]["loss"] != logger.records[1]["loss"]  # the two steps differ: the test can tell
