@@ -184,3 +184,26 @@ def test_the_loss_is_scaled_by_the_process_count(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         T.fit(tiny_config(tmp_path, epochs=1))
     assert seen == [2]
+
+
+def test_cuda_means_this_processs_local_gpu(monkeypatch):
+    """Under torchrun `--device cuda` (or auto) puts each process on its own GPU, LOCAL_RANK's."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dist.resolve_device("cuda", local_rank=3) == torch.device("cuda:3")
+    assert dist.resolve_device("auto", local_rank=1) == torch.device("cuda:1")
+    assert dist.resolve_device("cuda:0", local_rank=1) == torch.device("cuda:0")  # named: kept
+
+
+def test_all_true_and_reduce_dict_in_a_process_group(tmp_path):
+    """The collective paths, in a one-process gloo group (a False vote is a stop)."""
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert dist.is_dist()
+        assert dist.all_true(True, torch.device("cpu")) and not dist.all_true(False, torch.device("cpu"))
+        reduced = dist.reduce_dict({"b": torch.tensor(2.0), "a": torch.tensor([3.0])})
+        assert list(reduced) == ["a", "b"] and [v.item() for v in reduced.values()] == [3.0, 2.0]
+    finally:
+        dist.cleanup()
+    assert not dist.is_dist()

@@ -684,7 +684,7 @@ class _Recorder:
         self.records.append({"kind": kind, "step": step, **values})
 
 
-def test_an_epochs_mean_losses_are_of_its_own_steps(one_thread):
+def test_an_epochs_mean_losses_are_of_its_own_steps_and_its_last_step_is_logged(one_thread):
     """The epoch record averages that epoch's steps: a finished epoch's sums must not carry into the next
     (only an epoch resumed in its middle keeps the sums of its steps before the stop)."""
     from worldtune.engine.ema import ExpMomentumEMA
@@ -700,7 +700,7 @@ def test_an_epochs_mean_losses_are_of_its_own_steps(one_thread):
     batch = {"images": torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), "texts": [names],
              "bboxes_labels": torch.tensor([[0, 1, 8, 8, 40, 40]], dtype=torch.float32)}
     cfg = Config()
-    cfg.train.log_interval = 1
+    cfg.train.log_interval = 7  # off the interval, an epoch's last step is logged all the same
     state = {"step_in_epoch": 0, "global_step": 0, "iters_per_epoch": 1}
     optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=1))
     ema, logger = ExpMomentumEMA(model), _Recorder()
@@ -710,4 +710,5 @@ def test_an_epochs_mean_losses_are_of_its_own_steps(one_thread):
                                    lambda opt, e, step: apply_schedule(opt, e, step, 1), logger)
         state["step_in_epoch"] = 0  # as `fit` does after an epoch
         assert result["loss"] == pytest.approx(logger.records[-1]["loss"])  # its one step's loss
+    assert [r["step"] for r in logger.records] == [1, 2]
     assert logger.records[0]["loss"] != logger.records[1]["loss"]  # the two steps differ: the test can tell
