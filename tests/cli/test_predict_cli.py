@@ -118,23 +118,28 @@ def test_nothing_readable_is_an_error(setup, tmp_path, capsys):
     assert "broken.jpg" in err and "missing.png: no such file or folder" in err
 
 
-def test_an_annotated_image_that_cannot_be_written_is_an_error_naming_the_cause(setup, tmp_path, monkeypatch,
-                                                                               capsys):
-    """cv2.imwrite tells a failure (full disk, no permission) only by returning False: the picture is
-    encoded, then written as any output file, so the message names the file and the cause."""
+def _disk_full_at(monkeypatch, suffix: str) -> None:
+    """The disk is full when an output file whose name ends with `suffix` is renamed into place."""
     import errno
 
     from worldtune import outputs
 
     real = outputs.os.replace
 
-    def full_at_a_picture(tmp, path):
-        if str(path).endswith(".jpg"):
+    def full(tmp, path):
+        if str(path).endswith(suffix):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tmp, path)
 
-    monkeypatch.setattr(outputs.os, "replace", full_at_a_picture)
+    monkeypatch.setattr(outputs.os, "replace", full)
     monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+
+
+def test_an_annotated_image_that_cannot_be_written_is_an_error_naming_the_cause(setup, tmp_path, monkeypatch,
+                                                                               capsys):
+    """cv2.imwrite tells a failure (full disk, no permission) only by returning False: the picture is
+    encoded, then written as any output file, so the message names the file and the cause."""
+    _disk_full_at(monkeypatch, ".jpg")
     out = tmp_path / "o"
     assert _predict(setup, out, "--classes", "cat") == 2
     err = capsys.readouterr().err
@@ -146,19 +151,7 @@ def test_an_annotated_image_that_cannot_be_written_is_an_error_naming_the_cause(
 
 def test_a_full_disk_at_the_summary_names_it_and_leaves_no_cut_short_file(setup, tmp_path, monkeypatch, capsys):
     """A failed write() names no file ("[Errno 28] No space left on device"): the error says which."""
-    import errno
-
-    from worldtune import outputs
-
-    real = outputs.os.replace
-
-    def full_at_the_summary(tmp, path):
-        if str(path).endswith("predictions.json"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tmp, path)
-
-    monkeypatch.setattr(outputs.os, "replace", full_at_the_summary)
-    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    _disk_full_at(monkeypatch, "predictions.json")
     out = tmp_path / "o"
     assert _predict(setup, out, "--classes", "cat") == 2
     assert f"worldtune predict: error: cannot write {out}/predictions.json: No space left on device" in \

@@ -25,34 +25,17 @@ def test_a_failed_metrics_write_is_one_warning_and_the_next_record_gets_its_own_
     """A full disk while appending: the run goes on (its checkpoints hold its state); a line the
     failure cut is closed before the next record, which would otherwise be glued to it and lost."""
     import builtins
-    import errno
 
     import pytest
 
+    from tests.helpers.full_disk import FullDisk
     from worldtune.engine.logger import read_metrics
 
     log = RunLogger(tmp_path, tensorboard=False)
     log.log("train", 1, loss=1.0)
     real_open = builtins.open
 
-    class FullFile:  # writes part of the line, then the disk is full
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def write(self, text):
-            self.f.write(text[:7])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(builtins, "open", lambda *a, **k: FullFile(real_open(*a, **k)))
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: FullDisk(real_open(*a, **k)))
     with pytest.warns(UserWarning, match=r"cannot write .*metrics.jsonl: No space left on device; its records are "
                                          r"missing until a write succeeds; training goes on") as caught:
         log.log("train", 2, loss=2.0)

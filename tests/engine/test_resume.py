@@ -166,39 +166,29 @@ def test_abort_in_the_middle_of_an_update_keeps_the_previous_checkpoint(tmp_path
     _resume_from_and_compare(cfg, (1, 0, 2), reference)
 
 
-def test_an_error_between_updates_saves_the_steps_done_and_resumes(tmp_path, reference, monkeypatch, capsys):
-    """Out of memory or a bad image (on_bad_data=error) in step 4: last.pt takes step 3, which the
-    previous last.pt (end of epoch 1, step 2) did not have, and the resume runs step 4 again."""
+@pytest.mark.parametrize("in_update", [False, True])
+def test_an_error_in_a_step_saves_the_steps_done_unless_in_an_update(tmp_path, reference, monkeypatch, capsys,
+                                                                     in_update):
+    """An error in step 4 (out of memory, a bad image with on_bad_data=error). Before its update:
+    last.pt takes step 3, which the previous last.pt (end of epoch 1, step 2) lacked, and the resume
+    runs step 4 again. After the optimizer step, before the EMA and the counters: that state is no
+    step's, so the previous last.pt stays."""
     from worldtune.engine import train as train_mod
-
-    def out_of_memory():
-        raise RuntimeError("out of memory (simulated)")
-
-    real = train_mod.batch_text_feats
-    monkeypatch.setattr(train_mod, "batch_text_feats", before_call(real, 4, out_of_memory))
-    cfg = _config(tmp_path)
-    with pytest.raises(RuntimeError, match="simulated"):
-        fit(cfg)
-    assert (f"training at epoch 2, step 1 stopped with the error below; {cfg.out}/last.pt is saved at that step "
-            "(a resume runs the failed step again)") in capsys.readouterr().err
-    monkeypatch.setattr(train_mod, "batch_text_feats", real)
-    _resume_from_and_compare(cfg, (1, 1, 3), reference)
-
-
-def test_an_error_in_the_middle_of_an_update_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch):
-    """After the optimizer step, before the EMA and the counters: that state is no step's, so not saved."""
     from worldtune.engine.ema import ExpMomentumEMA
 
     def fails():
-        raise RuntimeError("failed inside the update (simulated)")
+        raise RuntimeError("out of memory (simulated)")
 
-    real = ExpMomentumEMA.update
-    monkeypatch.setattr(ExpMomentumEMA, "update", before_call(real, 4, fails))
+    owner, name = (ExpMomentumEMA, "update") if in_update else (train_mod, "batch_text_feats")
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, before_call(real, 4, fails))
     cfg = _config(tmp_path)
     with pytest.raises(RuntimeError, match="simulated"):
         fit(cfg)
-    monkeypatch.setattr(ExpMomentumEMA, "update", real)
-    _resume_from_and_compare(cfg, (1, 0, 2), reference)
+    saved_now = f"{cfg.out}/last.pt is saved at that step (a resume runs the failed step again)"
+    assert (saved_now in capsys.readouterr().err) != in_update
+    monkeypatch.setattr(owner, name, real)
+    _resume_from_and_compare(cfg, (1, 0, 2) if in_update else (1, 1, 3), reference)
 
 
 def test_resume_with_a_scaler_the_saved_run_did_not_have():

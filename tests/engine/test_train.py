@@ -584,6 +584,19 @@ class FixedTexts:
         return torch.stack([self.table[t] for t in texts])
 
 
+def _one_image_step_inputs():
+    """(an `n` model of 2 classes, a FixedTexts tower, a one-image batch with one box), seeded."""
+    from worldtune.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("n", num_classes=2)
+    names = ["red", "green"]
+    text_model = FixedTexts({n: torch.nn.functional.normalize(torch.randn(512), dim=0) for n in names})
+    batch = {"images": torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), "texts": [names],
+             "bboxes_labels": torch.tensor([[0, 1, 8, 8, 40, 40]], dtype=torch.float32)}
+    return model, text_model, batch
+
+
 def test_fp16_amp_step_with_an_overflow_is_skipped_by_the_scaler_not_stopped(monkeypatch, one_thread):
     """The CUDA fp16 path of the loop, run on CPU (CPU autocast, a CPU GradScaler): a step whose scaled
     gradients overflow is skipped by the scaler (weights kept, scale halved) instead of stopping the
@@ -640,14 +653,8 @@ def test_under_torchrun_a_stop_on_any_rank_travels_with_the_logged_losses(monkey
     from worldtune.engine.optim import OptimConfig, build_optimizer
     from worldtune.engine.schedule import apply_schedule
     from worldtune.loss.criterion import YOLOWorldCriterion
-    from worldtune.model import build_model
 
-    torch.manual_seed(0)
-    model = build_model("n", num_classes=2)
-    names = ["red", "green"]
-    text_model = FixedTexts({n: torch.nn.functional.normalize(torch.randn(512), dim=0) for n in names})
-    batch = {"images": torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), "texts": [names],
-             "bboxes_labels": torch.tensor([[0, 1, 8, 8, 40, 40]], dtype=torch.float32)}
+    model, text_model, batch = _one_image_step_inputs()
     reductions = []
 
     def reduce_as_rank0_of_2(values, average=True):
@@ -691,14 +698,8 @@ def test_an_epochs_mean_losses_are_of_its_own_steps_and_its_last_step_is_logged(
     from worldtune.engine.optim import OptimConfig, build_optimizer
     from worldtune.engine.schedule import apply_schedule
     from worldtune.loss.criterion import YOLOWorldCriterion
-    from worldtune.model import build_model
 
-    torch.manual_seed(0)
-    model = build_model("n", num_classes=2)
-    names = ["red", "green"]
-    text_model = FixedTexts({n: torch.nn.functional.normalize(torch.randn(512), dim=0) for n in names})
-    batch = {"images": torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), "texts": [names],
-             "bboxes_labels": torch.tensor([[0, 1, 8, 8, 40, 40]], dtype=torch.float32)}
+    model, text_model, batch = _one_image_step_inputs()
     cfg = Config()
     cfg.train.log_interval = 7  # off the interval, an epoch's last step is logged all the same
     state = {"step_in_epoch": 0, "global_step": 0, "iters_per_epoch": 1}

@@ -174,27 +174,14 @@ def test_an_output_folder_that_takes_no_file_is_refused_before_any_work(gt_and_d
 def test_a_full_disk_at_the_end_names_the_file_and_leaves_none_cut_short(gt_and_dets, tmp_path, capsys, monkeypatch):
     """The metrics are printed; the file that could not be written is named (a failed write() names
     none: "[Errno 28] No space left on device"), and no empty or partial file is left in its place."""
-    import errno
     import os
+
+    from tests.helpers.full_disk import FullDisk
 
     gt, dets = gt_and_dets
     real_fdopen = os.fdopen
 
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, text):
-            self.f.write(text[:10])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), keep=10))
     monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
     out = tmp_path / "out"
     out.mkdir()
