@@ -47,5 +47,10 @@ def test_ink_is_dark_on_light_colours_and_white_on_dark_ones():
 
 
 def test_a_failed_write_is_an_error_naming_the_file(tmp_path):
-    with pytest.raises(OSError, match="no_such_folder"):
-        write_image(tmp_path / "no_such_folder" / "out.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(OSError, match=r"cannot write .*a_file/out.png: "):
+        write_image(tmp_path / "a_file" / "out.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"out.xyz: OpenCV writes no picture named '.xyz'"):
+        write_image(tmp_path / "out.xyz", np.zeros((4, 4, 3), np.uint8))
+    write_image(tmp_path / "new_folder" / "out.png", np.zeros((4, 4, 3), np.uint8))  # made as needed
+    assert (tmp_path / "new_folder" / "out.png").stat().st_size > 0
