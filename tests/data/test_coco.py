@@ -237,7 +237,7 @@ def test_files_that_are_not_pictures_are_found_without_decoding(tiny_coco, tmp_p
 
 
 def test_jpegs_cut_short_are_found_and_warned_about(tiny_coco, tmp_path):
-    from worldtune.data.coco import jpeg_cut_short
+    from worldtune.data.image_files import jpeg_cut_short
 
     ann, img = _copy_set(tiny_coco, tmp_path)
     dataset = CocoDetection(ann, img)
@@ -310,7 +310,7 @@ def _marked_jpeg(path, orientation, h=40, w=60):
 @pytest.mark.parametrize("annotated", ["stored", "turned"])
 @pytest.mark.parametrize("orientation", [None, *range(1, 9)])
 def test_a_jpeg_is_decoded_once_in_the_frame_its_annotation_gives(tmp_path, monkeypatch, orientation, annotated):
-    from worldtune.data import coco
+    from worldtune.data import image_files
 
     path = tmp_path / "a.jpg"
     _marked_jpeg(path, orientation)
@@ -319,8 +319,8 @@ def test_a_jpeg_is_decoded_once_in_the_frame_its_annotation_gives(tmp_path, monk
     quarter = orientation in (5, 6, 7, 8)
     expected_hw = (60, 40) if annotated == "turned" and quarter else (40, 60)
     decodes, imread = [], cv2.imread
-    monkeypatch.setattr(coco.cv2, "imread", lambda *args: decodes.append(args) or imread(*args))
-    img = coco.read_image_bgr(path, expected_hw)
+    monkeypatch.setattr(image_files.cv2, "imread", lambda *args: decodes.append(args) or imread(*args))
+    img = image_files.read_image_bgr(path, expected_hw)
     assert len(decodes) == 1
     np.testing.assert_array_equal(img, stored if quarter and annotated == "stored" else turned)
 

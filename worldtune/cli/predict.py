@@ -21,7 +21,7 @@ from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_siz
                                     probability, set_threads, text_tower)
 from worldtune.cli.drawing import draw_label, write_image
 from worldtune.cli.errors import report, user_errors
-from worldtune.data.coco import MOTION_PHOTO_NOTE, jpeg_cut_short
+from worldtune.data.image_files import MOTION_PHOTO_NOTE, jpeg_cut_short
 from worldtune.data.texts import load_class_texts
 from worldtune.outputs import write_text
 

@@ -1,7 +1,7 @@
 """The EXIF orientation and stored size of a JPEG, read from its header without decoding it.
 
 OpenCV applies the orientation of the file's first EXIF block when it decodes; knowing it before
-decoding lets `coco.read_image_bgr` pick the frame of the annotation in one decode.
+decoding lets `image_files.read_image_bgr` pick the frame of the annotation in one decode.
 """
 import os
 
