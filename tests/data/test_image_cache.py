@@ -82,7 +82,8 @@ def test_file_cache_is_built_once_and_shared(tiny_dataset, tmp_path, monkeypatch
     np.testing.assert_array_equal(pickle.loads(blob).get(3)[0], second.get(3)[0])
     MosaicImageStore(tiny_dataset, 64, cache_bytes=2**31, cache_dir=tmp_path)  # a larger budget, all fit already
     assert len(calls) == len(tiny_dataset) and len(list(tmp_path.glob("*.u8"))) == 1  # the same file
-    MosaicImageStore(tiny_dataset, 32, cache_bytes=2**30, cache_dir=tmp_path)  # another size: another file
+    with pytest.warns(UserWarning, match=r"also holds 1 other cache file\(s\)"):  # the first one, told
+        MosaicImageStore(tiny_dataset, 32, cache_bytes=2**30, cache_dir=tmp_path)  # another size: another file
     assert len(list(tmp_path.glob("*.u8"))) == 2
 
 
@@ -132,7 +133,8 @@ def test_file_cache_waits_for_a_live_builder_and_ignores_a_dead_ones_lock(tiny_d
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "images-k2.lock").write_text(f"{socket.gethostname()} {dead.pid}\n")  # its file, no lock held
-    packed = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k2", poll_s=0.02)  # would hang if it waited
+    with pytest.warns(UserWarning, match=r"also holds 1 other cache file\(s\)"):  # k1's
+        packed = pack_in_file(sizes, decode, 2**30, 1, tmp_path, "k2", poll_s=0.02)  # would hang if it waited
     assert packed.count == len(tiny_dataset) and not (tmp_path / "images-k2.lock").exists()
 
 
@@ -215,9 +217,11 @@ def test_a_cache_cut_short_by_disk_space_says_so_when_reused(tiny_dataset, tmp_p
     assert again.count == short.count  # reused as it is: another run may still be reading it
     for f in tmp_path.glob("images-k.*"):  # what the message asks for
         f.unlink()
-    # a budget far above the free space that still holds every image is no cut
+    # a budget far above the free space that still holds every image is no cut, and not warned about
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=one_image * len(sizes) * 4))
-    pack_in_file(sizes, decode, 2**40, 1, tmp_path, "k")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pack_in_file(sizes, decode, 2**40, 1, tmp_path, "k")
     monkeypatch.setattr(shutil, "disk_usage", real_usage)
     assert not (tmp_path / "images-k.cut").exists()
     for f in tmp_path.glob("images-k.*"):

@@ -197,12 +197,11 @@ def _build_file(sizes, decode, budget, threads, data_path: Path, index_path: Pat
         _remove(leftover)
     free = shutil.disk_usage(data_path.parent).free
     wanted = int((plan_table(sizes, budget)[:, 0] >= 0).sum())
-    if budget > 0.9 * free:
+    table = plan_table(sizes, min(budget, int(0.9 * free)))
+    cut = int((table[:, 0] >= 0).sum()) < wanted  # fewer images than the key promises
+    if cut:  # only then: a budget above the free space that still holds every image changes nothing
         warnings.warn(f"image cache: {data_path.parent} has {free / 2**30:.1f} GiB free; caching at most "
                       f"{0.9 * free / 2**30:.1f} GiB instead of data.cache_max_gb", stacklevel=4)
-        budget = int(0.9 * free)
-    table = plan_table(sizes, budget)
-    cut = int((table[:, 0] >= 0).sum()) < wanted  # fewer images than the key promises
     nbytes = stored_bytes(table)
     tmp = data_path.with_name(f"{data_path.name}.tmp{os.getpid()}")
     tmp_index = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
