@@ -45,6 +45,9 @@ class CheckpointMismatchError(CheckpointError):
 # ----------------------------------------------------------------------------- loading
 MAX_EXPANSION_SLACK = 16 * 2**20  # bytes a zip checkpoint may expand beyond twice its file size
 WEIGHTS_METADATA_KEY = "worldtune"  # safetensors metadata entry of a `worldtune slim` file (JSON)
+# A slim file without its text tower stores its class texts' (K, D) embeddings under this tensor
+# name, which no model key starts with; reading the file moves it to the "vocabulary_feats" entry.
+VOCAB_FEATS_KEY = "worldtune.vocabulary_feats"
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -60,7 +63,8 @@ def _is_safetensors(path: Path) -> bool:
 
 def _load_safetensors(path: Path) -> dict:
     """name -> tensor; for a `worldtune slim` file, {"ema": name -> tensor, plus its metadata:
-    config, vocabulary, text_tower, ...}, the shape of a training checkpoint's inference part."""
+    config, vocabulary, text_tower, ..., and "vocabulary_feats" (K, D) when stored}, the shape of a
+    training checkpoint's inference part."""
     from safetensors import safe_open
 
     try:
@@ -77,7 +81,28 @@ def _load_safetensors(path: Path) -> dict:
         raise CheckpointLoadError(f"{path}: malformed '{WEIGHTS_METADATA_KEY}' metadata: {err}") from err
     if not isinstance(meta, dict):
         raise CheckpointLoadError(f"{path}: '{WEIGHTS_METADATA_KEY}' metadata must be a JSON object")
-    return _checked_run_info({**{k: v for k, v in meta.items() if k != "ema"}, "ema": tensors}, path)
+    info = {k: v for k, v in meta.items() if k not in ("ema", "vocabulary_feats")}
+    if VOCAB_FEATS_KEY in tensors:
+        info["vocabulary_feats"] = tensors.pop(VOCAB_FEATS_KEY)
+    return _checked_run_info({**info, "ema": tensors}, path)
+
+
+def stored_vocabulary(path: str | Path) -> list[str] | None:
+    """The class texts whose embeddings the slim file `path` stores, read from its header alone
+    (no tensor is read); None for any other file, or a name that is no file (a zoo name)."""
+    path = Path(path).expanduser()
+    try:
+        if not path.is_file() or not _is_safetensors(path):
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            if VOCAB_FEATS_KEY not in f.keys():
+                return None
+            vocabulary = json.loads((f.metadata() or {}).get(WEIGHTS_METADATA_KEY, "{}")).get("vocabulary")
+    except Exception:  # noqa: BLE001 - unreadable: loading it names the problem
+        return None
+    return vocabulary if isinstance(vocabulary, list) else None
 
 
 def load_checkpoint_file(path: str | Path, mmap: bool = False) -> dict:
@@ -182,6 +207,12 @@ def _checked_run_info(checkpoint: dict, path: Path) -> dict:
         heads = tower.get("num_heads") if isinstance(tower, dict) else None
         if not isinstance(tower, dict) or not (heads is None or (is_int(heads) and heads > 0)):
             raise bad("text_tower", "a dict with a positive integer 'num_heads'", tower)
+    feats = checkpoint.get("vocabulary_feats")
+    if feats is not None and not (isinstance(feats, Tensor) and feats.is_floating_point() and feats.ndim == 2
+                                  and vocabulary is not None and feats.shape[0] == len(vocabulary)):
+        shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
+        raise bad("vocabulary_feats", f"float embeddings of shape ({len(vocabulary or [])}, D), one row per "
+                  "class text of 'vocabulary'", shape)
     return checkpoint
 
 

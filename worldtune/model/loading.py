@@ -151,7 +151,8 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
         text_model: Hugging Face id or local folder of the CLIP text model (its tokenizer is always
             needed; its weights only when the checkpoint carries none, its config when it is a local
             folder), "random" (the bundled tokenizer, random weights where the checkpoint has none),
-            or None: no text tower.
+            or None: no text tower (a slim file's stored class-text embeddings are then its
+            vocabulary's; with a tower its class texts are encoded afresh).
         strict: refuse weights that do not match the model exactly (listing the differences).
     The returned model has `trained_imgsz`: the training image size saved in a worldtune
     checkpoint's config, or None (official files, random weights).
@@ -212,8 +213,16 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     model = model.to(device).eval()
     # worldtune checkpoints carry their config: the CLIs default --imgsz to the training size
     model.trained_imgsz = config.get("data", {}).get("imgsz")
-    if vocabulary:
-        # names only, encoded at first use (a caller may set another vocabulary first); without a
-        # tower, the caller gives the embeddings (`YOLOWorld.vocabulary_feats` says how)
+    feats = checkpoint.get("vocabulary_feats") if isinstance(checkpoint, dict) else None
+    if vocabulary and tower is None and feats is not None:
+        # a slim file without its tower stores the embeddings its tower gave (`worldtune slim`)
+        try:
+            model.set_vocabulary(list(vocabulary), feats)
+        except ValueError as err:  # another width than the model's
+            raise ValueError(f"{path}: its stored class-text embeddings do not fit: {err}") from None
+    elif vocabulary:
+        # names only, encoded at first use (a caller may set another vocabulary first), by the tower
+        # even where the file stores embeddings too; without a tower, the caller gives the
+        # embeddings (`YOLOWorld.vocabulary_feats` says how)
         model.vocabulary = list(vocabulary)
     return model
