@@ -327,3 +327,37 @@ def test_many_inputs_and_subfolders_expand_quickly(tmp_path):
     paths, skipped = expand_inputs(inputs)
     assert time.perf_counter() - start < 1.0
     assert len(paths) == 2001 and skipped[0]["error"].startswith("99 subfolder(s) not searched (day 0, day 1, day 10")
+
+
+def test_a_slim_file_without_its_tower_predicts_its_classes_with_no_clip(setup, tmp_path, monkeypatch, capsys):
+    import worldtune.model.loading as loading
+
+    ckpt, clip, images = setup
+    run = tmp_path / "best.pt"
+    torch.save({"format": "worldtune-train-1", "ema": torch.load(ckpt)["state_dict"], "vocabulary": CLASSES,
+                "config": {"model": {"text_model": str(clip)}, "data": {"imgsz": IMGSZ}},
+                "text_tower": {"num_heads": 2}}, run)
+    slim = tmp_path / "light.safetensors"
+    assert main(["slim", str(run), "--out", str(slim), "--no-text-tower"]) == 0
+    assert _predict(setup, tmp_path / "full", "--classes", ",".join(CLASSES)) == 0
+    expected = json.loads((tmp_path / "full" / "predictions.json").read_text())["images"]
+    assert sum(len(r["detections"]) for r in expected) > 0
+    with monkeypatch.context() as m:
+        m.setattr(loading, "build_text_model", lambda *a, **k: pytest.fail("a CLIP text model was built"))
+        for name, extra in (("own", []), ("same", ["--classes", ",".join(CLASSES)])):
+            assert main(["predict", str(images), "--weights", str(slim), "--out", str(tmp_path / name), *extra]) == 0
+            summary = json.loads((tmp_path / name / "predictions.json").read_text())
+            assert summary["classes"] == CLASSES and summary["imgsz"] == IMGSZ
+            # the same detections; the scores to the last bits of the embeddings (encoded with
+            # another thread count by `slim` than by `predict`, so summed in another order)
+            for got, want in zip(summary["images"], expected):
+                assert [(d["label"], d["box_xyxy"]) for d in got["detections"]] == \
+                    [(d["label"], d["box_xyxy"]) for d in want["detections"]]
+                np.testing.assert_allclose([d["score"] for d in got["detections"]],
+                                           [d["score"] for d in want["detections"]], atol=2e-5)
+    capsys.readouterr()
+    # other class texts need the tower: where it cannot be had, the message says what the file can do
+    assert main(["predict", str(images), "--weights", str(slim), "--classes", "dog", "--text-model",
+                 str(tmp_path / "no_clip"), "--out", str(tmp_path / "dog")]) == 2
+    err = capsys.readouterr().err
+    assert "no_clip" in err and f"{slim} stores the embeddings of its own 3 class texts only" in err

@@ -79,3 +79,25 @@ def test_export_check_says_how_many_detections_it_compared(files, tmp_path, caps
     # random weights score nearly alike: tied detections may be kept in another order, yet the boxes
     # of the others are judged, and a real box difference is not hidden (test_onnx.py)
     assert "boxes inf" not in stdout and "WARNING" not in capsys.readouterr().err
+
+
+def test_a_slim_file_with_its_class_text_embeddings_exports_them_with_no_clip(files, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import worldtune.model.loading as loading
+    from worldtune.engine.checkpoint import VOCAB_FEATS_KEY, WEIGHTS_METADATA_KEY
+
+    # what `worldtune slim --no-text-tower` writes: image-side weights, the class texts' embeddings
+    feats = torch.nn.functional.normalize(torch.from_numpy(np.load(files / "feats.npy")), dim=-1)
+    state = {k: v.contiguous() for k, v in torch.load(files / "model.pth")["state_dict"].items()}
+    meta = {"format": "worldtune-weights-1", "vocabulary": CLASSES, "config": {"data": {"imgsz": 64}}}
+    save_file({**state, VOCAB_FEATS_KEY: feats}, str(tmp_path / "light.safetensors"),
+              metadata={WEIGHTS_METADATA_KEY: json.dumps(meta)})
+    monkeypatch.setattr(loading, "build_text_model", lambda *a, **k: pytest.fail("a CLIP text model was built"))
+    out = tmp_path / "light.onnx"
+    assert main(["export", "--weights", str(tmp_path / "light.safetensors"), "--dynamic-vocab", "--no-verify",
+                 "--out", str(out)]) == 0
+    info = json.loads((tmp_path / "light.vocab.json").read_text())
+    assert info["texts"] == CLASSES and info["imgsz"] == 64
+    # the stored rows (normalised once more by the export, which changes their last bits at most)
+    np.testing.assert_allclose(np.load(tmp_path / info["text_feats_file"]), feats.numpy(), atol=1e-6)

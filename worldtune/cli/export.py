@@ -17,7 +17,8 @@ from pathlib import Path
 
 from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
 from worldtune.cli.errors import report, user_errors
-from worldtune.cli.predict import add_vocabulary_arguments, check_weights_bring_texts, read_vocabulary
+from worldtune.cli.predict import (add_vocabulary_arguments, check_weights_bring_texts, chosen_text_model,
+                                   read_vocabulary)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
     parser.add_argument("--out", type=output_file, required=True, help="output .onnx file")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
-    parser.add_argument("--text-model", default="openai/clip-vit-base-patch32",
-                        help="CLIP text tower: hub id or local folder, 'random' (tests), or 'none' with --text-feats")
+    parser.add_argument("--text-model", default=None,
+                        help="CLIP text tower: hub id or local folder, 'random' (tests), or 'none' with --text-feats "
+                             "(default: openai/clip-vit-base-patch32; none for the class texts whose embeddings a "
+                             "slim file stores)")
     parser.add_argument("--imgsz", type=image_size, default=None,
                         help="input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size of the graph (see --dynamic-batch)")
@@ -66,9 +69,11 @@ def _load_text_feats(path: Path | None, texts: list[str], width: int):
 def run(args: argparse.Namespace) -> int:
     from worldtune.export.check import verify_onnx
     from worldtune.export.onnx import export_onnx
-    from worldtune.model.loading import load_model
+    from worldtune.model.loading import DEFAULT_TEXT_MODEL, load_model
 
     text_model = None if str(args.text_model).lower() == "none" else args.text_model
+    if args.text_model is None and args.text_feats is not None:
+        text_model = DEFAULT_TEXT_MODEL
     given = (("--score-thr", args.score_thr, 0.25), ("--iou-thr", args.iou_thr, 0.7), ("--max-det", args.max_det, 300))
     nms_only = [flag for flag, value, default in given if value != default]
     if nms_only and not args.nms:
@@ -82,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         feats_note = " (the class names are still needed with --text-feats: they label the outputs)"
         if texts is None:
             check_weights_bring_texts(args.weights, feats_note if args.text_feats else "")
+        if args.text_model is None and args.text_feats is None:
+            text_model = chosen_text_model(None, args.weights, texts)
         model = load_model(args.weights, variant=args.variant, text_model=text_model, device="cpu")
         if texts is None:
             texts = list(model.vocabulary)
@@ -90,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
                              + (feats_note if args.text_feats else ""))
         args.imgsz = args.imgsz or model.trained_imgsz or 640
         text_feats = _load_text_feats(args.text_feats, texts, model.vocab_feats.shape[1])
+        if text_feats is None and model.text_model is None and texts == model.vocabulary and model.vocab_feats.numel():
+            text_feats = model.vocab_feats  # a slim file's stored embeddings of its class texts
         if text_feats is None and model.text_model is None:
             raise ValueError("--text-model none needs --text-feats EMBEDDINGS.npy")
         info = export_onnx(model, texts, args.out, text_feats=text_feats, imgsz=args.imgsz, batch=args.batch,

@@ -88,6 +88,39 @@ def check_weights_bring_texts(weights: str, note: str = "") -> None:
     raise ValueError(f"no vocabulary: {why}; give --classes 'person,car' or --class-texts FILE{note}")
 
 
+def chosen_text_model(text_model: str | None, weights: str, texts: list[str] | None) -> str | None:
+    """The CLIP text model to load `weights` with: `text_model` when given (--text-model), else none
+    for a slim file that stores the embeddings of the class texts asked for (`texts`, or None: the
+    file's own), else the default, openai/clip-vit-base-patch32."""
+    from worldtune.engine.checkpoint import stored_vocabulary
+    from worldtune.model.loading import DEFAULT_TEXT_MODEL
+
+    if text_model is not None:
+        return text_model
+    stored = stored_vocabulary(weights)
+    return None if stored is not None and texts in (None, stored) else DEFAULT_TEXT_MODEL
+
+
+def load_model_for(weights: str, variant: str | None, device, text_model: str | None, texts: list[str] | None):
+    """`load_model` with `chosen_text_model`; where the text model cannot be had for a slim file
+    that stores its own class texts' embeddings, the error says that those need none."""
+    from worldtune.engine.checkpoint import stored_vocabulary
+    from worldtune.model.loading import load_model
+    from worldtune.model.text_encoder import TextModelUnavailableError
+
+    try:
+        return load_model(weights, variant=variant, device=device,
+                          text_model=chosen_text_model(text_model, weights, texts))
+    except TextModelUnavailableError as err:
+        stored = stored_vocabulary(weights)
+        if stored is None:
+            raise
+        raise TextModelUnavailableError(
+            f"{err}\n{weights} stores the embeddings of its own {len(stored)} class texts only, which need no "
+            "CLIP model (leave out --classes, --class-texts and --text-model); other class texts need the "
+            "CLIP text model the run was trained with") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
     parser.add_argument("--weights", required=True,
@@ -95,9 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_vocabulary_arguments(parser)
     parser.add_argument("--out", type=output_folder, default=Path("predictions"), help="output folder")
     parser.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
-    parser.add_argument("--text-model", type=text_tower, default="openai/clip-vit-base-patch32",
+    parser.add_argument("--text-model", type=text_tower, default=None,
                         help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint "
-                             "carries the tower), or 'random' (tests)")
+                             "carries the tower), or 'random' (tests) (default: openai/clip-vit-base-patch32; "
+                             "none for the class texts whose embeddings a slim file stores)")
     parser.add_argument("--imgsz", type=image_size, default=None,
                         help="network input size, a multiple of 32 (default: the checkpoint's training size, else 640)")
     parser.add_argument("--score-thr", type=probability, default=0.25,
@@ -186,7 +220,6 @@ def run(args: argparse.Namespace) -> int:
     from worldtune.progress import progress_bar
 
     from worldtune.engine.dist import resolve_device
-    from worldtune.model.loading import load_model
     from worldtune.model.postprocess import PostprocessConfig
     from worldtune.model.predict import letterbox_for_test, predict_batch, read_image_rgb
 
@@ -198,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
             check_weights_bring_texts(args.weights)
         paths, skipped = expand_inputs(args.inputs)
         device = resolve_device(args.device)  # engine.dist: auto / cpu / cuda[:N]
-        model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device)
+        model = load_model_for(args.weights, args.variant, device, args.text_model, texts)
         args.imgsz = args.imgsz or model.trained_imgsz or 640  # both checked already: parsing, the checkpoint reader
         if texts is None:
             texts = list(model.vocabulary)  # a worldtune checkpoint's training classes
@@ -206,7 +239,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("no vocabulary: give --classes 'person,car' or --class-texts FILE")
             print(f"vocabulary: the checkpoint's {len(texts)} training classes ({', '.join(texts[:5])}"
                   f"{', ...' if len(texts) > 5 else ''}); --classes or --class-texts gives others", file=sys.stderr)
-        model.set_vocabulary(texts)
+        if texts == model.vocabulary:
+            model.vocabulary_feats()  # the file's stored embeddings, or the tower's now (its errors said here)
+        else:
+            model.set_vocabulary(texts)
         args.out.mkdir(parents=True, exist_ok=True)
     except user_errors() as e:
         return report("predict", e)
