@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a worldtune checkpoint (best.pt, last.pt) or another weights file")
     parser.add_argument("--out", type=output_file, required=True, help="the .safetensors file to write")
     parser.add_argument("--no-text-tower", action="store_true",
-                        help="leave out the frozen CLIP text tower (loading rebuilds it from the run's local CLIP folder, "
-                             "or from --text-model)")
+                        help="leave out the frozen CLIP text tower, storing its embeddings of the run's class texts "
+                             "instead (for other texts, loading rebuilds it from the run's local CLIP folder, or from "
+                             "--text-model)")
 
 
 def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dict:
@@ -118,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: name a .safetensors file")
     result = slim_checkpoint(args.checkpoint, args.out, text_tower=not args.no_text_tower)
     before = args.checkpoint.stat().st_size
+    left_out = f"; text tower left out ({result['dropped_text']} tensors)" if result["dropped_text"] else ""
+    stored = f"; with the embeddings of its {result['vocabulary_feats']} class texts" if result["vocabulary_feats"] else ""
     print(f"wrote {args.out}: {result['tensors']} tensors, {result['bytes'] / 2**20:.1f} MiB "
-          f"(from {before / 2**20:.1f} MiB)" + (f"; text tower left out ({result['dropped_text']} tensors)"
-                                                 if result["dropped_text"] else "")
-          + (f"; with the embeddings of its {result['vocabulary_feats']} class texts" if result["vocabulary_feats"] else ""))
+          f"(from {before / 2**20:.1f} MiB){left_out}{stored}")
     if result["note"]:
         print(f"worldtune slim: its class texts' embeddings are not stored, so any vocabulary needs a CLIP "
               f"text model when loading: {result['note']}", file=sys.stderr)
