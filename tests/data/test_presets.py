@@ -189,3 +189,18 @@ def test_without_mask_refine_missing_polygons_are_not_warned_about_and_bad_sizes
         _train_set(coco, mask_refine=False, cache_images=False)  # boxes are all it uses
     with pytest.raises(ValueError, match="cache_max_gb must be >= 0, got 0, -1"):
         _train_set(coco, cache_max_gb=-1)
+
+
+def test_copy_paste_acts_with_mask_refine_only(tiny_dataset):
+    """Copy-paste pastes mirrored objects when masks are refined; the official non-mask (SGD) pipeline
+    has no CopyPaste, so there the configured copypaste_prob changes no sample."""
+    for mask_refine in (True, False):
+        plain = _train_set(tiny_dataset, mask_refine=mask_refine, copypaste_prob=0.0, cache_images=False)
+        pasted = _train_set(tiny_dataset, mask_refine=mask_refine, copypaste_prob=1.0, cache_images=False)
+        pairs = [(plain[i], pasted[i]) for i in range(len(plain))]
+        changed = [not np.array_equal(a["img"], b["img"]) for a, b in pairs]
+        boxes = [sum(len(s["bboxes"]) for s in samples) for samples in zip(*pairs)]
+        if mask_refine:
+            assert all(changed) and boxes[1] > boxes[0], (changed, boxes)
+        else:
+            assert not any(changed) and boxes[1] == boxes[0]
