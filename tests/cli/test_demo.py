@@ -73,3 +73,37 @@ def test_the_drawn_val_image_is_the_one_with_the_most_objects(tmp_path):
            "annotations": [{"image_id": i} for i in (1, 2, 2, 3, 3)]}
     (tmp_path / "val.json").write_text(json.dumps(ann))
     assert busiest_image(tmp_path / "val.json", tmp_path) == tmp_path / "2.jpg"  # a tie goes to the lower id
+
+
+def test_the_picture_draws_only_the_detections_at_or_above_the_score_threshold(tmp_path, monkeypatch):
+    """No trained model: the detections are given, three boxes far apart with scores around 0.3."""
+    from types import SimpleNamespace
+
+    import cv2
+    import numpy as np
+    import torch
+
+    import worldtune.model.loading
+    import worldtune.model.predict
+    from worldtune.cli.demo import draw_predictions
+
+    boxes = [[10, 20, 50, 60], [110, 20, 150, 60], [210, 20, 250, 60]]
+    scores = [0.9, 0.29, 0.3]  # the middle one is under the threshold (0.3 itself is drawn)
+    det = {"boxes_xyxy": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
+           "labels": torch.tensor([0, 1, 0])}
+    vocab = []
+    monkeypatch.setattr(worldtune.model.loading, "load_model",
+                        lambda checkpoint, text_model: SimpleNamespace(set_vocabulary=vocab.extend))
+    monkeypatch.setattr(worldtune.model.predict, "predict", lambda model, images, imgsz: [det])
+    image = tmp_path / "val.png"
+    cv2.imwrite(str(image), np.full((100, 280, 3), 128, np.uint8))
+    cfg = SimpleNamespace(model=SimpleNamespace(text_model="random"), data=SimpleNamespace(imgsz=64))
+    out = draw_predictions(tmp_path / "model.pt", cfg, image, ["cat", "cup"], tmp_path / "pred.png")
+    drawn = cv2.imread(str(out)).astype(int)
+    assert vocab == ["cat", "cup"]
+    for (x1, y1, x2, y2), score in zip(boxes, scores):
+        changed = (np.abs(drawn[y1:y2 + 1, x1:x2 + 1] - 128).max(-1) > 30).any(0)  # per column
+        if score >= 0.3:
+            assert changed.all(), score  # the top and bottom edges cross every column
+        else:
+            assert not changed.any(), score
