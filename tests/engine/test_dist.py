@@ -207,3 +207,41 @@ def test_all_true_and_reduce_dict_in_a_process_group(tmp_path):
     finally:
         dist.cleanup()
     assert not dist.is_dist()
+
+
+def _reduce_worker(rank: int, world_size: int, store: str, out: str) -> None:
+    """One gloo process: rank r reduces {"loss": r + 1, "stop": r == 1} and votes; saves what it got."""
+    import datetime
+
+    import torch.distributed as torch_dist
+
+    torch.set_num_threads(1)
+    torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                                  timeout=datetime.timedelta(seconds=60))
+    try:
+        cpu = torch.device("cpu")
+        values = {"loss": torch.tensor(rank + 1.0), "stop": torch.tensor(float(rank == 1))}
+        result = {"average": {k: v.item() for k, v in dist.reduce_dict(values).items()},
+                  "sum": {k: v.item() for k, v in dist.reduce_dict(values, average=False).items()},
+                  "all_agree": dist.all_true(True, cpu), "one_disagrees": dist.all_true(rank == 0, cpu),
+                  "world_size": dist.get_world_size()}
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        dist.cleanup()
+
+
+def test_reduce_dict_and_all_true_over_two_gloo_processes(tmp_path):
+    """Two real processes (the one-process group above cannot tell a mean from a sum): the logged
+    losses are the ranks' mean, and one rank's False vote reaches both. Forked, not spawned: a spawned
+    process would spend seconds importing torch again."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "result"
+    mp.start_processes(_reduce_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True,
+                       start_method="fork")
+    for rank in (0, 1):
+        got = torch.load(f"{out}.{rank}")
+        assert got["world_size"] == 2
+        assert got["average"] == {"loss": 1.5, "stop": 0.5}  # (1 + 2) / 2; one rank of two asks to stop
+        assert got["sum"] == {"loss": 3.0, "stop": 1.0}
+        assert got["all_agree"] is True and got["one_disagrees"] is False
