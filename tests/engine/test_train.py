@@ -345,17 +345,26 @@ def test_a_validation_set_without_ground_truth_gives_no_best_checkpoint(tmp_path
     assert not (Path(cfg.out) / "best.pt").exists() and (Path(cfg.out) / "last.pt").exists()
 
 
-def test_the_run_end_counts_the_training_data_warnings(tmp_path, capsys):
-    """A training JPEG cut short is warned about once (test_loader: over epochs and workers), and counted
-    at the run's end."""
+@pytest.mark.parametrize("cut, listed, shown", [(1, 1, "shown above"), (2, 1, "the first 1 shown above")])
+def test_the_run_end_counts_the_training_data_warnings(tmp_path, capsys, monkeypatch, cut, listed, shown):
+    """Each training JPEG cut short is warned about once (test_loader: over epochs and workers), the
+    first `listed` of them are shown, and the run's end counts them all and says which were shown."""
+    from worldtune.data import loader
+
+    class Listing(loader.TrainLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, list_warnings=listed)
+
+    monkeypatch.setattr(loader, "TrainLoader", Listing)  # a limit of 1 (the run has 10): met, then passed
     cfg = tiny_config(tmp_path, epochs=1, batch_size=3)
     cfg.data.cache_images, cfg.data.val_ann, cfg.data.val_images = "false", "", ""  # decoded by the loader only
-    jpeg = sorted(Path(cfg.data.train_images).glob("*.jpg"))[0]
-    jpeg.write_bytes(jpeg.read_bytes()[:-400])
+    for jpeg in sorted(Path(cfg.data.train_images).glob("*.jpg"), key=lambda p: -p.stat().st_size)[:cut]:
+        jpeg.write_bytes(jpeg.read_bytes()[:-400])
     with pytest.warns(UserWarning, match="is cut short") as caught:
         T.fit(cfg)
-    assert sum("is cut short" in str(w.message) for w in caught) == 1
-    assert "loading the training data gave 1 distinct warning(s)" in capsys.readouterr().out
+    assert sum("is cut short" in str(w.message) for w in caught) == 1  # once, and no more than listed
+    assert (f"loading the training data gave {cut} distinct warning(s) (bad or mis-sized images and the like; "
+            f"{shown})") in capsys.readouterr().out
 
 
 def test_resuming_with_another_process_count_applies_its_weight_decay_rule(tmp_path, capsys):
