@@ -722,3 +722,28 @@ def test_an_epochs_mean_losses_are_of_its_own_steps_and_its_last_step_is_logged(
         assert result["loss"] == pytest.approx(logger.records[-1]["loss"])  # its one step's loss
     assert [r["step"] for r in logger.records] == [1, 2]
     assert logger.records[0]["loss"] != logger.records[1]["loss"]  # the two steps differ: the test can tell
+
+
+def test_the_logged_images_per_second_count_every_process(monkeypatch, one_thread):
+    """Under torchrun each rank steps on its own batch: the logged rate is of all of them (the batch x the
+    process count), here rank 0 of 2 with one image per step and a clock that ticks 1 s per reading."""
+    from types import SimpleNamespace
+
+    from worldtune.engine.ema import ExpMomentumEMA
+    from worldtune.engine.optim import OptimConfig, build_optimizer
+    from worldtune.engine.schedule import apply_schedule
+    from worldtune.loss.criterion import YOLOWorldCriterion
+
+    model, text_model, batch = _one_image_step_inputs()
+    ticks = iter(range(100))
+    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)  # no process group: reduce_dict passes values on
+    cfg = Config()
+    cfg.train.log_interval = 1
+    state = {"step_in_epoch": 0, "global_step": 0, "iters_per_epoch": 2}
+    optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=1))
+    logger = _Recorder()
+    T.train_one_epoch(model, text_model, YOLOWorldCriterion(), [batch] * 2, optimizer, ExpMomentumEMA(model),
+                      torch.amp.GradScaler("cpu", enabled=False), 0, state, cfg, torch.device("cpu"),
+                      lambda opt, epoch, step: apply_schedule(opt, epoch, step, 2), logger)
+    assert [r["images_per_s"] for r in logger.records] == [2.0, 2.0]  # 2 images per 1 s tick
