@@ -1,4 +1,6 @@
 """Peak resident memory of a block of code (Linux: /proc/self/status, reset with clear_refs)."""
+import ctypes
+import gc
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,20 @@ def _kib(field: str) -> int:
     raise KeyError(field)
 
 
+def _return_free_heap() -> None:
+    """Give freed heap pages back to the system (glibc's malloc_trim): pages earlier tests freed but
+    the process kept would otherwise be reused without growing RSS, hiding what a block allocates."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as is
+        pass
+
+
 def reset_peak() -> int:
     """Reset VmHWM to the current RSS (skips the test where Linux's clear_refs is unavailable);
     returns the current RSS in bytes."""
+    gc.collect()
+    _return_free_heap()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
