@@ -16,5 +16,6 @@ def run(args) -> int:
         s = variant_summary(name, args.imgsz, args.num_texts)
         note = "" if s["published"] else "unofficial (CPU tests/demos)"
         print(f"{name:<18}{s['params'] / 1e6:>12.2f}{s['params_with_text'] / 1e6:>17.2f}{s['gflops']:>14.1f}  {note}")
-    print(f"GFLOPs: one forward with {args.num_texts} texts, multiply-add = 2 FLOPs; the text tower runs once per vocabulary.")
+    print(f"GFLOPs: one forward with {args.num_texts} texts, multiply-add = 2 FLOPs; "
+          "the text tower runs once per vocabulary.")
     return 0

@@ -24,7 +24,8 @@ from worldtune.cli.argtypes import output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a worldtune checkpoint (best.pt, last.pt) or another weights file")
+    parser.add_argument("checkpoint", type=Path,
+                        help="a worldtune checkpoint (best.pt, last.pt) or another weights file")
     parser.add_argument("--out", type=output_file, required=True, help="the .safetensors file to write")
     parser.add_argument("--no-text-tower", action="store_true",
                         help="leave out the frozen CLIP text tower, storing its embeddings of the run's class texts "
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     result = slim_checkpoint(args.checkpoint, args.out, text_tower=not args.no_text_tower)
     before = args.checkpoint.stat().st_size
     left_out = f"; text tower left out ({result['dropped_text']} tensors)" if result["dropped_text"] else ""
-    stored = f"; with the embeddings of its {result['vocabulary_feats']} class texts" if result["vocabulary_feats"] else ""
+    count = result["vocabulary_feats"]
+    stored = f"; with the embeddings of its {count} class texts" if count else ""
     print(f"wrote {args.out}: {result['tensors']} tensors, {result['bytes'] / 2**20:.1f} MiB "
           f"(from {before / 2**20:.1f} MiB){left_out}{stored}")
     if result["note"]:

@@ -41,14 +41,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, help="images per GPU/process (recipe: 16)")
     parser.add_argument("--imgsz", type=int, help="training and validation size (recipe: 640)")
     parser.add_argument("--device", help=f"{DEVICE_HELP} (default: auto)")
-    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes per training process (recipe: 8)")
+    parser.add_argument("--workers", type=non_negative_int,
+                        help="data-loading processes per training process (recipe: 8)")
     add_threads_argument(parser)
     parser.add_argument("--out", help="run folder (default runs/train/<recipe>, numbered if taken)")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                         help="continue a run: its folder (from last.pt) or one of its checkpoints (e.g. epoch_N.pt), "
                              "in that folder, with its saved config (only --device, --workers and "
                              "--set data.val_batch_size may change)")
-    parser.add_argument("--save-every-steps", type=non_negative_int, help="also save last.pt every N steps (default 0: at the end of each epoch only)")
+    parser.add_argument("--save-every-steps", type=non_negative_int,
+                        help="also save last.pt every N steps (default 0: at the end of each epoch only)")
     parser.add_argument("--on-bad-data", choices=("error", "skip"),
                         help="error (default): stop at the first bad image or annotation, naming it; skip: drop "
                              "and count them (unreadable val images are left out of the scoring)")
