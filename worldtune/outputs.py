@@ -48,26 +48,44 @@ def writing(path):
         raise OutputWriteError(f"cannot write {path}: {reason(err)}", path, err) from err
 
 
-def write_text(path, text: str) -> None:
-    """Write `text` to `path` through a temporary file beside it and a rename: a failure (a full
-    disk) leaves no cut-short file at `path` and raises an OutputWriteError that names it."""
-    write_bytes(path, text.encode())
-
-
-def write_bytes(path, data: bytes) -> None:
-    """`write_text` for bytes (an encoded picture)."""
+@contextmanager
+def atomic_file(path, durable: bool = False):
+    """A binary file to write `path`'s content to: a temporary file beside it that replaces `path`
+    when the block ends (atomic on POSIX and Windows) and is removed when the block fails, so `path`
+    is never cut short. An OSError (a full disk) is raised as an OutputWriteError naming `path`.
+    `durable`: fsync the file and the rename too (checkpoints: survive a power cut)."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                yield f
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.chmod(tmp, 0o644)  # mkstemp creates 0600
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if durable and hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+            dir_fd = os.open(path.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def write_text(path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (`atomic_file`)."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write `data` (an encoded picture) to `path` whole or not at all (`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def check_writable(folder, what: str = "folder") -> None:

@@ -10,11 +10,8 @@ Layouts understood by :func:`extract_model_state`:
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -27,7 +24,7 @@ from torch import Tensor, nn
 
 from worldtune.engine.safe_pickle import RESTRICTED_PICKLE, UnpickledObject  # noqa: F401 (UnpickledObject: public)
 from worldtune.jsonfile import is_int
-from worldtune.outputs import writing
+from worldtune.outputs import atomic_file
 
 
 class CheckpointError(RuntimeError):
@@ -422,29 +419,11 @@ def save_checkpoint_atomic(obj, path: str | Path, metadata: dict[str, str] | Non
     string `metadata`); anything else goes through ``torch.save``.
     """
     path = Path(path)
-    with writing(path):  # a full disk's error names no file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if path.suffix == ".safetensors":
-                    from safetensors.torch import save
+    with atomic_file(path, durable=True) as f:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save
 
-                    f.write(save({k: _dense(v) for k, v in obj.items()}, metadata=metadata))
-                else:
-                    torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-            dir_fd = os.open(path.parent, os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            f.write(save({k: _dense(v) for k, v in obj.items()}, metadata=metadata))
+        else:
+            torch.save(obj, f)
     return path
