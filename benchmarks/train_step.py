@@ -31,6 +31,7 @@ import torch
 from worldtune.engine.ema import ExpMomentumEMA, ema_momentum
 from worldtune.engine.optim import OptimConfig, build_optimizer
 from worldtune.engine.schedule import ScheduleConfig, apply_schedule
+from worldtune.engine.train import cpu_has_native_bf16
 from worldtune.loss.assigner import pad_targets
 from worldtune.loss.criterion import YOLOWorldCriterion
 from worldtune.model import build_model
@@ -114,16 +115,18 @@ def rounds_img_s(steps: dict, batch: int, args, device) -> dict:
     for _ in range(args.rounds):
         for name, step in steps.items():
             rates[name].append(batch / time_steps(step, args.steps, device, warmup=0))
-    if "theirs" in rates and args.rounds > 1:  # the same round's pair, so a slow spell hits both
-        ratios = sorted(o / t for o, t in zip(rates["ours"], rates["theirs"]))
-        print(f"  worldtune / ultralytics per round: {', '.join(f'{r:.3f}' for r in ratios)} "
-              f"(faster in {sum(r > 1 for r in ratios)} of {len(ratios)} rounds)", flush=True)
+    for name, label in (("ours", "worldtune"), ("cpu_amp", "worldtune cpu_amp")):
+        if name in rates and "theirs" in rates and args.rounds > 1:  # the same round's pair: a slow spell hits both
+            ratios = sorted(o / t for o, t in zip(rates[name], rates["theirs"]))
+            print(f"  {label} / ultralytics per round: {', '.join(f'{r:.3f}' for r in ratios)} "
+                  f"(faster in {sum(r > 1 for r in ratios)} of {len(ratios)} rounds)", flush=True)
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def worldtune_step(variant: str, data: dict, device, amp: str, tower, official_groups: bool = False,
-                   channels_last: bool = True, compile_mode: str | None = None):
+                   channels_last: bool = True, compile_mode: str | None = None, cpu_amp: bool = False):
     from worldtune.engine.text_feats import batch_text_feats
+    from worldtune.engine.train import amp_settings
 
     model = build_model(variant).to(device).train()
     memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
@@ -133,7 +136,8 @@ def worldtune_step(variant: str, data: dict, device, amp: str, tower, official_g
     optimizer = build_optimizer(model, OptimConfig(batch_size_per_gpu=batch), merge_groups=not official_groups)
     ema = ExpMomentumEMA(model)
     criterion = YOLOWorldCriterion()
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and amp == "fp16")
+    amp_on, amp_dtype = amp_settings(amp, device, cpu_amp)  # the loop's choice (train.amp, train.cpu_amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_on and amp_dtype == torch.float16)
     host = host_batch(data, device)
     targets = host["bboxes_labels"]  # host side, as in the loop: the criterion pads them without a sync
     forward = torch.compile(model, mode=compile_mode) if compile_mode else model
@@ -146,7 +150,7 @@ def worldtune_step(variant: str, data: dict, device, amp: str, tower, official_g
         x = host["images"].to(device, non_blocking=True).to(torch.float32, memory_format=memory_format)
         x.div_(255)
         text = batch_text_feats(tower, host["texts"], device)
-        with _autocast(device, amp):
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_on else nullcontext():
             out = forward(x, text)
         losses = criterion([c.float() for c in out.cls_logits], [r.float() for r in out.box_dist_logits], targets)
         optimizer.zero_grad(set_to_none=True)
@@ -336,6 +340,9 @@ def main() -> None:
     p.add_argument("--ultralytics-nbs", type=int, default=0,
                    help="Ultralytics' nominal batch: 64 (its trainer's default) steps its optimizer every "
                         "round(64 / batch) batches; 0 (default): every batch, like worldtune")
+    p.add_argument("--cpu-amp", action="store_true",
+                   help="also time worldtune with train.cpu_amp (bf16 autocast on a CPU with native bf16; "
+                        "Ultralytics' trainer has no CPU AMP and stays fp32)")
     p.add_argument("--official-groups", action="store_true",
                    help="also time worldtune with the official one-param-group-per-parameter optimizer")
     args = p.parse_args()
@@ -354,8 +361,11 @@ def main() -> None:
         ul_version = ultralytics.__version__
     except ImportError:
         ul_version = None
+    if args.cpu_amp and device.type == "cpu" and not cpu_has_native_bf16():
+        print("note: this CPU has no native bf16, so train.cpu_amp leaves the step in fp32")
     extra = (" worldtune, CUDA graph (experiment) img/s |" if args.cuda_graph else "") + \
-        (" worldtune, official groups img/s |" if args.official_groups else "")
+        (" worldtune, official groups img/s |" if args.official_groups else "") + \
+        (" worldtune, train.cpu_amp (bf16) img/s |" if args.cpu_amp else "")
     print(f"| variant | worldtune img/s | ultralytics {ul_version or '(not installed)'} img/s |{extra}")
     print("|---|---|---|" + "---|" * extra.count("img/s"))
     data = make_batch(args.batch, args.imgsz)
@@ -370,6 +380,8 @@ def main() -> None:
         if args.official_groups:
             steps["official"] = worldtune_step(variant, data, device, args.amp, tower, official_groups=True,
                                                channels_last=not args.no_channels_last)
+        if args.cpu_amp:
+            steps["cpu_amp"] = worldtune_step(variant, data, device, "bf16", tower, cpu_amp=True)
         rates = rounds_img_s(steps, args.batch, args, device)
         row = f"| {variant} | {rates['ours']:.3g} | {rates['theirs']:.3g} |" if ul_version else \
             f"| {variant} | {rates['ours']:.3g} | - |"
@@ -377,6 +389,8 @@ def main() -> None:
             row += f" {rates['graph']:.3g} |"
         if args.official_groups:
             row += f" {rates['official']:.3g} |"
+        if args.cpu_amp:
+            row += f" {rates['cpu_amp']:.3g} |"
         print(row, flush=True)
         if args.profile:
             print_profile(steps["ours"], device)

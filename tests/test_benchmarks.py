@@ -78,3 +78,24 @@ def test_graphed_step_body_takes_the_loop_step(one_thread):
         for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
             if a.is_floating_point():  # (the EMA's BatchNorm counters are not averaged, nor read)
                 assert (a - b).abs().max() < 1e-5, name  # the warm-up-bias group moves ~0.1 per step
+
+
+def test_cpu_amp_step_is_the_loops_bf16_step(monkeypatch, one_thread):
+    """`--cpu-amp` times worldtune's step as the loop runs it with train.cpu_amp: bf16 convolutions."""
+    import torch
+
+    from benchmarks import train_step as B
+    from worldtune.engine import train as T
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    device = torch.device("cpu")
+    data, tower = B.make_batch(1, 64, num_texts=4, objects=2), B.FixedEmbeddings(device)
+    step = B.worldtune_step("n", data, device, "bf16", tower, cpu_amp=True)
+    dtypes = []
+    step.model.backbone.image_model.stem.conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    losses = step()
+    assert dtypes == [torch.bfloat16] and all(torch.isfinite(torch.tensor(losses)))
+    fp32 = B.worldtune_step("n", data, device, "bf16", tower)  # train.amp=bf16 alone: CPU stays fp32
+    fp32.model.backbone.image_model.stem.conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    fp32()
+    assert dtypes == [torch.bfloat16, torch.float32]

@@ -54,6 +54,67 @@ def test_amp_is_gpu_only():
         T.amp_settings("fp8", torch.device("cpu"))
 
 
+def test_cpu_amp_is_bf16_on_a_cpu_with_native_bf16_only(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    assert T.amp_settings("bf16", cpu, cpu_amp=True) == (True, torch.bfloat16)
+    assert T.amp_settings("bf16", cpu) == (False, None)  # off unless asked for: not official
+    assert T.amp_settings("fp16", cpu, cpu_amp=True) == (False, None)  # slow on CPUs: fp32
+    assert T.amp_settings("none", cpu, cpu_amp=True) == (False, None)
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)  # emulated bf16 can be slower than fp32
+    assert T.amp_settings("bf16", cpu, cpu_amp=True) == (False, None)
+
+
+def test_cpu_amp_note_says_why_it_has_no_effect(monkeypatch):
+    cfg, cpu = Config(), torch.device("cpu")
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)
+    assert T.cpu_amp_note(cfg.train, cpu) is None  # not asked for
+    cfg.train.cpu_amp = True
+    assert T.cpu_amp_note(cfg.train, cpu) is None  # in effect
+    assert "CPU training only" in T.cpu_amp_note(cfg.train, torch.device("cuda:0"))
+    cfg.train.amp = "fp16"
+    assert "needs train.amp=bf16" in T.cpu_amp_note(cfg.train, cpu)
+    cfg.train.amp = "bf16"
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: False)
+    assert "no native bf16" in T.cpu_amp_note(cfg.train, cpu)
+
+
+def test_cpu_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    flags = {"avx512_bf16": True, "amx_bf16": True, "avx512f": False, "avx512_bf16x": False}
+    for flag, native in flags.items():
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flag} avx512bw\n")
+        assert T.cpu_has_native_bf16(info) is native, flag
+    assert T.cpu_has_native_bf16(tmp_path / "missing") is False  # not Linux: off
+
+
+def test_cpu_amp_step_runs_the_model_in_bf16_and_keeps_fp32_weights(monkeypatch, one_thread):
+    """train.cpu_amp: the forward's convolutions compute in bf16 (autocast), the weights, their
+    gradients and the EMA stay fp32, and the step trains."""
+    from worldtune.engine.ema import ExpMomentumEMA
+    from worldtune.engine.logger import RunLogger
+    from worldtune.engine.optim import OptimConfig, build_optimizer
+    from worldtune.engine.schedule import apply_schedule
+    from worldtune.loss.criterion import YOLOWorldCriterion
+
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: True)  # the dtype, not the speed, is checked here
+    model, text_model, batch = _one_image_step_inputs()
+    conv_dtypes = []
+    model.backbone.image_model.stem.conv.register_forward_hook(lambda m, i, out: conv_dtypes.append(out.dtype))
+    cfg = Config()
+    cfg.train.cpu_amp, cfg.train.log_interval = True, 1
+    weights = [p.detach().clone() for p in model.parameters()]
+    optimizer, ema = build_optimizer(model, OptimConfig(batch_size_per_gpu=1)), ExpMomentumEMA(model)
+    state = {"step_in_epoch": 0, "global_step": 0, "iters_per_epoch": 1}
+    T.train_one_epoch(model, text_model, YOLOWorldCriterion(), [batch], optimizer, ema,
+                      torch.amp.GradScaler("cpu", enabled=False), 0, state, cfg, torch.device("cpu"),
+                      lambda opt, epoch, step: apply_schedule(opt, epoch, step, 1), RunLogger(None))
+    assert conv_dtypes == [torch.bfloat16] and state["global_step"] == 1
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(v.dtype == torch.float32 for v in ema.module.state_dict().values() if v.is_floating_point())
+    assert not all(torch.equal(a, p) for a, p in zip(weights, model.parameters()))
+
+
 def test_bf16_falls_back_to_fp16_where_the_gpu_only_emulates_it(monkeypatch):
     """torch.cuda.is_bf16_supported() is true on a T4 or V100 (emulated bf16); those get fp16 + scaler."""
     monkeypatch.setattr(torch.version, "hip", None)
@@ -618,7 +679,7 @@ def test_fp16_amp_step_with_an_overflow_is_skipped_by_the_scaler_not_stopped(mon
     from worldtune.model import build_model
     from worldtune.engine.schedule import apply_schedule
 
-    monkeypatch.setattr(T, "amp_settings", lambda amp, device: (True, torch.float16))
+    monkeypatch.setattr(T, "amp_settings", lambda *args: (True, torch.float16))
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model("n", num_classes=4)

@@ -60,10 +60,23 @@ def checkpoint_write_failure(err: OutputWriteError, resume_command: str) -> Outp
     return OutputWriteError(f"{err}; {kept}; {remedy(err, path.parent)}, then {then}", path, err)
 
 
-def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
-    """(enabled, dtype). AMP runs on CUDA only; fp16 needs a GradScaler, bf16 does not."""
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX, read from /proc/cpuinfo on
+    Linux). Elsewhere oneDNN emulates bf16 convolutions, which can be slower than fp32."""
+    try:
+        flags = Path(cpuinfo).read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def amp_settings(amp: str, device: torch.device, cpu_amp: bool = False) -> tuple[bool, torch.dtype | None]:
+    """(enabled, dtype). AMP runs on CUDA, and with `cpu_amp` (train.cpu_amp) bf16 on a CPU that computes
+    bf16 natively; fp16 needs a GradScaler, bf16 does not."""
     if amp not in ("bf16", "fp16", "none"):
         raise ValueError(f"train.amp must be bf16, fp16 or none, got {amp!r}")
+    if device.type == "cpu" and cpu_amp and amp == "bf16" and cpu_has_native_bf16():
+        return True, torch.bfloat16
     if device.type != "cuda" or amp == "none":
         return False, None
     # Native bf16 from Ampere (compute capability 8) on. `torch.cuda.is_bf16_supported()` is also true
@@ -72,6 +85,19 @@ def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype | No
     if amp == "bf16" and not native_bf16:
         return True, torch.float16
     return True, torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def cpu_amp_note(t, device: torch.device) -> str | None:
+    """Why train.cpu_amp=true has no effect on this run, if it has none."""
+    if not t.cpu_amp:
+        return None
+    if device.type != "cpu":
+        return "train.cpu_amp applies to CPU training only (train.amp sets the GPU's precision)"
+    if t.amp != "bf16":
+        return f"train.cpu_amp needs train.amp=bf16 (got {t.amp}): training runs in fp32"
+    if not cpu_has_native_bf16():
+        return "train.cpu_amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32"
+    return None
 
 
 def channels_last_on(cfg, device: torch.device) -> bool:
@@ -93,7 +119,7 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
         dict(mean losses over the epoch's steps (those before a resume included), 'interrupted': bool).
     """
     model.train()
-    amp_on, amp_dtype = amp_settings(cfg.train.amp, device)
+    amp_on, amp_dtype = amp_settings(cfg.train.amp, device, cfg.train.cpu_amp)
     if state["step_in_epoch"] == 0 or "loss_sums" not in state:  # a resumed epoch keeps its sums
         state["loss_sums"], state["loss_count"] = {}, 0
     sums, images_seen = state["loss_sums"], 0
@@ -364,7 +390,7 @@ def _fit(cfg, info: dist.DistInfo, resume, resume_changes: dict | None = None) -
         batch_size_per_gpu=t.batch_size, clip_grad_max_norm=t.grad_clip), info.world_size,
         merge_groups=t.merge_param_groups, bias_warmup=t.bias_warmup)
     ema = ExpMomentumEMA(model, momentum=t.ema_momentum, gamma=t.ema_gamma)
-    amp_on, amp_dtype = amp_settings(t.amp, info.device)
+    amp_on, amp_dtype = amp_settings(t.amp, info.device, t.cpu_amp)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_on and amp_dtype == torch.float16)
     criterion = YOLOWorldCriterion(world_size=info.world_size)
     iters = len(train_loader)
@@ -410,7 +436,8 @@ def _fit(cfg, info: dist.DistInfo, resume, resume_changes: dict | None = None) -
         f"run folder {out}")
     for line in short_run_notes(t, iters, warmup_iters(iters, sched)) + \
             [vocabulary_note(train_set.dataset.num_classes, cfg.data.num_texts),
-             batch_note(t.batch_size, len(train_loader.sampler), info.world_size)] + unused_value_notes(cfg):
+             batch_note(t.batch_size, len(train_loader.sampler), info.world_size),
+             cpu_amp_note(t, info.device)] + unused_value_notes(cfg):
         if line:
             say(f"note: {line}")
 
