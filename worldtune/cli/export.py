@@ -17,8 +17,8 @@ from pathlib import Path
 
 from worldtune.cli.argtypes import image_size, output_file, positive_int, probability
 from worldtune.cli.errors import report, user_errors
-from worldtune.cli.predict import (add_vocabulary_arguments, check_weights_bring_texts, chosen_text_model,
-                                   read_vocabulary)
+from worldtune.cli.predict import add_vocabulary_arguments, check_weights_bring_texts, read_vocabulary
+from worldtune.cli.text_model_choice import chosen_text_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_siz
                                     probability, set_threads, text_tower)
 from worldtune.cli.drawing import draw_label, write_image
 from worldtune.cli.errors import report, user_errors
+from worldtune.cli.text_model_choice import load_model_for
 from worldtune.data.image_files import MOTION_PHOTO_NOTE, jpeg_cut_short
 from worldtune.data.texts import load_class_texts
 from worldtune.outputs import write_text
@@ -86,39 +87,6 @@ def check_weights_bring_texts(weights: str, note: str = "") -> None:
     else:
         return
     raise ValueError(f"no vocabulary: {why}; give --classes 'person,car' or --class-texts FILE{note}")
-
-
-def chosen_text_model(text_model: str | None, weights: str, texts: list[str] | None) -> str | None:
-    """The CLIP text model to load `weights` with: `text_model` when given (--text-model), else none
-    for a slim file that stores the embeddings of the class texts asked for (`texts`, or None: the
-    file's own), else the default, openai/clip-vit-base-patch32."""
-    from worldtune.engine.checkpoint import stored_vocabulary
-    from worldtune.model.loading import DEFAULT_TEXT_MODEL
-
-    if text_model is not None:
-        return text_model
-    stored = stored_vocabulary(weights)
-    return None if stored is not None and texts in (None, stored) else DEFAULT_TEXT_MODEL
-
-
-def load_model_for(weights: str, variant: str | None, device, text_model: str | None, texts: list[str] | None):
-    """`load_model` with `chosen_text_model`; where the text model cannot be had for a slim file
-    that stores its own class texts' embeddings, the error says that those need none."""
-    from worldtune.engine.checkpoint import stored_vocabulary
-    from worldtune.model.loading import load_model
-    from worldtune.model.text_encoder import TextModelUnavailableError
-
-    try:
-        return load_model(weights, variant=variant, device=device,
-                          text_model=chosen_text_model(text_model, weights, texts))
-    except TextModelUnavailableError as err:
-        stored = stored_vocabulary(weights)
-        if stored is None:
-            raise
-        raise TextModelUnavailableError(
-            f"{err}\n{weights} stores the embeddings of its own {len(stored)} class texts only, which need no "
-            "CLIP model (leave out --classes, --class-texts and --text-model); other class texts need the "
-            "CLIP text model the run was trained with") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -231,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
             check_weights_bring_texts(args.weights)
         paths, skipped = expand_inputs(args.inputs)
         device = resolve_device(args.device)  # engine.dist: auto / cpu / cuda[:N]
-        model = load_model_for(args.weights, args.variant, device, args.text_model, texts)
+        model = load_model_for(args.weights, args.variant, device, args.text_model, texts,
+                               "leave out --classes, --class-texts and --text-model")
         args.imgsz = args.imgsz or model.trained_imgsz or 640  # both checked already: parsing, the checkpoint reader
         if texts is None:
             texts = list(model.vocabulary)  # a worldtune checkpoint's training classes
