@@ -1,4 +1,8 @@
-"""`worldtune slim` refuses weights that no model of their variant could load."""
+"""`worldtune slim`: weights that no model of their variant could load are refused; a file without
+its text tower stores its class texts' embeddings, which predict and eval use with no CLIP model."""
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -103,8 +107,6 @@ def test_a_file_with_its_tower_stores_no_embeddings(tower_run, tmp_path):
 
 
 def test_a_file_without_its_tower_predicts_its_vocabulary_without_clip(tower_run, light):
-    import numpy as np
-
     from worldtune.engine.checkpoint import stored_vocabulary
     from worldtune.model.detector import YOLOWorld
     from worldtune.model.postprocess import PostprocessConfig
@@ -159,3 +161,141 @@ def test_stored_embeddings_of_another_count_than_the_vocabulary_are_refused(ligh
     with pytest.raises(CheckpointLoadError, match=r"bad.safetensors: its 'vocabulary_feats' entry must be float "
                                                   r"embeddings of shape \(3, D\).*got \(2, 512\)"):
         load_checkpoint_file(tmp_path / "bad.safetensors")
+
+
+@pytest.fixture(scope="module")
+def scored_run(tower_run):
+    """For eval: (run checkpoint, its slim file without the tower, COCO file, image folder). The
+    checkpoint has `tower_run`'s tower and class texts and scores that vary with the image and the
+    text (calibrated on the two small images); the COCO file's categories are its class texts, its
+    objects the checkpoint's own second-best box of each class, so its AP depends on the scores' order."""
+    import cv2
+
+    from tests.helpers.calibrated_model import make_calibrated_model
+    from worldtune.cli.slim import slim_checkpoint
+    from worldtune.model.postprocess import PostprocessConfig
+    from worldtune.model.predict import letterbox_for_test
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    folder = tower_run[0].parent / "scored"
+    (folder / "images").mkdir(parents=True)
+    names = ["cat", "red car", "dog"]
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(2)]
+    tower = CLIPTextEncoder.from_pretrained(str(tower_run[1]))
+    boxed = torch.from_numpy(np.stack([letterbox_for_test(rgb, 64)[0] for rgb in photos])).permute(0, 3, 1, 2)
+    model = make_calibrated_model(boxed.float() / 255, tower.encode_vocabulary(names).expand(2, -1, -1),
+                                  text_model=tower)
+    model.set_vocabulary(names)
+    images, annotations = [], []
+    for image_id, rgb in enumerate(photos, 1):
+        cv2.imwrite(str(folder / "images" / f"{image_id}.png"), rgb[..., ::-1])
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 64, "height": 48})
+        (found,) = model.predict(rgb, imgsz=64, cfg=PostprocessConfig(score_thr=0.001))
+        for label in sorted(set(found["labels"].tolist())):
+            boxes = found["boxes_xyxy"][found["labels"] == label]  # best first
+            x1, y1, x2, y2 = boxes[min(1, len(boxes) - 1)].tolist()
+            annotations.append({"id": 10 * image_id + label, "image_id": image_id, "category_id": label + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
+    ann = folder / "val.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    torch.save({"format": "worldtune-train-1", "ema": model.state_dict(), "vocabulary": names,
+                "config": {"model": {"variant": "n", "text_model": str(tower_run[1])}, "data": {"imgsz": 64}},
+                "text_tower": {"num_heads": 1}}, folder / "best.pt")
+    slim_checkpoint(folder / "best.pt", folder / "light.safetensors", text_tower=False)
+    return folder / "best.pt", folder / "light.safetensors", ann, folder / "images"
+
+
+def _eval(weights, scored_run, out, *extra):
+    _, _, ann, images = scored_run
+    return main(["eval", "--weights", str(weights), "--ann", str(ann), "--images", str(images), "--workers", "0",
+                 "--device", "cpu", "--threads", "1", "--json", str(out / "metrics.json"),
+                 "--out-detections", str(out / "dets.json"), *extra])
+
+
+def _scored(out):
+    return json.loads((out / "metrics.json").read_text()), json.loads((out / "dets.json").read_text())
+
+
+def test_a_file_without_its_tower_is_evaluated_on_its_own_texts_without_clip(tower_run, scored_run, tmp_path,
+                                                                              monkeypatch):
+    import worldtune.model.loading as loading
+
+    checkpoint, light = scored_run[:2]
+    assert _eval(checkpoint, scored_run, tmp_path / "full", "--text-model", str(tower_run[1])) == 0
+    expected, expected_dets = _scored(tmp_path / "full")
+    assert 0.1 < expected["AP"] < 0.9
+    texts = tmp_path / "texts.txt"
+    texts.write_text("cat\nred car\ndog\n")
+    monkeypatch.setattr(loading, "build_text_model", lambda *a, **k: pytest.fail("a CLIP text model was built"))
+    for name, extra in (("names", []), ("texts", ["--class-texts", str(texts)])):
+        assert _eval(light, scored_run, tmp_path / name, *extra) == 0
+        metrics, dets = _scored(tmp_path / name)
+        assert metrics["AP"] == pytest.approx(expected["AP"], abs=1e-6)
+        assert metrics["per_class"] == pytest.approx(expected["per_class"], abs=1e-6)
+        # the same boxes; the scores to the last bits of the embeddings (encoded by `slim`, with
+        # another thread count than `eval`'s)
+        assert [(d["image_id"], d["category_id"]) for d in dets] == \
+            [(d["image_id"], d["category_id"]) for d in expected_dets]
+        np.testing.assert_allclose([d["bbox"] for d in dets], [d["bbox"] for d in expected_dets], atol=1e-3)
+        np.testing.assert_allclose([d["score"] for d in dets], [d["score"] for d in expected_dets], atol=2e-5)
+
+
+def test_a_file_without_its_tower_and_other_class_texts_is_refused_saying_how(tower_run, scored_run, tmp_path,
+                                                                              monkeypatch, capsys):
+    import shutil
+
+    import worldtune.model.loading as loading
+    from worldtune.cli.slim import slim_checkpoint
+
+    clip = shutil.copytree(tower_run[1], tmp_path / "clip")
+    ckpt = torch.load(scored_run[0], weights_only=True)
+    ckpt["config"]["model"]["text_model"] = str(clip)
+    torch.save(ckpt, tmp_path / "run.pt")
+    light = tmp_path / "light.safetensors"
+    assert slim_checkpoint(tmp_path / "run.pt", light, text_tower=False)["vocabulary_feats"] == 3
+    shutil.rmtree(clip)  # the run's CLIP folder is gone, and the default hub id cannot be had (offline)
+    monkeypatch.setattr(loading, "DEFAULT_TEXT_MODEL", str(tmp_path / "offline_hub_id"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("cat\nred car\nbird\n")
+    renamed = json.loads(scored_run[2].read_text())
+    renamed["categories"][2]["name"] = "puppy"
+    ann = tmp_path / "renamed.json"
+    ann.write_text(json.dumps(renamed))
+    for extra, differ in ((["--class-texts", str(texts)], "--class-texts differ: 'bird' for 'dog'"),
+                          (["--ann", str(ann)], f"the category names of {ann} differ: 'puppy' for 'dog'")):
+        assert _eval(light, scored_run, tmp_path / "out", *extra) == 2
+        err = capsys.readouterr().err
+        assert "offline_hub_id" in err and differ in err
+        assert f"{light} stores the embeddings of its own 3 class texts only, which need no CLIP model" in err
+        assert "other class texts need a CLIP text tower: give the one the run was trained with, --text-model" in err
+    # as the message says: the run's CLIP model, by --text-model
+    assert _eval(light, scored_run, tmp_path / "out", "--class-texts", str(texts),
+                 "--text-model", str(tower_run[1])) == 0
+    assert "COCO box metrics" in capsys.readouterr().out
+
+
+def test_the_python_api_evaluates_a_file_without_its_tower_on_its_own_texts(tower_run, scored_run, tmp_path):
+    from worldtune.data.coco import CocoDetection
+    from worldtune.data.loader import build_eval_loader
+    from worldtune.data.presets import build_eval_dataset
+    from worldtune.eval.evaluate import evaluate_model
+    from worldtune.model.detector import YOLOWorld
+
+    checkpoint, light, ann, images = scored_run
+
+    def evaluate(model, class_texts=None):
+        dataset = CocoDetection(ann, images, class_texts=class_texts)
+        return evaluate_model(model, build_eval_loader(build_eval_dataset(dataset, imgsz=64)), dataset)
+
+    expected = evaluate(YOLOWorld.from_pretrained(checkpoint, text_model=str(tower_run[1])))
+    model = YOLOWorld.from_pretrained(light, text_model=None)
+    assert model.text_model is None
+    assert evaluate(model)["AP"] == pytest.approx(expected["AP"], abs=1e-6) and 0 < expected["AP"] < 1
+    texts = tmp_path / "texts.txt"
+    texts.write_text("cat\nred car\nbird\n")
+    with pytest.raises(ValueError, match=r"the dataset's 3 class texts \['cat', 'red car', 'bird'\] need a CLIP "
+                                         r"text tower.*its own 3 class texts \['cat', 'red car', 'dog'\] only"):
+        evaluate(model, texts)
+    assert model.vocabulary == ["cat", "red car", "dog"]

@@ -3,6 +3,8 @@
   worldtune eval --detections results.json --ann instances_val2017.json [--json metrics.json] [--plot pr.png]
   worldtune eval --weights v2-l-coco --data-root data/coco [--out-detections dets.json]
   worldtune eval --weights runs/my_run/best.pt --ann val.json --images val/ --class-texts texts.json
+  worldtune eval --weights light.safetensors --ann val.json --images val/   # slim --no-text-tower: no CLIP
+                                                                            # model for the run's own texts
 """
 import argparse
 import json
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from worldtune.cli.argtypes import (DEVICE_HELP, add_threads_argument, image_size, non_negative_int, output_file,
                                     positive_int, set_threads, text_tower)
+from worldtune.cli.text_model_choice import load_model_for
 from worldtune.eval.coco_eval import BACKENDS, coco_evaluate, format_metrics, metrics_to_json
 from worldtune.outputs import write_text, writing
 
@@ -34,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "of the scoring, reporting them; error: stop at the first problem, naming it")
     model = parser.add_argument_group("model (with --weights)")
     model.add_argument("--variant", help="model variant; inferred from the checkpoint when omitted")
-    model.add_argument("--text-model", type=text_tower, default="openai/clip-vit-base-patch32",
+    model.add_argument("--text-model", type=text_tower, default=None,
                        help="CLIP text tower: hub id or local folder (only its tokenizer when the checkpoint "
-                            "carries the tower), or 'random' (tests)")
+                            "carries the tower), or 'random' (tests) (default: openai/clip-vit-base-patch32; "
+                            "none when the class texts evaluated are those whose embeddings a slim file stores)")
     model.add_argument("--imgsz", type=image_size, default=None,
                        help="network input size (default: the checkpoint's training size, else 640)")
     model.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
@@ -61,21 +65,40 @@ def _gt_and_images(args) -> tuple:
     return args.ann, args.images
 
 
+def _own_texts_hint(args, ann: Path, names: list[str]) -> str:
+    """How to evaluate a slim file with the class texts whose embeddings it stores, which need no
+    CLIP model; and how this evaluation's (`names`) differ from them. Said where a tower is wanted
+    but cannot be had."""
+    from worldtune.engine.checkpoint import stored_vocabulary
+
+    given = "--class-texts" if args.class_texts is not None else f"the category names of {ann}"
+    stored = stored_vocabulary(args.weights) or []
+    if names == stored:
+        return f"{given} are exactly those: leave out --text-model"
+    if len(names) != len(stored):
+        differ = f"{given} are {len(names)}"
+    else:
+        pairs = [f"{a!r} for {b!r}" for a, b in zip(names, stored) if a != b]
+        differ = f"{given} differ: {', '.join(pairs[:3])}{', ...' if len(pairs) > 3 else ''}"
+    return (f"evaluate with exactly those, in their order, as the annotation file's category names or by "
+            f"--class-texts; {differ}")
+
+
 def _score_model(args, ann: Path, images: Path) -> dict:
     from worldtune.data.coco import CocoDetection, warn_image_file_problems
     from worldtune.data.loader import build_eval_loader
     from worldtune.data.presets import build_eval_dataset
     from worldtune.engine.dist import resolve_device
     from worldtune.eval.evaluate import evaluate_model
-    from worldtune.model.loading import load_model
 
     if images is None:
         raise ValueError("--weights needs --images DIR (or --data-root)")
     device = resolve_device(args.device)
     dataset = CocoDetection(ann, images, class_texts=args.class_texts, on_bad_data=args.on_bad_data)
     warn_image_file_problems(dataset, "the evaluation")  # said before the model loads, not when met
-    model = load_model(args.weights, variant=args.variant, text_model=args.text_model, device=device,
-                       allow_hash_mismatch=args.allow_hash_mismatch)
+    model = load_model_for(args.weights, args.variant, device, args.text_model, dataset.class_names,
+                           _own_texts_hint(args, ann, dataset.class_names),
+                           allow_hash_mismatch=args.allow_hash_mismatch)
     imgsz = args.imgsz or model.trained_imgsz or 640  # both checked already: parsing, the checkpoint reader
     print(f"evaluating at image size {imgsz}", file=sys.stderr)
     trained = list(getattr(model, "vocabulary", []))  # a worldtune run's class texts

@@ -49,6 +49,20 @@ def _default_predict_fn():
     return predict_batch
 
 
+def no_tower_for_texts(vocabulary: list[str], texts: list[str]) -> str:
+    """Why a model without a text tower cannot be evaluated with the dataset's class `texts`: it has
+    embeddings for its `vocabulary` only (a slim file's stored ones, or those set by the caller)."""
+    def shown(items):
+        return ", ".join(map(repr, items[:3])) + (", ..." if len(items) > 3 else "")
+
+    holds = (f"holds the embeddings of its own {len(vocabulary)} class texts [{shown(vocabulary)}] only: evaluate "
+             "with exactly those, in their order (the category names, or class_texts), or" if vocabulary else
+             "holds no class-text embeddings:")
+    return (f"the dataset's {len(texts)} class texts [{shown(texts)}] need a CLIP text tower to embed them, and "
+            f"this model has none (loaded with text_model=None); it {holds} load it with the text tower the run "
+            "was trained with (text_model='openai/clip-vit-base-patch32' or a local CLIP folder)")
+
+
 @torch.no_grad()
 def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
                        predict_fn: Callable | None = None, progress: bool = False,
@@ -57,9 +71,15 @@ def collect_detections(model, loader, cat_ids: list[int], texts: list[str],
 
     Images the loader marks as skipped (unreadable, on_bad_data="skip") get no detections; their
     ids are appended to `skipped_ids` when given, for `coco_evaluate(exclude_image_ids=...)`.
+    A model without a text tower (a slim file loaded with text_model=None) is scored with its own
+    vocabulary's embeddings, so `texts` must be that vocabulary, in its order (else a ValueError).
     """
     predict_fn = predict_fn or _default_predict_fn()
-    if list(getattr(model, "vocabulary", [])) != list(texts):
+    vocabulary = list(getattr(model, "vocabulary", []))
+    if vocabulary != list(texts):
+        # a slim file's model: embeddings of its own texts only (set_vocabulary's error would not say so)
+        if hasattr(model, "text_model") and model.text_model is None and not getattr(model, "reparameterized", False):
+            raise ValueError(no_tower_for_texts(vocabulary, list(texts)))
         model.set_vocabulary(list(texts))
     was_training = model.training
     model.eval()
