@@ -9,8 +9,9 @@ training config, class texts and text-tower shape: `predict`, `eval`, `export`, 
 `YOLOWorld.from_pretrained` read it like the checkpoint, without the pickle format. It cannot be
 resumed from. With `--no-text-tower` the frozen CLIP tower is left out (most of a small model's
 file); in its place the file stores the (K, 512) embeddings of the run's K class texts, computed
-here with the checkpoint's own tower, so `predict` and `export` without --classes (and without
---text-model), and `from_pretrained(file, text_model=None)`, need no CLIP model. Other class texts need the tower:
+here with the checkpoint's own tower, so `predict` and `export` without --classes, `eval` whose class
+texts are exactly those, in their order (all without --text-model), and `from_pretrained(file,
+text_model=None)` need no CLIP model. Other class texts need the tower:
 loading rebuilds it from the run's local CLIP folder if it names one that is still there, else from
 `--text-model`, which must be the CLIP model the run started from for the same results (a tower,
 when loaded, encodes the class texts afresh).
