@@ -210,7 +210,7 @@ def scored_run(tower_run):
 def _eval(weights, scored_run, out, *extra):
     _, _, ann, images = scored_run
     return main(["eval", "--weights", str(weights), "--ann", str(ann), "--images", str(images), "--workers", "0",
-                 "--device", "cpu", "--threads", "1", "--json", str(out / "metrics.json"),
+                 "--device", "cpu", "--json", str(out / "metrics.json"),
                  "--out-detections", str(out / "dets.json"), *extra])
 
 
@@ -270,6 +270,10 @@ def test_a_file_without_its_tower_and_other_class_texts_is_refused_saying_how(to
         assert "offline_hub_id" in err and differ in err
         assert f"{light} stores the embeddings of its own 3 class texts only, which need no CLIP model" in err
         assert "other class texts need a CLIP text tower: give the one the run was trained with, --text-model" in err
+    # its own texts with a --text-model that cannot be had: the message says to leave it out
+    assert _eval(light, scored_run, tmp_path / "out", "--text-model", str(tmp_path / "gone")) == 2
+    err = capsys.readouterr().err
+    assert f"the category names of {scored_run[2]} are exactly those: leave out --text-model" in err
     # as the message says: the run's CLIP model, by --text-model
     assert _eval(light, scored_run, tmp_path / "out", "--class-texts", str(texts),
                  "--text-model", str(tower_run[1])) == 0
