@@ -139,6 +139,7 @@ def test_print_config_of_a_resume_shows_the_runs_saved_config(tmp_path, capsys, 
 
     from tests.helpers.tiny_run import tiny_config
     from worldtune.engine import train as T
+    from worldtune.engine.run_state import read_resume
 
     cfg = tiny_config(tmp_path, epochs=1)
     T.fit(cfg)
@@ -157,7 +158,7 @@ def test_print_config_of_a_resume_shows_the_runs_saved_config(tmp_path, capsys, 
     assert printed["data"]["val_batch_size"] == 2 and printed["train"]["lr"] == cfg.train.lr
     assert "--set train.lr ignored" in err
     with pytest.raises(ValueError, match="train.lr cannot change in a resumed run"):
-        T.read_resume(cfg.out, cfg, 1, say=print, changes={"train.lr": 1.0})
+        read_resume(cfg.out, cfg, 1, say=print, changes={"train.lr": 1.0})
 
 
 def test_help_names_the_defaults_a_user_gets_without_the_flag(capsys):

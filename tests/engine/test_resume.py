@@ -197,7 +197,7 @@ def test_resume_with_a_scaler_the_saved_run_did_not_have():
 
     from worldtune.config import Config
     from worldtune.engine.ema import ExpMomentumEMA
-    from worldtune.engine.run_state import make_checkpoint, restore_checkpoint
+    from worldtune.engine.run_state import RESUME_KEYS, make_checkpoint, restore_checkpoint
 
     model = nn.Linear(2, 2)
     ema, optimizer = ExpMomentumEMA(model), torch.optim.SGD(model.parameters(), lr=0.1)
@@ -207,7 +207,6 @@ def test_resume_with_a_scaler_the_saved_run_did_not_have():
     restored = dict.fromkeys(state, None)
     restore_checkpoint(ckpt, model, ema, optimizer, torch.amp.GradScaler("cpu", enabled=True), restored)
     assert restored == {**state, "val_pending": False, "loss_sums": {}, "loss_count": 0}
-    from worldtune.engine.train import RESUME_KEYS
     assert set(RESUME_KEYS) <= set(ckpt)  # what a resume requires is what a checkpoint holds
     assert ckpt["world_size"] == 1  # compared on resume: another process count changes the schedule
 

@@ -8,6 +8,7 @@ import torch
 from tests.helpers.tiny_run import tiny_config
 from worldtune.engine import train as T
 from worldtune.engine.checkpoint import CheckpointMismatchError
+from worldtune.engine.run_state import read_resume
 from worldtune.engine.schedule import batch_note, short_run_notes, vocabulary_note
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +79,7 @@ def test_resuming_a_stopped_last_validation_says_so(finished_run, tmp_path):
     ckpt["val_pending"] = True
     torch.save(ckpt, tmp_path / "last.pt")
     said = []
-    _, _, finished = T.read_resume(tmp_path / "last.pt", finished_run, 1, say=said.append)
+    _, _, finished = read_resume(tmp_path / "last.pt", finished_run, 1, say=said.append)
     assert not finished
     assert said == [f"resuming {tmp_path / 'last.pt'}: the validation after epoch 1 (the run's last)"]
 

@@ -152,7 +152,8 @@ def build_config(args):
 
 def run(args) -> int:
     from worldtune.cli.errors import report, user_errors
-    from worldtune.engine.train import RESUME_CHANGEABLE, NonFiniteLossError, fit
+    from worldtune.engine.run_state import RESUME_CHANGEABLE
+    from worldtune.engine.train import NonFiniteLossError, fit
 
     set_threads(args.threads)
     try:
@@ -172,7 +173,7 @@ def run(args) -> int:
                 print(f"worldtune train: --resume continues the run with its saved config: {', '.join(ignored)} "
                       "ignored (start a new run with --weights RUN/last.pt to change them)", file=sys.stderr)
             if args.print_config:  # the config the resumed run goes on with
-                from worldtune.engine.train import read_resume
+                from worldtune.engine.run_state import read_resume
 
                 _, saved, _ = read_resume(args.resume, cfg, 1, say=lambda *a, **k: None, changes=changes)
                 print(to_yaml(saved), end="")

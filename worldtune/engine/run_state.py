@@ -1,8 +1,9 @@
 """What a training checkpoint holds and how a run picks up from one.
 
 `make_checkpoint` / `restore_checkpoint` round-trip everything a resume needs (weights, EMA,
-optimizer, GradScaler, position in the run, RNG states, config); `resume_loader` replays the rest
-of an interrupted epoch with the same order and augmentations.
+optimizer, GradScaler, position in the run, RNG states, config); `read_resume` reads and checks the
+checkpoint of `--resume` and the config the run goes on with; `resume_loader` replays the rest of an
+interrupted epoch with the same order and augmentations.
 """
 from __future__ import annotations
 
@@ -115,6 +116,56 @@ def resolve_resume(path) -> Path:
         raise FileNotFoundError(f"--resume {path}: no checkpoint at {p} (pass a run folder holding last.pt, "
                                 f"or a .pt file)")
     return p
+
+
+# Keys a resumed run may change (`fit(..., resume_changes=)`, `--resume` with `--set`): they change how
+# it is validated, not what it trains (device and workers come with `cfg`).
+RESUME_CHANGEABLE = ("data.val_batch_size",)
+
+# What `make_checkpoint` writes and a resume reads.
+RESUME_KEYS = ("model", "ema", "ema_state", "optimizer", "scaler", "epoch", "step_in_epoch", "global_step",
+               "best_ap", "best_epoch", "rng", "config")
+
+
+def read_resume(resume, cfg, world_size: int, say, changes: dict | None = None) -> tuple[dict, object, bool]:
+    """(checkpoint, its run's config, whether the run has finished) for `--resume RUN_DIR_OR_CKPT`,
+    checked; `cfg` gives only where the run goes on (device, workers), `changes` values of
+    RESUME_CHANGEABLE keys. Says what is resumed, or that nothing is left to train."""
+    from worldtune.config import from_dict, merge
+    from worldtune.engine.checkpoint import load_checkpoint_file
+
+    path = resolve_resume(resume)
+    ckpt = load_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or "ema_state" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"--resume {path}: not a worldtune training checkpoint (use --weights to start "
+                         f"from other weights)")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"--resume {path}: this training checkpoint lacks {missing} (written by another "
+                         f"version, or damaged); use --weights {path} to start a new run from its weights")
+    saved = from_dict(ckpt["config"], f"{path} (saved config)")
+    # The recipe and data come from the run; where it runs may change.
+    saved.train.device, saved.data.workers, saved.out = cfg.train.device, cfg.data.workers, str(path.parent)
+    other = sorted(set(changes or {}) - set(RESUME_CHANGEABLE))
+    if other:
+        raise ValueError(f"--resume: {', '.join(other)} cannot change in a resumed run (only "
+                         f"{', '.join(RESUME_CHANGEABLE)}, --device and --workers may)")
+    merge(saved, changes or {}, "--set")
+    if ckpt["epoch"] >= saved.train.epochs and not ckpt.get("val_pending"):
+        say(f"{path}: the run already finished its {saved.train.epochs} epochs; nothing is left to train "
+            f"(start a new run with --weights {path} to train further)")
+        return ckpt, saved, True
+    if ckpt.get("val_pending"):  # stopped in the validation after its last completed epoch: that comes first
+        left = f", then epoch {ckpt['epoch'] + 1}" if ckpt["epoch"] < saved.train.epochs else " (the run's last)"
+        say(f"resuming {path}: the validation after epoch {ckpt['epoch']}{left}")
+    else:
+        say(f"resuming {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step_in_epoch']} of that epoch")
+    saved_world = ckpt.get("world_size", world_size)
+    if saved_world != world_size:
+        say(f"warning: the run was trained with {saved_world} process(es), resumed with {world_size}: the "
+            f"total batch, so the weight-decay rule and the iterations per epoch, change"
+            + (", and the rest of this epoch skips a different set of images" if ckpt["step_in_epoch"] else ""))
+    return ckpt, saved, False
 
 
 def resume_loader(train_loader, skip_batches: int):
