@@ -293,7 +293,7 @@ def test_a_checkpoint_write_failure_says_what_is_safe(tmp_path):
 
     def failure(name, code=errno.ENOSPC, cause="No space left on device"):
         err = OutputWriteError(f"cannot write {tmp_path / name}: {cause}", tmp_path / name, OSError(code, cause))
-        return str(T.checkpoint_write_failure(err, "worldtune train --resume R"))
+        return str(stopping.checkpoint_write_failure(err, "worldtune train --resume R"))
 
     assert failure("last.pt") == (f"cannot write {tmp_path}/last.pt: No space left on device; no last.pt was "
                                   f"written; free some space on the disk of {tmp_path}, then start the run again")
@@ -310,12 +310,12 @@ def test_a_checkpoint_write_failure_says_what_is_safe(tmp_path):
 def test_an_error_in_training_says_where_it_stopped_and_what_resumes(tmp_path):
     out = tmp_path / "run"
     state = {"epoch": 2, "step_in_epoch": 7}
-    assert T.stopped_note(out, state, "worldtune train --resume R") == (
+    assert stopping.stopped_note(out, state, "worldtune train --resume R") == (
         "worldtune train: training at epoch 3, step 7 stopped with the error below, before any checkpoint was "
         "written")
     out.mkdir()
     (out / "last.pt").write_bytes(b"x")
-    assert T.stopped_note(out, state, "worldtune train --resume R") == (
+    assert stopping.stopped_note(out, state, "worldtune train --resume R") == (
         f"worldtune train: training at epoch 3, step 7 stopped with the error below; {out}/last.pt is its latest "
         f"checkpoint; continue with: worldtune train --resume R")
 

@@ -1,7 +1,11 @@
-"""Stopping a run from outside and picking it up again: Ctrl-C handling and the resume command."""
+"""Stopping a run and picking it up again: Ctrl-C handling, the resume command, and what a run stopped
+by an error or a checkpoint it could not write says is safe."""
 import signal
 import threading
 import time
+from pathlib import Path
+
+from worldtune.outputs import OutputWriteError, remedy
 
 
 # SIGTERM is how torchrun passes on its own SIGTERM, and how SLURM, Kubernetes, `docker stop` and
@@ -61,3 +65,35 @@ def resume_hint(out, world_size: int, local_world_size: int | None = None, devic
     launcher = f"torchrun {nodes}--nproc_per_node {local} -m worldtune" if world_size > 1 else "worldtune"
     where = f" --device {device}" if device not in ("", "auto") else ""
     return f"{launcher} train --resume {out}{where}"
+
+
+def stopped_note(out: Path, state: dict, resume_command: str, saved_now: bool = False) -> str:
+    """One line for a run stopped by an error (out of memory, bad data, a failing validation): where
+    it stopped and the checkpoint it goes on from (`saved_now`: last.pt was just written, at the
+    last completed step)."""
+    if state.get("validating"):
+        where = f"the validation after epoch {state['epoch']}"
+        kept = "its latest checkpoint, saved before this validation, which a resume runs again"
+    else:
+        where = f"training at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}"
+        kept = "saved at that step (a resume runs the failed step again)" if saved_now else "its latest checkpoint"
+    last = out / "last.pt"
+    if not last.is_file():
+        return f"worldtune train: {where} stopped with the error below, before any checkpoint was written"
+    return f"worldtune train: {where} stopped with the error below; {last} is {kept}; continue with: {resume_command}"
+
+
+def checkpoint_write_failure(err: OutputWriteError, resume_command: str) -> OutputWriteError:
+    """The run's message for a checkpoint it could not write (`err`, from save_checkpoint_atomic):
+    the file and the cause, what is still safe, and how to go on. One line."""
+    path = err.path
+    if path.name == "last.pt" or not (path.parent / "last.pt").is_file():
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+    elif path.name == "best.pt":  # saved in a validation, which the last.pt saved before it repeats on resume
+        kept = (f"{'the previous best.pt is intact' if path.is_file() else 'no best.pt was written'}, and "
+                f"last.pt, saved before this validation, runs it again on resume")
+    else:  # epoch_N.pt, written after last.pt: the same state
+        kept = f"{path.parent / 'last.pt'} holds the same state (copy it to {path.name})"
+    then = (f"continue with: {resume_command}" if (path.parent / "last.pt").is_file()
+            else "start the run again")
+    return OutputWriteError(f"{err}; {kept}; {remedy(err, path.parent)}, then {then}", path, err)

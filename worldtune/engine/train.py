@@ -31,33 +31,17 @@ from worldtune.engine.logger import RunLogger, read_metrics
 from worldtune.engine.run_state import make_checkpoint, read_resume, restore_checkpoint, resume_loader
 from worldtune.engine.schedule import base_lr_group
 from worldtune.engine.setup import build_datasets, load_start_weights, read_start_weights
-from worldtune.engine.stopping import StopFlag, resume_hint
+from worldtune.engine.stopping import StopFlag, checkpoint_write_failure, resume_hint, stopped_note
 from worldtune.engine.text_feats import batch_text_feats
 from worldtune.engine.validate import evaluate_ema, validation_due
 from worldtune.model.loading import TEXT_PREFIX, build_text_model
 from worldtune.progress import end_progress_bars
 from worldtune.zoo import resolve_weights
-from worldtune.outputs import OutputWriteError, check_writable, remedy, writing
+from worldtune.outputs import OutputWriteError, check_writable, writing
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
-
-
-def checkpoint_write_failure(err: OutputWriteError, resume_command: str) -> OutputWriteError:
-    """The run's message for a checkpoint it could not write (`err`, from save_checkpoint_atomic):
-    the file and the cause, what is still safe, and how to go on. One line."""
-    path = err.path
-    if path.name == "last.pt" or not (path.parent / "last.pt").is_file():
-        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-    elif path.name == "best.pt":  # saved in a validation, which the last.pt saved before it repeats on resume
-        kept = (f"{'the previous best.pt is intact' if path.is_file() else 'no best.pt was written'}, and "
-                f"last.pt, saved before this validation, runs it again on resume")
-    else:  # epoch_N.pt, written after last.pt: the same state
-        kept = f"{path.parent / 'last.pt'} holds the same state (copy it to {path.name})"
-    then = (f"continue with: {resume_command}" if (path.parent / "last.pt").is_file()
-            else "start the run again")
-    return OutputWriteError(f"{err}; {kept}; {remedy(err, path.parent)}, then {then}", path, err)
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -197,22 +181,6 @@ def train_one_epoch(model: nn.Module, text_model: nn.Module, criterion, loader, 
 
 
 # ----------------------------------------------------------------------------- the run
-
-def stopped_note(out: Path, state: dict, resume_command: str, saved_now: bool = False) -> str:
-    """One line for a run stopped by an error (out of memory, bad data, a failing validation): where
-    it stopped and the checkpoint it goes on from (`saved_now`: last.pt was just written, at the
-    last completed step)."""
-    if state.get("validating"):
-        where = f"the validation after epoch {state['epoch']}"
-        kept = "its latest checkpoint, saved before this validation, which a resume runs again"
-    else:
-        where = f"training at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}"
-        kept = "saved at that step (a resume runs the failed step again)" if saved_now else "its latest checkpoint"
-    last = out / "last.pt"
-    if not last.is_file():
-        return f"worldtune train: {where} stopped with the error below, before any checkpoint was written"
-    return f"worldtune train: {where} stopped with the error below; {last} is {kept}; continue with: {resume_command}"
-
 
 def drawn(plot, *args, **kwargs):
     """plot(*args, **kwargs), the picture's path or None; a failure is a warning that names the picture."""
