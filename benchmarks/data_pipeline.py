@@ -14,7 +14,8 @@ copy_paste 0.3, mixup 0.15, scale 0.5, polygon labels) is timed on the same imag
 run, without and with its RAM cache. OpenCV runs serially in every row (--cv2-threads 0), as
 importing ultralytics forces for its own rows, so the rows compare the same amount of CPU.
 
-    python benchmarks/data_pipeline.py [--images 256] [--batch 8] [--batches 30] [--rounds 3] [--workers 0 2] [--cv2-threads 0]
+    python benchmarks/data_pipeline.py [--images 256] [--batch 8] [--batches 30] [--rounds 3]
+                                       [--workers 0 2] [--cv2-threads 0]
 """
 import argparse
 import importlib.util
@@ -125,7 +126,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per setting (after 1 warm-up)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--rounds", type=int, default=3, help="repeats of every row, taking turns; the median is reported")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="repeats of every row, taking turns; the median is reported")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--cv2-threads", type=int, default=0,
                         help="cv2.setNumThreads for every row (default 0 = serial OpenCV, which importing "
@@ -141,7 +143,8 @@ def main() -> None:
           f" ({cv2.getNumThreads()} threads)")
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.images)
-        settings = [("worldtune, default (data.cache_images=auto: cached in RAM)", lambda: bench_worldtune(paths, args)),
+        settings = [("worldtune, default (data.cache_images=auto: cached in RAM)",
+                     lambda: bench_worldtune(paths, args)),
                     ("worldtune, data.cache_images=false (no cache)",
                      lambda: bench_worldtune(paths, args, cache_images="false")),
                     ("worldtune, data.cache_dir (a file on disk)",

@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--ultralytics", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {args.device}, imgsz {args.imgsz}, batch 1, 80 texts, amp {args.amp}")
+          f"{torch.get_num_threads()} threads, device {args.device}, imgsz {args.imgsz}, batch 1, 80 texts, "
+          f"amp {args.amp}")
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name()}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)

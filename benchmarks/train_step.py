@@ -184,7 +184,8 @@ def graphed_worldtune_step(variant: str, data: dict, device, amp: str, tower, sl
     for group in optimizer.param_groups:
         group["lr"] = torch.tensor(float(group["lr"]), device=device)
         group["capturable"] = device.type == "cuda"
-    shadow = SimpleNamespace(param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+    shadow = SimpleNamespace(param_groups=[{k: v for k, v in g.items() if k != "params"}
+                                           for g in optimizer.param_groups])
     ema = ExpMomentumEMA(model)
     ema_avgs, ema_news = ema.lerp_tensors(model)
     ema_weight = torch.zeros((), device=device)
@@ -355,7 +356,8 @@ def main() -> None:
         torch.set_flush_denormal(True)  # as worldtune's training loop does on CPU; applies to both
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
-          f"{args.batch}, {args.imgsz} px, {args.rounds} x {args.steps} timed steps after {args.warmup} warm-up, amp {args.amp if device.type == 'cuda' else 'off'}")
+          f"{args.batch}, {args.imgsz} px, {args.rounds} x {args.steps} timed steps after {args.warmup} warm-up, "
+          f"amp {args.amp if device.type == 'cuda' else 'off'}")
     try:
         import ultralytics
         ul_version = ultralytics.__version__

@@ -7,7 +7,8 @@ import pytest
 import worldtune
 
 # __main__ runs the CLI on import (`python -m worldtune`); the CLI tests cover it.
-MODULES = sorted(m.name for m in pkgutil.walk_packages(worldtune.__path__, "worldtune.") if m.name != "worldtune.__main__")
+MODULES = sorted(m.name for m in pkgutil.walk_packages(worldtune.__path__, "worldtune.")
+                 if m.name != "worldtune.__main__")
 
 
 def test_the_package_has_the_expected_subpackages():

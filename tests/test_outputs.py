@@ -26,7 +26,8 @@ def test_a_writable_folder_is_left_as_it_was(tmp_path):
 
 def test_an_unwritable_place_is_named_with_its_cause(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputWriteError, match=r"^cannot create run folder .*file/run: .*file is a file, not a folder$"):
+    with pytest.raises(OutputWriteError,
+                       match=r"^cannot create run folder .*file/run: .*file is a file, not a folder$"):
         check_writable(tmp_path / "file" / "run", "run folder")
 
     def refused(*args, **kwargs):  # root passes permission bits: the probe is a real attempt

@@ -221,7 +221,8 @@ def set_value(cfg: Config, key: str, value) -> None:
             break
         target = sub
     name = parts[-1]
-    if target is None or not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)} \
+    if target is None or not dataclasses.is_dataclass(target) \
+            or name not in {f.name for f in dataclasses.fields(target)} \
             or dataclasses.is_dataclass(getattr(target, name)):
         close = close_keys(key, valid_keys(cfg))
         if close:
@@ -388,7 +389,8 @@ def validate(cfg: Config) -> Config:
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     for key, value in (("train.val_interval", t.val_interval), ("train.val_interval_stage2", t.val_interval_stage2),
-                       ("train.checkpoint_interval", t.checkpoint_interval), ("train.save_every_steps", t.save_every_steps),
+                       ("train.checkpoint_interval", t.checkpoint_interval),
+                       ("train.save_every_steps", t.save_every_steps),
                        ("train.precise_bn_batches", t.precise_bn_batches)):
         if value < 0:  # 0 turns these off; a negative value would silently act as 0
             raise ConfigError(f"{key} must be >= 0 (0 = off), got {value}")

@@ -1,8 +1,8 @@
 """Writing output files: a failure names the file and its cause in one line.
 
 A failed `write()` (a full disk) raises an OSError that names no file, and a long command writes
-several: `writing(path)` adds the name, and `write_text` leaves no cut-short file. `check_writable(folder)` finds an unwritable output place
-before a command does its work, not after.
+several: `writing(path)` adds the name, and `write_text` leaves no cut-short file.
+`check_writable(folder)` finds an unwritable output place before a command does its work, not after.
 """
 from __future__ import annotations
 

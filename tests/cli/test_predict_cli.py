@@ -278,7 +278,8 @@ def test_a_jpeg_cut_short_is_predicted_with_a_warning(setup, tmp_path, capsys):
     assert code == 0
     err = capsys.readouterr().err
     assert f"warning: {tmp_path / 'cut.jpg'} is cut short" in err and "as motion photos do" in err
-    records = {Path(r["image"]).name: r for r in json.loads((tmp_path / "o" / "predictions.json").read_text())["images"]}
+    summary = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    records = {Path(r["image"]).name: r for r in summary["images"]}
     assert records["cut.jpg"].get("cut_short") is True and "cut_short" not in records["coffee.jpg"]
 
 

@@ -42,7 +42,8 @@ def test_crowd_rle_and_multipart(tiny_dataset):
     rec0 = ds.get_record(0)
     assert [len(p) for p in rec0["polygons"]] == [1, 1, 1]  # the third instance's two parts are merged
     ann = next(a for a in json.loads(ds.ann_file.read_text())["annotations"] if a["id"] == rec0["ann_ids"][2])
-    assert len(ann["segmentation"]) == 2 and len(rec0["polygons"][2][0]) == sum(len(s) // 2 + 1 for s in ann["segmentation"])
+    assert len(ann["segmentation"]) == 2
+    assert len(rec0["polygons"][2][0]) == sum(len(s) // 2 + 1 for s in ann["segmentation"])
     rec1 = ds.get_record(1)
     rle_parts = rec1["polygons"][1]  # non-crowd RLE -> traced contour close to the box
     xy = np.concatenate(rle_parts)
@@ -424,8 +425,10 @@ def _rle(counts, size=(120, 160)):
     (lambda d: d["annotations"][0].update(segmentation=_rle([0, 100000])), r"adding up to height x width = 19200"),
     (lambda d: d["annotations"][0].update(segmentation=_rle([-5, 3])), r"adding up to height x width"),
     (lambda d: d["annotations"][0].update(segmentation=_rle([0.5, 3])), r"adding up to height x width"),
-    (lambda d: d["annotations"][0].update(segmentation=_rle([0, 100], (10, 10))), r"'size' \[10, 10\] is not the image's"),
-    (lambda d: d["annotations"][0].update(segmentation=_rle("abc", ("a", "b"))), r"'size' \['a', 'b'\] is not the image's"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle([0, 100], (10, 10))),
+     r"'size' \[10, 10\] is not the image's"),
+    (lambda d: d["annotations"][0].update(segmentation=_rle("abc", ("a", "b"))),
+     r"'size' \['a', 'b'\] is not the image's"),
 ])
 def test_malformed_fields_are_named_not_tracebacks(tiny_coco, tmp_path, edit, pattern):
     # Before: TypeErrors deep in the loader or pycocotools, int() messages without a file, or

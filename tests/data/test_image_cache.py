@@ -308,7 +308,8 @@ def test_auto_caches_a_set_that_fits_in_memory(tiny_dataset, monkeypatch):
     monkeypatch.setattr(image_cache, "worker_start_method", lambda: "fork")  # Linux before Python 3.14
     auto = build_train_dataset(tiny_dataset, **KW)  # cache_images="auto" is the default
     assert auto.images.cached_count == len(tiny_dataset) and auto.images.cached.path is None
-    assert auto.cache_report.startswith(f"image cache: the {len(tiny_dataset)} training images") and "auto" in auto.cache_report
+    assert auto.cache_report.startswith(f"image cache: the {len(tiny_dataset)} training images")
+    assert "auto" in auto.cache_report
     plain = build_train_dataset(tiny_dataset, **KW, cache_images="false")
     for i in range(len(plain)):
         _same(plain[i], auto[i])

@@ -105,7 +105,8 @@ def test_mixup_blends_and_concatenates():
     a, b = _solid(COLOURS[0], 8, 8), _solid(COLOURS[1], 8, 8)
     out = mixup(a, b, np.random.default_rng(5))
     r = np.random.default_rng(5).beta(32, 32)
-    np.testing.assert_array_equal(out["img"][0, 0], (np.array(COLOURS[0]) * r + np.array(COLOURS[1]) * (1 - r)).astype(np.uint8))
+    expected = np.array(COLOURS[0]) * r + np.array(COLOURS[1]) * (1 - r)
+    np.testing.assert_array_equal(out["img"][0, 0], expected.astype(np.uint8))
     assert len(out["bboxes"]) == 2 and len(out["polygons"]) == 2
     # every pair of pixel values, several ratios: the float64 blend of upstream, truncated
     ramp = np.arange(256, dtype=np.uint8)

@@ -187,7 +187,8 @@ def _reference_mask_refine(polygons, old_boxes, s, matrix, w_out, h_out, min_are
     boxes = np.array(boxes)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     old_area = (old_boxes[:, 2] - old_boxes[:, 0]) * (old_boxes[:, 3] - old_boxes[:, 1]) * s * s
-    keep = (w > 2) & (h > 2) & (w * h / (old_area + 1e-16) > min_area_ratio) & (np.maximum(w / (h + 1e-16), h / (w + 1e-16)) < 100)
+    keep = ((w > 2) & (h > 2) & (w * h / (old_area + 1e-16) > min_area_ratio)
+            & (np.maximum(w / (h + 1e-16), h / (w + 1e-16)) < 100))
     return boxes[keep], keep
 
 
@@ -200,7 +201,8 @@ def test_mask_refined_boxes_match_the_plain_rule_with_instances_inside_across_an
         centre, radius = rng.uniform(0, 1280, 2), rng.uniform(5, 120)
         angles = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 12)))
         ring = centre + radius * np.stack([np.cos(angles), np.sin(angles)], 1)
-        polygons.append([ring.astype(np.float32)] + ([ring[::-1][:3].astype(np.float32) + 300] if rng.random() < 0.3 else []))
+        second_part = [ring[::-1][:3].astype(np.float32) + 300] if rng.random() < 0.3 else []
+        polygons.append([ring.astype(np.float32)] + second_part)
     old_boxes = np.array([np.concatenate([np.concatenate(p).min(0), np.concatenate(p).max(0)]) for p in polygons],
                          dtype=np.float32)
     sample = {"img": None, "bboxes": old_boxes, "labels": np.arange(60), "polygons": polygons}

@@ -63,5 +63,6 @@ def test_tensorboard_that_cannot_write_is_dropped_with_one_warning_and_no_thread
     assert log.writer is None
     log.log("train", 5, loss=5.0)
     log.close()
-    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5]
     assert "Traceback" not in capfd.readouterr().err

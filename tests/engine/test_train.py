@@ -214,7 +214,8 @@ def test_non_finite_gradient_stops_before_the_weights_change(tmp_path, monkeypat
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", inf_on_third_step)
     cfg = tiny_config(tmp_path, epochs=2, batch_size=3)
-    with pytest.raises(T.NonFiniteLossError, match=r"non-finite gradient norm \(inf\) at epoch 2, step 1 \(global step 3\)"):
+    with pytest.raises(T.NonFiniteLossError,
+                       match=r"non-finite gradient norm \(inf\) at epoch 2, step 1 \(global step 3\)"):
         T.fit(cfg)
     saved = ckpt_io.load_checkpoint_file(Path(cfg.out) / "last.pt")
     assert saved["global_step"] == 2 and saved["ema_state"]["steps"] == 2

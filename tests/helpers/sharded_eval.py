@@ -24,7 +24,8 @@ def setup(data: dict, text_folder: str, imgsz: int = 64, rank: int = 0, world_si
     feats = tower.encode_vocabulary(list(coco.class_names))
     images = batch["images"].float() / 255
     model = make_calibrated_model(images, feats.expand(len(images), -1, -1), text_model=tower)
-    return coco, build_eval_loader(dataset, batch_size=2, rank=rank, world_size=world_size), SimpleNamespace(module=model)
+    loader = build_eval_loader(dataset, batch_size=2, rank=rank, world_size=world_size)
+    return coco, loader, SimpleNamespace(module=model)
 
 
 def evaluate(coco, loader, ema) -> dict | None:

@@ -36,7 +36,8 @@ def test_rep_outputs_equal_unfolded_model(spec_fixtures):
     fixture, model = _parity_model(spec_fixtures)
     text_feats = fixture["text_feats"][0]  # the 5 texts of image 0, (5, 512)
     rep = reparameterize(model, fixture["texts"][0], text_feats)
-    assert rep.backbone.text_model is None and model.bbox_head.head_module.cls_contrasts[0].__class__.__name__ == "BNContrastiveHead"
+    assert rep.backbone.text_model is None
+    assert model.bbox_head.head_module.cls_contrasts[0].__class__.__name__ == "BNContrastiveHead"
     images = fixture["images"]
     with torch.no_grad():
         ref = model(images, text_feats.expand(2, -1, -1))

@@ -435,5 +435,6 @@ def warn_image_file_problems(coco: CocoDetection, scoring: str) -> None:
     count, first = problems["cut_short"]
     if count:
         warnings.warn(f"{count} validation JPEG file(s) are cut short (no end marker), e.g. {', '.join(first)}: "
-                      f"their missing rows decode as grey, so their objects score as misses; restore them ({MOTION_PHOTO_NOTE})",
+                      f"their missing rows decode as grey, so their objects score as misses; "
+                      f"restore them ({MOTION_PHOTO_NOTE})",
                       stacklevel=2)

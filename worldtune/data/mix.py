@@ -163,8 +163,10 @@ def copy_paste_choice(boxes: np.ndarray, width: int, rng: np.random.Generator, f
         (chosen int64 [k] object indices, mirrored float32 [N, 4] mirrored boxes).
     """
     mirrored = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-    iw = np.clip(np.minimum(mirrored[:, None, 2], boxes[None, :, 2]) - np.maximum(mirrored[:, None, 0], boxes[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(mirrored[:, None, 3], boxes[None, :, 3]) - np.maximum(mirrored[:, None, 1], boxes[None, :, 1]), 0, None)
+    iw = np.clip(np.minimum(mirrored[:, None, 2], boxes[None, :, 2])
+                 - np.maximum(mirrored[:, None, 0], boxes[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(mirrored[:, None, 3], boxes[None, :, 3])
+                 - np.maximum(mirrored[:, None, 1], boxes[None, :, 1]), 0, None)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     ioa = iw * ih / (area[None, :] + 1e-7)
     candidates = np.flatnonzero(ioa.max(1) < ioa_thr)

@@ -140,7 +140,8 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
                         close_mosaic_epoch: int = 70, num_texts: int = 80, seed: int = 0,
                         min_area_ratio: float | None = None, hsv_gains=(0.015, 0.7, 0.4),
                         albu_prob: float = 0.01, flip_prob: float = 0.5, mosaic_pool: int = 0,
-                        cache_images: bool | str = "auto", cache_max_gb: float = 8.0, cache_dir: str = "") -> TrainDataset:
+                        cache_images: bool | str = "auto", cache_max_gb: float = 8.0,
+                        cache_dir: str = "") -> TrainDataset:
     """Training pipeline with the official defaults of the v2-S mask-refine recipe.
 
     M: affine_scale (0.1, 1.9), mixup 0.1, copypaste 0.1; L/X: (0.1, 1.9), 0.15, 0.3;
@@ -163,8 +164,8 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
         raise ValueError(f"mosaic_pool and cache_max_gb must be >= 0, got {mosaic_pool}, {cache_max_gb}")
     if dataset.num_trainable == 0:
         raise DataError(f"{dataset.ann_file}: no trainable instance: every annotation of the {len(dataset)} images "
-                        "is crowd, flagged 'ignore', degenerate (w or h < 1, area <= 0) or outside its image, so training would "
-                        "learn nothing")
+                        "is crowd, flagged 'ignore', degenerate (w or h < 1, area <= 0) or outside its image, "
+                        "so training would learn nothing")
     if mask_refine and dataset.num_without_polygons:
         warnings.warn(f"{dataset.ann_file}: {dataset.num_without_polygons} instance(s) have no usable "
                       "segmentation; mask-refine uses their annotation box as a 4-corner polygon "

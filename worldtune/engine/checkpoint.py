@@ -235,7 +235,8 @@ def _as_state_dict(obj, where: str) -> dict[str, Tensor]:
     return _strip_prefix(state, "_orig_mod.")  # torch.compile wrapper
 
 
-def extract_model_state(checkpoint: Mapping, prefer: str = "ema", source: str | Path | None = None) -> dict[str, Tensor]:
+def extract_model_state(checkpoint: Mapping, prefer: str = "ema",
+                        source: str | Path | None = None) -> dict[str, Tensor]:
     """Pick the model weights out of a loaded checkpoint.
 
     Args:

@@ -130,7 +130,8 @@ class ExpMomentumEMA:
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or "module" not in state or "steps" not in state:
+            got = list(state)[:5] if isinstance(state, dict) else type(state).__name__
             raise KeyError("ExpMomentumEMA.load_state_dict expects a dict with 'module' and 'steps' "
-                           f"(from ExpMomentumEMA.state_dict), got keys {list(state)[:5] if isinstance(state, dict) else type(state).__name__}")
+                           f"(from ExpMomentumEMA.state_dict), got keys {got}")
         self.module.load_state_dict(state["module"])
         self.steps = int(state["steps"])

@@ -101,7 +101,8 @@ class TaskAlignedAssigner:
         k = min(self.topk, num_priors)
         topk_idx = torch.topk(alignment * inside, k, dim=-1, largest=True).indices  # [B, M, k]
         topk_idx = torch.where(valid.bool().expand(-1, -1, k), topk_idx, torch.zeros_like(topk_idx))
-        in_topk = torch.zeros_like(alignment).scatter_add_(-1, topk_idx, torch.ones_like(topk_idx, dtype=alignment.dtype))
+        in_topk = torch.zeros_like(alignment).scatter_add_(-1, topk_idx,
+                                                           torch.ones_like(topk_idx, dtype=alignment.dtype))
         in_topk = torch.where(in_topk > 1, torch.zeros_like(in_topk), in_topk)
         pos_mask = in_topk * inside * valid  # [B, M, A]
 

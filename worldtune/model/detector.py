@@ -105,7 +105,8 @@ class YOLOWorld(nn.Module):
         return self.bbox_head(feats, text_feats)
 
     @classmethod
-    def from_pretrained(cls, weights, variant: str | None = None, text_model: str | None = "openai/clip-vit-base-patch32",
+    def from_pretrained(cls, weights, variant: str | None = None,
+                        text_model: str | None = "openai/clip-vit-base-patch32",
                         device="cpu", **kwargs) -> "YOLOWorld":
         """Load weights, or build a randomly initialised model.
 

@@ -50,10 +50,12 @@ class YOLOWorldHeadModule(nn.Module):
         cls_hidden = max(in_channels[0], num_classes)
         reg_hidden = max(16, in_channels[0] // 4, 4 * REG_MAX)
         self.cls_preds = nn.ModuleList(
-            nn.Sequential(ConvBNAct(c, cls_hidden, 3), ConvBNAct(cls_hidden, cls_hidden, 3), nn.Conv2d(cls_hidden, embed_dims, 1))
+            nn.Sequential(ConvBNAct(c, cls_hidden, 3), ConvBNAct(cls_hidden, cls_hidden, 3),
+                          nn.Conv2d(cls_hidden, embed_dims, 1))
             for c in in_channels)
         self.reg_preds = nn.ModuleList(
-            nn.Sequential(ConvBNAct(c, reg_hidden, 3), ConvBNAct(reg_hidden, reg_hidden, 3), nn.Conv2d(reg_hidden, 4 * REG_MAX, 1))
+            nn.Sequential(ConvBNAct(c, reg_hidden, 3), ConvBNAct(reg_hidden, reg_hidden, 3),
+                          nn.Conv2d(reg_hidden, 4 * REG_MAX, 1))
             for c in in_channels)
         # Prior bias: about 5 objects per 640x640 image spread over num_classes (YOLOv8 convention).
         self.cls_contrasts = nn.ModuleList(

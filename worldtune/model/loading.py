@@ -180,15 +180,16 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     # mapped: a training checkpoint's optimizer state and raw weights are never read
     checkpoint = load_checkpoint_file(path, mmap=True)
     state = extract_model_state(checkpoint, source=path)
-    saved_variant = (checkpoint.get("config") or {}).get("model", {}).get("variant") if isinstance(checkpoint, dict) else None
+    config = (checkpoint.get("config") or {}) if isinstance(checkpoint, dict) else {}
+    saved_variant = config.get("model", {}).get("variant")
     try:
         variant = variant or saved_variant or infer_variant(state)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     has_text = any(k.startswith(TEXT_PREFIX) for k in state)
-    config = (checkpoint.get("config") or {}) if isinstance(checkpoint, dict) else {}
     saved_tower = config.get("model", {}).get("text_model")
-    if not has_text and text_model == DEFAULT_TEXT_MODEL and isinstance(saved_tower, str) and Path(saved_tower).is_dir():
+    if (not has_text and text_model == DEFAULT_TEXT_MODEL and isinstance(saved_tower, str)
+            and Path(saved_tower).is_dir()):
         text_model = saved_tower  # a file without its tower (slim --no-text-tower): the run's own local CLIP folder
     if not has_text and text_model == "random":
         warnings.warn(f"{path} carries no text tower, so text_model='random' gives one with random weights: its "

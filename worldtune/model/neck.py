@@ -19,7 +19,8 @@ class MaxSigmoidAttnBlock(nn.Module):
         # Own parameter first: keeps the official state_dict order (bias, guide_fc, project_conv).
         self.bias = nn.Parameter(torch.zeros(num_heads))
         # Only needed when the block width differs from the attention width (never for v2 S/M/L/X).
-        self.embed_conv = ConvBNAct(in_channels, embed_channels, 1, act=False) if embed_channels != in_channels else None
+        self.embed_conv = (ConvBNAct(in_channels, embed_channels, 1, act=False)
+                           if embed_channels != in_channels else None)
         self.guide_fc = nn.Linear(guide_channels, embed_channels)
         self.project_conv = ConvBNAct(in_channels, in_channels, 3, act=False)
 
@@ -109,8 +110,10 @@ class YOLOWorldPAFPN(nn.Module):
     def forward(self, feats: list[Tensor], text_feats: Tensor) -> list[Tensor]:
         """feats: [C3, C4, C5]; text_feats: (B, K, 512) L2-normalised. Returns [P3, P4, P5]."""
         c3, c4, c5 = feats
-        p4_inner = self.top_down_layers[0](torch.cat([F.interpolate(c5, scale_factor=2.0, mode="nearest"), c4], 1), text_feats)
-        p3 = self.top_down_layers[1](torch.cat([F.interpolate(p4_inner, scale_factor=2.0, mode="nearest"), c3], 1), text_feats)
+        up5 = F.interpolate(c5, scale_factor=2.0, mode="nearest")
+        p4_inner = self.top_down_layers[0](torch.cat([up5, c4], 1), text_feats)
+        up4 = F.interpolate(p4_inner, scale_factor=2.0, mode="nearest")
+        p3 = self.top_down_layers[1](torch.cat([up4, c3], 1), text_feats)
         p4 = self.bottom_up_layers[0](torch.cat([self.downsample_layers[0](p3), p4_inner], 1), text_feats)
         p5 = self.bottom_up_layers[1](torch.cat([self.downsample_layers[1](p4), c5], 1), text_feats)
         return [p3, p4, p5]
