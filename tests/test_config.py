@@ -129,6 +129,21 @@ def test_dump_and_load_round_trip(tmp_path):
     assert C.load(tmp_path / "config.yaml") == cfg
 
 
+def test_a_dump_that_fills_the_disk_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    from tests.helpers.full_disk import FullDisk
+    from worldtune.outputs import OutputWriteError
+
+    path = tmp_path / "config.yaml"
+    C.dump(C.Config(), path)
+    before = path.read_text()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), keep=10))
+    with pytest.raises(OutputWriteError, match=rf"^cannot write {path}: No space left on device$"):
+        C.dump(C.load_recipe("v2-s"), path)
+    monkeypatch.undo()
+    assert path.read_text() == before and os.listdir(tmp_path) == ["config.yaml"]  # no temporary file left
+
+
 def test_bad_yaml_file_names_the_file(tmp_path):
     bad = tmp_path / "my.yaml"
     bad.write_text("train:\n  lr: [1, \n")

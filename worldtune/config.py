@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from worldtune.outputs import write_text
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
 # Short alias -> official config name; the YAML file is RECIPE_DIR / f"{name}.yaml".
 RECIPE_ALIASES = {
@@ -328,7 +330,8 @@ def to_yaml(cfg: Config) -> str:
 
 
 def dump(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(to_yaml(cfg))
+    """Write `cfg` as YAML to `path` whole or not at all (a failure names the file)."""
+    write_text(path, to_yaml(cfg))
 
 
 def load(path: str | Path) -> Config:
