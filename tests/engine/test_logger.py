@@ -14,6 +14,28 @@ def test_a_disabled_logger_writes_nothing_even_with_a_folder(tmp_path):
     assert log.progress([1, 2], total=2, desc="x") == [1, 2]  # the bare iterable, no bar
 
 
+def test_curves_that_fill_the_disk_leave_no_cut_short_picture_and_are_named(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from tests.helpers.full_disk import FullDisk
+    from worldtune.engine.logger import plot_curves
+    from worldtune.outputs import OutputWriteError
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    log.log("train", 1, epoch=0, loss=2.0)
+    log.log("val", 1, epoch=0, AP=0.25, AP50=0.5)
+    log.close()
+    png = tmp_path / "curves.png"
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), keep=10))
+    with pytest.raises(OutputWriteError, match=rf"^cannot write {png}: No space left on device$"):
+        plot_curves(tmp_path / "metrics.jsonl", png)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]  # neither a cut-short picture nor a temporary file
+
+
 def test_tensor_values_are_written_as_numbers_and_non_finite_ones_as_null(tmp_path):
     log = RunLogger(tmp_path, tensorboard=False)
     log.log("train", torch.tensor(3), loss=torch.tensor(2.5), lr=torch.tensor(float("inf")), n=torch.tensor(4))

@@ -245,6 +245,26 @@ def test_plot_writes_the_pr_curves_and_class_bars(gt_and_dets, tmp_path, capsys)
     assert image is not None and image.shape[1] == 12 * 90  # 12 in at 90 dpi
 
 
+def test_a_full_disk_while_plotting_names_the_picture_and_keeps_the_earlier_one(gt_and_dets, tmp_path, capsys,
+                                                                                monkeypatch):
+    import os
+
+    from tests.helpers.full_disk import FullDisk
+
+    gt, dets = gt_and_dets
+    out = tmp_path / "plots" / "pr.png"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier plot")
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), keep=10))
+    monkeypatch.delenv("WORLDTUNE_DEBUG", raising=False)
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt), "--plot", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "COCO box metrics" in captured.out
+    assert captured.err == f"worldtune eval: error: cannot write {out}: No space left on device\n"
+    assert out.read_bytes() == b"an earlier plot" and os.listdir(out.parent) == ["pr.png"]  # no temporary file
+
+
 def test_plot_of_many_classes_shows_the_best_and_worst_only(tmp_path):
     import cv2
 

@@ -11,12 +11,14 @@ lose every step since the last checkpoint.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import threading
 import warnings
 from pathlib import Path
 
+from worldtune.outputs import write_bytes
 from worldtune.progress import progress_bar
 
 
@@ -168,8 +170,11 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path) -> Path | None:
     if val:
         ax_ap.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
+    # Drawn in memory, then written whole or not at all: a failed write leaves no cut-short picture.
+    picture = io.BytesIO()
+    fig.savefig(picture, format=Path(png_path).suffix[1:] or None, dpi=90)  # the format its name gives
     plt.close(fig)
+    write_bytes(png_path, picture.getvalue())
     return Path(png_path)
 
 

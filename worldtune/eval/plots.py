@@ -1,5 +1,8 @@
 """One PNG of a COCO evaluation: precision-recall curves and the per-class AP, sorted."""
+import io
 from pathlib import Path
+
+from worldtune.outputs import write_bytes
 
 MAX_CLASS_BARS = 60  # beyond this, the best and the worst half of it are drawn
 
@@ -52,6 +55,9 @@ def plot_eval(metrics: dict, png_path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
+    # Drawn in memory, then written whole or not at all: a failed write leaves no cut-short picture.
+    picture = io.BytesIO()
+    fig.savefig(picture, format=Path(png_path).suffix[1:] or None, dpi=90)  # the format its name gives
     plt.close(fig)
+    write_bytes(png_path, picture.getvalue())
     return Path(png_path)
