@@ -142,6 +142,27 @@ def test_a_full_disk_leaves_no_cut_short_model_and_names_the_file(setup, folded,
     assert out.read_bytes() == folded[0].read_bytes()
 
 
+def test_a_full_disk_at_the_vocab_file_leaves_the_earlier_export_whole_and_names_it(setup, folded, tmp_path,
+                                                                                     monkeypatch):
+    import os
+
+    from tests.helpers.full_disk import FullDisk
+    from worldtune.outputs import OutputWriteError
+
+    model, feats, _ = setup
+    out = tmp_path / "model.onnx"
+    earlier = {path.name: path.read_bytes() for path in (folded[0], folded[0].with_suffix(".vocab.json"))}
+    for name, data in earlier.items():
+        (tmp_path / name).write_bytes(data)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), keep=10))
+    vocab = out.with_suffix(".vocab.json")
+    with pytest.raises(OutputWriteError, match=rf"^cannot write {vocab}: No space left on device$"):
+        export_onnx(model, ["person", "cup", "dog"], out, text_feats=feats, imgsz=IMGSZ, dynamic_batch=True)
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier  # no partial or temporary file
+
+
 def test_dynamic_vocab_round_trip_with_a_new_vocabulary(setup, tmp_path):
     model, feats, images = setup
     path = tmp_path / "open.onnx"
