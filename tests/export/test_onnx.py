@@ -163,6 +163,23 @@ def test_a_full_disk_at_the_vocab_file_leaves_the_earlier_export_whole_and_names
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == earlier  # no partial or temporary file
 
 
+def test_a_full_disk_at_the_text_embeddings_leaves_no_file_and_names_it(setup, tmp_path, monkeypatch):
+    import os
+
+    from tests.helpers.full_disk import FullDisk
+    from worldtune.outputs import OutputWriteError
+
+    model, feats, _ = setup
+    out = tmp_path / "open.onnx"
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), keep=10))
+    npy = out.with_suffix(".vocab.npy")
+    with pytest.raises(OutputWriteError, match=rf"^cannot write {npy}: No space left on device$"):
+        export_onnx(model, TEXTS, out, text_feats=feats, imgsz=IMGSZ, dynamic_vocab=True)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # neither a cut-short .npy, nor a model without it, nor a temporary file
+
+
 def test_dynamic_vocab_round_trip_with_a_new_vocabulary(setup, tmp_path):
     model, feats, images = setup
     path = tmp_path / "open.onnx"
