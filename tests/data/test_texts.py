@@ -200,6 +200,8 @@ def test_comma_separated_classes_in_a_text_file_are_pointed_out(tmp_path):
                                         r"\(.*read as one text per line, and 'red,green' holds commas: put each "
                                         r"class on a line of its own\)"):
         load_class_texts(csv, ["red", "green"])
+    with pytest.raises(DataError, match=r"classes.txt has 1 entries but val.json has 2 categories"):
+        load_class_texts(csv, ["red", "green"], "val.json")  # the file is named when the caller gives it
     with pytest.warns(UserWarning, match=r"classes.txt: every line holds a comma \('red,green'\), but each line "
                                          r"is one class text"):
         assert load_class_texts(csv, None) == [["red,green"]]  # a vocabulary: still read as written

@@ -297,6 +297,41 @@ def test_a_validation_file_with_other_categories_than_the_class_texts_is_caught(
         build_datasets(cfg, dist.init_distributed("cpu"))
 
 
+@pytest.mark.parametrize("change", ["extra", "fewer"])
+def test_a_validation_file_with_more_or_fewer_categories_names_the_categories_not_shared(tmp_path, change):
+    """A val export that lists a category the training file lacks (or lacks one) cannot take the training
+    file's class texts by position: the refusal names both files and the categories they do not share,
+    not an entry count of the class-text file with an 'unmatched' category that is in both files."""
+    import json
+
+    from worldtune.data.coco import DataError
+    from worldtune.engine import dist
+    from worldtune.engine.setup import build_datasets
+
+    cfg = tiny_config(tmp_path, epochs=1)
+    data = json.loads(Path(cfg.data.val_ann).read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    if change == "extra":  # a category listed first, with an id between the training ones
+        data["categories"].insert(0, {"id": 2, "name": "pallet jack", "supercategory": "vehicle"})
+        expected = rf"only {tmp_path / 'val.json'} has category id\(s\) 2 'pallet jack'"
+    else:
+        last = max(names)
+        data["categories"] = [c for c in data["categories"] if c["id"] != last]
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] != last]
+        expected = rf"only {cfg.data.train_ann} has {last} '{names[last]}'"
+    val_ann = tmp_path / "val.json"
+    val_ann.write_text(json.dumps(data))
+    cfg.data.val_ann = str(val_ann)
+    with pytest.raises(DataError, match=rf"{val_ann} has {len(data['categories'])} categories and "
+                                        rf"{cfg.data.train_ann} {len(names)}, but {cfg.data.class_texts} holds one "
+                                        rf"entry per category of .*: {expected}\. Give both files the same "
+                                        r"categories, or leave out the class texts \(--class-texts\)"):
+        build_datasets(cfg, dist.init_distributed("cpu"))
+    cfg.data.class_texts = ""  # as the message says: each file's categories named by their names
+    _, _, val_coco, _ = build_datasets(cfg, dist.init_distributed("cpu"))
+    assert ("pallet jack" in val_coco.class_names) == (change == "extra")
+
+
 def test_a_wrong_weights_path_is_told_before_the_data_is_read(tmp_path, monkeypatch):
     from worldtune.zoo import UnknownWeightsError
 

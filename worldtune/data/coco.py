@@ -108,6 +108,27 @@ def _warn_same_texts(ann_file: Path, class_names: list, cat_ids: list) -> None:
                       "give each its own name or class-text entry", stacklevel=3)
 
 
+def _other_categories(ann_file: Path, names_by_id: dict, reference, class_texts) -> str:
+    """Why a file whose categories are not those of `reference` (a CocoDetection) cannot use the class
+    texts written for it: entry k names the k-th category, so each entry past the shared ones would be
+    missing or go to another class."""
+    reference_names = dict(zip(reference.cat_ids, reference.category_names))
+
+    def listed(ids, names):
+        shown = ", ".join(f"{i} {names[i]!r}" for i in ids[:5])
+        return shown + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
+
+    only_here = sorted(set(names_by_id) - set(reference_names))
+    only_there = sorted(set(reference_names) - set(names_by_id))
+    differences = ([f"only {ann_file} has category id(s) {listed(only_here, names_by_id)}"] if only_here else []) \
+        + ([f"only {reference.ann_file} has {listed(only_there, reference_names)}"] if only_there else [])
+    texts = class_texts if isinstance(class_texts, (str, Path)) else "the class texts"
+    return (f"{ann_file} has {len(names_by_id)} categories and {reference.ann_file} {len(reference_names)}, but "
+            f"{texts} holds one entry per category of {reference.ann_file}: " + "; ".join(differences)
+            + f". Give both files the same categories, or leave out the class texts (--class-texts), so that each "
+            "file's classes are named by their category names")
+
+
 class CocoDetection:
     """A COCO-format detection set.
 
@@ -121,6 +142,9 @@ class CocoDetection:
         min_size: images whose shorter side is below this are left out (official: 32).
         check_text_order: refuse class texts that name the categories in another order
             (`texts.load_class_texts`); off for a val file compared with the training file's instead.
+        texts_written_for: the CocoDetection whose categories `class_texts` lists, when that is another
+            file (a val file read with the training file's class texts): a file with another number of
+            categories is refused naming the categories the two files do not share.
 
     Attributes:
         num_classes, class_names (first synonyms), class_texts (synonym lists),
@@ -134,7 +158,7 @@ class CocoDetection:
     """
 
     def __init__(self, ann_file, image_dir, class_texts=None, on_bad_data: str = "error", min_size: int = 32,
-                 check_text_order: bool = True):
+                 check_text_order: bool = True, texts_written_for=None):
         if on_bad_data not in ("error", "skip"):
             raise ValueError(f"on_bad_data must be 'error' or 'skip', got {on_bad_data!r}")
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
@@ -181,6 +205,9 @@ class CocoDetection:
         self.cat_id_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
         names_by_id = {int(c["id"]): str(c["name"]) for c in cats}
         self.category_names = [names_by_id[cid] for cid in self.cat_ids]
+        if texts_written_for is not None and class_texts is not None \
+                and len(self.cat_ids) != texts_written_for.num_classes:
+            raise DataError(_other_categories(self.ann_file, names_by_id, texts_written_for, class_texts))
         self.class_texts = load_class_texts(class_texts, self.category_names, self.ann_file, check_text_order)
         self.class_names = [t[0] for t in self.class_texts]
         _warn_same_texts(self.ann_file, self.class_names, self.cat_ids)

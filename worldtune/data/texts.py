@@ -69,8 +69,8 @@ def load_class_texts(source, category_names: list | None, ann_file=None, check_o
                 if i >= len(texts) or i >= len(category_names)]
         hint = f" ({where} is read as one text per line, and {comma_lines[0]!r} holds commas: put each " \
             "class on a line of its own)" if comma_lines else ""
-        raise DataError(f"{where} has {len(texts)} entries but the annotation file has {len(category_names)}"
-                        f" categories{hint}; unmatched:\n" + "\n".join(rows[:20]))
+        raise DataError(f"{where} has {len(texts)} entries but {ann_file or 'the annotation file'} has "
+                        f"{len(category_names)} categories{hint}; unmatched:\n" + "\n".join(rows[:20]))
     if category_names is None and comma_lines and len(comma_lines) == len(texts):
         warnings.warn(f"{where}: every line holds a comma ({comma_lines[0]!r}), but each line is one class text: "
                       "put each class on a line of its own (synonyms need a .json list of lists)", stacklevel=2)

@@ -72,7 +72,7 @@ def build_datasets(cfg, info: dist.DistInfo, start_epoch: int = 0):
     if d.val_ann:  # read before the training images are cached: its problems are told without that wait
         # the class texts were checked against the training categories; the val file's are compared with those
         val_coco = CocoDetection(d.val_ann, d.val_images, texts, on_bad_data=d.on_bad_data, min_size=d.min_size,
-                                 check_text_order=False)
+                                 check_text_order=False, texts_written_for=train_coco)
         check_val_categories(train_coco, val_coco, d.class_texts)
     close_mosaic_epoch = max(t.epochs - t.close_mosaic_epochs, 0)
     # More loader processes than cores only adds overhead; results do not depend on the count.
