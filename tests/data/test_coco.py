@@ -193,6 +193,26 @@ def test_a_set_without_trainable_instances_is_refused(tiny_coco, tmp_path):
         build_train_dataset(dataset, imgsz=64, num_texts=8)
 
 
+@pytest.mark.parametrize("annotations", ["missing", "empty"])
+def test_a_set_without_any_annotation_is_refused_as_such(tiny_coco, tmp_path, annotations):
+    """An image list without labels (a test-set export, or the wrong file) is told as that, not as
+    annotations that are all crowd or degenerate."""
+    from worldtune.data.presets import build_train_dataset
+
+    def edit(d):
+        if annotations == "missing":
+            del d["annotations"]
+        else:
+            d["annotations"] = []
+
+    ann, img = _copy_set(tiny_coco, tmp_path, edit)
+    dataset = CocoDetection(ann, img)
+    assert dataset.num_annotations == 0
+    with pytest.raises(DataError, match=rf"{ann}: no trainable instance: none of its {len(dataset)} images has an "
+                                        r"annotation \(its 'annotations' list is missing, empty"):
+        build_train_dataset(dataset, imgsz=64, num_texts=8)
+
+
 def test_annotations_flagged_ignore_are_not_trained_on(tiny_coco, tmp_path):
     # mmdet's CocoDataset skips an annotation whose 'ignore' field is truthy (CrowdHuman-style
     # conversions mark regions so), so it never reaches the training pipeline.

@@ -149,8 +149,8 @@ class CocoDetection:
     Attributes:
         num_classes, class_names (first synonyms), class_texts (synonym lists),
         cat_ids (label -> COCO category id), cat_id_to_label, image_ids (index -> image id),
-        skipped (dict reason -> count), num_trainable (instances neither crowd, flagged `ignore`,
-        degenerate nor outside their image),
+        skipped (dict reason -> count), num_annotations (of the images kept), num_trainable (instances
+        neither crowd, flagged `ignore`, degenerate nor outside their image),
         num_without_polygons (trainable instances lacking a usable segmentation); under
         on_bad_data="skip", dropped_image_ids (images whose file is missing) and
         dropped_annotations (positions in the file's `annotations` list), which scoring leaves out
@@ -269,6 +269,7 @@ class CocoDetection:
         if not self.image_ids:
             raise DataError(f"{self.ann_file}: dataset is empty (no usable image with min side >= {min_size}"
                             f" in {self.image_dir}; skipped: {self.skipped})")
+        self.num_annotations = sum(len(anns) for _, anns in entries)
         self.num_trainable = sum(1 for img, anns in entries for a in anns if not _ignored(a, img))
         self.num_without_polygons = sum(
             1 for img, anns in entries for a in anns

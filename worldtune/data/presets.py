@@ -162,6 +162,10 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
     """
     if mosaic_pool < 0 or cache_max_gb < 0:
         raise ValueError(f"mosaic_pool and cache_max_gb must be >= 0, got {mosaic_pool}, {cache_max_gb}")
+    if dataset.num_annotations == 0:  # an image list without labels (e.g. a test-set export): say so
+        raise DataError(f"{dataset.ann_file}: no trainable instance: none of its {len(dataset)} images has an "
+                        "annotation (its 'annotations' list is missing, empty or names only images left out), "
+                        "so training would learn nothing")
     if dataset.num_trainable == 0:
         raise DataError(f"{dataset.ann_file}: no trainable instance: every annotation of the {len(dataset)} images "
                         "is crowd, flagged 'ignore', degenerate (w or h < 1, area <= 0) or outside its image, "
