@@ -158,7 +158,13 @@ def test_inputs_are_not_modified_and_files_work(tmp_path):
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, -1], "score": 1.0}, "'bbox'"),  # height too
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1], "score": 1.0}, "'bbox'"),
     ({"image_id": 1, "category_id": 5, "bbox": ["0", 0, 1, 1], "score": 1.0}, "'bbox'"),
-    ({"image_id": 1.0, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "unknown image_id 1.0"),
+    # a float or string id equal to a GT id is told as not an integer, not as an id the GT lacks
+    ({"image_id": 1.0, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id must be an integer, as "
+                                                                                "the GT's ids are, got 1.0"),
+    ({"image_id": 1, "category_id": 5.0, "bbox": [0, 0, 1, 1], "score": 1.0}, "category_id must be an integer, "
+                                                                                "as the GT's ids are, got 5.0"),
+    ({"image_id": "1", "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id must be an integer, as "
+                                                                                "the GT's ids are, got '1'"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1], "score": float("nan")}, "'score'"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1]}, "missing field"),
 ])
@@ -220,6 +226,10 @@ def test_bad_gt_annotations_name_the_annotation(tmp_path, bbox, message):
                                                       r"in a signed 64-bit integer"),  # was 'a non-numeric value'
     (lambda gt: gt["annotations"][0].update(category_id=9), r"annotation id 1: 'category_id' 9 is not the id"),
     (lambda gt: gt["annotations"][0].update(image_id=2), r"annotation id 1: 'image_id' 2 is not the id"),
+    # equal to an existing id but not an integer: told as such, not as an id the file lacks
+    (lambda gt: gt["annotations"][0].update(image_id=1.0), r"annotation id 1: 'image_id' must be an integer, as "
+                                                          r"the ids of 'images' and 'categories' are, got 1.0"),
+    (lambda gt: gt["annotations"][0].update(category_id=5.0), r"annotation id 1: 'category_id' must be an integer"),
     (lambda gt: gt["annotations"][0].update(iscrowd="yes"), r"annotation id 1: 'iscrowd' must be 0 or 1"),
     (lambda gt: gt["annotations"][0].update(area="big"), r"annotation id 1: 'area' must be a finite number"),
 ])

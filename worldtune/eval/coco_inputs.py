@@ -86,10 +86,13 @@ def _gt_annotation_problem(a, image_ids: set, cat_ids: set) -> str:
     missing = [k for k in ("image_id", "category_id", "bbox") if k not in a]
     if missing:
         return f"lacks field(s) {missing}"
+    for key in ("image_id", "category_id"):  # 7.0 equal to an id 7: say why it is refused, not "not the id of"
+        if not is_int(a[key]):
+            return f"'{key}' must be an integer, as the ids of 'images' and 'categories' are, got {a[key]!r}"
     # (the COCO APIs would leave such an object out of the scoring without a word)
-    if not is_int(a["image_id"]) or a["image_id"] not in image_ids:
+    if a["image_id"] not in image_ids:
         return f"'image_id' {a['image_id']!r} is not the id of an entry of 'images'"
-    if not is_int(a["category_id"]) or a["category_id"] not in cat_ids:
+    if a["category_id"] not in cat_ids:
         return f"'category_id' {a['category_id']!r} is not the id of an entry of 'categories'"
     if a.get("iscrowd", 0) not in (0, 1):
         return f"'iscrowd' must be 0 or 1, got {a['iscrowd']!r}"
@@ -111,9 +114,12 @@ def _check_one(i: int, d, image_ids: set, cat_ids: set, source: str) -> None:
     if missing:
         raise ValueError(f"{source}[{i}]: missing field(s) {missing}")
     img_id, cat_id, bbox, score = d["image_id"], d["category_id"], d["bbox"], d["score"]
-    if not is_int(img_id) or img_id not in image_ids:
+    for key, value in (("image_id", img_id), ("category_id", cat_id)):
+        if not is_int(value):  # 7.0 or "7" equals no GT id as COCO ids are compared: say why, not "unknown"
+            raise ValueError(f"{source}[{i}]: {key} must be an integer, as the GT's ids are, got {value!r}")
+    if img_id not in image_ids:
         raise ValueError(f"{source}[{i}]: unknown image_id {img_id!r} (not in the GT 'images')")
-    if not is_int(cat_id) or cat_id not in cat_ids:
+    if cat_id not in cat_ids:
         raise ValueError(f"{source}[{i}]: unknown category_id {cat_id!r} "
                          f"(GT categories: {sorted(cat_ids)[:10]}{'...' if len(cat_ids) > 10 else ''})")
     if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(is_finite_number(v) for v in bbox)
