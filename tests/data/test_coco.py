@@ -420,7 +420,11 @@ def _rle(counts, size=(120, 160)):
 
 
 @pytest.mark.parametrize("edit, pattern", [
-    (lambda d: d["images"][0].update(id="1000"), r"image \{.*\}: 'id' must be an integer, got '1000'"),
+    (lambda d: d["images"][0].update(id="1000"), r"image 'img_000.jpg' \(entry 0 of 'images'\): 'id' must be an "
+                                                 r"integer, got '1000'"),
+    # an export's extra fields: the message names the file, not a cut-short entry
+    (lambda d: d["images"][2].update(id=1014.0, license=1, coco_url="http://example.com/" + "x" * 80),
+     r"ann.json: image 'img_002.png' \(entry 2 of 'images'\): 'id' must be an integer, got 1014.0$"),
     (lambda d: d["images"][0].update(id=1000.5), r"'id' must be an integer, got 1000.5"),
     # 64-bit unsigned hashes as ids: an OverflowError traceback once a worker built the record
     (lambda d: d["images"][0].update(id=2**64 - 1), r"'id' 18446744073709551615 does not fit in a signed 64-bit"),

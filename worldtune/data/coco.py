@@ -213,12 +213,13 @@ class CocoDetection:
         _warn_same_texts(self.ann_file, self.class_names, self.cat_ids)
 
         images = {}
-        for img in data["images"]:
+        for position, img in enumerate(data["images"]):
             _require(img, ("id", "file_name", "width", "height"), "image", self.ann_file)
             # checked here, not left to int() or to the COCO APIs: a string id "7" would never match
             # an annotation's image_id 7, and a bad size would fail later inside the pipeline
-            if id_problem(img["id"]):
-                raise DataError(f"{self.ann_file}: image {str(img)[:100]}: 'id' {id_problem(img['id'])}")
+            if id_problem(img["id"]):  # named by its file: the entry's text, cut short, could end anywhere
+                raise DataError(f"{self.ann_file}: image {str(img['file_name'])[:100]!r} (entry {position} of "
+                                f"'images'): 'id' {id_problem(img['id'])}")
             if not isinstance(img["file_name"], str) or not img["file_name"]:
                 raise DataError(f"{self.ann_file}: image id {img['id']}: 'file_name' must be a non-empty string, "
                                 f"got {img['file_name']!r}")
