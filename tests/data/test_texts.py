@@ -210,3 +210,21 @@ def test_comma_separated_classes_in_a_text_file_are_pointed_out(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_class_texts(some, None) == [["red car, parked"], ["person"]]
+
+
+def test_an_entry_missing_in_the_middle_is_listed_from_where_the_entries_shift():
+    """One entry short in the middle (or one category too many there, as a val export listing an extra
+    class): every later entry goes to the category before its own, so the listing starts at the first
+    entry that is not its category's name, not at the last category, which does have its entry."""
+    names = ["traffic cone", "Forklift", "pallet jack", "café table"]
+    texts = [["traffic cone"], ["forklift"], ["café table"]]
+    with pytest.raises(DataError) as info:
+        load_class_texts(texts, names, "val.json")
+    assert str(info.value).splitlines() == [
+        "class_texts has 3 entries but val.json has 4 categories; from entry 2 on, the first that is not its "
+        "category's name:",
+        "  2: category 'pallet jack' <-> texts ['café table']",
+        "  3: category 'café table' <-> texts <none>"]
+    # the entries there all hold their names: only the last category lacks one
+    with pytest.raises(DataError, match=r"4 categories; unmatched:\n  3: category 'café table' <-> texts <none>$"):
+        load_class_texts(texts[:2] + [["pallet jack"]], names, "val.json")

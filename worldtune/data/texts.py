@@ -63,14 +63,18 @@ def load_class_texts(source, category_names: list | None, ann_file=None, check_o
             raise DataError(f"{where}: entry {i} must be a non-empty list of non-empty strings, got {entry!r}")
         texts.append(list(entry))
     if category_names is not None and len(texts) != len(category_names):
-        n = max(len(texts), len(category_names))
+        # Listed from the first entry that does not hold its category's name: an entry missing (or one
+        # too many) in the middle shifts every later one, which the tail alone would not show.
+        shared = min(len(texts), len(category_names))
+        first = next((i for i in range(shared) if _key(category_names[i]) not in {_key(t) for t in texts[i]}), shared)
         rows = [f"  {i}: category {category_names[i] if i < len(category_names) else '<none>'!r}"
-                f" <-> texts {texts[i] if i < len(texts) else '<none>'}" for i in range(n)
-                if i >= len(texts) or i >= len(category_names)]
+                f" <-> texts {texts[i] if i < len(texts) else '<none>'}"
+                for i in range(first, max(len(texts), len(category_names)))]
         hint = f" ({where} is read as one text per line, and {comma_lines[0]!r} holds commas: put each " \
             "class on a line of its own)" if comma_lines else ""
+        listed = "unmatched" if first == shared else f"from entry {first} on, the first that is not its category's name"
         raise DataError(f"{where} has {len(texts)} entries but {ann_file or 'the annotation file'} has "
-                        f"{len(category_names)} categories{hint}; unmatched:\n" + "\n".join(rows[:20]))
+                        f"{len(category_names)} categories{hint}; {listed}:\n" + "\n".join(rows[:20]))
     if category_names is None and comma_lines and len(comma_lines) == len(texts):
         warnings.warn(f"{where}: every line holds a comma ({comma_lines[0]!r}), but each line is one class text: "
                       "put each class on a line of its own (synonyms need a .json list of lists)", stacklevel=2)
@@ -95,21 +99,23 @@ def _text_lines(raw: str, where: str) -> list[str]:
     return [line.strip() for line in raw.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
+def _key(text: str) -> str:
+    """A text as names are compared: case and runs of spaces ignored."""
+    return " ".join(text.lower().split())
+
+
 def _check_order(texts: list, category_names: list, where: str, ann_file) -> None:
     """Refuse entries that name the categories in another order: entry k is class k (k-th smallest
     category id), while the official loader, and files written for it, follow the annotation file's
     listing order. Only a clear case is refused: every category name is a synonym of exactly one
     entry, and some of another entry than its own; texts that are not the names pass."""
-    def key(text):
-        return " ".join(text.lower().split())
-
     holders = {}  # text -> the entry positions holding it; built once: LVIS has 1203 classes
     for j, entry in enumerate(texts):
-        for text in {key(t) for t in entry}:
+        for text in {_key(t) for t in entry}:
             holders.setdefault(text, []).append(j)
     owner = {}  # category position -> the entry position whose synonyms hold its name
     for k, name in enumerate(category_names):
-        found = holders.get(key(name), [])
+        found = holders.get(_key(name), [])
         if len(found) != 1:
             return
         owner[k] = found[0]
