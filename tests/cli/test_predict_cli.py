@@ -362,3 +362,38 @@ def test_a_slim_file_without_its_tower_predicts_its_classes_with_no_clip(setup, 
                  str(tmp_path / "no_clip"), "--out", str(tmp_path / "dog")]) == 2
     err = capsys.readouterr().err
     assert "no_clip" in err and f"{slim} stores the embeddings of its own 3 class texts only" in err
+
+
+def test_a_runs_own_classes_are_given_with_the_datasets_category_ids(setup, tmp_path, capsys):
+    """Detections of the classes a run was trained on carry the training file's category ids (which
+    COCO tools and the user's own data use), not only the label counted from 0; other class texts
+    carry none, as no dataset numbers them."""
+    from worldtune.engine.checkpoint import CheckpointLoadError, load_checkpoint_file
+
+    ckpt, clip, images = setup
+    run = tmp_path / "best.pt"
+    ids = [3, 17, 90]  # non-contiguous, as exports number them
+    content = {"format": "worldtune-train-1", "ema": torch.load(ckpt)["state_dict"], "vocabulary": CLASSES,
+               "category_ids": ids, "config": {"model": {"text_model": str(clip)}, "data": {"imgsz": IMGSZ}},
+               "text_tower": {"num_heads": 2}}
+    torch.save(content, run)
+    slim = tmp_path / "light.safetensors"
+    assert main(["slim", str(run), "--out", str(slim), "--no-text-tower"]) == 0
+    for name, weights, extra in (("run", run, ["--text-model", str(clip)]), ("slim", slim, [])):
+        assert main(["predict", str(images), "--weights", str(weights), "--out", str(tmp_path / name), *extra]) == 0
+        summary = json.loads((tmp_path / name / "predictions.json").read_text())
+        assert summary["category_ids"] == ids
+        dets = [d for r in summary["images"] for d in r["detections"]]
+        assert dets and all(d["category_id"] == ids[d["label"]] and d["name"] == CLASSES[d["label"]] for d in dets)
+        per_image = json.loads((tmp_path / name / "coffee.json").read_text())["detections"]
+        assert all(d["category_id"] == ids[d["label"]] for d in per_image)
+    assert main(["predict", str(images), "--weights", str(run), "--text-model", str(clip), "--classes", "cat,person",
+                 "--out", str(tmp_path / "other")]) == 0
+    summary = json.loads((tmp_path / "other" / "predictions.json").read_text())
+    assert "category_ids" not in summary
+    assert all("category_id" not in d for r in summary["images"] for d in r["detections"])
+    # a hand-edited file whose ids do not pair with its class texts is refused, naming the entry
+    torch.save({**content, "category_ids": ids[:2]}, run)
+    with pytest.raises(CheckpointLoadError, match=r"best.pt: its 'category_ids' entry must be a list of 3 integer "
+                                                  r"ids, one per class text of 'vocabulary', got \[3, 17\]"):
+        load_checkpoint_file(run)

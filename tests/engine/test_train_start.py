@@ -48,6 +48,23 @@ def test_a_worldtune_checkpoint_starts_a_run_offline_with_the_hub_text_model_id(
     torch.testing.assert_close(rebuilt.encode(["red square"]), original.encode(["red square"]))
 
 
+def test_a_runs_checkpoints_record_the_category_id_of_each_class_text(finished_run):
+    """The vocabulary is in sorted-id order; the ids beside it let `predict` give the dataset's own ids."""
+    import json
+
+    from worldtune.engine.checkpoint import load_checkpoint_file
+    from worldtune.model.loading import load_model
+
+    categories = json.loads(Path(finished_run.data.train_ann).read_text())["categories"]
+    by_id = sorted(categories, key=lambda c: c["id"])
+    texts = [entry[0] for entry in json.loads(Path(finished_run.data.class_texts).read_text())]
+    for name in ("last.pt", "best.pt"):
+        checkpoint = load_checkpoint_file(Path(finished_run.out) / name)
+        assert checkpoint["category_ids"] == [c["id"] for c in by_id] and checkpoint["vocabulary"] == texts
+    model = load_model(Path(finished_run.out) / "last.pt", text_model="random")
+    assert model.trained_category_ids == [c["id"] for c in by_id]
+
+
 def test_start_weights_of_another_size_stop_before_the_run_folder_exists(finished_run, tmp_path, capsys):
     cfg = tiny_config(tmp_path, epochs=1)
     cfg.model.weights, cfg.model.variant = finished_run.out + "/last.pt", "s"

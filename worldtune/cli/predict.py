@@ -177,9 +177,11 @@ def _output_name(path: Path, used: set, out: Path, inputs: set) -> str:
     return stem + suffix
 
 
-def _detections_json(det: dict, names: list[str]) -> list[dict]:
-    return [{"label": label, "name": names[label], "score": round(score, 5),
-             "box_xyxy": [round(v, 2) for v in box]}
+def _detections_json(det: dict, names: list[str], category_ids: list[int]) -> list[dict]:
+    """One entry per detection; `category_ids` (the training file's id of each name, or []) adds the
+    dataset's own id beside the label, which counts from 0 in vocabulary order."""
+    return [{"label": label, **({"category_id": category_ids[label]} if category_ids else {}), "name": names[label],
+             "score": round(score, 5), "box_xyxy": [round(v, 2) for v in box]}
             for box, score, label in zip(det["boxes_xyxy"].tolist(), det["scores"].tolist(), det["labels"].tolist())]
 
 
@@ -208,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("no vocabulary: give --classes 'person,car' or --class-texts FILE")
             print(f"vocabulary: the checkpoint's {len(texts)} training classes ({', '.join(texts[:5])}"
                   f"{', ...' if len(texts) > 5 else ''}); --classes or --class-texts gives others", file=sys.stderr)
+        # the run's own classes (from a checkpoint that records their ids): detections name those ids too
+        trained_ids = list(getattr(model, "trained_category_ids", []) or [])
+        category_ids = trained_ids if texts == model.vocabulary and len(trained_ids) == len(texts) else []
         if texts == model.vocabulary:
             model.vocabulary_feats()  # the file's stored embeddings, or the tower's now (its errors said here)
         else:
@@ -243,13 +248,16 @@ def run(args: argparse.Namespace) -> int:
             name = _output_name(path, used, args.out, inputs)
             write_image(args.out / name, draw_detections(img, det, texts))
             record = {"image": str(path), "width": img.shape[1], "height": img.shape[0], "annotated": name,
-                      "detections": _detections_json(det, texts), **({"cut_short": True} if path in cut_short else {})}
+                      "detections": _detections_json(det, texts, category_ids),
+                      **({"cut_short": True} if path in cut_short else {})}
             write_text(args.out / Path(name).with_suffix(".json"), json.dumps(record, indent=1))
             results.append(record)
             bar.update(1)
     bar.close()
-    summary = {"weights": str(args.weights), "classes": texts, "imgsz": args.imgsz, "score_thr": args.score_thr,
-               "iou_thr": args.iou_thr, "max_det": args.max_det, "images": results, "skipped": skipped}
+    summary = {"weights": str(args.weights), "classes": texts,
+               **({"category_ids": category_ids} if category_ids else {}), "imgsz": args.imgsz,
+               "score_thr": args.score_thr, "iou_thr": args.iou_thr, "max_det": args.max_det, "images": results,
+               "skipped": skipped}
     write_text(args.out / "predictions.json", json.dumps(summary, indent=1))
     n_det = sum(len(r["detections"]) for r in results)
     print(f"{len(results)} images, {n_det} detections -> {args.out}")

@@ -63,7 +63,7 @@ def slim_checkpoint(checkpoint: Path, out: Path, text_tower: bool = True) -> dic
     check_image_shapes(state, variant, checkpoint)
     # What a worldtune file says about its run; another file (an official .pth) passes its weights only.
     ours = isinstance(ckpt, dict) and str(ckpt.get("format", "")).startswith("worldtune")
-    meta = {key: ckpt[key] for key in ("config", "vocabulary", "text_tower", "epoch", "best_ap")
+    meta = {key: ckpt[key] for key in ("config", "vocabulary", "category_ids", "text_tower", "epoch", "best_ap")
             if ours and key in ckpt}
     has_tower = any(k.startswith(TEXT_PREFIX) for k in state)
     feats, note = None, ""

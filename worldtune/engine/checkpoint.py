@@ -199,6 +199,11 @@ def _checked_run_info(checkpoint: dict, path: Path) -> dict:
     if vocabulary is not None and not (isinstance(vocabulary, list)
                                        and all(isinstance(t, str) and t.strip() for t in vocabulary)):
         raise bad("vocabulary", "a list of non-empty class texts", vocabulary)
+    category_ids = checkpoint.get("category_ids")
+    if category_ids is not None and not (isinstance(category_ids, list) and all(is_int(c) for c in category_ids)
+                                         and vocabulary is not None and len(category_ids) == len(vocabulary)):
+        raise bad("category_ids", f"a list of {len(vocabulary or [])} integer ids, one per class text of "
+                  "'vocabulary'", category_ids)
     tower = checkpoint.get("text_tower")
     if tower is not None:
         heads = tower.get("num_heads") if isinstance(tower, dict) else None

@@ -54,7 +54,8 @@ def text_tower_info(model) -> dict:
     return {"num_heads": int(config.num_attention_heads)} if config is not None else {}
 
 
-def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=None, vocabulary=None) -> dict:
+def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=None, vocabulary=None,
+                    category_ids=None) -> dict:
     """Everything a resume needs.
 
     `ema` holds the averaged weights (what `extract_model_state` prefers, what validation measures
@@ -65,6 +66,8 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
     the EMA weights with the recomputed BatchNorm statistics); resuming still uses `ema_state`.
     `vocabulary`: the training class texts (first synonym of each), which `load_model` sets, so
     `predict` and `model.predict` need no vocabulary for the classes the run was trained on.
+    `category_ids`: the training file's category id of each of those classes, which `worldtune predict`
+    writes beside each label, so its detections are in the dataset's own ids.
     """
     from worldtune.config import to_dict
 
@@ -82,7 +85,8 @@ def make_checkpoint(model, ema, optimizer, scaler, state: dict, cfg, evaluated=N
             "loss_sums": dict(state.get("loss_sums", {})), "loss_count": int(state.get("loss_count", 0)),
             "rng": rng_states(),
             "text_tower": text_tower_info(dist_unwrap(model)),
-            "config": to_dict(cfg), **({"vocabulary": list(vocabulary)} if vocabulary else {})}
+            "config": to_dict(cfg), **({"vocabulary": list(vocabulary)} if vocabulary else {}),
+            **({"category_ids": [int(c) for c in category_ids]} if vocabulary and category_ids else {})}
 
 
 def restore_checkpoint(ckpt: dict, model, ema, optimizer, scaler, state: dict) -> None:

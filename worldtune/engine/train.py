@@ -332,7 +332,8 @@ def _fit(cfg, info: dist.DistInfo, resume, resume_changes: dict | None = None) -
         try:
             dist.save_on_master(save_checkpoint_atomic,
                                 make_checkpoint(model, ema, optimizer, scaler, state, cfg, evaluated,
-                                                vocabulary=train_set.dataset.class_names), out / name)
+                                                vocabulary=train_set.dataset.class_names,
+                                                category_ids=train_set.dataset.cat_ids), out / name)
         except OutputWriteError as err:  # a full disk, a folder made read-only or removed
             raise checkpoint_write_failure(err, resume_command) from err
 

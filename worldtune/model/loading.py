@@ -155,7 +155,9 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
             vocabulary's; with a tower its class texts are encoded afresh).
         strict: refuse weights that do not match the model exactly (listing the differences).
     The returned model has `trained_imgsz`: the training image size saved in a worldtune
-    checkpoint's config, or None (official files, random weights).
+    checkpoint's config, or None (official files, random weights), and `trained_category_ids`: the
+    training file's category id of each class text of the checkpoint's vocabulary, or [] (official
+    files, random weights, checkpoints written before worldtune recorded them).
     """
     from worldtune.engine.checkpoint import (CheckpointMismatchError, extract_model_state, load_checkpoint_file,
                                              load_model_state)
@@ -171,7 +173,7 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
             raise ValueError("no weights given: name a variant (one of " + ", ".join(VARIANTS) + ")")
         tower = build_text_model(text_model) if text_model else None
         model = build_model(variant, tower).to(device).eval()
-        model.trained_imgsz = None
+        model.trained_imgsz, model.trained_category_ids = None, []
         return model
 
     from worldtune.zoo import resolve_weights
@@ -214,6 +216,8 @@ def load_model(weights: str | Path | None = None, variant: str | None = None,
     model = model.to(device).eval()
     # worldtune checkpoints carry their config: the CLIs default --imgsz to the training size
     model.trained_imgsz = config.get("data", {}).get("imgsz")
+    # the training file's category id of each vocabulary entry (a run's checkpoint): `predict` writes them
+    model.trained_category_ids = list(checkpoint.get("category_ids") or []) if isinstance(checkpoint, dict) else []
     feats = checkpoint.get("vocabulary_feats") if isinstance(checkpoint, dict) else None
     if vocabulary and tower is None and feats is not None:
         # a slim file without its tower stores the embeddings its tower gave (`worldtune slim`)
