@@ -127,6 +127,7 @@ def test_load_sample_falls_back_to_box_polygon(tiny_coco, tmp_path):
     import shutil
 
     from worldtune.data.coco import CocoDetection
+    from worldtune.data.presets import build_train_dataset
 
     data = json.loads(tiny_coco["ann_file"].read_text())
     del data["annotations"][0]["segmentation"]
@@ -136,6 +137,11 @@ def test_load_sample_falls_back_to_box_polygon(tiny_coco, tmp_path):
     shutil.copytree(tiny_coco["image_dir"], tmp_path / "images")
     ds = CocoDetection(ann, tmp_path / "images")
     assert ds.num_without_polygons == 2
+    # the warning names them, so the export can be checked
+    first, second = data["annotations"][0]["id"], data["annotations"][1]["id"]
+    with pytest.warns(UserWarning, match=rf"{ann}: 2 instance\(s\) have no usable segmentation \(annotation ids "
+                                         rf"{first}, {second}: no polygon"):
+        build_train_dataset(ds, imgsz=64, num_texts=8)
     s = load_sample(ds, 0, mask_refine=True)
     assert len(s["polygons"]) == 3 and len(s["polygons"][0][0]) == 4
     np.testing.assert_allclose(s["bboxes"][0], [8, 10, 60, 50])

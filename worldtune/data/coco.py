@@ -151,7 +151,8 @@ class CocoDetection:
         cat_ids (label -> COCO category id), cat_id_to_label, image_ids (index -> image id),
         skipped (dict reason -> count), num_annotations (of the images kept), num_trainable (instances
         neither crowd, flagged `ignore`, degenerate nor outside their image),
-        num_without_polygons (trainable instances lacking a usable segmentation); under
+        num_without_polygons (trainable instances lacking a usable segmentation; the annotation ids
+        of the first 5: ids_without_polygons); under
         on_bad_data="skip", dropped_image_ids (images whose file is missing) and
         dropped_annotations (positions in the file's `annotations` list), which scoring leaves out
         too (`worldtune.eval.evaluate.score_detections`).
@@ -272,9 +273,9 @@ class CocoDetection:
                             f" in {self.image_dir}; skipped: {self.skipped})")
         self.num_annotations = sum(len(anns) for _, anns in entries)
         self.num_trainable = sum(1 for img, anns in entries for a in anns if not _ignored(a, img))
-        self.num_without_polygons = sum(
-            1 for img, anns in entries for a in anns
-            if not _ignored(a, img) and not self._has_segmentation(a))
+        without = [a["id"] for img, anns in entries for a in anns
+                   if not _ignored(a, img) and not self._has_segmentation(a)]
+        self.num_without_polygons, self.ids_without_polygons = len(without), without[:5]
         # Keep each image's (image dict, annotations) pickled in one flat byte array: millions of
         # small Python objects would be copied page by page into every forked DataLoader worker
         # as their reference counts change (the "copy-on-read" growth), a byte array is not.

@@ -171,9 +171,12 @@ def build_train_dataset(dataset: CocoDetection, imgsz: int = 640, mask_refine: b
                         "is crowd, flagged 'ignore', degenerate (w or h < 1, area <= 0) or outside its image, "
                         "so training would learn nothing")
     if mask_refine and dataset.num_without_polygons:
+        shown = ", ".join(map(str, dataset.ids_without_polygons))
+        more = ", ..." if dataset.num_without_polygons > len(dataset.ids_without_polygons) else ""
         warnings.warn(f"{dataset.ann_file}: {dataset.num_without_polygons} instance(s) have no usable "
-                      "segmentation; mask-refine uses their annotation box as a 4-corner polygon "
-                      "(the official pipeline drops them)", stacklevel=2)
+                      f"segmentation (annotation ids {shown}{more}: no polygon of 3 or more points, nor an RLE); "
+                      "mask-refine uses their annotation box as a 4-corner polygon (the official pipeline drops "
+                      "them)", stacklevel=2)
     if min_area_ratio is None:
         min_area_ratio = 0.01 if mask_refine else 0.1
     if cache_images not in (True, False, "auto", "true", "false"):
