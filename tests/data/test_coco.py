@@ -304,6 +304,11 @@ def test_an_image_whose_size_differs_from_the_annotation_is_reported(tiny_coco, 
         warnings.simplefilter("error")
         dataset.load_image(0)  # said once per image
         dataset.load_image(1)  # the others match
+    # another size than the sides swapped (an image resized after annotation): no guess of a rotation
+    h, w = dataset.image_size(1)
+    cv2.imwrite(str(dataset.image_path(1)), np.zeros((h, w + 30, 3), np.uint8))
+    with pytest.warns(UserWarning, match=rf"decoded {w + 30}x{h}, but .*ann.json says {w}x{h}; its boxes are used"):
+        dataset.load_image(1)
 
 
 def _tag_orientation(path, orientation=6):

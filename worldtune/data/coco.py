@@ -395,9 +395,11 @@ class CocoDetection:
             # The official pipeline uses the boxes as given too; say so, a few times per process.
             self._size_warned.add(index)
             if self._listed(len(self._size_warned)):
+                # sides swapped: likely a rotation; others: resized after annotation, or the wrong file
+                turned = img.shape[:2] == expected[::-1]
                 warnings.warn(f"{path}: decoded {img.shape[1]}x{img.shape[0]}, but {self.ann_file} says "
-                              f"{expected[1]}x{expected[0]} (an EXIF rotation?); its boxes are used as given, "
-                              "so they may not match the pixels: fix the annotation or the file"
+                              f"{expected[1]}x{expected[0]}{' (an EXIF rotation?)' if turned else ''}; its boxes are "
+                              "used as given, so they may not match the pixels: fix the annotation or the file"
                               + self._last_listed(len(self._size_warned)), stacklevel=2)
         return img
 
