@@ -248,6 +248,25 @@ def test_resume_refuses_other_files(tmp_path):
         fit(cfg, resume=tmp_path / "partial.pt")
 
 
+def test_a_resume_whose_data_moved_names_the_config_key_and_what_to_do(tmp_path, reference):
+    """The data paths cannot change on resume: a file moved since the run started is told as the run's
+    saved data.* entry, not as a bare missing file the user never named in the resume command."""
+    from worldtune.engine.train import read_resume
+
+    ckpt = ckpt_io.load_checkpoint_file(reference)
+    ckpt["epoch"] = 1  # one epoch left
+    moved = tmp_path / "moved" / "train.json"
+    ckpt["config"]["data"]["train_ann"] = str(moved)
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=rf"--resume {tmp_path / 'last.pt'}: the run's data.train_ann, {moved}, does "
+                                         r"not exist \(moved or deleted\?\); a resumed run reads the files its saved "
+                                         r"config names: put it back there"):
+        read_resume(tmp_path, _config(tmp_path), 1, say=lambda *a, **k: None)
+    moved.parent.mkdir()
+    moved.write_text("{}")  # there again: the resume goes on (its data are read later)
+    assert read_resume(tmp_path, _config(tmp_path), 1, say=lambda *a, **k: None)[2] is False
+
+
 def test_ctrl_c_on_the_last_step_of_an_epoch(tmp_path, reference, monkeypatch):
     """Stopped after the epoch's last step but before its end-of-epoch bookkeeping: the resumed
     epoch has no step left, and its record still gets the lr (it was null)."""

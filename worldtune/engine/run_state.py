@@ -159,6 +159,14 @@ def read_resume(resume, cfg, world_size: int, say, changes: dict | None = None) 
         say(f"{path}: the run already finished its {saved.train.epochs} epochs; nothing is left to train "
             f"(start a new run with --weights {path} to train further)")
         return ckpt, saved, True
+    # The run's data are where its saved config names them (they cannot change on resume): one moved
+    # or deleted is told here as such, not as a bare missing file as if the user had named it.
+    for key in ("train_ann", "train_images", "val_ann", "val_images", "class_texts"):
+        where = getattr(saved.data, key)
+        if where and not Path(where).exists():
+            raise ValueError(f"--resume {path}: the run's data.{key}, {where}, does not exist (moved or "
+                             "deleted?); a resumed run reads the files its saved config names: put it back "
+                             "there (or a link to it)")
     if ckpt.get("val_pending"):  # stopped in the validation after its last completed epoch: that comes first
         left = f", then epoch {ckpt['epoch'] + 1}" if ckpt["epoch"] < saved.train.epochs else " (the run's last)"
         say(f"resuming {path}: the validation after epoch {ckpt['epoch']}{left}")
