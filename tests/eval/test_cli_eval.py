@@ -35,6 +35,24 @@ def test_scores_a_results_file(gt_and_dets, tmp_path, capsys, backend):
     assert metrics["APm"] is None and metrics["APl"] == pytest.approx(0.85)  # area 10000 > 96^2: large
 
 
+@pytest.mark.parametrize("objects", ["none", "crowd only"])
+def test_a_ground_truth_without_objects_to_score_is_told(gt_and_dets, capsys, objects):
+    """A val file without (non-crowd) annotations gives a table of n/a: the output says why."""
+    gt, dets = gt_and_dets
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt)]) == 0
+    assert "note:" not in capsys.readouterr().out  # objects to score: nothing to say
+    data = json.loads(gt.read_text())
+    if objects == "none":
+        data["annotations"] = []
+    else:
+        for a in data["annotations"]:
+            a["iscrowd"] = 1
+    gt.write_text(json.dumps(data))
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt)]) == 0
+    assert f"note: {gt} holds no object to score (no annotation, or only crowd ones), so every AP is n/a" \
+        in capsys.readouterr().out
+
+
 def test_data_root_layout(gt_and_dets, tmp_path, capsys):
     gt, dets = gt_and_dets
     (tmp_path / "coco" / "annotations").mkdir(parents=True)

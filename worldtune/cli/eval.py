@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"COCO box metrics ({metrics['num_images']} images, {metrics['num_detections']} detections, "
           f"backend {metrics['backend']}), %:")
     print(format_metrics(metrics))
+    if metrics.get("per_class") and all(ap is None for ap in metrics["per_class"].values()):
+        # every value n/a: say why rather than leave a table of blanks
+        print(f"note: {ann} holds no object to score (no annotation, or only crowd ones), so every AP is n/a")
     if metrics.get("skipped_images"):
         ids = metrics["skipped_images"]
         print(f"note: {len(ids)} unreadable or missing image(s) left out of the scoring with their objects "
