@@ -54,3 +54,32 @@ def test_other_files_have_no_header_to_read(tmp_path):
     (tmp_path / "page.jpg").write_text("<html></html>")
     for name in ("a.png", "cut.jpg", "page.jpg", "missing.jpg"):
         assert jpeg_orientation(tmp_path / name) is None, name
+
+
+@pytest.mark.parametrize("before", [b"\xff", b"\xff\x01", b"\xff\xd3"])  # a fill byte, TEM, RST3: no segment
+def test_fill_bytes_and_markers_without_a_segment_are_stepped_over(tmp_path, before):
+    path = tmp_path / "a.jpg"
+    _jpeg(path, before + _exif(6))
+    assert jpeg_orientation(path) == (6, (40, 60))
+    assert cv2.imread(str(path)).shape[:2] == (60, 40)
+
+
+@pytest.mark.parametrize("cut,orientation", [(6, 6), (7, 1)])
+def test_an_exif_block_that_ends_inside_its_directory_is_read_as_far_as_it_goes(tmp_path, cut, orientation):
+    """The Orientation value still counts when the block ends right after it (as for OpenCV), not one byte sooner."""
+    path = tmp_path / "a.jpg"
+    exif = _exif(6)[4:]  # without the APP1 marker and length
+    _jpeg(path, _app1(exif[:len(exif) - cut]))
+    assert jpeg_orientation(path) == (orientation, (40, 60))
+    assert cv2.imread(str(path)).shape[:2] == ((60, 40) if orientation == 6 else (40, 60))
+
+
+def test_a_header_that_ends_early_or_starts_the_pixels_first_gives_none(tmp_path):
+    _jpeg(tmp_path / "plain.jpg")
+    data = (tmp_path / "plain.jpg").read_bytes()
+    frame = data.index(b"\xff\xc0")
+    (tmp_path / "cut_frame.jpg").write_bytes(data[:frame + 8])  # the frame header cut inside its size
+    (tmp_path / "scan_first.jpg").write_bytes(b"\xff\xd8\xff\xda\x00\x02" + data[frame:])
+    tmp_path.joinpath("folder.jpg").mkdir()  # not a file: an OSError other than a missing file
+    for name in ("cut_frame.jpg", "scan_first.jpg", "folder.jpg"):
+        assert jpeg_orientation(tmp_path / name) is None, name
