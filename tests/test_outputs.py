@@ -1,5 +1,6 @@
 """worldtune.outputs: a failed write names its file; an unwritable output place is found by trying it."""
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,6 @@ def test_an_unwritable_place_is_named_with_its_cause(tmp_path, monkeypatch):
 
 
 def test_write_text_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch):
-    import os
-
     path = tmp_path / "sub" / "m.json"
     outputs.write_text(path, "[1]")
     assert path.read_text() == "[1]" and oct(path.stat().st_mode & 0o777) == "0o644"
@@ -56,3 +55,43 @@ def test_write_text_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch):
         outputs.write_text(path, "[2]")
     monkeypatch.undo()
     assert path.read_text() == "[1]" and os.listdir(path.parent) == ["m.json"]  # no temporary file left
+
+
+def test_a_durable_file_is_synced_before_and_after_its_rename(tmp_path, monkeypatch):
+    """durable=True: the bytes reach the disk before the rename, and the folder's entry after it (a power cut
+    after the save keeps the new file, not an empty or missing one); a plain write_text syncs neither."""
+    import stat
+
+    path = tmp_path / "last.pt"
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        mode = os.fstat(fd).st_mode
+        synced.append(("folder" if stat.S_ISDIR(mode) else "file", path.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with outputs.atomic_file(path, durable=True) as f:
+        f.write(b"state")
+    assert synced == [("file", False), ("folder", True)] and path.read_bytes() == b"state"
+    synced.clear()
+    outputs.write_text(tmp_path / "m.json", "[]")
+    assert synced == []
+
+
+def test_an_error_already_naming_its_file_is_not_named_again():
+    with pytest.raises(OutputWriteError) as info:
+        with writing("run/config.yaml"):
+            with writing("run/last.pt"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(info.value) == "cannot write run/last.pt: No space left on device"
+
+
+@pytest.mark.parametrize("code,advice", [
+    (errno.ENOSPC, "free some space on the disk of run"), (errno.EDQUOT, "free some space on the disk of run"),
+    (errno.EACCES, "make run writable"), (errno.EPERM, "make run writable"), (errno.EROFS, "make run writable"),
+    (errno.ENOENT, "restore the folder run"), (errno.EIO, "fix that"),
+])
+def test_the_remedy_follows_the_cause(code, advice):
+    assert outputs.remedy(OSError(code, os.strerror(code)), Path("run")) == advice
