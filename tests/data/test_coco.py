@@ -351,6 +351,37 @@ def test_a_jpeg_is_decoded_once_in_the_frame_its_annotation_gives(tmp_path, monk
     np.testing.assert_array_equal(img, stored if quarter and annotated == "stored" else turned)
 
 
+@pytest.mark.parametrize("name,orientation,size,expected_hw,frame", [
+    ("a.jpg", 6, 40, (40, 40), "turned"),  # square: the sizes cannot tell, OpenCV's frame is kept
+    ("a.png", 6, 60, (40, 60), "stored"),  # another format: decoded again without the turn
+    ("a.png", 6, 60, (60, 40), "turned"),
+    ("a.png", 6, 40, (40, 40), "turned"),
+    ("a.png", 2, 60, (60, 40), "turned"),  # a mirror does not explain swapped sizes: OpenCV's frame is kept
+])
+def test_an_image_is_read_as_stored_only_where_its_annotation_gives_the_stored_quarter_turn(
+        tmp_path, name, orientation, size, expected_hw, frame):
+    from worldtune.data import image_files
+
+    path = tmp_path / name
+    _marked_jpeg(path, orientation, h=40, w=size)  # PIL writes the EXIF block of a PNG too (eXIf)
+    stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    turned = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert stored.shape != turned.shape or (stored != turned).any()  # OpenCV applies the orientation
+    np.testing.assert_array_equal(image_files.read_image_bgr(path, expected_hw), {"stored": stored,
+                                                                                   "turned": turned}[frame])
+
+
+def test_small_jpegs_webp_and_folders_are_told_apart_without_decoding(tmp_path):
+    from worldtune.data.image_files import image_file_problem
+
+    (tmp_path / "tiny.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(20) + b"\xff\xd9")  # under 64 bytes
+    (tmp_path / "tiny_cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(20))
+    cv2.imwrite(str(tmp_path / "a.webp"), np.zeros((4, 6, 3), np.uint8))
+    (tmp_path / "folder.jpg").mkdir()
+    assert [image_file_problem(tmp_path / n) for n in ("tiny.jpg", "tiny_cut.jpg", "a.webp", "folder.jpg")] == [
+        None, "cut_short", None, "not_pictures"]
+
+
 @pytest.mark.parametrize("annotated", ["stored", "rotated"])
 def test_exif_rotated_images_are_read_in_the_frame_their_annotation_gives(tiny_coco, tmp_path, annotated):
     # Tools built on pycocotools show the stored pixels; others apply the EXIF rotation. The annotation's
