@@ -60,3 +60,28 @@ def test_polygon_parts_with_fewer_than_three_points_are_dropped():
     parts = polygons_from_segmentation(segm, 20, 20)
     assert len(parts) == 1
     np.testing.assert_array_equal(parts[0], [[0, 0], [10, 0], [10, 10]])
+
+
+def test_rle_masks_are_traced_to_their_outer_outlines():
+    """Compressed and uncompressed RLE give the same outlines: one per region (a hole adds none), and a
+    region of one or two pixels, too small for a polygon, none."""
+    from pycocotools import mask as mask_utils
+
+    from tests.helpers.coco_factory import _uncompressed_rle
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:12, 3:15] = 1
+    mask[5:8, 6:9] = 0  # a hole
+    mask[15, 20:22] = 1  # two pixels
+    mask[18, 27] = 1  # one pixel
+    compressed = mask_utils.encode(np.asfortranarray(mask))
+    for segm in (compressed, _uncompressed_rle(mask)):
+        (outline,) = polygons_from_segmentation(segm, 20, 30)
+        assert outline.dtype == np.float32
+        assert {tuple(v) for v in outline.tolist()} == {(3, 2), (14, 2), (14, 11), (3, 11)}
+
+
+def test_a_polygon_part_with_a_value_that_is_no_number_is_dropped():
+    segm = [[0, 0, 10, 0, 10, 10], [0, 0, {"x": 1}, 0, 10, 10], [0, 0, [1, 2], 0, 10, 10], [0, 0, "abc", 0, 1, 1]]
+    (part,) = polygons_from_segmentation(segm, 20, 20)
+    np.testing.assert_array_equal(part, [[0, 0], [10, 0], [10, 10]])
