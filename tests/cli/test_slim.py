@@ -303,3 +303,23 @@ def test_the_python_api_evaluates_a_file_without_its_tower_on_its_own_texts(towe
                                          r"text tower.*its own 3 class texts \['cat', 'red car', 'dog'\] only"):
         evaluate(model, texts)
     assert model.vocabulary == ["cat", "red car", "dog"]
+
+
+def test_the_embeddings_come_from_a_tower_in_the_head_count_the_run_recorded(tmp_path):
+    """A run from a hub CLIP id (no folder config to read): the tower is rebuilt with the recorded 2 heads, not
+    the one head that 64-wide CLIP heads would give, so the stored embeddings are those the run's tower gives."""
+    from tests.helpers.clip_factory import make_clip_text_folder
+    from worldtune.cli.slim import slim_checkpoint
+    from worldtune.engine.checkpoint import load_checkpoint_file
+    from worldtune.model.loading import DEFAULT_TEXT_MODEL
+    from worldtune.model.text_encoder import CLIPTextEncoder
+
+    clip = make_clip_text_folder(tmp_path / "clip", hidden=64, layers=1, heads=2, projection=512)
+    tower = CLIPTextEncoder.from_pretrained(str(clip)).eval()
+    vocabulary = ["cat", "red car"]
+    torch.save({"format": "worldtune-train-1", "ema": build_model("n", tower, num_classes=2).state_dict(),
+                "vocabulary": vocabulary, "config": {"model": {"variant": "n", "text_model": DEFAULT_TEXT_MODEL}},
+                "text_tower": {"num_heads": 2}}, tmp_path / "best.pt")
+    out = tmp_path / "light.safetensors"
+    assert slim_checkpoint(tmp_path / "best.pt", out, text_tower=False)["vocabulary_feats"] == 2
+    torch.testing.assert_close(load_checkpoint_file(out)["vocabulary_feats"], tower.encode_vocabulary(vocabulary))
