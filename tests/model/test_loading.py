@@ -359,6 +359,18 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(monkeypatch, device, 
         load_model(None, variant="n", text_model=None, device=device)
 
 
+def test_a_cuda_index_past_the_last_gpu_or_a_device_that_is_no_name_is_refused_in_one_line(monkeypatch):
+    from worldtune.model.loading import checked_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert checked_device("cuda:1") == torch.device("cuda", 1) and checked_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"^device='cuda:2': this machine has 2 CUDA device\(s\)$"):
+        checked_device("cuda:2")
+    with pytest.raises(ValueError, match=r"^device=None is not a device: use 'cpu', 'cuda' or 'cuda:N'$"):
+        checked_device(None)  # torch's TypeError lists its overloads
+
+
 @pytest.mark.parametrize("device", ["cpu", "cpu:0", torch.device("cpu")])
 def test_cpu_device_spellings_load(device):
     from worldtune.model.loading import load_model
