@@ -98,8 +98,12 @@ def test_unknown_key_lists_valid_keys():
     ("train.imgsz", "'data.imgsz'?"),                # the wrong section
     ("data.num_text", "'data.num_texts'?"),
     ("train.batch-size", "'train.batch_size'?"),     # the flag's spelling
+    ("batch-size", "'train.batch_size'?"),           # the flag's spelling, its section left out
+    ("train.l", "'train.lr'?"),                      # under 3 letters: not every train key with an 'l'
     ("data.cache", "one of 'data.cache_images', 'data.cache_max_gb', 'data.cache_dir'?"),
     ("model", "one of 'model.variant', 'model.text_model', 'model.weights'?"),  # a section
+    ("data", "one of 'data.train_ann', 'data.train_images', 'data.val_ann', 'data.val_images', "
+             "'data.class_texts', ...?"),  # more than five: the first five
 ])
 def test_a_mistyped_key_names_the_keys_it_is_close_to(key, guess):
     with pytest.raises(C.ConfigError) as info:
@@ -205,6 +209,7 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     ("train.momentum=nan", r"train.momentum=nan: must be in \[0, 1\)"),
     ("train.warmup_momentum=-0.1", r"train.warmup_momentum=-0.1: must be in \[0, 1\)"),
     ("train.warmup_momentum=nan", r"train.warmup_momentum=nan: must be in \[0, 1\)"),
+    ("train.warmup_momentum=1", r"train.warmup_momentum=1.0: must be in \[0, 1\)"),
     # a box's kept area fraction: 1 or more drops every box, NaN too (silently: images without labels)
     ("data.min_area_ratio=1.5", r"data.min_area_ratio=1.5: must be in \[0, 1\)"),
     ("data.min_area_ratio=1", r"data.min_area_ratio=1.0: must be in \[0, 1\)"),
@@ -218,6 +223,7 @@ def test_batch_rule_states_the_weight_decay_and_lr_the_optimizer_gets(world, bat
     # the bias groups' warm-up start lr: negative steps uphill, NaN ended the run at its first step
     ("train.warmup_bias_lr=-0.1", r"train.warmup_bias_lr=-0.1: must be a finite number >= 0"),
     ("train.warmup_bias_lr=nan", r"train.warmup_bias_lr=nan: must be a finite number >= 0"),
+    ("train.warmup_bias_lr=inf", r"train.warmup_bias_lr=inf: must be a finite number >= 0"),
     # torch's "num_workers option should be non-negative" named no key
     ("data.workers=-1", r"data.workers=-1: must be >= 0 \(0 = load in the training process\)"),
     ("data.min_size=-1", r"data.min_size=-1: must be >= 0"),  # acted as 0
@@ -244,6 +250,14 @@ def test_validate_refuses_bad_values(item, match):
     with pytest.raises(C.ConfigError, match=match):
         C.validate(cfg)
     C.validate(C.load_recipe("v2-l-sgd"))
+
+
+@pytest.mark.parametrize("key,says", [("weights", "model.weights is empty"), ("text_model", "model.text_model is empty")])
+def test_a_model_name_of_blanks_is_refused_as_empty(key, says):
+    cfg = C.Config()
+    setattr(cfg.model, key, "  ")  # a recipe's `text_model: "  "` (--set strips its value)
+    with pytest.raises(C.ConfigError, match=says):
+        C.validate(cfg)
 
 
 def test_set_value_keeps_every_equals_sign_after_the_key():
