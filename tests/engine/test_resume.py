@@ -191,6 +191,23 @@ def test_an_error_in_a_step_saves_the_steps_done_unless_in_an_update(tmp_path, r
     _resume_from_and_compare(cfg, (1, 0, 2) if in_update else (1, 1, 3), reference)
 
 
+def test_an_error_in_the_first_step_of_a_run_writes_no_checkpoint(tmp_path, monkeypatch, capsys):
+    """No step was trained: a last.pt would hold only the start weights, and would make the folder a run
+    to resume rather than one to start again."""
+    from worldtune.engine import train as train_mod
+
+    def fails():
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(train_mod, "batch_text_feats", before_call(train_mod.batch_text_feats, 1, fails))
+    cfg = _config(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(cfg)
+    assert not (Path(cfg.out) / "last.pt").exists()
+    assert ("training at epoch 1, step 0 stopped with the error below, before any checkpoint was written"
+            in capsys.readouterr().err)
+
+
 def test_resume_with_a_scaler_the_saved_run_did_not_have():
     """bf16/CPU runs save an empty scaler state; resuming with fp16 (e.g. on a GPU without bf16) must work."""
     from torch import nn

@@ -101,6 +101,20 @@ def test_resuming_a_stopped_last_validation_says_so(finished_run, tmp_path):
     assert said == [f"resuming {tmp_path / 'last.pt'}: the validation after epoch 1 (the run's last)"]
 
 
+@pytest.mark.parametrize("step", [0, 1])
+def test_a_resume_with_another_process_count_says_what_changes(finished_run, tmp_path, step):
+    from worldtune.engine.checkpoint import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(finished_run.out + "/last.pt")
+    ckpt.update(epoch=0, step_in_epoch=step, world_size=2)
+    torch.save(ckpt, tmp_path / "last.pt")
+    said = []
+    T.read_resume(tmp_path / "last.pt", finished_run, 1, say=said.append)
+    assert said[-1] == ("warning: the run was trained with 2 process(es), resumed with 1: the total batch, so the "
+                        "weight-decay rule and the iterations per epoch, change"
+                        + (", and the rest of this epoch skips a different set of images" if step else ""))
+
+
 def test_a_resume_gives_the_tower_the_checkpoints_own_tensors(finished_run, tmp_path, monkeypatch):
     """A resume holds the whole checkpoint while it builds the model: the frozen tower takes the
     checkpoint's tensors instead of a second copy of them (242 MiB for ViT-B/32)."""
