@@ -199,6 +199,7 @@ def test_a_class_text_file_in_the_wrong_format_is_one_line_before_any_model_load
 @pytest.mark.parametrize("weights, why", [
     ("v2-s-coco", "--weights v2-s-coco is an official checkpoint, which holds no class texts"),
     ("none", "--weights none (random weights) brings no class texts"),
+    ("None", "--weights none (random weights) brings no class texts"),  # load_model reads it as none too
 ])
 def test_forgetting_the_classes_is_told_before_any_download(command, weights, why, tmp_path, monkeypatch, capsys):
     import worldtune.zoo
