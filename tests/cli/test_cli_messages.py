@@ -167,6 +167,11 @@ def test_a_reader_that_leaves_early_is_no_error():
     (["predict", "x.jpg", "--weights", "none", "--clases", "cat"],
      "worldtune predict: error: unrecognized arguments: --clases cat (did you mean --classes for --clases?)"),
     (["zoo", "--xyzzy"], "worldtune zoo: error: unrecognized arguments: --xyzzy"),
+    (["train", "--lr=1e-4"], "worldtune train: error: unrecognized arguments: --lr=1e-4 "
+                             "(did you mean --set train.lr=... for --lr?)"),  # the flag without its value
+    (["train", "batch_size"], "worldtune train: error: unrecognized arguments: batch_size"),  # no option: no guess
+    (["predict", "x.jpg", "--weights", "none", "--lr", "1"],  # config keys are train's alone
+     "worldtune predict: error: unrecognized arguments: --lr 1"),
 ])
 def test_an_unknown_option_is_told_by_its_command_with_the_nearest_one(argv, said, capsys):
     """Not the top-level parser's 'worldtune: error:' and usage line, which name no command's options."""
