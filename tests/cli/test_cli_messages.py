@@ -180,3 +180,28 @@ def test_an_unknown_option_is_told_by_its_command_with_the_nearest_one(argv, sai
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == said and err.startswith(f"usage: worldtune {argv[0]} ")
+
+
+def test_an_existing_output_folder_is_tried_itself_not_its_parent(tmp_path, monkeypatch):
+    """--out of a folder that exists (a read-only mount inside a writable one) is refused at parsing."""
+    import argparse
+    import errno
+
+    from worldtune import outputs
+    from worldtune.cli.argtypes import output_folder
+
+    real = outputs.tempfile.TemporaryFile
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+
+    def read_only_inside(*args, dir=None, **kwargs):
+        if dir == folder:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(outputs.tempfile, "TemporaryFile", read_only_inside)
+    with pytest.raises(argparse.ArgumentTypeError, match=rf"^cannot write {folder}: Read-only file system$"):
+        output_folder(str(folder))
+    with pytest.raises(argparse.ArgumentTypeError, match=r"Read-only file system$"):
+        output_folder(str(folder / "new"))  # to be made inside it
+    assert output_folder(str(tmp_path / "beside")) == tmp_path / "beside"
