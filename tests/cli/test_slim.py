@@ -323,3 +323,37 @@ def test_the_embeddings_come_from_a_tower_in_the_head_count_the_run_recorded(tmp
     out = tmp_path / "light.safetensors"
     assert slim_checkpoint(tmp_path / "best.pt", out, text_tower=False)["vocabulary_feats"] == 2
     torch.testing.assert_close(load_checkpoint_file(out)["vocabulary_feats"], tower.encode_vocabulary(vocabulary))
+
+
+def test_stored_embeddings_that_are_not_float_rows_are_refused(light, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from worldtune.engine.checkpoint import VOCAB_FEATS_KEY, CheckpointLoadError, load_checkpoint_file
+
+    with safe_open(str(light[0]), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(light[0]))
+    for bad, shape in ((tensors[VOCAB_FEATS_KEY].to(torch.int64), r"\(3, 512\)"),
+                       (tensors[VOCAB_FEATS_KEY][:, 0].clone(), r"\(3,\)")):  # one number per text
+        save_file({**tensors, VOCAB_FEATS_KEY: bad}, str(tmp_path / "bad.safetensors"), metadata=metadata)
+        with pytest.raises(CheckpointLoadError, match=rf"'vocabulary_feats' entry must be float .*got {shape}"):
+            load_checkpoint_file(tmp_path / "bad.safetensors")
+
+
+def test_a_vocabulary_that_is_no_list_is_no_stored_vocabulary(light, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from worldtune.engine.checkpoint import WEIGHTS_METADATA_KEY, stored_vocabulary
+
+    with safe_open(str(light[0]), framework="pt") as f:
+        metadata = f.metadata()
+    run = json.loads(metadata[WEIGHTS_METADATA_KEY])
+    assert stored_vocabulary(light[0]) == run["vocabulary"]
+    run["vocabulary"] = "cat,red car,dog"  # hand-edited
+    save_file(load_file(str(light[0])), str(tmp_path / "edited.safetensors"),
+              metadata={**metadata, WEIGHTS_METADATA_KEY: json.dumps(run)})
+    assert stored_vocabulary(tmp_path / "edited.safetensors") is None
