@@ -172,11 +172,12 @@ def test_the_order_check_stays_fast_for_a_large_vocabulary():
 def test_a_class_text_file_in_the_wrong_format_says_what_the_formats_are(tmp_path):
     # JSON in a file not named .json would be read as one class named '[["red"], ...'
     misnamed = tmp_path / "texts.txt"
-    misnamed.write_text('[["red"], ["green"]]\n')
-    for names in (["red", "green"], None):  # training and evaluation; predict and export
-        with pytest.raises(DataError, match=r"texts.txt holds a JSON list, but only a file named \.json is read "
-                                            r"as JSON .*: rename it to \.json"):
-            load_class_texts(misnamed, names)
+    for content in ('[["red"], ["green"]]\n', '\n  [["red"],\n   ["green"]]\n'):  # also after blank lines
+        misnamed.write_text(content)
+        for names in (["red", "green"], None):  # training and evaluation; predict and export
+            with pytest.raises(DataError, match=r"texts.txt holds a JSON list, but only a file named \.json is read "
+                                                r"as JSON .*: rename it to \.json"):
+                load_class_texts(misnamed, names)
     lines = tmp_path / "lines.json"  # one text per line, named .json
     lines.write_text("red\ngreen\n")
     with pytest.raises(DataError, match=r"lines.json: malformed JSON \(.*\); a \.json class-text file holds a list "
