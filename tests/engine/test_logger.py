@@ -88,3 +88,25 @@ def test_tensorboard_that_cannot_write_is_dropped_with_one_warning_and_no_thread
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_tensorboard_thread_hook_hides_its_write_errors_only_and_is_set_once(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from worldtune.engine.logger import _quiet_tensorboard_thread
+
+    shown = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: shown.append(args.exc_type))
+    _quiet_tensorboard_thread()
+    hook = threading.excepthook
+    _quiet_tensorboard_thread()
+    assert threading.excepthook is hook  # not wrapped again by the next logger
+
+    class _AsyncWriterThread:  # the name TensorBoard's writer thread has
+        pass
+
+    for thread, exc_type in ((_AsyncWriterThread(), OSError), (_AsyncWriterThread(), ValueError),
+                             (threading.current_thread(), OSError)):
+        hook(SimpleNamespace(thread=thread, exc_type=exc_type))
+    assert shown == [ValueError, OSError]  # a bug in the writer thread, and another thread's error, still show
