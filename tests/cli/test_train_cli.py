@@ -50,6 +50,11 @@ def test_a_recipe_named_in_the_config_file_or_set_is_the_base(tmp_path, monkeypa
     (tmp_path / "typo.yaml").write_text("recipe: v2-ss\n")
     with pytest.raises(ConfigError, match=r"^typo.yaml: recipe=v2-ss: unknown recipe 'v2-ss'"):
         build_config(_args("--config", "typo.yaml"))
+    # --set comes after the --config file: it names the recipe the file's name is held against
+    with pytest.raises(ConfigError, match=r"^over.yaml: recipe=v2-s names another recipe than --set recipe=v2-m$"):
+        build_config(_args("--config", "over.yaml", "--set", "recipe=v2-m"))
+    with pytest.raises(ConfigError, match=r"^unknown recipe 'v2-ss'"):  # the flag's own value: said once
+        build_config(_args("--recipe", "v2-ss"))
 
 
 def test_default_run_folder_is_numbered(tmp_path, monkeypatch):
