@@ -252,7 +252,8 @@ def test_validate_refuses_bad_values(item, match):
     C.validate(C.load_recipe("v2-l-sgd"))
 
 
-@pytest.mark.parametrize("key,says", [("weights", "model.weights is empty"), ("text_model", "model.text_model is empty")])
+@pytest.mark.parametrize("key,says", [("weights", "model.weights is empty"),
+                                      ("text_model", "model.text_model is empty")])
 def test_a_model_name_of_blanks_is_refused_as_empty(key, says):
     cfg = C.Config()
     setattr(cfg.model, key, "  ")  # a recipe's `text_model: "  "` (--set strips its value)
