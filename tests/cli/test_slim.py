@@ -357,3 +357,19 @@ def test_a_vocabulary_that_is_no_list_is_no_stored_vocabulary(light, tmp_path):
     save_file(load_file(str(light[0])), str(tmp_path / "edited.safetensors"),
               metadata={**metadata, WEIGHTS_METADATA_KEY: json.dumps(run)})
     assert stored_vocabulary(tmp_path / "edited.safetensors") is None
+
+
+def test_a_run_whose_clip_folder_cannot_be_read_is_slimmed_without_embeddings(tower_run, tmp_path, monkeypatch):
+    import errno
+
+    from worldtune.cli.slim import slim_checkpoint
+    from worldtune.model import text_encoder
+
+    def unreadable(folder):
+        raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+
+    monkeypatch.setattr(text_encoder, "load_folder_config", unreadable)
+    result = slim_checkpoint(tower_run[0], tmp_path / "light.safetensors", text_tower=False)
+    assert result["vocabulary_feats"] == 0
+    assert result["note"].startswith(f"the run's CLIP tokenizer ({tower_run[1]}) is not available: ")
+    assert "Permission denied" in result["note"]
