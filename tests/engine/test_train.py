@@ -298,10 +298,17 @@ def test_a_checkpoint_write_failure_says_what_is_safe(tmp_path):
 
     assert failure("last.pt") == (f"cannot write {tmp_path}/last.pt: No space left on device; no last.pt was "
                                   f"written; free some space on the disk of {tmp_path}, then start the run again")
+    assert failure("best.pt") == (f"cannot write {tmp_path}/best.pt: No space left on device; no best.pt was "
+                                  f"written; free some space on the disk of {tmp_path}, then start the run again")
     (tmp_path / "last.pt").write_bytes(b"x")
     assert failure("last.pt", errno.EROFS, "Read-only file system") == (
         f"cannot write {tmp_path}/last.pt: Read-only file system; the previous last.pt is intact; make {tmp_path} "
         f"writable, then continue with: worldtune train --resume R")
+    (tmp_path / "best.pt").write_bytes(b"x")
+    assert failure("best.pt") == (
+        f"cannot write {tmp_path}/best.pt: No space left on device; the previous best.pt is intact, and last.pt, "
+        f"saved before this validation, runs it again on resume; free some space on the disk of {tmp_path}, then "
+        f"continue with: worldtune train --resume R")
     assert failure("epoch_4.pt") == (
         f"cannot write {tmp_path}/epoch_4.pt: No space left on device; {tmp_path}/last.pt holds the same state "
         f"(copy it to epoch_4.pt); free some space on the disk of {tmp_path}, then continue with: "
