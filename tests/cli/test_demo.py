@@ -15,8 +15,10 @@ def test_demo_config_keeps_the_recipe_and_shrinks_sizes(tmp_path):
     data = {"train_ann": "t.json", "train_images": "t", "val_ann": "v.json", "val_images": "v",
             "class_texts": "c.json", "class_names": ["a", "b", "c"]}
     args = argparse.Namespace(epochs=30, imgsz=256, batch_size=8, lr=2e-3, device="cpu", workers=0, seed=0,
-                              threads=0)
+                              threads=0, cpu_amp=False)
     cfg = demo_config(data, tmp_path, args)
+    assert not cfg.train.cpu_amp  # fp32 on CPU unless asked (--cpu-amp)
+    assert demo_config(data, tmp_path, argparse.Namespace(**dict(vars(args), cpu_amp=True))).train.cpu_amp
     assert (cfg.model.variant, cfg.model.text_model, cfg.model.weights) == ("n", "random", "none")
     assert (cfg.data.imgsz, cfg.data.num_texts, cfg.train.epochs, cfg.train.close_mosaic_epochs) == (256, 3, 30, 10)
     assert cfg.data.mask_refine and cfg.data.affine_scale == [0.5, 1.5]  # the v2-S recipe's augmentation

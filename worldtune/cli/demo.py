@@ -31,6 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the data set, the weights and the sampling")
+    parser.add_argument("--cpu-amp", action="store_true",
+                        help="train in bf16 on a CPU that computes bf16 natively (AVX512-BF16 or AMX): about 1.6x "
+                             "faster steps there (train.cpu_amp; not official; fp32 elsewhere)")
     add_threads_argument(parser)
 
 
@@ -49,6 +52,7 @@ def demo_config(data: dict, out: Path, args):
     d.num_texts = len(data["class_names"])  # every image sees the whole (small) vocabulary
     t = cfg.train
     t.epochs, t.batch_size, t.lr, t.device, t.seed = args.epochs, args.batch_size, args.lr, args.device, args.seed
+    t.cpu_amp = args.cpu_amp
     t.close_mosaic_epochs = max(args.epochs // 3, 1)
     t.min_warmup_iters = 20
     t.warmup_epochs = 1.0
