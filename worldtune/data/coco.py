@@ -125,7 +125,7 @@ def _other_categories(ann_file: Path, names_by_id: dict, reference, class_texts)
     texts = class_texts if isinstance(class_texts, (str, Path)) else "the class texts"
     return (f"{ann_file} has {len(names_by_id)} categories and {reference.ann_file} {len(reference_names)}, but "
             f"{texts} holds one entry per category of {reference.ann_file}: " + "; ".join(differences)
-            + f". Give both files the same categories, or leave out the class texts (--class-texts), so that each "
+            + ". Give both files the same categories, or leave out the class texts (--class-texts), so that each "
             "file's classes are named by their category names")
 
 
