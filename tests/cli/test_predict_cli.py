@@ -363,6 +363,7 @@ def test_a_slim_file_without_its_tower_predicts_its_classes_with_no_clip(setup, 
                  str(tmp_path / "no_clip"), "--out", str(tmp_path / "dog")]) == 2
     err = capsys.readouterr().err
     assert "no_clip" in err and f"{slim} stores the embeddings of its own 3 class texts only" in err
+    assert "(leave out --text-model, and --classes/--class-texts or name exactly those texts" in err
 
 
 def test_a_runs_own_classes_are_given_with_the_datasets_category_ids(setup, tmp_path, capsys):

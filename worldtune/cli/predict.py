@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         paths, skipped = expand_inputs(args.inputs)
         device = resolve_device(args.device)  # engine.dist: auto / cpu / cuda[:N]
         model = load_model_for(args.weights, args.variant, device, args.text_model, texts,
-                               "leave out --classes, --class-texts and --text-model")
+                               "leave out --text-model, and --classes/--class-texts or name exactly "
+                               "those texts, in their order")
         args.imgsz = args.imgsz or model.trained_imgsz or 640  # both checked already: parsing, the checkpoint reader
         if texts is None:
             texts = list(model.vocabulary)  # a worldtune checkpoint's training classes
