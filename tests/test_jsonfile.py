@@ -39,3 +39,18 @@ def test_id_problem_accepts_signed_64_bit_integers_only():
     assert id_problem("3") == "must be an integer, got '3'"
     for outside in (2**63, -2**63 - 1, 2**64 - 1):
         assert id_problem(outside).startswith(f"{outside} does not fit in a signed 64-bit integer")
+
+
+def test_whole_float_ids_are_read_as_ints():
+    """Tools that go through numpy write ids as 9.0; pycocotools takes them for 9 (9.0 == 9 as a dict
+    key), so they are read as the int 9. Other floats, strings, bools, NaN and infinities stay refused."""
+    from worldtune.jsonfile import as_id, id_problem
+
+    for whole, read in ((9.0, 9), (-3.0, -3), (0.0, 0), (2.0**62, 2**62)):
+        assert as_id(whole) == read and type(as_id(whole)) is int
+        assert id_problem(whole) == "", whole
+    assert as_id(9) == 9 and as_id("9") == "9" and as_id(True) is True  # no float: as given
+    assert id_problem(9.5) == "must be an integer, got 9.5"
+    assert id_problem(float("nan")) == "must be an integer, got nan"
+    assert id_problem(float("inf")) == "must be an integer, got inf"
+    assert id_problem(2.0**64).startswith("18446744073709551616 does not fit in a signed 64-bit integer")

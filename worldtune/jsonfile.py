@@ -36,9 +36,18 @@ def is_finite_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def as_id(value):
+    """`value` read as a COCO id: a whole float (9.0, as tools that go through numpy write ids) becomes
+    the int 9, which pycocotools takes it for too (9.0 == 9 as a dict key); anything else is returned as
+    it is, for `id_problem` to name (9.5, "9", true, NaN)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def id_problem(value) -> str:
-    """What makes `value` unusable as a COCO id ("" if nothing): not an integer, or outside the signed
-    64-bit range in which numpy and the COCO tools hold ids (some tools write 64-bit unsigned hashes)."""
+    """What makes `value` unusable as a COCO id ("" if nothing): not an integer once read by `as_id`, or
+    outside the signed 64-bit range in which numpy and the COCO tools hold ids (some tools write 64-bit
+    unsigned hashes)."""
+    value = as_id(value)
     if not is_int(value):
         return f"must be an integer, got {value!r}"
     if not -2**63 <= value < 2**63:

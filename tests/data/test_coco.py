@@ -451,6 +451,30 @@ def test_images_under_min_size_are_counted(tiny_coco, tmp_path):
     assert len(dataset) == 8 and 999 not in dataset.image_ids
 
 
+def test_whole_float_ids_read_as_the_ints(tiny_coco, tmp_path):
+    """Files written through numpy carry ids as 9.0: the set is the one the int ids give, with int ids
+    throughout (what the detections written from it carry)."""
+    def as_floats(d):
+        for entry in d["images"] + d["categories"]:
+            entry["id"] = float(entry["id"])
+        for a in d["annotations"]:
+            a.update(id=float(a["id"]), image_id=float(a["image_id"]), category_id=float(a["category_id"]))
+
+    ints = CocoDetection(tiny_coco["ann_file"], tiny_coco["image_dir"])
+    ann, img = _copy_set(tiny_coco, tmp_path, as_floats)
+    assert '"id": 1000.0' in ann.read_text()
+    floats = CocoDetection(ann, img)
+    assert floats.cat_ids == ints.cat_ids and floats.cat_id_to_label == ints.cat_id_to_label
+    assert floats.image_ids == ints.image_ids and all(type(i) is int for i in floats.image_ids + floats.cat_ids)
+    assert (floats.num_annotations, floats.num_trainable) == (ints.num_annotations, ints.num_trainable)
+    for index in range(len(ints)):
+        a, b = floats.get_record(index), ints.get_record(index)
+        assert type(a["image_id"]) is int and a["image_id"] == b["image_id"]
+        for key in ("ann_ids", "bboxes", "labels", "ignore"):
+            np.testing.assert_array_equal(a[key], b[key])
+        assert len(a["polygons"]) == len(b["polygons"])
+
+
 def _rle(counts, size=(120, 160)):
     return {"size": list(size), "counts": counts}
 
@@ -459,9 +483,14 @@ def _rle(counts, size=(120, 160)):
     (lambda d: d["images"][0].update(id="1000"), r"image 'img_000.jpg' \(entry 0 of 'images'\): 'id' must be an "
                                                  r"integer, got '1000'"),
     # an export's extra fields: the message names the file, not a cut-short entry
-    (lambda d: d["images"][2].update(id=1014.0, license=1, coco_url="http://example.com/" + "x" * 80),
-     r"ann.json: image 'img_002.png' \(entry 2 of 'images'\): 'id' must be an integer, got 1014.0$"),
-    (lambda d: d["images"][0].update(id=1000.5), r"'id' must be an integer, got 1000.5"),
+    (lambda d: d["images"][2].update(id=1014.5, license=1, coco_url="http://example.com/" + "x" * 80),
+     r"ann.json: image 'img_002.png' \(entry 2 of 'images'\): 'id' must be an integer, got 1014.5$"),
+    (lambda d: d["images"][0].update(id=float("nan")), r"'id' must be an integer, got nan"),
+    (lambda d: d["categories"][0].update(id=float("inf")), r"category \{.*\}: 'id' must be an integer, got inf"),
+    (lambda d: d["annotations"][0].update(category_id=1.5), r"annotation id 100: category_id must be an integer, "
+                                                            r"got 1.5"),
+    # 1000.0 is the id 1000 (as pycocotools reads it): a second image 1000
+    (lambda d: d["images"][1].update(id=1000.0), r"image id 1000 is used twice"),
     # 64-bit unsigned hashes as ids: an OverflowError traceback once a worker built the record
     (lambda d: d["images"][0].update(id=2**64 - 1), r"'id' 18446744073709551615 does not fit in a signed 64-bit"),
     (lambda d: d["annotations"][0].update(id=2**63), r"annotation id 9223372036854775808: id 9223372036854775808 does "

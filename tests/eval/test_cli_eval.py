@@ -35,6 +35,23 @@ def test_scores_a_results_file(gt_and_dets, tmp_path, capsys, backend):
     assert metrics["APm"] is None and metrics["APl"] == pytest.approx(0.85)  # area 10000 > 96^2: large
 
 
+def test_whole_float_ids_score_as_the_int_ids(gt_and_dets, tmp_path):
+    """Files written through numpy carry ids as 9.0: read as 9, as pycocotools does, not refused."""
+    gt, dets = gt_and_dets
+    assert main(["eval", "--detections", str(dets), "--ann", str(gt), "--json", str(tmp_path / "ints.json")]) == 0
+    data, results = json.loads(gt.read_text()), json.loads(dets.read_text())
+    for entry in data["images"] + data["categories"]:
+        entry["id"] = float(entry["id"])
+    for a in data["annotations"] + results:
+        a.update(image_id=float(a["image_id"]), category_id=float(a["category_id"]))
+    (tmp_path / "float_gt.json").write_text(json.dumps(data))
+    (tmp_path / "float_dets.json").write_text(json.dumps(results))
+    assert main(["eval", "--detections", str(tmp_path / "float_dets.json"), "--ann", str(tmp_path / "float_gt.json"),
+                 "--json", str(tmp_path / "floats.json")]) == 0
+    ints, floats = (json.loads((tmp_path / name).read_text()) for name in ("ints.json", "floats.json"))
+    assert floats == ints and floats["AP"] == pytest.approx(0.85)
+
+
 @pytest.mark.parametrize("objects", ["none", "crowd only"])
 def test_a_ground_truth_without_objects_to_score_is_told(gt_and_dets, capsys, objects):
     """A val file without (non-crowd) annotations gives a table of n/a: the output says why."""

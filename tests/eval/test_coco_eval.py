@@ -158,11 +158,13 @@ def test_inputs_are_not_modified_and_files_work(tmp_path):
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, -1], "score": 1.0}, "'bbox'"),  # height too
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1], "score": 1.0}, "'bbox'"),
     ({"image_id": 1, "category_id": 5, "bbox": ["0", 0, 1, 1], "score": 1.0}, "'bbox'"),
-    # a float or string id equal to a GT id is told as not an integer, not as an id the GT lacks
-    ({"image_id": 1.0, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id must be an integer, as "
-                                                                                "the GT's ids are, got 1.0"),
-    ({"image_id": 1, "category_id": 5.0, "bbox": [0, 0, 1, 1], "score": 1.0}, "category_id must be an integer, "
-                                                                                "as the GT's ids are, got 5.0"),
+    # a string id equal to a GT id is told as not an integer, not as an id the GT lacks (1.0 is the id 1)
+    ({"image_id": 1.5, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id must be an integer, as "
+                                                                                "the GT's ids are, got 1.5"),
+    ({"image_id": 1, "category_id": 5.5, "bbox": [0, 0, 1, 1], "score": 1.0}, "category_id must be an integer, "
+                                                                                "as the GT's ids are, got 5.5"),
+    ({"image_id": 1, "category_id": float("inf"), "bbox": [0, 0, 1, 1], "score": 1.0}, "category_id must be an "
+                                                                                         "integer, as the GT's ids"),
     ({"image_id": "1", "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id must be an integer, as "
                                                                                 "the GT's ids are, got '1'"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1], "score": float("nan")}, "'score'"),
@@ -226,10 +228,12 @@ def test_bad_gt_annotations_name_the_annotation(tmp_path, bbox, message):
                                                       r"in a signed 64-bit integer"),  # was 'a non-numeric value'
     (lambda gt: gt["annotations"][0].update(category_id=9), r"annotation id 1: 'category_id' 9 is not the id"),
     (lambda gt: gt["annotations"][0].update(image_id=2), r"annotation id 1: 'image_id' 2 is not the id"),
-    # equal to an existing id but not an integer: told as such, not as an id the file lacks
-    (lambda gt: gt["annotations"][0].update(image_id=1.0), r"annotation id 1: 'image_id' must be an integer, as "
-                                                          r"the ids of 'images' and 'categories' are, got 1.0"),
-    (lambda gt: gt["annotations"][0].update(category_id=5.0), r"annotation id 1: 'category_id' must be an integer"),
+    # equal to an existing id but not an integer: told as such, not as an id the file lacks (1.0 is the id 1)
+    (lambda gt: gt["annotations"][0].update(image_id="1"), r"annotation id 1: 'image_id' must be an integer, as "
+                                                          r"the ids of 'images' and 'categories' are, got '1'"),
+    (lambda gt: gt["annotations"][0].update(category_id=5.5), r"annotation id 1: 'category_id' must be an integer"),
+    (lambda gt: gt["images"][0].update(id=1.5), r"an entry of 'images' has a non-integer 'id'"),
+    (lambda gt: gt["categories"][0].update(id=float("nan")), r"an entry of 'categories' has a non-integer 'id'"),
     (lambda gt: gt["annotations"][0].update(iscrowd="yes"), r"annotation id 1: 'iscrowd' must be 0 or 1"),
     (lambda gt: gt["annotations"][0].update(area="big"), r"annotation id 1: 'area' must be a finite number"),
 ])
@@ -240,6 +244,48 @@ def test_gt_ids_and_fields_of_the_wrong_type_name_the_field(tmp_path, edit, mess
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     with pytest.raises(ValueError, match=r"gt.json: " + message):
         coco_evaluate(tmp_path / "gt.json", [])
+
+
+def _with_float_ids(gt: dict, dets: list) -> tuple[dict, list]:
+    """Copies with every id a whole float (9.0), as files written through numpy carry them."""
+    gt = copy.deepcopy(gt)
+    for entry in gt["images"] + gt["categories"]:
+        entry["id"] = float(entry["id"])
+    for a in gt["annotations"]:
+        a.update(id=float(a["id"]), image_id=float(a["image_id"]), category_id=float(a["category_id"]))
+    return gt, [dict(d, image_id=float(d["image_id"]), category_id=float(d["category_id"])) for d in dets]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_float_ids_score_as_the_int_ids(tmp_path, backend):
+    """9.0 is the id 9 in the GT and in the detections (as pycocotools reads it); the caller's dicts are kept."""
+    from worldtune.eval.coco_inputs import load_coco_gt, validate_detections
+
+    gt = random_gt(4)
+    dets = random_detections(gt)
+    float_gt, float_dets = _with_float_ids(gt, dets)
+    kept = copy.deepcopy((float_gt, float_dets))
+    (tmp_path / "gt.json").write_text(json.dumps(float_gt))
+    (tmp_path / "dets.json").write_text(json.dumps(float_dets))
+    assert '"image_id": 7.0' in (tmp_path / "dets.json").read_text()
+    expected = coco_evaluate(gt, dets, backend=backend)
+    for got in (coco_evaluate(float_gt, float_dets, backend=backend),
+                coco_evaluate(tmp_path / "gt.json", tmp_path / "dets.json", backend=backend),
+                coco_evaluate(gt, float_dets[:1] + dets[1:], backend=backend)):  # 7.0 among ints
+        assert {k: got[k] for k in SUMMARY_KEYS} == {k: expected[k] for k in SUMMARY_KEYS}
+        assert got["per_class"] == expected["per_class"] and got["num_detections"] == expected["num_detections"]
+    # the int id 7 leaves out the image 7.0 (the detections of a left-out image are not scored)
+    expected = coco_evaluate(gt, [d for d in dets if d["image_id"] != 7], backend=backend, exclude_image_ids=[7])
+    got = coco_evaluate(float_gt, [d for d in float_dets if d["image_id"] != 7], backend=backend,
+                        exclude_image_ids=[7])
+    assert got["num_images"] == expected["num_images"] == 3
+    assert {k: got[k] for k in SUMMARY_KEYS} == {k: expected[k] for k in SUMMARY_KEYS}
+    assert (float_gt, float_dets) == kept
+    gt_read = load_coco_gt(float_gt)
+    ids = [i["id"] for i in gt_read["images"] + gt_read["categories"]]
+    ids += [a[k] for a in gt_read["annotations"] for k in ("image_id", "category_id")]
+    assert all(type(i) is int for i in ids)
+    assert all(type(d[k]) is int for d in validate_detections(float_dets, gt_read) for k in ("image_id", "category_id"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -87,6 +87,29 @@ def test_evaluate_model_scores_mapped_detections(demo_val, tmp_path):
     assert {d["category_id"] for d in written} == {a["category_id"] for a in gt["annotations"]}
 
 
+def test_a_set_with_whole_float_ids_evaluates_as_with_int_ids(demo_val, tmp_path):
+    """Ids written as 9.0 (through numpy) are the ints 9: the same scores, and int ids in the detections written."""
+    dataset, loader, gt = demo_val
+    floats = json.loads(json.dumps(gt))
+    for entry in floats["images"] + floats["categories"]:
+        entry["id"] = float(entry["id"])
+    for a in floats["annotations"]:
+        a.update(id=float(a["id"]), image_id=float(a["image_id"]), category_id=float(a["category_id"]))
+    (tmp_path / "val.json").write_text(json.dumps(floats))
+    float_set = CocoDetection(tmp_path / "val.json", dataset.image_dir)
+    float_loader = build_eval_loader(build_eval_dataset(float_set, imgsz=64), batch_size=2)
+    expected = evaluate_model(FakeDetector(), loader, dataset, out_detections=tmp_path / "ints.json",
+                              predict_fn=gt_predictor(gt, dataset.cat_id_to_label))
+    got = evaluate_model(FakeDetector(), float_loader, float_set, out_detections=tmp_path / "floats.json",
+                         predict_fn=gt_predictor(gt, dataset.cat_id_to_label))
+    assert expected["AP"] == pytest.approx(1.0)
+    assert {k: got[k] for k in ("AP", "AP50", "AR100", "per_class", "num_detections")} == \
+        {k: expected[k] for k in ("AP", "AP50", "AR100", "per_class", "num_detections")}
+    written = (tmp_path / "floats.json").read_text()
+    assert written == (tmp_path / "ints.json").read_text() and '.0, "category_id"' not in written
+    assert all(type(d[k]) is int for d in json.loads(written) for k in ("image_id", "category_id"))
+
+
 def test_wrong_label_mapping_scores_zero(demo_val):
     dataset, loader, gt = demo_val
     metrics = evaluate_model(FakeDetector(), loader, dataset, backend="pycocotools",

@@ -21,7 +21,7 @@ from worldtune.data.image_files import (MOTION_PHOTO_NOTE, exif_frame_unknown, i
 from worldtune.data.jpeg_header import jpeg_orientation
 from worldtune.data.polygons import merge_polygon_parts, polygons_from_segmentation
 from worldtune.data.texts import load_class_texts
-from worldtune.jsonfile import id_problem, is_finite_number, is_int, load_json
+from worldtune.jsonfile import as_id, id_problem, is_finite_number, is_int, load_json
 
 
 class DataError(ValueError):
@@ -196,6 +196,7 @@ class CocoDetection:
             # when no class-text file is given ("" is the padding text, which a class cannot use)
             if id_problem(c["id"]):
                 raise DataError(f"{self.ann_file}: category {str(c)[:100]}: 'id' {id_problem(c['id'])}")
+            c["id"] = as_id(c["id"])  # 9.0 is 9 from here on (this parsed file is ours to change)
             if not isinstance(c["name"], str) or (class_texts is None and not c["name"].strip()):
                 raise DataError(f"{self.ann_file}: category id {c['id']}: 'name' must be a non-empty string, "
                                 f"got {c['name']!r}" + ("" if class_texts is not None else
@@ -221,6 +222,7 @@ class CocoDetection:
             if id_problem(img["id"]):  # named by its file: the entry's text, cut short, could end anywhere
                 raise DataError(f"{self.ann_file}: image {str(img['file_name'])[:100]!r} (entry {position} of "
                                 f"'images'): 'id' {id_problem(img['id'])}")
+            img["id"] = as_id(img["id"])
             if not isinstance(img["file_name"], str) or not img["file_name"]:
                 raise DataError(f"{self.ann_file}: image id {img['id']}: 'file_name' must be a non-empty string, "
                                 f"got {img['file_name']!r}")
@@ -241,7 +243,9 @@ class CocoDetection:
                 self._bad("bad annotation", f"{self.ann_file}: annotation {name}: {problem}")
                 self.dropped_annotations.append(position)
                 continue
-            anns_by_image[int(ann["image_id"])].append(ann)
+            for key in ("id", "image_id", "category_id"):
+                ann[key] = as_id(ann[key])
+            anns_by_image[ann["image_id"]].append(ann)
 
         self.image_ids, entries, small, folder_checked = [], [], 0, False
         for image_id, img in images.items():

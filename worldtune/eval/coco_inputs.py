@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldtune.jsonfile import id_problem, is_finite_number, is_int, load_json
+from worldtune.jsonfile import as_id, id_problem, is_finite_number, is_int, load_json
 
 
 def read_json(path: str | Path, what: str):
@@ -47,16 +47,17 @@ def load_coco_gt(ann: str | Path | dict, drop_annotations=()) -> dict:
             raise ValueError(f"{source}: field '{key}' is missing or not a list")
     # Integer ids, as the COCO APIs and the detections use them: a string id "7" would match no
     # detection (every object a miss), and mixed types make the APIs' sorting fail with a TypeError.
+    # A whole float (7.0) is read as the int 7 (`as_id`) in the copies returned.
     for key in ("images", "categories"):
         for entry in ann[key]:
             if not isinstance(entry, dict) or "id" not in entry:
                 raise ValueError(f"{source}: an entry of '{key}' has no 'id': {str(entry)[:80]}")
-            if not is_int(entry["id"]):
+            if not is_int(as_id(entry["id"])):
                 raise ValueError(f"{source}: an entry of '{key}' has a non-integer 'id': {str(entry)[:80]}")
             if id_problem(entry["id"]):
                 raise ValueError(f"{source}: an entry of '{key}': 'id' {id_problem(entry['id'])}")
-    image_ids = {img["id"] for img in ann["images"]}
-    cat_ids = {cat["id"] for cat in ann["categories"]}
+    image_ids = {as_id(img["id"]) for img in ann["images"]}
+    cat_ids = {as_id(cat["id"]) for cat in ann["categories"]}
     dropped = set(drop_annotations)
     annotations = []
     for position, a in enumerate(ann["annotations"]):
@@ -69,12 +70,13 @@ def load_coco_gt(ann: str | Path | dict, drop_annotations=()) -> dict:
         bbox = a["bbox"]
         a = dict(a)  # the COCO APIs write keys (e.g. 'ignore') into annotations
         a["id"] = len(annotations) + 1
+        a["image_id"], a["category_id"] = as_id(a["image_id"]), as_id(a["category_id"])
         a.setdefault("iscrowd", 0)
         a.setdefault("area", float(bbox[2]) * float(bbox[3]))
         annotations.append(a)
     out = {k: v for k, v in ann.items() if k != "annotations"}
-    out["images"] = [dict(i) for i in ann["images"]]
-    out["categories"] = [dict(c) for c in ann["categories"]]
+    out["images"] = [dict(i, id=as_id(i["id"])) for i in ann["images"]]
+    out["categories"] = [dict(c, id=as_id(c["id"])) for c in ann["categories"]]
     out["annotations"] = annotations
     return out
 
@@ -86,13 +88,13 @@ def _gt_annotation_problem(a, image_ids: set, cat_ids: set) -> str:
     missing = [k for k in ("image_id", "category_id", "bbox") if k not in a]
     if missing:
         return f"lacks field(s) {missing}"
-    for key in ("image_id", "category_id"):  # 7.0 equal to an id 7: say why it is refused, not "not the id of"
-        if not is_int(a[key]):
+    for key in ("image_id", "category_id"):  # 7.5 or "7": say why it is refused, not "not the id of"
+        if not is_int(as_id(a[key])):
             return f"'{key}' must be an integer, as the ids of 'images' and 'categories' are, got {a[key]!r}"
     # (the COCO APIs would leave such an object out of the scoring without a word)
-    if a["image_id"] not in image_ids:
+    if as_id(a["image_id"]) not in image_ids:
         return f"'image_id' {a['image_id']!r} is not the id of an entry of 'images'"
-    if a["category_id"] not in cat_ids:
+    if as_id(a["category_id"]) not in cat_ids:
         return f"'category_id' {a['category_id']!r} is not the id of an entry of 'categories'"
     if a.get("iscrowd", 0) not in (0, 1):
         return f"'iscrowd' must be 0 or 1, got {a['iscrowd']!r}"
@@ -113,9 +115,9 @@ def _check_one(i: int, d, image_ids: set, cat_ids: set, source: str) -> None:
     missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in d]
     if missing:
         raise ValueError(f"{source}[{i}]: missing field(s) {missing}")
-    img_id, cat_id, bbox, score = d["image_id"], d["category_id"], d["bbox"], d["score"]
+    img_id, cat_id, bbox, score = as_id(d["image_id"]), as_id(d["category_id"]), d["bbox"], d["score"]
     for key, value in (("image_id", img_id), ("category_id", cat_id)):
-        if not is_int(value):  # 7.0 or "7" equals no GT id as COCO ids are compared: say why, not "unknown"
+        if not is_int(value):  # 7.5 or "7" equals no GT id as COCO ids are compared: say why, not "unknown"
             raise ValueError(f"{source}[{i}]: {key} must be an integer, as the GT's ids are, got {value!r}")
     if img_id not in image_ids:
         raise ValueError(f"{source}[{i}]: unknown image_id {img_id!r} (not in the GT 'images')")
@@ -148,6 +150,9 @@ def validate_detections(detections: list, gt: dict, source: str = "detections") 
     try:
         img = np.asarray([d["image_id"] for d in detections])
         cat = np.asarray([d["category_id"] for d in detections])
+        if img.dtype.kind not in "iu" or cat.dtype.kind not in "iu":  # 7.0 read as 7: one Python call each
+            img = np.asarray([as_id(d["image_id"]) for d in detections])
+            cat = np.asarray([as_id(d["category_id"]) for d in detections])
         boxes = np.asarray([d["bbox"] for d in detections]).reshape(n, -1)
         scores = np.asarray([d["score"] for d in detections])
         # dtype kinds: numbers only (a '3' string or a None would make them 'U' or 'O').
