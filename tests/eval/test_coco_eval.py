@@ -165,6 +165,9 @@ def test_inputs_are_not_modified_and_files_work(tmp_path):
                                                                                 "as the GT's ids are, got 5.5"),
     ({"image_id": 1, "category_id": float("inf"), "bbox": [0, 0, 1, 1], "score": 1.0}, "category_id must be an "
                                                                                          "integer, as the GT's ids"),
+    # numpy reads a `true` among ints as 1 (the GT's id 1 here)
+    ({"image_id": True, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id must be an integer, as "
+                                                                                 "the GT's ids are, got True"),
     ({"image_id": "1", "category_id": 5, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id must be an integer, as "
                                                                                 "the GT's ids are, got '1'"),
     ({"image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1], "score": float("nan")}, "'score'"),
