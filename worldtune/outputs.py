@@ -88,6 +88,12 @@ def write_bytes(path, data: bytes) -> None:
         f.write(data)
 
 
+def write_figure(fig, path, dpi: int = 90) -> None:
+    """Save the matplotlib figure `fig` to `path`, in the format its suffix names, whole or not at all."""
+    with atomic_file(path) as f:
+        fig.savefig(f, format=Path(path).suffix[1:] or None, dpi=dpi)
+
+
 def check_writable(folder, what: str = "folder") -> None:
     """Raise OutputWriteError unless files can be created in `folder` (or, where it does not exist
     yet, in its nearest existing parent, where it would be made). Tries it: permission bits do not

@@ -82,7 +82,7 @@ def test_cpu_amp_note_says_why_it_has_no_effect(monkeypatch):
 def test_cpu_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     flags = {"avx512_bf16": True, "amx_bf16": True, "avx512f": False, "avx512_bf16x": False}
     for flag, native in flags.items():
-        info = tmp_path / "cpuinfo"
+        info = tmp_path / f"cpuinfo_{flag}"  # one file each: the answer is cached per file
         info.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flag} avx512bw\n")
         assert T.cpu_has_native_bf16(info) is native, flag
     assert T.cpu_has_native_bf16(tmp_path / "missing") is False  # not Linux: off

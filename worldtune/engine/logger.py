@@ -11,14 +11,13 @@ lose every step since the last checkpoint.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import threading
 import warnings
 from pathlib import Path
 
-from worldtune.outputs import write_bytes
+from worldtune.outputs import write_figure
 from worldtune.progress import progress_bar
 
 
@@ -170,11 +169,10 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path) -> Path | None:
     if val:
         ax_ap.legend()
     fig.tight_layout()
-    # Drawn in memory, then written whole or not at all: a failed write leaves no cut-short picture.
-    picture = io.BytesIO()
-    fig.savefig(picture, format=Path(png_path).suffix[1:] or None, dpi=90)  # the format its name gives
-    plt.close(fig)
-    write_bytes(png_path, picture.getvalue())
+    try:
+        write_figure(fig, png_path)  # whole or not at all: a failed write leaves no cut-short picture
+    finally:
+        plt.close(fig)
     return Path(png_path)
 
 

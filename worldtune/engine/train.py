@@ -13,6 +13,7 @@ step within the epoch, RNG states and the config; data order and augmentation ar
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -44,6 +45,7 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
 
+@functools.lru_cache(maxsize=None)  # asked every epoch; the CPU does not change
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX, read from /proc/cpuinfo on
     Linux). Elsewhere oneDNN emulates bf16 convolutions, which can be slower than fp32."""

@@ -158,9 +158,9 @@ def validate_detections(detections: list, gt: dict, source: str = "detections") 
         # dtype kinds: numbers only (a '3' string or a None would make them 'U' or 'O').
         ok = (img.dtype.kind in "iu" and cat.dtype.kind in "iu" and boxes.dtype.kind in "iuf"
               and scores.dtype.kind in "iuf" and boxes.shape[1] == 4
-              and all(type(d["bbox"]) in (list, tuple) for d in detections)
-              # numpy reads a `true` among int ids as 1: no bool may pass for an id
-              and not any(type(d["image_id"]) is bool or type(d["category_id"]) is bool for d in detections)
+              # one pass: a bbox is a list, and no id is a bool (numpy reads a `true` among int ids as 1)
+              and all(type(d["bbox"]) in (list, tuple) and type(d["image_id"]) is not bool
+                      and type(d["category_id"]) is not bool for d in detections)
               and np.isin(img, list(image_ids)).all() and np.isin(cat, list(cat_ids)).all()
               and np.isfinite(boxes).all() and (boxes[:, 2:] >= 0).all() and np.isfinite(scores).all())
     except (KeyError, TypeError, ValueError, IndexError):

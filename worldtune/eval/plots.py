@@ -1,8 +1,7 @@
 """One PNG of a COCO evaluation: precision-recall curves and the per-class AP, sorted."""
-import io
 from pathlib import Path
 
-from worldtune.outputs import write_bytes
+from worldtune.outputs import write_figure
 
 MAX_CLASS_BARS = 60  # beyond this, the best and the worst half of it are drawn
 
@@ -55,9 +54,8 @@ def plot_eval(metrics: dict, png_path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    # Drawn in memory, then written whole or not at all: a failed write leaves no cut-short picture.
-    picture = io.BytesIO()
-    fig.savefig(picture, format=Path(png_path).suffix[1:] or None, dpi=90)  # the format its name gives
-    plt.close(fig)
-    write_bytes(png_path, picture.getvalue())
+    try:
+        write_figure(fig, png_path)  # whole or not at all: a failed write leaves no cut-short picture
+    finally:
+        plt.close(fig)
     return Path(png_path)

@@ -21,7 +21,6 @@ We use the TorchScript-based exporter (`dynamo=False`): it needs no `onnxscript`
 """
 import copy
 import importlib.util
-import io
 import json
 import os
 import warnings
@@ -35,7 +34,7 @@ from worldtune.export.nms import DetectorWithNMS
 from worldtune.model.detector import warn_repeated_texts
 from worldtune.model.postprocess import decode_outputs
 from worldtune.model.reparameterize import reparameterize
-from worldtune.outputs import write_bytes, write_text, writing
+from worldtune.outputs import atomic_file, write_text, writing
 
 MIN_OPSET = 12  # Einsum (dynamic vocabulary) needs 12; NonMaxSuppression and TopK need 10/11
 DEFAULT_OPSET = 17
@@ -157,9 +156,8 @@ def export_onnx(model: nn.Module, texts: list[str], out: str | Path, *, text_fea
                 simplify_onnx(partial)
             _add_metadata(partial, info)
             if dynamic_vocab:
-                npy = io.BytesIO()  # in memory first, then written whole or not at all
-                np.save(npy, feats.numpy().astype(np.float32))
-                write_bytes(out.with_suffix(".vocab.npy"), npy.getvalue())
+                with atomic_file(out.with_suffix(".vocab.npy")) as f:  # whole or not at all
+                    np.save(f, feats.numpy().astype(np.float32))
             write_text(out.with_suffix(".vocab.json"), json.dumps(info, indent=2))  # whole or not at all
             os.replace(partial, out)  # last: a model at `out` comes with its vocab files
     finally:
